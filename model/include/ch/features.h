@@ -1,0 +1,127 @@
+/*
+ * ch/features.h - time-decayed per-user feature aggregates.
+ *
+ * A feature set is compiled once from declarations such as
+ *     mean(amount) type=payment half_life=7d default=0
+ * and then applied to per-user state arrays owned by the caller (the user table).
+ * Every aggregate is exact for any arrival order (DESIGN.md section 5).
+ *
+ * @locality Not thread-safe; a feature set is immutable after ch_features_seal().
+ */
+#ifndef CH_FEATURES_H
+#define CH_FEATURES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CH_FEATURES_MAX 256        /* declared features per set */
+#define CH_FEATURES_MAX_FIELDS 64  /* distinct numeric fields referenced */
+#define CH_FEATURES_MAX_TYPES 63   /* distinct event types used in filters */
+#define CH_FEATURE_NAME_MAX 64
+
+typedef enum ch_feat_kind {
+    CH_FEAT_COUNT,
+    CH_FEAT_SUM,
+    CH_FEAT_MEAN,
+    CH_FEAT_STD,
+    CH_FEAT_MAX,
+    CH_FEAT_SINCE_LAST,
+    CH_FEAT_RATIO,
+} ch_feat_kind_t;
+
+/*
+ * One observation as the feature engine sees it: plain values, no strings.
+ * values[i] is the numeric field i of ch_features_field_name(); it is read only
+ * when bit i of present_mask is set. type_mask comes from ch_features_type_mask().
+ */
+typedef struct ch_obs {
+    int64_t ts_ms;
+    uint64_t type_mask;
+    uint64_t present_mask;
+    const double *values;
+} ch_obs_t;
+
+typedef struct ch_features ch_features_t;
+
+/**
+ * @brief Create an empty feature set.
+ * @param default_half_life_ms half-life used by declarations without half_life=
+ *        (INFINITY: no decay).
+ * @param ret_fs set on success.
+ * @returns 0, -EINVAL (half-life not > 0), -ENOMEM.
+ */
+int ch_features_new(double default_half_life_ms, ch_features_t **ret_fs);
+
+/** @brief Free a feature set. Accepts NULL. @returns NULL. */
+ch_features_t *ch_features_free(ch_features_t *fs);
+
+/**
+ * @brief Declare one feature, appended in output order.
+ * @param name feature name: [A-Za-z0-9_.-], at most CH_FEATURE_NAME_MAX-1 bytes, unique.
+ * @param spec e.g. "count type=view|cart half_life=1h", "std(amount) half_life=7d",
+ *        "since_last type=login default=1e9", "ratio(n_cart, n_view) default=0".
+ *        Fields are "amount" or "attrs.<key>". Ratio operands must be declared earlier.
+ * @param errbuf, errlen receive the reason on failure (may be NULL).
+ * @returns 0, -EINVAL (bad syntax, unknown operand, duplicate name), -E2BIG (a cap
+ *          above was reached), -EBUSY (set already sealed).
+ */
+int ch_features_add(ch_features_t *fs, const char *name, const char *spec, char *errbuf,
+                    size_t errlen);
+
+/**
+ * @brief Freeze the set and compute the per-user state layout.
+ * @returns 0, -EINVAL (no feature declared).
+ */
+int ch_features_seal(ch_features_t *fs);
+
+/** @brief Number of declared features (the output width d). */
+size_t ch_features_count(const ch_features_t *fs);
+/** @brief Name of feature i (i < count). */
+const char *ch_features_name(const ch_features_t *fs, size_t i);
+/** @brief Kind of feature i. */
+ch_feat_kind_t ch_features_kind(const ch_features_t *fs, size_t i);
+/** @brief Canonical spec of feature i, as --check-config prints it. Borrowed. */
+const char *ch_features_spec(const ch_features_t *fs, size_t i);
+/** @brief Doubles of per-user state the set needs (valid after seal). */
+size_t ch_features_state_len(const ch_features_t *fs);
+/** @brief Number of distinct numeric fields referenced. */
+size_t ch_features_field_count(const ch_features_t *fs);
+/** @brief Name of field i: "amount" or "attrs.<key>". */
+const char *ch_features_field_name(const ch_features_t *fs, size_t i);
+
+/**
+ * @brief Bit mask of the filter types equal to an event type.
+ * @returns the mask to put in ch_obs_t.type_mask (0 when no filter names this type).
+ */
+uint64_t ch_features_type_mask(const ch_features_t *fs, const char *type, size_t type_len);
+
+/** @brief Initialise a fresh user state of ch_features_state_len() doubles. */
+void ch_features_state_init(const ch_features_t *fs, double *state);
+
+/**
+ * @brief Fold one observation into a user's state.
+ * @param state the user's state (ch_features_state_len() doubles).
+ * @param t_ref_ms in/out: the user's reference time (= stream time); INT64_MIN for a
+ *        fresh state. Advanced to obs->ts_ms when the event is newer.
+ * @remark Late events (ts < t_ref) are weighted by 2^(-(t_ref - ts)/h), so the result
+ *         does not depend on arrival order. The caller rejects non-finite values.
+ */
+void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_ms,
+                        const ch_obs_t *obs);
+
+/**
+ * @brief Read every feature at the user's stream time t_ref_ms.
+ * @param out d values in declared order; undefined values are the feature's default.
+ */
+void ch_features_read(const ch_features_t *fs, const double *state, int64_t t_ref_ms,
+                      double *out);
+
+/**
+ * @brief Parse a duration: "<number><unit>" with unit ms, s, m, h, d or w, or "inf".
+ *        A bare number means milliseconds.
+ * @returns 0 and *ret_ms, or -EINVAL.
+ */
+int ch_duration_parse(const char *s, double *ret_ms);
+
+#endif

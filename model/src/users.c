@@ -1,0 +1,355 @@
+/*
+ * users.c - open-addressing user table over a fixed-record slab.
+ *
+ * Design notes
+ * - The slab is one anonymous mapping of max_users records, reserved with
+ *   MAP_NORESERVE: pages are committed only when first used, records never
+ *   move, and there is no malloc per user. Freed records go on a free list
+ *   threaded through t_ref_ms.
+ * - The index is a power-of-two array of 8-byte slots {tag, record+1}; tag is
+ *   the low 32 bits of the key's SipHash, and its low bits are the home slot,
+ *   so growth rehashes without touching keys. Load stays <= 3/4; deletion
+ *   shifts later entries back (no tombstones).
+ * - Keys are hashed with SipHash-1-3 under a per-process random key, so user
+ *   ids chosen by an attacker cannot degrade the table into long probe chains.
+ * - Invariant: key_len == 0 exactly for free records; count == live records ==
+ *   occupied slots.
+ */
+#include "ch/users.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+
+typedef struct slot {
+    uint32_t tag;
+    uint32_t rec1; /* record index + 1; 0 = empty */
+} slot_t;
+
+struct ch_users {
+    size_t max_users, key_max, state_len, rec_size;
+    unsigned char *slab;
+    size_t slab_bytes;
+    size_t hwm;      /* records ever handed out */
+    int64_t free_head; /* -1 = none */
+    size_t count;
+    slot_t *slots;
+    size_t cap; /* power of two */
+    size_t cursor;
+    uint64_t rng;
+    uint64_t cap_evictions;
+    uint64_t k0, k1;
+};
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                             \
+    do {                                                                                     \
+        v0 += v1;                                                                            \
+        v1 = ROTL(v1, 13);                                                                   \
+        v1 ^= v0;                                                                            \
+        v0 = ROTL(v0, 32);                                                                   \
+        v2 += v3;                                                                            \
+        v3 = ROTL(v3, 16);                                                                   \
+        v3 ^= v2;                                                                            \
+        v0 += v3;                                                                            \
+        v3 = ROTL(v3, 21);                                                                   \
+        v3 ^= v0;                                                                            \
+        v2 += v1;                                                                            \
+        v1 = ROTL(v1, 17);                                                                   \
+        v1 ^= v2;                                                                            \
+        v2 = ROTL(v2, 32);                                                                   \
+    } while (0)
+
+/* SipHash-1-3 (one compression round, three finalisation rounds). */
+static uint64_t siphash13(uint64_t k0, uint64_t k1, const unsigned char *in, size_t len) {
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+    uint64_t b = (uint64_t)len << 56;
+    size_t whole = len & ~(size_t)7;
+    for (size_t i = 0; i < whole; i += 8) {
+        uint64_t m;
+        memcpy(&m, in + i, 8);
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+    }
+    for (size_t i = whole; i < len; i++) {
+        b |= (uint64_t)in[i] << (8 * (i - whole));
+    }
+    v3 ^= b;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint64_t next_rand(ch_users_t *u) {
+    /* xorshift64* */
+    u->rng ^= u->rng >> 12;
+    u->rng ^= u->rng << 25;
+    u->rng ^= u->rng >> 27;
+    return u->rng * 0x2545F4914F6CDD1DULL;
+}
+
+static ch_user_t *rec_at(const ch_users_t *u, size_t i) {
+    return (ch_user_t *)(u->slab + i * u->rec_size);
+}
+
+static size_t rec_index(const ch_users_t *u, const ch_user_t *rec) {
+    return (size_t)((const unsigned char *)rec - u->slab) / u->rec_size;
+}
+
+const char *ch_users_key(const ch_users_t *u, const ch_user_t *rec) {
+    return (const char *)(rec->state + u->state_len);
+}
+
+int ch_users_new(size_t max_users, size_t key_max_bytes, size_t state_len,
+                 ch_users_t **ret_users) {
+    if (max_users == 0 || max_users > UINT32_MAX - 1 || key_max_bytes == 0 ||
+        key_max_bytes > 4096 || state_len > 4096) {
+        return -EINVAL;
+    }
+    ch_users_t *u = calloc(1, sizeof(*u));
+    if (!u) {
+        return -ENOMEM;
+    }
+    u->max_users = max_users;
+    u->key_max = key_max_bytes;
+    u->state_len = state_len;
+    u->rec_size = (sizeof(ch_user_t) + state_len * sizeof(double) + key_max_bytes + 7) & ~7u;
+    u->slab_bytes = max_users * u->rec_size;
+    u->slab = mmap(NULL, u->slab_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (u->slab == MAP_FAILED) {
+        u->slab = NULL;
+        return ch_users_free(u), -ENOMEM;
+    }
+    u->cap = 1024;
+    u->slots = calloc(u->cap, sizeof(slot_t));
+    if (!u->slots) {
+        return ch_users_free(u), -ENOMEM;
+    }
+    u->free_head = -1;
+    uint64_t seed[3] = {0x9e3779b97f4a7c15ULL, 0xbf58476d1ce4e5b9ULL, 0x94d049bb133111ebULL};
+    if (getrandom(seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed)) {
+        seed[0] ^= (uint64_t)(uintptr_t)u;
+    }
+    u->k0 = seed[0];
+    u->k1 = seed[1];
+    u->rng = seed[2] | 1;
+    *ret_users = u;
+    return 0;
+}
+
+ch_users_t *ch_users_free(ch_users_t *u) {
+    if (!u) {
+        return NULL;
+    }
+    if (u->slab) {
+        munmap(u->slab, u->slab_bytes);
+    }
+    free(u->slots);
+    free(u);
+    return NULL;
+}
+
+static uint32_t key_tag(const ch_users_t *u, const char *key, size_t len) {
+    return (uint32_t)siphash13(u->k0, u->k1, (const unsigned char *)key, len);
+}
+
+/* Returns the slot holding key, or the empty slot where it would go. */
+static size_t probe(const ch_users_t *u, const char *key, size_t len, uint32_t tag) {
+    size_t mask = u->cap - 1;
+    for (size_t i = tag & mask;; i = (i + 1) & mask) {
+        const slot_t *s = &u->slots[i];
+        if (s->rec1 == 0) {
+            return i;
+        }
+        if (s->tag == tag) {
+            const ch_user_t *rec = rec_at(u, s->rec1 - 1);
+            if (rec->key_len == len && memcmp(ch_users_key(u, rec), key, len) == 0) {
+                return i;
+            }
+        }
+    }
+}
+
+ch_user_t *ch_users_find(ch_users_t *u, const char *key, size_t key_len) {
+    if (key_len == 0 || key_len > u->key_max) {
+        return NULL;
+    }
+    size_t i = probe(u, key, key_len, key_tag(u, key, key_len));
+    return u->slots[i].rec1 ? rec_at(u, u->slots[i].rec1 - 1) : NULL;
+}
+
+static int grow(ch_users_t *u) {
+    size_t ncap = u->cap * 2;
+    slot_t *ns = calloc(ncap, sizeof(slot_t));
+    if (!ns) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < u->cap; i++) {
+        if (u->slots[i].rec1) {
+            size_t j = u->slots[i].tag & (ncap - 1);
+            while (ns[j].rec1) {
+                j = (j + 1) & (ncap - 1);
+            }
+            ns[j] = u->slots[i];
+        }
+    }
+    free(u->slots);
+    u->slots = ns;
+    u->cap = ncap;
+    return 0;
+}
+
+static void delete_slot(ch_users_t *u, size_t i) {
+    size_t mask = u->cap - 1;
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (u->slots[j].rec1 == 0) {
+            break;
+        }
+        size_t home = u->slots[j].tag & mask;
+        /* Move j back into the hole at i unless its home lies cyclically in (i, j]. */
+        bool home_in_gap = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+        if (!home_in_gap) {
+            u->slots[i] = u->slots[j];
+            i = j;
+        }
+    }
+    u->slots[i].rec1 = 0;
+    u->slots[i].tag = 0;
+}
+
+static void free_record(ch_users_t *u, ch_user_t *rec) {
+    rec->key_len = 0;
+    rec->t_ref_ms = u->free_head;
+    u->free_head = (int64_t)rec_index(u, rec);
+    u->count--;
+}
+
+static void evict_record(ch_users_t *u, ch_user_t *rec) {
+    const char *key = ch_users_key(u, rec);
+    size_t i = probe(u, key, rec->key_len, key_tag(u, key, rec->key_len));
+    delete_slot(u, i);
+    free_record(u, rec);
+}
+
+/* Approximated LRU: the stalest of a few random live records. */
+static void evict_one_sampled(ch_users_t *u) {
+    ch_user_t *victim = NULL;
+    for (int n = 0; n < 5; n++) {
+        size_t i = (size_t)(next_rand(u) % u->hwm);
+        for (size_t k = 0; k < u->hwm; k++) {
+            ch_user_t *rec = rec_at(u, (i + k) % u->hwm);
+            if (rec->key_len) {
+                if (!victim || rec->t_ref_ms < victim->t_ref_ms) {
+                    victim = rec;
+                }
+                break;
+            }
+        }
+    }
+    if (victim) {
+        evict_record(u, victim);
+        u->cap_evictions++;
+    }
+}
+
+int ch_users_upsert(ch_users_t *u, const char *key, size_t key_len, ch_user_t **ret_user) {
+    if (key_len == 0) {
+        return -EINVAL;
+    }
+    if (key_len > u->key_max) {
+        return -E2BIG;
+    }
+    uint32_t tag = key_tag(u, key, key_len);
+    size_t i = probe(u, key, key_len, tag);
+    if (u->slots[i].rec1) {
+        *ret_user = rec_at(u, u->slots[i].rec1 - 1);
+        return 0;
+    }
+    if (u->count >= u->max_users) {
+        evict_one_sampled(u);
+    }
+    if ((u->count + 1) * 4 > u->cap * 3) {
+        if (grow(u) < 0) {
+            return -ENOMEM;
+        }
+    }
+    i = probe(u, key, key_len, tag); /* the table may have changed */
+    size_t r;
+    if (u->free_head >= 0) {
+        r = (size_t)u->free_head;
+        u->free_head = rec_at(u, r)->t_ref_ms;
+    } else {
+        r = u->hwm++;
+    }
+    ch_user_t *rec = rec_at(u, r);
+    memset(rec, 0, u->rec_size);
+    rec->t_ref_ms = INT64_MIN;
+    rec->last_emit_ms = INT64_MIN;
+    rec->partition = -1;
+    rec->key_len = (uint16_t)key_len;
+    memcpy((char *)ch_users_key(u, rec), key, key_len);
+    u->slots[i].tag = tag;
+    u->slots[i].rec1 = (uint32_t)(r + 1);
+    u->count++;
+    *ret_user = rec;
+    return 1;
+}
+
+int ch_users_remove(ch_users_t *u, const char *key, size_t key_len) {
+    ch_user_t *rec = ch_users_find(u, key, key_len);
+    if (!rec) {
+        return -ENOENT;
+    }
+    evict_record(u, rec);
+    return 0;
+}
+
+size_t ch_users_evict_idle(ch_users_t *u, int64_t before_ms, size_t budget) {
+    size_t evicted = 0;
+    for (size_t n = 0; n < budget && u->hwm; n++) {
+        if (u->cursor >= u->hwm) {
+            u->cursor = 0;
+        }
+        ch_user_t *rec = rec_at(u, u->cursor++);
+        if (rec->key_len && rec->t_ref_ms < before_ms) {
+            evict_record(u, rec);
+            evicted++;
+        }
+    }
+    return evicted;
+}
+
+size_t ch_users_evict_partition(ch_users_t *u, int32_t partition) {
+    size_t evicted = 0;
+    for (size_t r = 0; r < u->hwm; r++) {
+        ch_user_t *rec = rec_at(u, r);
+        if (rec->key_len && rec->partition == partition) {
+            evict_record(u, rec);
+            evicted++;
+        }
+    }
+    return evicted;
+}
+
+size_t ch_users_count(const ch_users_t *u) {
+    return u->count;
+}
+
+uint64_t ch_users_cap_evictions(const ch_users_t *u) {
+    return u->cap_evictions;
+}
+
+size_t ch_users_memory_bytes(const ch_users_t *u) {
+    return u->hwm * u->rec_size + u->cap * sizeof(slot_t);
+}

@@ -1,0 +1,311 @@
+/*
+ * Feature engine tests. Every expected value is worked out by hand in the
+ * comment beside it from the definition in DESIGN.md section 5.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ch/features.h"
+#include "../ch_test.h"
+
+#define H 3600000LL /* one hour in ms */
+
+typedef struct fixture {
+    ch_features_t *fs;
+    double state[64];
+    int64_t t_ref;
+    double out[32];
+} fixture_t;
+
+static void make(fixture_t *fx, const char *const *decls) {
+    memset(fx, 0, sizeof(*fx));
+    assert_int_equal(ch_features_new(H, &fx->fs), 0);
+    char err[256];
+    for (size_t i = 0; decls[i]; i += 2) {
+        int r = ch_features_add(fx->fs, decls[i], decls[i + 1], err, sizeof(err));
+        if (r < 0) {
+            fail_msg("%s: %s", decls[i], err);
+        }
+    }
+    assert_int_equal(ch_features_seal(fx->fs), 0);
+    assert_true(ch_features_state_len(fx->fs) <= 64);
+    ch_features_state_init(fx->fs, fx->state);
+    fx->t_ref = INT64_MIN;
+}
+
+static void feed(fixture_t *fx, int64_t ts, const char *type, const double *amount) {
+    double values[1] = {amount ? *amount : 0};
+    ch_obs_t obs = {
+        .ts_ms = ts,
+        .type_mask = ch_features_type_mask(fx->fs, type, strlen(type)),
+        .present_mask = amount ? 1 : 0,
+        .values = values,
+    };
+    ch_features_update(fx->fs, fx->state, &fx->t_ref, &obs);
+}
+
+static void read_all(fixture_t *fx) {
+    ch_features_read(fx->fs, fx->state, fx->t_ref, fx->out);
+}
+
+static const char *const basic[] = {
+    "n",      "count",
+    "s",      "sum(amount)",
+    "m",      "mean(amount) default=-1",
+    "sd",     "std(amount) default=-2",
+    "mx",     "max(amount) default=-3",
+    NULL,
+};
+
+static void test_decay_in_order(void **st) {
+    (void)st;
+    fixture_t fx;
+    make(&fx, basic);
+    double a = 10, b = 20;
+    feed(&fx, 0, "payment", &a);
+    feed(&fx, H, "payment", &b);
+    read_all(&fx);
+    /* weights at q = 1h with h = 1h: 0.5 for the first event, 1 for the second */
+    assert_double_equal(fx.out[0], 1.5, 1e-12);                     /* count */
+    assert_double_equal(fx.out[1], 25.0, 1e-12);                    /* 10*.5 + 20 */
+    assert_double_equal(fx.out[2], 50.0 / 3.0, 1e-12);              /* 25 / 1.5 */
+    assert_double_equal(fx.out[3], sqrt(200.0 / 9.0), 1e-12);       /* see below */
+    /* var = (0.5*(10-50/3)^2 + 1*(20-50/3)^2)/1.5 = (200/9 + 100/9)/1.5 = 200/9 */
+    assert_double_equal(fx.out[4], 20.0, 1e-12); /* max(10*.5, 20) */
+    ch_features_free(fx.fs);
+}
+
+static void test_late_event_is_order_independent(void **st) {
+    (void)st;
+    fixture_t fx;
+    make(&fx, basic);
+    double a = 10, b = 20;
+    feed(&fx, H, "payment", &b); /* newest first */
+    feed(&fx, 0, "payment", &a); /* late by one half-life: weight 0.5 */
+    read_all(&fx);
+    assert_int_equal(fx.t_ref, H);
+    assert_double_equal(fx.out[0], 1.5, 1e-12);
+    assert_double_equal(fx.out[1], 25.0, 1e-12);
+    assert_double_equal(fx.out[2], 50.0 / 3.0, 1e-12);
+    assert_double_equal(fx.out[3], sqrt(200.0 / 9.0), 1e-12);
+    assert_double_equal(fx.out[4], 20.0, 1e-12);
+    ch_features_free(fx.fs);
+}
+
+static void test_decayed_max(void **st) {
+    (void)st;
+    fixture_t fx;
+    make(&fx, basic);
+    double a = 10, b = 4;
+    feed(&fx, 0, "x", &a);
+    feed(&fx, H, "x", &b);
+    read_all(&fx);
+    assert_double_equal(fx.out[4], 5.0, 1e-12); /* max(10 * 0.5, 4) */
+    ch_features_free(fx.fs);
+
+    make(&fx, basic);
+    feed(&fx, H, "x", &b);
+    feed(&fx, 0, "x", &a); /* late */
+    read_all(&fx);
+    assert_double_equal(fx.out[4], 5.0, 1e-12);
+    ch_features_free(fx.fs);
+}
+
+static void test_undefined_values_get_defaults(void **st) {
+    (void)st;
+    fixture_t fx;
+    make(&fx, basic);
+    feed(&fx, 0, "view", NULL); /* no amount: only the plain count moves */
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 1.0, 0);
+    assert_double_equal(fx.out[1], 0.0, 0);
+    assert_double_equal(fx.out[2], -1.0, 0);
+    assert_double_equal(fx.out[3], -2.0, 0);
+    assert_double_equal(fx.out[4], -3.0, 0);
+    ch_features_free(fx.fs);
+}
+
+static void test_constant_values_have_zero_std(void **st) {
+    (void)st;
+    fixture_t fx;
+    make(&fx, basic);
+    double a = 0.1;
+    for (int i = 0; i < 1000; i++) {
+        feed(&fx, (int64_t)((i * 7919) % 1000) * 60000, "p", &a); /* shuffled times */
+    }
+    read_all(&fx);
+    assert_true(fx.out[3] == 0.0);
+    assert_double_equal(fx.out[2], 0.1, 1e-15);
+    ch_features_free(fx.fs);
+}
+
+static void test_type_filters(void **st) {
+    (void)st;
+    static const char *const decls[] = {
+        "vc", "count type=view|cart half_life=inf",
+        "p",  "count type=purchase half_life=inf",
+        "ps", "sum(amount) type=purchase half_life=inf",
+        NULL,
+    };
+    fixture_t fx;
+    make(&fx, decls);
+    double a = 7, b = 100;
+    feed(&fx, 0, "view", NULL);
+    feed(&fx, 1, "cart", &b);
+    feed(&fx, 2, "purchase", &a);
+    feed(&fx, 3, "login", NULL);
+    feed(&fx, 4, "purchase", &a);
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 2.0, 0);
+    assert_double_equal(fx.out[1], 2.0, 0);
+    assert_double_equal(fx.out[2], 14.0, 0);
+    ch_features_free(fx.fs);
+}
+
+static void test_since_last(void **st) {
+    (void)st;
+    static const char *const decls[] = {
+        "sl", "since_last type=login default=99",
+        NULL,
+    };
+    fixture_t fx;
+    make(&fx, decls);
+    feed(&fx, 1000, "view", NULL);
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 99.0, 0); /* no login yet */
+    feed(&fx, 1000, "login", NULL);
+    feed(&fx, 61000, "view", NULL);
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 60.0, 0);
+    feed(&fx, 500, "login", NULL); /* a late, older login changes nothing */
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 60.0, 0);
+    feed(&fx, 31000, "login", NULL); /* a late but newer login does */
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 30.0, 0);
+    ch_features_free(fx.fs);
+}
+
+static void test_ratio(void **st) {
+    (void)st;
+    static const char *const decls[] = {
+        "c",  "count type=cart half_life=inf",
+        "v",  "count type=view half_life=inf",
+        "cv", "ratio(c, v) default=-1",
+        NULL,
+    };
+    fixture_t fx;
+    make(&fx, decls);
+    feed(&fx, 0, "cart", NULL);
+    read_all(&fx);
+    assert_double_equal(fx.out[2], -1.0, 0); /* no views: undefined */
+    feed(&fx, 1, "view", NULL);
+    feed(&fx, 2, "view", NULL);
+    feed(&fx, 3, "view", NULL);
+    feed(&fx, 4, "view", NULL);
+    read_all(&fx);
+    assert_double_equal(fx.out[2], 0.25, 0);
+    ch_features_free(fx.fs);
+}
+
+static void test_per_feature_half_life(void **st) {
+    (void)st;
+    static const char *const decls[] = {
+        "fast", "count half_life=30m",
+        "slow", "count half_life=2h",
+        NULL,
+    };
+    fixture_t fx;
+    make(&fx, decls);
+    feed(&fx, 0, "a", NULL);
+    feed(&fx, 2 * H, "a", NULL);
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 1.0 + 1.0 / 16.0, 1e-12); /* 4 half-lives */
+    assert_double_equal(fx.out[1], 1.5, 1e-12);              /* 1 half-life */
+    ch_features_free(fx.fs);
+}
+
+static void expect_error(const char *name, const char *spec, const char *needle) {
+    ch_features_t *fs = NULL;
+    assert_int_equal(ch_features_new(H, &fs), 0);
+    char err[256] = "";
+    assert_int_equal(ch_features_add(fs, "n", "count", err, sizeof(err)), 0);
+    int r = ch_features_add(fs, name, spec, err, sizeof(err));
+    assert_int_equal(r, -EINVAL);
+    if (!strstr(err, needle)) {
+        fail_msg("error for '%s' was '%s', expected it to mention '%s'", spec, err, needle);
+    }
+    assert_int_equal(ch_features_count(fs), 1);
+    ch_features_free(fs);
+}
+
+static void test_spec_errors(void **st) {
+    (void)st;
+    expect_error("x", "median(amount)", "unknown feature kind");
+    expect_error("x", "sum", "needs a field");
+    expect_error("x", "sum(price)", "unknown field 'price'");
+    expect_error("x", "count half_life=soon", "bad half_life");
+    expect_error("x", "count colour=red", "unknown option");
+    expect_error("x", "ratio(n, y)", "'y' is not a feature");
+    expect_error("n", "count", "declared twice");
+    expect_error("bad name", "count", "bad feature name");
+    expect_error("x", "mean(amount) default=nan", "bad default");
+    expect_error("x", "sum(amount", "missing ')'");
+}
+
+static void test_canonical_spec(void **st) {
+    (void)st;
+    ch_features_t *fs = NULL;
+    assert_int_equal(ch_features_new(H, &fs), 0);
+    assert_int_equal(ch_features_add(fs, "a", " mean( attrs.lat )  type=view,cart half_life=90m",
+                                     NULL, 0),
+                     0);
+    assert_string_equal(ch_features_spec(fs, 0),
+                        "mean(attrs.lat) type=view|cart half_life=90m default=0");
+    assert_int_equal(ch_features_field_count(fs), 1);
+    assert_string_equal(ch_features_field_name(fs, 0), "attrs.lat");
+    ch_features_free(fs);
+}
+
+static void test_duration_parse(void **st) {
+    (void)st;
+    double ms = 0;
+    assert_int_equal(ch_duration_parse("250ms", &ms), 0);
+    assert_double_equal(ms, 250, 0);
+    assert_int_equal(ch_duration_parse("1.5h", &ms), 0);
+    assert_double_equal(ms, 5400000, 0);
+    assert_int_equal(ch_duration_parse("7d", &ms), 0);
+    assert_double_equal(ms, 604800000, 0);
+    assert_int_equal(ch_duration_parse("42", &ms), 0);
+    assert_double_equal(ms, 42, 0);
+    assert_int_equal(ch_duration_parse("inf", &ms), 0);
+    assert_true(isinf(ms));
+    assert_int_equal(ch_duration_parse("3 days", &ms), -EINVAL);
+    assert_int_equal(ch_duration_parse("-1s", &ms), -EINVAL);
+    assert_int_equal(ch_duration_parse("", &ms), -EINVAL);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decay_in_order),
+        cmocka_unit_test(test_late_event_is_order_independent),
+        cmocka_unit_test(test_decayed_max),
+        cmocka_unit_test(test_undefined_values_get_defaults),
+        cmocka_unit_test(test_constant_values_have_zero_std),
+        cmocka_unit_test(test_type_filters),
+        cmocka_unit_test(test_since_last),
+        cmocka_unit_test(test_ratio),
+        cmocka_unit_test(test_per_feature_half_life),
+        cmocka_unit_test(test_spec_errors),
+        cmocka_unit_test(test_canonical_spec),
+        cmocka_unit_test(test_duration_parse),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,128 @@
+/* User table tests: lookup, growth, deletion, caps and eviction. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ch/users.h"
+
+static int key_of(char *buf, size_t len, int i) {
+    return snprintf(buf, len, "user-%d", i);
+}
+
+static void test_insert_find_grow_remove(void **st) {
+    (void)st;
+    ch_users_t *u = NULL;
+    assert_int_equal(ch_users_new(200000, 32, 4, &u), 0);
+    char k[32];
+    const int n = 100000; /* forces many index doublings */
+    for (int i = 0; i < n; i++) {
+        int len = key_of(k, sizeof(k), i);
+        ch_user_t *rec = NULL;
+        assert_int_equal(ch_users_upsert(u, k, (size_t)len, &rec), 1);
+        assert_int_equal(rec->t_ref_ms, INT64_MIN);
+        assert_int_equal(rec->partition, -1);
+        rec->state[0] = i;
+        rec->t_ref_ms = i;
+    }
+    assert_int_equal(ch_users_count(u), n);
+    /* remove every third user; backward-shift deletion must keep the rest reachable */
+    for (int i = 0; i < n; i += 3) {
+        int len = key_of(k, sizeof(k), i);
+        assert_int_equal(ch_users_remove(u, k, (size_t)len), 0);
+    }
+    for (int i = 0; i < n; i++) {
+        int len = key_of(k, sizeof(k), i);
+        ch_user_t *rec = ch_users_find(u, k, (size_t)len);
+        if (i % 3 == 0) {
+            assert_null(rec);
+        } else {
+            assert_non_null(rec);
+            assert_int_equal((int)rec->state[0], i);
+            assert_memory_equal(ch_users_key(u, rec), k, (size_t)len);
+        }
+    }
+    /* upsert of an existing user returns it, not a new record */
+    ch_user_t *rec = NULL;
+    assert_int_equal(ch_users_upsert(u, "user-1", 6, &rec), 0);
+    assert_int_equal((int)rec->state[0], 1);
+    assert_int_equal(ch_users_count(u), n - (n + 2) / 3);
+    assert_int_equal(ch_users_remove(u, "nobody", 6), -ENOENT);
+    ch_users_free(u);
+}
+
+static void test_key_limits(void **st) {
+    (void)st;
+    ch_users_t *u = NULL;
+    assert_int_equal(ch_users_new(10, 8, 1, &u), 0);
+    ch_user_t *rec = NULL;
+    assert_int_equal(ch_users_upsert(u, "123456789", 9, &rec), -E2BIG);
+    assert_int_equal(ch_users_upsert(u, "", 0, &rec), -EINVAL);
+    assert_int_equal(ch_users_upsert(u, "12345678", 8, &rec), 1);
+    assert_int_equal(ch_users_count(u), 1);
+    assert_null(ch_users_free(u));
+    assert_null(ch_users_free(NULL));
+}
+
+static void test_cap_evicts(void **st) {
+    (void)st;
+    ch_users_t *u = NULL;
+    assert_int_equal(ch_users_new(100, 16, 1, &u), 0);
+    char k[16];
+    for (int i = 0; i < 250; i++) {
+        int len = key_of(k, sizeof(k), i);
+        ch_user_t *rec = NULL;
+        assert_int_equal(ch_users_upsert(u, k, (size_t)len, &rec), 1);
+        rec->t_ref_ms = i;
+    }
+    assert_int_equal(ch_users_count(u), 100);
+    assert_int_equal(ch_users_cap_evictions(u), 150);
+    /* the newest user is always present */
+    assert_non_null(ch_users_find(u, "user-249", 8));
+    ch_users_free(u);
+}
+
+static void test_idle_and_partition_eviction(void **st) {
+    (void)st;
+    ch_users_t *u = NULL;
+    assert_int_equal(ch_users_new(1000, 16, 1, &u), 0);
+    char k[16];
+    for (int i = 0; i < 100; i++) {
+        int len = key_of(k, sizeof(k), i);
+        ch_user_t *rec = NULL;
+        assert_int_equal(ch_users_upsert(u, k, (size_t)len, &rec), 1);
+        rec->t_ref_ms = i * 1000;
+        rec->partition = i % 4;
+    }
+    /* a budget smaller than the table scans only part of it */
+    assert_int_equal(ch_users_evict_idle(u, 50000, 10), 10); /* users 0..9 */
+    assert_int_equal(ch_users_evict_idle(u, 50000, 1000), 40);
+    assert_int_equal(ch_users_count(u), 50);
+    assert_null(ch_users_find(u, "user-49", 7));
+    assert_non_null(ch_users_find(u, "user-50", 7));
+    /* users 50..99 with i % 4 == 2: 50, 54, ..., 98 = 13 users */
+    assert_int_equal(ch_users_evict_partition(u, 2), 13);
+    assert_int_equal(ch_users_count(u), 37);
+    assert_null(ch_users_find(u, "user-54", 7));
+    assert_non_null(ch_users_find(u, "user-55", 7));
+    /* freed records are reused */
+    ch_user_t *rec = NULL;
+    size_t before = ch_users_memory_bytes(u);
+    assert_int_equal(ch_users_upsert(u, "fresh", 5, &rec), 1);
+    assert_int_equal(ch_users_memory_bytes(u), before);
+    ch_users_free(u);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_insert_find_grow_remove),
+        cmocka_unit_test(test_key_limits),
+        cmocka_unit_test(test_cap_evicts),
+        cmocka_unit_test(test_idle_and_partition_eviction),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
