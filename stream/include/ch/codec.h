@@ -1,0 +1,154 @@
+/*
+ * ch/codec.h - Avro codec for cohortd's events and outputs.
+ *
+ * Input: Confluent wire format (byte 0, 4-byte big-endian schema id, Avro binary)
+ * with ids resolved from a local schema directory, or plain Avro binary with a
+ * configured writer schema. Writer schemas are resolved against the reader
+ * schema (conf/schemas/user_event.avsc) per Avro's rules: fields matched by name,
+ * unknown writer fields skipped, optional reader fields defaulted, numeric
+ * promotions int->long->float->double, string<->bytes.
+ * Decoding is bounds-checked, allocation-free and zero-copy: a decoded view
+ * borrows from the message buffer and from the decoder.
+ *
+ * Output: hand-encoded Avro binary matching conf/schemas/profile_update.avsc.
+ *
+ * @locality Not thread-safe; one decoder per thread.
+ */
+#ifndef CH_CODEC_H
+#define CH_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CH_CODEC_MAX_ATTRS 256
+
+typedef enum ch_framing {
+    CH_FRAMING_CONFLUENT,
+    CH_FRAMING_PLAIN,
+} ch_framing_t;
+
+typedef struct ch_attr {
+    const char *key;
+    size_t key_len;
+    double value;
+} ch_attr_t;
+
+/* A decoded user event. Strings are not NUL-terminated; NULL means Avro null. */
+typedef struct ch_event_view {
+    const char *event_id;
+    size_t event_id_len;
+    const char *user_id;
+    size_t user_id_len;
+    int64_t ts_ms;
+    const char *type;
+    size_t type_len;
+    bool has_amount;
+    double amount;
+    const char *item;
+    size_t item_len;
+    const char *category;
+    size_t category_len;
+    const ch_attr_t *attrs;
+    size_t n_attrs;
+    int32_t schema_id; /* writer schema id; -1 for plain framing */
+} ch_event_view_t;
+
+/* A profile update as published (conf/schemas/profile_update.avsc). */
+typedef struct ch_profile {
+    const char *user_id;
+    size_t user_id_len;
+    const char *event_id; /* NULL: no triggering event */
+    size_t event_id_len;
+    int64_t ts_ms;
+    bool has_segment; /* false: segment fields are null */
+    int32_t segment;
+    int32_t segment_generation;
+    float segment_distance;
+    int32_t previous_segment; /* < 0: null */
+    const float *features;
+    size_t n_features;
+    const char *model_version; /* NULL: null */
+} ch_profile_t;
+
+/* A growable output buffer. Embedded; ch_buf_done() frees. */
+typedef struct ch_buf {
+    unsigned char *data;
+    size_t len, cap;
+} ch_buf_t;
+
+typedef struct ch_schemas ch_schemas_t;
+typedef struct ch_decoder ch_decoder_t;
+
+/**
+ * @brief Load the schema directory: its "ids" file maps schema ids to .avsc files,
+ *        one "<id> <file>" per line ('#' comments).
+ * @param ret_schemas set on success.
+ * @param errbuf, errlen the reason on failure, naming file:line (may be NULL).
+ * @returns 0, -ENOENT (directory or file missing), -EINVAL (bad ids line or schema),
+ *          -ENOMEM.
+ */
+int ch_schemas_load(const char *dir, ch_schemas_t **ret_schemas, char *errbuf, size_t errlen);
+
+/** @brief Free schemas. Accepts NULL. @returns NULL. */
+ch_schemas_t *ch_schemas_free(ch_schemas_t *s);
+
+/**
+ * @brief The id under which a schema file (name relative to the directory) is registered.
+ * @returns 0 and *ret_id, or -ENOENT.
+ */
+int ch_schemas_id_of(const ch_schemas_t *s, const char *file_name, int32_t *ret_id);
+
+/**
+ * @brief Create a decoder for user events.
+ * @param schemas registry for Confluent framing; borrowed, must outlive the decoder.
+ * @param reader_path the reader schema file (a user_event record).
+ * @param framing how messages are framed.
+ * @param plain_writer_path writer schema for plain framing; NULL = the reader schema.
+ * @returns 0, -ENOENT, -EINVAL (bad schema), -EPROTO (reader schema is not a
+ *          user_event record, or the plain writer schema cannot be resolved), -ENOMEM.
+ * @remark Every registered id is resolved up front; ids whose schema cannot be
+ *         resolved are kept with the reason and fail at decode time with -EPROTO.
+ */
+int ch_decoder_new(ch_schemas_t *schemas, const char *reader_path, ch_framing_t framing,
+                   const char *plain_writer_path, ch_decoder_t **ret_decoder, char *errbuf,
+                   size_t errlen);
+
+/** @brief Free a decoder. Accepts NULL. @returns NULL. */
+ch_decoder_t *ch_decoder_free(ch_decoder_t *d);
+
+/**
+ * @brief Decode one message.
+ * @param ret_ev the view; borrows from buf and from the decoder until the next call.
+ * @returns 0; -EBADMSG (bad framing, truncated or malformed Avro, trailing bytes, a
+ *          required field null); -EPROTO (unknown or unresolvable schema id); -E2BIG
+ *          (more than CH_CODEC_MAX_ATTRS attrs). errbuf says why.
+ */
+int ch_decoder_decode(ch_decoder_t *d, const void *buf, size_t len, ch_event_view_t *ret_ev,
+                      char *errbuf, size_t errlen);
+
+/** @brief Short machine-friendly reason for a decode error code ("decode_error", ...). */
+const char *ch_decoder_reason(int err);
+
+/** @brief Initialise an empty buffer. */
+void ch_buf_init(ch_buf_t *b);
+/** @brief Free a buffer's memory. */
+void ch_buf_done(ch_buf_t *b);
+
+/**
+ * @brief Encode a profile update into b (replacing its contents).
+ * @param schema_id written in the Confluent header when framing is CONFLUENT.
+ * @returns 0, -ENOMEM.
+ */
+int ch_encode_profile(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
+                      const ch_profile_t *p);
+
+/**
+ * @brief Encode a user event (conf/schemas/user_event.avsc) into b, replacing its contents.
+ *        Used by the event tools and tests.
+ * @returns 0, -ENOMEM, -EINVAL (a required string is NULL).
+ */
+int ch_encode_event(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
+                    const ch_event_view_t *ev);
+
+#endif

@@ -1,0 +1,143 @@
+/*
+ * ch/kafka.h - Kafka consumer and producer for an external event loop.
+ *
+ * Both expose a file descriptor that becomes readable when librdkafka has
+ * something for the caller (messages, rebalances, delivery reports) and a
+ * non-blocking, budgeted call that serves it. Nothing here blocks, except the
+ * explicitly blocking flush/close/commit_sync calls used at shutdown and on
+ * partition revocation.
+ *
+ * @locality Call everything from one thread (the loop thread). The log callback
+ *           may be invoked from librdkafka's internal threads.
+ */
+#ifndef CH_KAFKA_H
+#define CH_KAFKA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* librdkafka configuration as ordered key/value pairs; later pairs win. */
+typedef struct ch_kafka_conf {
+    const char *const *keys;
+    const char *const *values;
+    size_t n;
+    /* Receives librdkafka's log lines (syslog levels). May be called from any thread. */
+    void (*log)(void *opaque, int level, const char *facility, const char *msg);
+    void *log_opaque;
+} ch_kafka_conf_t;
+
+/* A consumed message, borrowed until the next ch_consumer_drain(). */
+typedef struct ch_msg {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    const void *key;
+    size_t key_len;
+    const void *value;
+    size_t value_len;
+    int64_t timestamp_ms; /* -1 if none */
+    int err;              /* 0, or -EIO: an error event; errstr says what */
+    const char *errstr;
+    bool err_fatal;
+} ch_msg_t;
+
+typedef struct ch_header {
+    const char *name;
+    const void *value;
+    size_t value_len;
+} ch_header_t;
+
+/* Rebalance hooks: partitions of the subscribed topic. on_revoke runs before the
+ * partitions are given up, so the caller can flush outputs and commit. lost is true
+ * when the partitions were already taken (session timeout): committing is futile. */
+typedef struct ch_rebalance_hooks {
+    void (*on_assign)(void *opaque, const int32_t *partitions, size_t n);
+    void (*on_revoke)(void *opaque, const int32_t *partitions, size_t n, bool lost);
+    void *opaque;
+} ch_rebalance_hooks_t;
+
+typedef struct ch_consumer ch_consumer_t;
+typedef struct ch_producer ch_producer_t;
+
+/**
+ * @brief Create a group consumer subscribed to one topic.
+ * @param conf librdkafka settings (must include group.id and bootstrap.servers).
+ * @param hooks rebalance hooks (copied; may be NULL).
+ * @returns 0, -EINVAL (a setting was rejected: errbuf names it), -EIO, -ENOMEM.
+ */
+int ch_consumer_new(const ch_kafka_conf_t *conf, const char *topic,
+                    const ch_rebalance_hooks_t *hooks, ch_consumer_t **ret_consumer,
+                    char *errbuf, size_t errlen);
+
+/** @brief Close (if not closed) and free. Accepts NULL. @returns NULL. */
+ch_consumer_t *ch_consumer_free(ch_consumer_t *c);
+
+/** @brief A non-blocking fd that turns readable when there is work. */
+int ch_consumer_fd(const ch_consumer_t *c);
+
+/**
+ * @brief Take up to budget messages (and serve rebalances) without blocking.
+ * @param out receives the views; valid until the next drain or close.
+ * @returns the number of entries in out (>= 0).
+ */
+int ch_consumer_drain(ch_consumer_t *c, ch_msg_t *out, size_t budget);
+
+/**
+ * @brief Mark a partition processed up to next_offset (exclusive); committed by the
+ *        periodic auto-commit and at close.
+ * @returns 0, -EIO (errbuf says why, e.g. partition not assigned).
+ */
+int ch_consumer_store(ch_consumer_t *c, int32_t partition, int64_t next_offset, char *errbuf,
+                      size_t errlen);
+
+/** @brief Commit the stored offsets now, synchronously. @returns 0, -EIO. */
+int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen);
+
+/** @brief Number of partitions currently assigned. */
+size_t ch_consumer_assigned(const ch_consumer_t *c);
+
+/**
+ * @brief Leave the group: revoke (hooks run), commit stored offsets. Blocking.
+ * @returns 0, -EIO.
+ */
+int ch_consumer_close(ch_consumer_t *c, char *errbuf, size_t errlen);
+
+/* Delivery report: err is 0 or -EIO (errstr says why). */
+typedef void(ch_delivery_fn)(void *opaque, void *msg_opaque, int err, const char *errstr);
+
+/**
+ * @brief Create an idempotent producer.
+ * @param on_delivery called from ch_producer_poll()/flush() for every message.
+ * @returns 0, -EINVAL (errbuf names the setting), -ENOMEM.
+ */
+int ch_producer_new(const ch_kafka_conf_t *conf, ch_delivery_fn *on_delivery, void *opaque,
+                    ch_producer_t **ret_producer, char *errbuf, size_t errlen);
+
+/** @brief Flush (up to 10 s) and free. Accepts NULL. @returns NULL. */
+ch_producer_t *ch_producer_free(ch_producer_t *p);
+
+/** @brief A non-blocking fd that turns readable when delivery reports are ready. */
+int ch_producer_fd(const ch_producer_t *p);
+
+/**
+ * @brief Enqueue one message (copied).
+ * @returns 0; -ENOBUFS (local queue full: poll and retry); -EIO (errbuf says why).
+ */
+int ch_producer_send(ch_producer_t *p, const char *topic, const void *key, size_t key_len,
+                     const void *value, size_t value_len, const ch_header_t *headers,
+                     size_t n_headers, void *msg_opaque, char *errbuf, size_t errlen);
+
+/** @brief Serve delivery reports without blocking. @returns how many were served. */
+int ch_producer_poll(ch_producer_t *p);
+
+/** @brief Wait until every message is delivered or failed. @returns 0, -ETIMEDOUT. */
+int ch_producer_flush(ch_producer_t *p, int timeout_ms);
+
+/** @brief Messages enqueued but not yet reported. */
+size_t ch_producer_outstanding(const ch_producer_t *p);
+
+/** @brief librdkafka's version string. */
+const char *ch_kafka_version(void);
+
+#endif
