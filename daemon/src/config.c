@@ -1,0 +1,547 @@
+/*
+ * config.c - table-driven configuration (one table: parsing, defaults, help).
+ *
+ * Design notes
+ * - Every scalar key is one row of `keys`: name, type, offsetof the field,
+ *   default (as text, parsed by the same code as user input), range, help.
+ *   --help-config and --check-config print from the same table.
+ * - Three open families: kafka.<prop> (both clients), kafka.consumer.<prop>
+ *   and kafka.producer.<prop> go verbatim to librdkafka, in order;
+ *   feature.<name> declares a feature, in output order.
+ * - Relative paths are relative to the config file's directory (or the
+ *   working directory when there is no file), so a config and its schemas
+ *   move together.
+ */
+#include "config.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ch/features.h"
+
+typedef enum key_type {
+    K_STR,
+    K_PATH,
+    K_INT,
+    K_DURATION,
+    K_ENUM,
+} key_type_t;
+
+typedef struct key_def {
+    const char *name;
+    key_type_t type;
+    size_t off;
+    const char *dflt;
+    double min, max;
+    const char *const *choices; /* K_ENUM: NULL-terminated; the value is the index */
+    const int *choice_values;   /* K_ENUM: stored value per choice (NULL: index) */
+    const char *help;
+} key_def_t;
+
+static const char *const framings[] = {"confluent", "plain", NULL};
+static const char *const policies[] = {"every", "change", NULL};
+static const char *const levels[] = {"err", "warning", "notice", "info", "debug", NULL};
+static const int level_values[] = {3, 4, 5, 6, 7};
+
+#define OFF(f) offsetof(ch_config_t, f)
+static const key_def_t keys[] = {
+    {"input.topic", K_STR, OFF(input_topic), "events", 0, 0, NULL, NULL,
+     "Kafka topic of user events (Avro), keyed by user_id."},
+    {"input.framing", K_ENUM, OFF(input_framing), "confluent", 0, 0, framings, NULL,
+     "confluent: magic byte 0 + 4-byte schema id + Avro; plain: Avro with input.writer_schema."},
+    {"schema.dir", K_PATH, OFF(schema_dir), "schemas", 0, 0, NULL, NULL,
+     "Directory of .avsc files with an 'ids' file mapping schema ids to files."},
+    {"input.schema", K_PATH, OFF(input_schema), "", 0, 0, NULL, NULL,
+     "Reader schema for events (default: <schema.dir>/user_event.avsc)."},
+    {"input.writer_schema", K_PATH, OFF(input_writer_schema), "", 0, 0, NULL, NULL,
+     "Writer schema for plain framing (default: the reader schema)."},
+    {"input.max_future", K_DURATION, OFF(input_max_future_ms), "1d", 0, INFINITY, NULL, NULL,
+     "Events stamped further than this past the wall clock are bad input (ts_in_future)."},
+    {"output.profile_topic", K_STR, OFF(profile_topic), "profiles", 0, 0, NULL, NULL,
+     "Topic for profile updates (profile_update.avsc), keyed by user_id."},
+    {"output.dlq_topic", K_STR, OFF(dlq_topic), "cohortd-dlq", 0, 0, NULL, NULL,
+     "Dead-letter topic: bad input forwarded unchanged, with cohortd.error.* headers."},
+    {"output.framing", K_ENUM, OFF(output_framing), "confluent", 0, 0, framings, NULL,
+     "Framing of outputs; confluent uses the id of profile_update.avsc in schema.dir/ids."},
+    {"features.half_life", K_DURATION, OFF(features_half_life_ms), "1h", 1, INFINITY, NULL, NULL,
+     "Half-life of features declared without half_life=."},
+    {"emit.policy", K_ENUM, OFF(emit_policy), "every", 0, 0, policies, NULL,
+     "every: one profile update per event; change: on a user's first event, on segment "
+     "change, and at most once per emit.heartbeat of the user's stream time otherwise."},
+    {"emit.heartbeat", K_DURATION, OFF(emit_heartbeat_ms), "1h", 0, INFINITY, NULL, NULL,
+     "With emit.policy = change: the longest a user goes without an update while active."},
+    {"batch.max_events", K_INT, OFF(batch_max_events), "1000", 1, 65536, NULL, NULL,
+     "Most events taken from Kafka per loop iteration (the batch size)."},
+    {"batch.max_inflight", K_INT, OFF(batch_max_inflight), "32", 1, 4096, NULL, NULL,
+     "Most batches whose outputs await broker acknowledgement; consumption pauses beyond."},
+    {"state.max_users", K_INT, OFF(state_max_users), "10000000", 1, 4294967294.0, NULL, NULL,
+     "User cap. A new user beyond it evicts the least recently active of a sample."},
+    {"state.key_max_bytes", K_INT, OFF(state_key_max_bytes), "64", 1, 4096, NULL, NULL,
+     "Longest user_id kept; longer ids are bad input (user_id_too_long)."},
+    {"state.idle_evict", K_DURATION, OFF(state_idle_evict_ms), "30d", 0, INFINITY, NULL, NULL,
+     "Forget users idle this long in stream time (0: never)."},
+    {"log.level", K_ENUM, OFF(log_level), "info", 0, 0, levels, level_values,
+     "Least severe level logged."},
+    {"log.stats_interval", K_DURATION, OFF(log_stats_interval_ms), "10s", 0, INFINITY, NULL,
+     NULL, "Interval of the progress line (events/s in and out, users, bad input); 0: off."},
+    {"log.bad_input_per_min", K_INT, OFF(log_bad_input_per_min), "10", 0, 1000000, NULL, NULL,
+     "Bad-input log lines per minute; the rest are counted, not logged."},
+    {"shutdown.timeout", K_DURATION, OFF(shutdown_timeout_ms), "30s", 0, INFINITY, NULL, NULL,
+     "On SIGTERM, how long to wait for outputs to be acknowledged before giving up."},
+};
+#define N_KEYS (sizeof(keys) / sizeof(keys[0]))
+
+static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...) {
+    if (errbuf && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errbuf, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return err;
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) {
+        s++;
+    }
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) {
+        *--e = '\0';
+    }
+    return s;
+}
+
+static size_t edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64) {
+        return SIZE_MAX;
+    }
+    size_t row[65];
+    for (size_t j = 0; j <= lb; j++) {
+        row[j] = j;
+    }
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (row[j] + 1 < best) {
+                best = row[j] + 1;
+            }
+            if (row[j - 1] + 1 < best) {
+                best = row[j - 1] + 1;
+            }
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+static const char *suggest(const char *name) {
+    const char *best = NULL;
+    size_t best_d = 4;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        size_t d = edit_distance(name, keys[i].name);
+        if (d < best_d) {
+            best_d = d;
+            best = keys[i].name;
+        }
+    }
+    return best;
+}
+
+static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, char *errbuf,
+                      size_t errlen) {
+    void *field = (char *)cfg + k->off;
+    switch (k->type) {
+    case K_STR:
+    case K_PATH:
+        if (strlen(value) >= CH_CONF_STR) {
+            return fail(errbuf, errlen, -EINVAL, "%s: value longer than %d bytes", k->name,
+                        CH_CONF_STR - 1);
+        }
+        if (k->type == K_STR && !*value) {
+            return fail(errbuf, errlen, -EINVAL, "%s: must not be empty", k->name);
+        }
+        if (k->type == K_PATH && *value && value[0] != '/' && cfg->base_dir[0]) {
+            if ((size_t)snprintf(field, CH_CONF_STR, "%s/%s", cfg->base_dir, value) >=
+                CH_CONF_STR) {
+                return fail(errbuf, errlen, -EINVAL, "%s: path too long", k->name);
+            }
+        } else {
+            snprintf(field, CH_CONF_STR, "%s", value);
+        }
+        return 0;
+    case K_INT: {
+        char *end = NULL;
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (errno || end == value || *end || v < k->min || v > k->max) {
+            return fail(errbuf, errlen, -EINVAL, "%s: expected an integer in %.0f..%.0f, got '%s'",
+                        k->name, k->min, k->max, value);
+        }
+        *(long *)field = (long)v;
+        return 0;
+    }
+    case K_DURATION: {
+        double ms;
+        if (ch_duration_parse(value, &ms) < 0 || ms < k->min || ms > k->max) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "%s: expected a duration such as 500ms, 30s, 15m, 1h, 7d%s, got '%s'",
+                        k->name, k->min > 0 ? " (> 0)" : " or 0", value);
+        }
+        *(double *)field = ms;
+        return 0;
+    }
+    case K_ENUM:
+        for (int i = 0; k->choices[i]; i++) {
+            if (strcmp(value, k->choices[i]) == 0) {
+                *(int *)field = k->choice_values ? k->choice_values[i] : i;
+                return 0;
+            }
+        }
+        {
+            char list[256] = "";
+            for (int i = 0; k->choices[i]; i++) {
+                strncat(list, i ? ", " : "", sizeof(list) - strlen(list) - 1);
+                strncat(list, k->choices[i], sizeof(list) - strlen(list) - 1);
+            }
+            return fail(errbuf, errlen, -EINVAL, "%s: expected one of %s, got '%s'", k->name,
+                        list, value);
+        }
+    }
+    return -EINVAL;
+}
+
+static int add_pair(ch_conf_pair_t **arr, size_t *n, const char *key, const char *value,
+                    int scope, const char *where, bool replace) {
+    if (replace) {
+        for (size_t i = 0; i < *n; i++) {
+            if ((*arr)[i].scope == scope && strcmp((*arr)[i].key, key) == 0) {
+                char *v = strdup(value);
+                if (!v) {
+                    return -ENOMEM;
+                }
+                free((*arr)[i].value);
+                (*arr)[i].value = v;
+                snprintf((*arr)[i].where, sizeof((*arr)[i].where), "%s", where);
+                return 0;
+            }
+        }
+    }
+    ch_conf_pair_t *na = realloc(*arr, (*n + 1) * sizeof(**arr));
+    if (!na) {
+        return -ENOMEM;
+    }
+    *arr = na;
+    ch_conf_pair_t *p = &na[*n];
+    p->key = strdup(key);
+    p->value = strdup(value);
+    p->scope = scope;
+    snprintf(p->where, sizeof(p->where), "%s", where);
+    if (!p->key || !p->value) {
+        free(p->key);
+        free(p->value);
+        return -ENOMEM;
+    }
+    (*n)++;
+    return 0;
+}
+
+/* Applies one key = value from `where`. */
+static int apply(ch_config_t *cfg, const char *key, const char *value, const char *where,
+                 char *errbuf, size_t errlen) {
+    char why[600];
+    int r;
+    if (strncmp(key, "kafka.", 6) == 0) {
+        const char *prop = key + 6;
+        int scope = CH_KAFKA_BOTH;
+        if (strncmp(prop, "consumer.", 9) == 0) {
+            scope = CH_KAFKA_CONSUMER;
+            prop += 9;
+        } else if (strncmp(prop, "producer.", 9) == 0) {
+            scope = CH_KAFKA_PRODUCER;
+            prop += 9;
+        }
+        if (!*prop) {
+            return fail(errbuf, errlen, -EINVAL, "%s: '%s' names no librdkafka property", where,
+                        key);
+        }
+        r = add_pair(&cfg->kafka, &cfg->n_kafka, prop, value, scope, where, true);
+        return r < 0 ? fail(errbuf, errlen, r, "%s: out of memory", where) : 0;
+    }
+    if (strncmp(key, "feature.", 8) == 0) {
+        const char *name = key + 8;
+        for (size_t i = 0; i < cfg->n_features; i++) {
+            if (strcmp(cfg->features[i].key, name) == 0 && strcmp(where, "--set") != 0 &&
+                strcmp(cfg->features[i].where, "--set") != 0) {
+                return fail(errbuf, errlen, -EINVAL, "%s: feature '%s' already declared at %s",
+                            where, name, cfg->features[i].where);
+            }
+        }
+        r = add_pair(&cfg->features, &cfg->n_features, name, value, 0, where, true);
+        return r < 0 ? fail(errbuf, errlen, r, "%s: out of memory", where) : 0;
+    }
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (strcmp(keys[i].name, key) == 0) {
+            r = set_scalar(cfg, &keys[i], value, why, sizeof(why));
+            return r < 0 ? fail(errbuf, errlen, r, "%s: %s", where, why) : 0;
+        }
+    }
+    const char *s = suggest(key);
+    if (s) {
+        return fail(errbuf, errlen, -EINVAL, "%s: unknown key '%s' (did you mean '%s'?)", where,
+                    key, s);
+    }
+    return fail(errbuf, errlen, -EINVAL,
+                "%s: unknown key '%s' (see cohortd --help-config; librdkafka settings are "
+                "kafka.<property>)",
+                where, key);
+}
+
+int ch_config_init(ch_config_t *cfg) {
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < N_KEYS; i++) {
+        int r = set_scalar(cfg, &keys[i], keys[i].dflt, NULL, 0);
+        assert(r == 0 && "every default parses");
+        (void)r;
+    }
+    return 0;
+}
+
+void ch_config_done(ch_config_t *cfg) {
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        free(cfg->kafka[i].key);
+        free(cfg->kafka[i].value);
+    }
+    for (size_t i = 0; i < cfg->n_features; i++) {
+        free(cfg->features[i].key);
+        free(cfg->features[i].value);
+    }
+    free(cfg->kafka);
+    free(cfg->features);
+    cfg->kafka = cfg->features = NULL;
+    cfg->n_kafka = cfg->n_features = 0;
+}
+
+int ch_config_load(ch_config_t *cfg, const char *path, char *errbuf, size_t errlen) {
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        return fail(errbuf, errlen, errno == ENOENT ? -ENOENT : -EIO, "%s: %s", path,
+                    strerror(errno));
+    }
+    snprintf(cfg->path, sizeof(cfg->path), "%s", path);
+    snprintf(cfg->base_dir, sizeof(cfg->base_dir), "%s", path);
+    char *slash = strrchr(cfg->base_dir, '/');
+    if (slash) {
+        *slash = '\0';
+    } else {
+        snprintf(cfg->base_dir, sizeof(cfg->base_dir), ".");
+    }
+    /* Path defaults are relative to the config file: re-apply them now. */
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (keys[i].type == K_PATH) {
+            set_scalar(cfg, &keys[i], keys[i].dflt, NULL, 0);
+        }
+    }
+    char line[4096];
+    int lineno = 0, r = 0;
+    while (r == 0 && fgets(line, sizeof(line), f)) {
+        lineno++;
+        char where[CH_CONF_STR];
+        snprintf(where, sizeof(where), "%s:%d", path, lineno);
+        if (!strchr(line, '\n') && !feof(f)) {
+            r = fail(errbuf, errlen, -EINVAL, "%s: line longer than %zu bytes", where,
+                     sizeof(line) - 2);
+            break;
+        }
+        char *s = trim(line);
+        if (!*s || *s == '#') {
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            r = fail(errbuf, errlen, -EINVAL, "%s: expected 'key = value'", where);
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *value = trim(eq + 1);
+        if (!*key) {
+            r = fail(errbuf, errlen, -EINVAL, "%s: missing key before '='", where);
+            break;
+        }
+        r = apply(cfg, key, value, where, errbuf, errlen);
+    }
+    fclose(f);
+    return r;
+}
+
+int ch_config_set(ch_config_t *cfg, const char *assignment, char *errbuf, size_t errlen) {
+    const char *eq = strchr(assignment, '=');
+    if (!eq || eq == assignment) {
+        return fail(errbuf, errlen, -EINVAL, "--set: expected key=value, got '%s'", assignment);
+    }
+    char key[CH_CONF_STR];
+    size_t klen = (size_t)(eq - assignment);
+    if (klen >= sizeof(key)) {
+        return fail(errbuf, errlen, -EINVAL, "--set: key too long");
+    }
+    memcpy(key, assignment, klen);
+    key[klen] = '\0';
+    char value[4096];
+    snprintf(value, sizeof(value), "%s", eq + 1);
+    return apply(cfg, trim(key), trim(value), "--set", errbuf, errlen);
+}
+
+const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, int scope) {
+    const char *v = NULL;
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        if ((cfg->kafka[i].scope == CH_KAFKA_BOTH || cfg->kafka[i].scope == scope) &&
+            strcmp(cfg->kafka[i].key, key) == 0) {
+            v = cfg->kafka[i].value;
+        }
+    }
+    return v;
+}
+
+int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
+    if (!ch_config_kafka_get(cfg, "bootstrap.servers", CH_KAFKA_CONSUMER)) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "kafka.bootstrap.servers is required (e.g. kafka.bootstrap.servers = "
+                    "broker1:9092,broker2:9092)");
+    }
+    const char *store = ch_config_kafka_get(cfg, "enable.auto.offset.store", CH_KAFKA_CONSUMER);
+    if (store && strcmp(store, "false") != 0) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "kafka.enable.auto.offset.store must stay false: cohortd stores an offset "
+                    "only after the outputs of that event are acknowledged");
+    }
+    if (cfg->n_features == 0) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "no features declared (add lines such as 'feature.n_events_1h = count "
+                    "half_life=1h')");
+    }
+    if (strcmp(cfg->input_topic, cfg->profile_topic) == 0 ||
+        strcmp(cfg->input_topic, cfg->dlq_topic) == 0) {
+        return fail(errbuf, errlen, -EINVAL, "input.topic must differ from the output topics");
+    }
+    if (cfg->input_writer_schema[0] && cfg->input_framing != CH_FRAMING_PLAIN) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "input.writer_schema applies to input.framing = plain only (Confluent "
+                    "framing names the writer schema in each message)");
+    }
+    return 0;
+}
+
+bool ch_config_is_secret(const char *key) {
+    static const char *const needles[] = {"password", "secret", "sasl.oauthbearer.config",
+                                          "ssl.key.pem", "ssl_key", "ssl.keystore"};
+    for (size_t i = 0; i < sizeof(needles) / sizeof(needles[0]); i++) {
+        if (strstr(key, needles[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void format_value(const ch_config_t *cfg, const key_def_t *k, char *buf, size_t len) {
+    const void *field = (const char *)cfg + k->off;
+    switch (k->type) {
+    case K_STR:
+    case K_PATH:
+        snprintf(buf, len, "%s", (const char *)field);
+        return;
+    case K_INT:
+        snprintf(buf, len, "%ld", *(const long *)field);
+        return;
+    case K_DURATION: {
+        double ms = *(const double *)field;
+        if (isinf(ms)) {
+            snprintf(buf, len, "inf");
+        } else if (ms != 0 && fmod(ms, 86400000.0) == 0) {
+            snprintf(buf, len, "%.0fd", ms / 86400000.0);
+        } else if (ms != 0 && fmod(ms, 3600000.0) == 0) {
+            snprintf(buf, len, "%.0fh", ms / 3600000.0);
+        } else if (ms != 0 && fmod(ms, 1000.0) == 0) {
+            snprintf(buf, len, "%.0fs", ms / 1000.0);
+        } else {
+            snprintf(buf, len, "%.17gms", ms);
+        }
+        return;
+    }
+    case K_ENUM: {
+        int v = *(const int *)field;
+        for (int i = 0; k->choices[i]; i++) {
+            if ((k->choice_values ? k->choice_values[i] : i) == v) {
+                snprintf(buf, len, "%s", k->choices[i]);
+                return;
+            }
+        }
+        snprintf(buf, len, "?");
+        return;
+    }
+    }
+}
+
+void ch_config_print(const ch_config_t *cfg, FILE *out) {
+    char buf[CH_CONF_STR + 32];
+    fprintf(out, "# effective cohortd settings%s%s\n", cfg->path[0] ? " from " : "", cfg->path);
+    for (size_t i = 0; i < N_KEYS; i++) {
+        format_value(cfg, &keys[i], buf, sizeof(buf));
+        fprintf(out, "%s = %s\n", keys[i].name, buf);
+    }
+    static const char *const scopes[] = {"kafka.", "kafka.consumer.", "kafka.producer."};
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        const ch_conf_pair_t *p = &cfg->kafka[i];
+        fprintf(out, "%s%s = %s\n", scopes[p->scope], p->key,
+                ch_config_is_secret(p->key) ? "********" : p->value);
+    }
+}
+
+void ch_config_print_help(FILE *out) {
+    char range[128];
+    fprintf(out, "cohortd configuration keys (file: 'key = value' lines, '#' comments;\n"
+                 "command line: --set key=value, applied after the file).\n\n");
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const key_def_t *k = &keys[i];
+        static const char *const tnames[] = {"string", "path", "integer", "duration", "enum"};
+        range[0] = '\0';
+        if (k->type == K_INT) {
+            snprintf(range, sizeof(range), ", range %.0f..%.0f", k->min, k->max);
+        } else if (k->type == K_ENUM) {
+            size_t n = (size_t)snprintf(range, sizeof(range), ", one of");
+            for (int c = 0; k->choices[c] && n < sizeof(range); c++) {
+                n += (size_t)snprintf(range + n, sizeof(range) - n, "%s %s", c ? "," : "",
+                                      k->choices[c]);
+            }
+        }
+        fprintf(out, "%s (%s, default '%s'%s)\n    %s\n", k->name, tnames[k->type], k->dflt,
+                range, k->help);
+    }
+    fprintf(out,
+            "feature.<name> (feature spec, repeatable, output order)\n"
+            "    <kind>[(<field>)] [type=a|b] [half_life=<duration>|inf] [default=<number>]\n"
+            "    kinds: count, sum(f), mean(f), std(f), max(f) (decayed), since_last (seconds),\n"
+            "    ratio(<feature>, <feature>); fields: amount, attrs.<key>.\n"
+            "kafka.<property>, kafka.consumer.<property>, kafka.producer.<property>\n"
+            "    Passed verbatim to librdkafka (both clients, consumer only, producer only),\n"
+            "    e.g. kafka.bootstrap.servers, kafka.group.id, kafka.security.protocol,\n"
+            "    kafka.sasl.mechanisms, kafka.sasl.username, kafka.sasl.password.\n"
+            "    Defaults set by cohortd: group.id=cohortd, auto.offset.reset=earliest,\n"
+            "    partition.assignment.strategy=cooperative-sticky, enable.idempotence=true,\n"
+            "    partitioner=murmur2_random (Java-client compatible). Secrets are never printed.\n"
+            "Relative paths are relative to the config file's directory.\n");
+}

@@ -1,0 +1,106 @@
+/*
+ * config.h - cohortd's configuration: one key = value file plus --set overrides.
+ */
+#ifndef CH_CONFIG_H
+#define CH_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ch/codec.h"
+
+#define CH_CONF_STR 512
+
+typedef enum ch_emit_policy {
+    CH_EMIT_EVERY,
+    CH_EMIT_CHANGE,
+} ch_emit_policy_t;
+
+typedef enum ch_kafka_scope {
+    CH_KAFKA_BOTH,
+    CH_KAFKA_CONSUMER,
+    CH_KAFKA_PRODUCER,
+} ch_kafka_scope_t;
+
+typedef struct ch_conf_pair {
+    char *key;   /* for kafka: the librdkafka property; for features: the name */
+    char *value;
+    int scope;   /* ch_kafka_scope_t for kafka pairs */
+    char where[CH_CONF_STR]; /* "file:line" or "--set" */
+} ch_conf_pair_t;
+
+typedef struct ch_config {
+    char path[CH_CONF_STR]; /* the config file, "" if none */
+    char base_dir[CH_CONF_STR];
+
+    char input_topic[CH_CONF_STR];
+    int input_framing; /* ch_framing_t */
+    char schema_dir[CH_CONF_STR];
+    char input_schema[CH_CONF_STR];
+    char input_writer_schema[CH_CONF_STR];
+    double input_max_future_ms;
+
+    char profile_topic[CH_CONF_STR];
+    char dlq_topic[CH_CONF_STR];
+    int output_framing; /* ch_framing_t */
+
+    double features_half_life_ms;
+    int emit_policy; /* ch_emit_policy_t */
+    double emit_heartbeat_ms;
+
+    long batch_max_events;
+    long batch_max_inflight;
+
+    long state_max_users;
+    long state_key_max_bytes;
+    double state_idle_evict_ms;
+
+    int log_level; /* syslog level: 3 err .. 7 debug */
+    double log_stats_interval_ms;
+    long log_bad_input_per_min;
+    double shutdown_timeout_ms;
+
+    ch_conf_pair_t *kafka;
+    size_t n_kafka;
+    ch_conf_pair_t *features;
+    size_t n_features;
+} ch_config_t;
+
+/** @brief Set every key to its default. */
+int ch_config_init(ch_config_t *cfg);
+/** @brief Free what the config owns. */
+void ch_config_done(ch_config_t *cfg);
+
+/**
+ * @brief Read a config file. Relative paths in it are relative to its directory.
+ * @returns 0, -ENOENT, -EINVAL (errbuf: "file:line: reason").
+ */
+int ch_config_load(ch_config_t *cfg, const char *path, char *errbuf, size_t errlen);
+
+/**
+ * @brief Apply one "key=value" override (after the file).
+ * @returns 0, -EINVAL (errbuf says why).
+ */
+int ch_config_set(ch_config_t *cfg, const char *assignment, char *errbuf, size_t errlen);
+
+/**
+ * @brief Cross-key checks after all sources are read.
+ * @returns 0, -EINVAL (errbuf says why).
+ */
+int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen);
+
+/** @brief Look up a kafka.* property as finally set. @returns the value or NULL. */
+const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, int scope);
+
+/** @brief Print the effective settings, secrets masked. */
+void ch_config_print(const ch_config_t *cfg, FILE *out);
+
+/** @brief Print every key with type, default, range and help. */
+void ch_config_print_help(FILE *out);
+
+/** @brief Whether a librdkafka property holds a secret (never printed or logged). */
+bool ch_config_is_secret(const char *key);
+
+#endif

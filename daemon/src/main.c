@@ -1,0 +1,317 @@
+/*
+ * main.c - cohortd: command line, the libev loop, signals, progress.
+ *
+ * Design notes
+ * - One loop, one thread of ours. The consumer and producer each expose a
+ *   pipe fd that librdkafka writes to when work arrives. A readable consumer
+ *   fd starts an ev_idle watcher that drains one budgeted batch per loop
+ *   iteration, so timers and signals stay responsive under load; the idle
+ *   watcher stops itself when a drain comes back short.
+ * - Backpressure: when batch.max_inflight batches await acknowledgement the
+ *   drain returns -EAGAIN; the idle watcher stops and the producer's fd
+ *   (delivery reports) restarts it.
+ * - A 100 ms safety timer drains and polls as well, so a lost wake-up could
+ *   at worst delay work, never stall it.
+ * - SIGTERM/SIGINT: stop consuming, flush outputs, commit, exit 0 (1 if an
+ *   output could not be delivered). SIGHUP: reload hook (no model yet).
+ */
+#include <errno.h>
+#include <ev.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ch/features.h"
+#include "ch/kafka.h"
+#include "config.h"
+#include "log.h"
+#include "pipeline.h"
+
+typedef struct daemon_ctx {
+    struct ev_loop *loop;
+    ch_pipeline_t *pipe;
+    const ch_config_t *cfg;
+    ev_io consumer_io, producer_io;
+    ev_idle drain_idle;
+    ev_timer safety, stats, housekeeping;
+    ev_signal sigterm, sigint, sighup;
+    int exit_code;
+    /* progress */
+    double last_stats_s;
+    ch_pipeline_stats_t last;
+} daemon_ctx_t;
+
+static void stop_loop(daemon_ctx_t *d, int code) {
+    d->exit_code = code;
+    ev_break(d->loop, EVBREAK_ALL);
+}
+
+static void drain_once(daemon_ctx_t *d) {
+    int n = ch_pipeline_drain(d->pipe);
+    if (ch_pipeline_failed(d->pipe)) {
+        ch_log(CH_LOG_ERR, "stopping after a failure; uncommitted events will be reprocessed");
+        stop_loop(d, 1);
+        return;
+    }
+    if (n == -EAGAIN || n < d->cfg->batch_max_events) {
+        ev_idle_stop(d->loop, &d->drain_idle); /* caught up, or waiting for acks */
+    } else {
+        ev_idle_start(d->loop, &d->drain_idle);
+    }
+}
+
+static void on_drain_idle(struct ev_loop *loop, ev_idle *w, int revents) {
+    (void)loop;
+    (void)revents;
+    drain_once(w->data);
+}
+
+static void on_consumer_io(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    drain_once(w->data);
+}
+
+static void on_producer_io(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    daemon_ctx_t *d = w->data;
+    ch_pipeline_poll_producer(d->pipe);
+    if (ch_pipeline_failed(d->pipe)) {
+        stop_loop(d, 1);
+        return;
+    }
+    ev_idle_start(d->loop, &d->drain_idle); /* acks may have freed ring slots */
+}
+
+static void on_safety(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    daemon_ctx_t *d = w->data;
+    ch_pipeline_poll_producer(d->pipe);
+    drain_once(d);
+}
+
+static void on_housekeeping(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    daemon_ctx_t *d = w->data;
+    ch_pipeline_tick(d->pipe);
+}
+
+static void on_stats(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    daemon_ctx_t *d = w->data;
+    ch_pipeline_stats_t s;
+    ch_pipeline_stats(d->pipe, &s);
+    double now = ch_now_s();
+    double dt = now - d->last_stats_s;
+    if (dt <= 0) {
+        return;
+    }
+    uint64_t out = s.profiles_acked + s.dlq_acked, last_out = d->last.profiles_acked + d->last.dlq_acked;
+    ch_log(CH_LOG_INFO,
+           "in %.0f ev/s, out %.0f msg/s | total in %llu, profiles %llu, bad %llu | users %zu | "
+           "partitions %zu | in flight %zu batch(es)",
+           (double)(s.consumed - d->last.consumed) / dt, (double)(out - last_out) / dt,
+           (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
+           (unsigned long long)s.bad_total, s.users, s.assigned_partitions, s.inflight_batches);
+    d->last = s;
+    d->last_stats_s = now;
+}
+
+static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents) {
+    (void)loop;
+    (void)revents;
+    daemon_ctx_t *d = w->data;
+    ch_log(CH_LOG_NOTICE, "%s: stopping (flush outputs, commit, leave the group)",
+           strsignal(w->signum));
+    stop_loop(d, 0);
+}
+
+static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents) {
+    (void)loop;
+    (void)w;
+    (void)revents;
+    ch_log(CH_LOG_NOTICE, "SIGHUP: no model is configured, nothing to reload");
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "Usage: cohortd --config FILE [--set key=value]... [--check-config]\n"
+            "       cohortd --help | --help-config | --version\n\n"
+            "Streaming real-time user scoring: consumes user events (Avro) from Kafka, keeps\n"
+            "time-decayed feature vectors per user and publishes profile updates to Kafka.\n\n"
+            "  -c, --config FILE    configuration file (key = value lines)\n"
+            "  -s, --set KEY=VALUE  override one setting (repeatable; after the file)\n"
+            "      --check-config   validate, print the effective settings and features, exit\n"
+            "      --help-config    list every setting with type, default and range\n"
+            "  -h, --help           this help\n"
+            "  -V, --version        print the version\n\n"
+            "Signals: SIGTERM/SIGINT stop gracefully (flush, commit, exit 0); SIGHUP reloads.\n"
+            "Exit status: 0 clean stop, 1 runtime failure, 2 usage or configuration error.\n");
+}
+
+static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size_t errlen) {
+    ch_features_t *fs = NULL;
+    int r = ch_features_new(cfg->features_half_life_ms, &fs);
+    for (size_t i = 0; r == 0 && i < cfg->n_features; i++) {
+        char why[256];
+        r = ch_features_add(fs, cfg->features[i].key, cfg->features[i].value, why, sizeof(why));
+        if (r < 0) {
+            snprintf(errbuf, errlen, "%s: feature.%s: %s", cfg->features[i].where,
+                     cfg->features[i].key, why);
+        }
+    }
+    if (r == 0 && print) {
+        printf("# features (output order; profile_update.features[i])\n");
+        for (size_t i = 0; i < ch_features_count(fs); i++) {
+            printf("feature.%s = %s    # [%zu]\n", ch_features_name(fs, i),
+                   ch_features_spec(fs, i), i);
+        }
+    }
+    ch_features_free(fs);
+    return r;
+}
+
+int main(int argc, char **argv) {
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"set", required_argument, NULL, 's'},
+                                         {"check-config", no_argument, NULL, 'k'},
+                                         {"help-config", no_argument, NULL, 'H'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {NULL, 0, NULL, 0}};
+    const char *config_path = NULL;
+    bool check_only = false;
+    char **sets = calloc((size_t)argc + 1, sizeof(*sets));
+    size_t n_sets = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:s:hV", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 's':
+            sets[n_sets++] = optarg;
+            break;
+        case 'k':
+            check_only = true;
+            break;
+        case 'H':
+            ch_config_print_help(stdout);
+            free(sets);
+            return 0;
+        case 'h':
+            usage(stdout);
+            free(sets);
+            return 0;
+        case 'V':
+            printf("cohortd %s (librdkafka %s, libev %d.%d)\n", CH_VERSION, ch_kafka_version(),
+                   ev_version_major(), ev_version_minor());
+            free(sets);
+            return 0;
+        default:
+            usage(stderr);
+            free(sets);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cohortd: unexpected argument '%s' (see --help)\n", argv[optind]);
+        free(sets);
+        return 2;
+    }
+
+    ch_config_t cfg;
+    ch_config_init(&cfg);
+    char err[1024] = "";
+    int r = 0;
+    if (config_path) {
+        r = ch_config_load(&cfg, config_path, err, sizeof(err));
+    }
+    for (size_t i = 0; r == 0 && i < n_sets; i++) {
+        r = ch_config_set(&cfg, sets[i], err, sizeof(err));
+    }
+    free(sets);
+    if (r == 0) {
+        r = ch_config_validate(&cfg, err, sizeof(err));
+    }
+    if (r == 0) {
+        r = check_features(&cfg, check_only, err, sizeof(err));
+    }
+    if (r < 0) {
+        fprintf(stderr, "cohortd: %s\n", err);
+        ch_config_done(&cfg);
+        return 2;
+    }
+    if (check_only) {
+        ch_config_print(&cfg, stdout);
+        printf("# configuration OK\n");
+        ch_config_done(&cfg);
+        return 0;
+    }
+    ch_log_set_level(cfg.log_level);
+
+    daemon_ctx_t d = {.cfg = &cfg};
+    r = ch_pipeline_new(&cfg, &d.pipe, err, sizeof(err));
+    if (r < 0) {
+        ch_log(CH_LOG_ERR, "%s", err[0] ? err : strerror(-r));
+        ch_config_done(&cfg);
+        return r == -EINVAL || r == -ENOENT || r == -EPROTO ? 2 : 1;
+    }
+    ch_log(CH_LOG_NOTICE, "cohortd %s: %s -> %s (dead letters: %s), %zu features, group %s",
+           CH_VERSION, cfg.input_topic, cfg.profile_topic, cfg.dlq_topic, cfg.n_features,
+           ch_config_kafka_get(&cfg, "group.id", CH_KAFKA_CONSUMER)
+               ? ch_config_kafka_get(&cfg, "group.id", CH_KAFKA_CONSUMER)
+               : "cohortd");
+
+    d.loop = ev_default_loop(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    ev_io_init(&d.consumer_io, on_consumer_io, ch_pipeline_consumer_fd(d.pipe), EV_READ);
+    ev_io_init(&d.producer_io, on_producer_io, ch_pipeline_producer_fd(d.pipe), EV_READ);
+    ev_idle_init(&d.drain_idle, on_drain_idle);
+    ev_timer_init(&d.safety, on_safety, 0.1, 0.1);
+    ev_timer_init(&d.housekeeping, on_housekeeping, 1.0, 1.0);
+    ev_signal_init(&d.sigterm, on_stop_signal, SIGTERM);
+    ev_signal_init(&d.sigint, on_stop_signal, SIGINT);
+    ev_signal_init(&d.sighup, on_sighup, SIGHUP);
+    d.consumer_io.data = d.producer_io.data = d.drain_idle.data = &d;
+    d.safety.data = d.housekeeping.data = d.stats.data = &d;
+    d.sigterm.data = d.sigint.data = d.sighup.data = &d;
+    ev_io_start(d.loop, &d.consumer_io);
+    ev_io_start(d.loop, &d.producer_io);
+    ev_timer_start(d.loop, &d.safety);
+    ev_timer_start(d.loop, &d.housekeeping);
+    if (cfg.log_stats_interval_ms > 0 && isfinite(cfg.log_stats_interval_ms)) {
+        double iv = cfg.log_stats_interval_ms / 1000.0;
+        ev_timer_init(&d.stats, on_stats, iv, iv);
+        ev_timer_start(d.loop, &d.stats);
+    }
+    ev_signal_start(d.loop, &d.sigterm);
+    ev_signal_start(d.loop, &d.sigint);
+    ev_signal_start(d.loop, &d.sighup);
+    signal(SIGPIPE, SIG_IGN);
+    d.last_stats_s = ch_now_s();
+
+    ev_run(d.loop, 0);
+
+    r = ch_pipeline_shutdown(d.pipe);
+    ch_pipeline_stats_t s;
+    ch_pipeline_stats(d.pipe, &s);
+    ch_log(CH_LOG_NOTICE,
+           "stopped: %llu consumed, %llu profiles, %llu dead letters, %llu delivery failures%s",
+           (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
+           (unsigned long long)s.dlq_acked, (unsigned long long)s.delivery_failures,
+           r == 0 ? "; offsets committed" : "");
+    d.pipe = ch_pipeline_free(d.pipe);
+    ev_loop_destroy(d.loop);
+    ch_config_done(&cfg);
+    if (d.exit_code == 0 && r < 0) {
+        d.exit_code = 1;
+    }
+    return d.exit_code;
+}

@@ -1,0 +1,787 @@
+/*
+ * pipeline.c - where stream/ and model/ meet.
+ *
+ * Design notes
+ * - One drain = one batch: up to batch.max_events messages are decoded,
+ *   validated, folded into user state and their outputs enqueued, all on the
+ *   loop thread, with no allocation per event (decoder views borrow from the
+ *   Kafka messages; scratch arrays are sized at start-up).
+ * - Delivery and commit (at-least-once, nothing lost): each batch is a slot in
+ *   a ring of batch.max_inflight slots, recording the highest offset+1 it
+ *   consumed per partition and how many of its outputs (profiles and dead
+ *   letters) await acknowledgement. Offsets are stored for librdkafka's
+ *   auto-commit only when the OLDEST batch has every output acknowledged, so a
+ *   committed offset never passes an unacknowledged output, whatever order
+ *   acknowledgements arrive in across output partitions. A failed delivery
+ *   freezes the ring (nothing after it is ever committed) and the daemon exits
+ *   non-zero so that a restart reprocesses from the last commit.
+ * - Bad input is never dropped: it is forwarded unchanged to the dead-letter
+ *   topic with cohortd.error.* headers, counted and logged (rate-limited), and
+ *   its offset is committed only once the dead letter is acknowledged.
+ * - Rebalance: before partitions are revoked, outputs are flushed and offsets
+ *   committed, and the users of those partitions are dropped (their new owner
+ *   rebuilds them); messages of partitions no longer assigned are skipped.
+ */
+#include "pipeline.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ch/codec.h"
+#include "ch/features.h"
+#include "ch/kafka.h"
+#include "ch/users.h"
+#include "log.h"
+
+typedef struct part_off {
+    int32_t partition;
+    int64_t next_offset;
+} part_off_t;
+
+typedef struct batch {
+    size_t outstanding;
+    bool sealed;
+    bool failed;
+    part_off_t *parts;
+    size_t n_parts, cap_parts;
+} batch_t;
+
+typedef enum field_kind {
+    FIELD_AMOUNT,
+    FIELD_ATTR,
+} field_kind_t;
+
+typedef struct field_map {
+    field_kind_t kind;
+    const char *attr; /* FIELD_ATTR: key within attrs (borrowed from the feature set) */
+    size_t attr_len;
+} field_map_t;
+
+static const char *const bad_names[CH_BAD_N] = {
+    [CH_BAD_DECODE] = "decode_error",
+    [CH_BAD_SCHEMA] = "schema_error",
+    [CH_BAD_TOO_MANY_ATTRS] = "too_many_attrs",
+    [CH_BAD_EMPTY_USER_ID] = "empty_user_id",
+    [CH_BAD_USER_ID_TOO_LONG] = "user_id_too_long",
+    [CH_BAD_NON_FINITE] = "non_finite",
+    [CH_BAD_TS_NEGATIVE] = "ts_negative",
+    [CH_BAD_TS_FUTURE] = "ts_in_future",
+};
+
+struct ch_pipeline {
+    const ch_config_t *cfg;
+    ch_features_t *fs;
+    ch_users_t *users;
+    ch_schemas_t *schemas;
+    ch_decoder_t *dec;
+    ch_producer_t *producer;
+    ch_consumer_t *consumer;
+    int32_t profile_schema_id;
+
+    batch_t *ring;
+    size_t ring_cap, ring_head, ring_count;
+
+    ch_msg_t *msgs;
+    size_t n_fields, n_feats;
+    field_map_t *fields;
+    double *values;
+    double *feats;
+    float *feats_f;
+    ch_buf_t out;
+
+    bool *assigned;
+    size_t n_assigned_cap;
+
+    bool stopping;
+    bool failed;
+    ch_ratelimit_t bad_rl, kafka_rl;
+    ch_pipeline_stats_t st;
+};
+
+const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r) {
+    return r < CH_BAD_N ? bad_names[r] : "unknown";
+}
+
+/* ---------------------------------------------------------------- delivery ring */
+
+static batch_t *ring_at(ch_pipeline_t *p, size_t i) {
+    return &p->ring[(p->ring_head + i) % p->ring_cap];
+}
+
+static batch_t *ring_push(ch_pipeline_t *p) {
+    batch_t *b = ring_at(p, p->ring_count++);
+    b->outstanding = 0;
+    b->sealed = false;
+    b->failed = false;
+    b->n_parts = 0;
+    return b;
+}
+
+static int track_offset(batch_t *b, int32_t partition, int64_t offset) {
+    for (size_t i = 0; i < b->n_parts; i++) {
+        if (b->parts[i].partition == partition) {
+            if (offset + 1 > b->parts[i].next_offset) {
+                b->parts[i].next_offset = offset + 1;
+            }
+            return 0;
+        }
+    }
+    if (b->n_parts == b->cap_parts) {
+        size_t cap = b->cap_parts ? b->cap_parts * 2 : 16;
+        part_off_t *np = realloc(b->parts, cap * sizeof(*np));
+        if (!np) {
+            return -ENOMEM;
+        }
+        b->parts = np;
+        b->cap_parts = cap;
+    }
+    b->parts[b->n_parts++] = (part_off_t){partition, offset + 1};
+    return 0;
+}
+
+/* Stores the offsets of the oldest batches whose outputs are all acknowledged. */
+static void advance(ch_pipeline_t *p) {
+    while (p->ring_count) {
+        batch_t *b = ring_at(p, 0);
+        if (!b->sealed || b->outstanding || b->failed) {
+            return;
+        }
+        for (size_t i = 0; i < b->n_parts; i++) {
+            char err[256];
+            if (ch_consumer_store(p->consumer, b->parts[i].partition, b->parts[i].next_offset,
+                                  err, sizeof(err)) < 0) {
+                /* The partition was revoked; its new owner reprocesses from the last
+                 * commit, so nothing is lost. */
+                ch_log(CH_LOG_DEBUG, "not storing offset: %s", err);
+            }
+        }
+        p->ring_head = (p->ring_head + 1) % p->ring_cap;
+        p->ring_count--;
+    }
+}
+
+/* The delivery opaque is the batch pointer; its low bit marks a dead letter. */
+#define DLQ_TAG ((uintptr_t)1)
+
+static void on_delivery(void *opaque, void *msg_opaque, int err, const char *errstr) {
+    ch_pipeline_t *p = opaque;
+    bool is_dlq = ((uintptr_t)msg_opaque & DLQ_TAG) != 0;
+    batch_t *b = (batch_t *)((uintptr_t)msg_opaque & ~DLQ_TAG);
+    b->outstanding--;
+    if (!err) {
+        if (is_dlq) {
+            p->st.dlq_acked++;
+        } else {
+            p->st.profiles_acked++;
+        }
+    }
+    if (err) {
+        b->failed = true;
+        p->failed = true;
+        p->st.delivery_failures++;
+        uint64_t dropped = 0;
+        if (ch_ratelimit_allow(&p->kafka_rl, &dropped)) {
+            ch_log(CH_LOG_ERR,
+                   "output not delivered: %s; offsets from this batch on will not be committed",
+                   errstr ? errstr : "unknown error");
+        }
+    }
+    advance(p);
+}
+
+/* ---------------------------------------------------------------- outputs */
+
+static int send_out(ch_pipeline_t *p, batch_t *b, bool is_dlq, const char *topic,
+                    const void *key, size_t key_len, const void *value, size_t value_len,
+                    const ch_header_t *h, size_t n_h) {
+    char err[512];
+    void *tagged = (void *)((uintptr_t)b | (is_dlq ? DLQ_TAG : 0));
+    for (;;) {
+        int r = ch_producer_send(p->producer, topic, key, key_len, value, value_len, h, n_h,
+                                 tagged, err, sizeof(err));
+        if (r == -ENOBUFS) {
+            /* The local queue is full: wait for acknowledgements (rare; the ring bounds
+             * what is in flight). */
+            ch_producer_flush(p->producer, 100);
+            continue;
+        }
+        if (r < 0) {
+            ch_log(CH_LOG_ERR, "%s", err);
+            b->failed = true;
+            p->failed = true;
+            return r;
+        }
+        b->outstanding++;
+        return 0;
+    }
+}
+
+static void dead_letter(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m, ch_bad_reason_t reason,
+                        const char *why) {
+    p->st.bad[reason]++;
+    p->st.bad_total++;
+    uint64_t dropped = 0;
+    if (ch_ratelimit_allow(&p->bad_rl, &dropped)) {
+        ch_log(CH_LOG_WARNING, "bad input %s[%d]@%lld (%s): %s; sent to %s%s", m->topic,
+               m->partition, (long long)m->offset, bad_names[reason], why, p->cfg->dlq_topic,
+               dropped ? " (more bad input was not logged, see metrics)" : "");
+    }
+    char part[16], off[24];
+    snprintf(part, sizeof(part), "%d", m->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)m->offset);
+    const ch_header_t h[] = {
+        {"cohortd.error.reason", bad_names[reason], strlen(bad_names[reason])},
+        {"cohortd.error.detail", why, strlen(why)},
+        {"cohortd.source.topic", m->topic, strlen(m->topic)},
+        {"cohortd.source.partition", part, strlen(part)},
+        {"cohortd.source.offset", off, strlen(off)},
+    };
+    if (send_out(p, b, true, p->cfg->dlq_topic, m->key, m->key_len, m->value, m->value_len, h, 5) ==
+        0) {
+        p->st.dlq_sent++;
+    }
+}
+
+/* ---------------------------------------------------------------- processing */
+
+static int validate(const ch_pipeline_t *p, const ch_event_view_t *ev, char *why, size_t len) {
+    if (ev->user_id_len == 0) {
+        snprintf(why, len, "user_id is empty");
+        return CH_BAD_EMPTY_USER_ID;
+    }
+    if (ev->user_id_len > (size_t)p->cfg->state_key_max_bytes) {
+        snprintf(why, len, "user_id of %zu bytes exceeds state.key_max_bytes = %ld",
+                 ev->user_id_len, p->cfg->state_key_max_bytes);
+        return CH_BAD_USER_ID_TOO_LONG;
+    }
+    if (ev->has_amount && !isfinite(ev->amount)) {
+        snprintf(why, len, "amount is %f", ev->amount);
+        return CH_BAD_NON_FINITE;
+    }
+    for (size_t i = 0; i < ev->n_attrs; i++) {
+        if (!isfinite(ev->attrs[i].value)) {
+            snprintf(why, len, "attrs[%.*s] is %f", (int)ev->attrs[i].key_len, ev->attrs[i].key,
+                     ev->attrs[i].value);
+            return CH_BAD_NON_FINITE;
+        }
+    }
+    if (ev->ts_ms < 0) {
+        snprintf(why, len, "ts %lld is before 1970", (long long)ev->ts_ms);
+        return CH_BAD_TS_NEGATIVE;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double now_ms = (double)now.tv_sec * 1000.0 + (double)now.tv_nsec / 1e6;
+    if ((double)ev->ts_ms > now_ms + p->cfg->input_max_future_ms) {
+        snprintf(why, len, "ts %lld is %.0f s in the future (input.max_future)",
+                 (long long)ev->ts_ms, ((double)ev->ts_ms - now_ms) / 1000.0);
+        return CH_BAD_TS_FUTURE;
+    }
+    return -1;
+}
+
+static void build_obs(ch_pipeline_t *p, const ch_event_view_t *ev, ch_obs_t *obs) {
+    obs->ts_ms = ev->ts_ms;
+    obs->type_mask = ch_features_type_mask(p->fs, ev->type, ev->type_len);
+    obs->present_mask = 0;
+    obs->values = p->values;
+    for (size_t f = 0; f < p->n_fields; f++) {
+        const field_map_t *fm = &p->fields[f];
+        if (fm->kind == FIELD_AMOUNT) {
+            if (ev->has_amount) {
+                p->values[f] = ev->amount;
+                obs->present_mask |= UINT64_C(1) << f;
+            }
+            continue;
+        }
+        for (size_t a = 0; a < ev->n_attrs; a++) {
+            if (ev->attrs[a].key_len == fm->attr_len &&
+                memcmp(ev->attrs[a].key, fm->attr, fm->attr_len) == 0) {
+                p->values[f] = ev->attrs[a].value;
+                obs->present_mask |= UINT64_C(1) << f;
+                break;
+            }
+        }
+    }
+}
+
+static bool should_emit(const ch_pipeline_t *p, const ch_user_t *u, bool created) {
+    if (p->cfg->emit_policy == CH_EMIT_EVERY || created || u->last_emit_ms == INT64_MIN) {
+        return true;
+    }
+    return (double)(u->t_ref_ms - u->last_emit_ms) >= p->cfg->emit_heartbeat_ms;
+}
+
+static void process(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m) {
+    char why[512];
+    ch_event_view_t ev;
+    int r = ch_decoder_decode(p->dec, m->value, m->value_len, &ev, why, sizeof(why));
+    if (r < 0) {
+        dead_letter(p, b, m,
+                    r == -EPROTO  ? CH_BAD_SCHEMA
+                    : r == -E2BIG ? CH_BAD_TOO_MANY_ATTRS
+                                  : CH_BAD_DECODE,
+                    why);
+        return;
+    }
+    int bad = validate(p, &ev, why, sizeof(why));
+    if (bad >= 0) {
+        dead_letter(p, b, m, (ch_bad_reason_t)bad, why);
+        return;
+    }
+    uint64_t cap_before = ch_users_cap_evictions(p->users);
+    ch_user_t *u = NULL;
+    r = ch_users_upsert(p->users, ev.user_id, ev.user_id_len, &u);
+    if (r < 0) {
+        ch_log(CH_LOG_ERR, "user table: %s; stopping", strerror(-r));
+        b->failed = true;
+        p->failed = true;
+        return;
+    }
+    p->st.users_evicted_cap += ch_users_cap_evictions(p->users) - cap_before;
+    bool created = r == 1;
+    if (created) {
+        ch_features_state_init(p->fs, u->state);
+    }
+    u->partition = m->partition;
+    ch_obs_t obs;
+    build_obs(p, &ev, &obs);
+    ch_features_update(p->fs, u->state, &u->t_ref_ms, &obs);
+    if (ev.ts_ms > p->st.stream_time_ms) {
+        p->st.stream_time_ms = ev.ts_ms;
+    }
+    p->st.events_ok++;
+    if (!should_emit(p, u, created)) {
+        return;
+    }
+    ch_features_read(p->fs, u->state, u->t_ref_ms, p->feats);
+    for (size_t i = 0; i < p->n_feats; i++) {
+        p->feats_f[i] = (float)p->feats[i];
+    }
+    ch_profile_t prof = {.user_id = ev.user_id,
+                         .user_id_len = ev.user_id_len,
+                         .event_id = ev.event_id,
+                         .event_id_len = ev.event_id_len,
+                         .ts_ms = u->t_ref_ms,
+                         .features = p->feats_f,
+                         .n_features = p->n_feats};
+    if (ch_encode_profile(&p->out, (ch_framing_t)p->cfg->output_framing, p->profile_schema_id,
+                          &prof) < 0) {
+        ch_log(CH_LOG_ERR, "out of memory encoding a profile update; stopping");
+        b->failed = true;
+        p->failed = true;
+        return;
+    }
+    u->last_emit_ms = u->t_ref_ms;
+    if (send_out(p, b, false, p->cfg->profile_topic, ev.user_id, ev.user_id_len, p->out.data,
+                 p->out.len, NULL, 0) == 0) {
+        p->st.profiles_sent++;
+    }
+}
+
+static bool is_assigned(const ch_pipeline_t *p, int32_t partition) {
+    return partition >= 0 && (size_t)partition < p->n_assigned_cap && p->assigned[partition];
+}
+
+int ch_pipeline_drain(ch_pipeline_t *p) {
+    if (p->stopping || p->failed) {
+        return 0;
+    }
+    if (p->ring_count == p->ring_cap) {
+        return -EAGAIN;
+    }
+    int n = ch_consumer_drain(p->consumer, p->msgs, (size_t)p->cfg->batch_max_events);
+    if (n <= 0) {
+        return 0;
+    }
+    batch_t *b = ring_push(p);
+    p->st.batches++;
+    for (int i = 0; i < n && !p->failed; i++) {
+        const ch_msg_t *m = &p->msgs[i];
+        if (m->err) {
+            p->st.kafka_errors++;
+            uint64_t dropped = 0;
+            if (m->err_fatal || ch_ratelimit_allow(&p->kafka_rl, &dropped)) {
+                ch_log(m->err_fatal ? CH_LOG_ERR : CH_LOG_WARNING, "kafka consumer: %s",
+                       m->errstr ? m->errstr : "error");
+            }
+            if (m->err_fatal) {
+                p->failed = true;
+            }
+            continue;
+        }
+        if (!is_assigned(p, m->partition)) {
+            continue; /* fetched before a revoke: the new owner processes it */
+        }
+        p->st.consumed++;
+        if (track_offset(b, m->partition, m->offset) < 0) {
+            ch_log(CH_LOG_ERR, "out of memory tracking offsets; stopping");
+            b->failed = true;
+            p->failed = true;
+            break;
+        }
+        process(p, b, m);
+    }
+    b->sealed = true;
+    ch_producer_poll(p->producer);
+    advance(p);
+    return n;
+}
+
+void ch_pipeline_poll_producer(ch_pipeline_t *p) {
+    ch_producer_poll(p->producer);
+    advance(p);
+}
+
+void ch_pipeline_tick(ch_pipeline_t *p) {
+    if (p->cfg->state_idle_evict_ms > 0 && p->st.stream_time_ms > 0 &&
+        isfinite(p->cfg->state_idle_evict_ms)) {
+        int64_t before = p->st.stream_time_ms - (int64_t)p->cfg->state_idle_evict_ms;
+        p->st.users_evicted_idle += ch_users_evict_idle(p->users, before, 100000);
+    }
+}
+
+bool ch_pipeline_failed(const ch_pipeline_t *p) {
+    return p->failed;
+}
+
+void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
+    *ret_stats = p->st;
+    ret_stats->users = ch_users_count(p->users);
+    ret_stats->inflight_batches = p->ring_count;
+    ret_stats->assigned_partitions = ch_consumer_assigned(p->consumer);
+}
+
+/* ---------------------------------------------------------------- rebalance */
+
+static void on_assign(void *opaque, const int32_t *parts, size_t n) {
+    ch_pipeline_t *p = opaque;
+    for (size_t i = 0; i < n; i++) {
+        if (parts[i] < 0) {
+            continue;
+        }
+        if ((size_t)parts[i] >= p->n_assigned_cap) {
+            size_t cap = (size_t)parts[i] + 64;
+            bool *na = realloc(p->assigned, cap * sizeof(*na));
+            if (!na) {
+                ch_log(CH_LOG_ERR, "out of memory on partition assignment");
+                p->failed = true;
+                return;
+            }
+            memset(na + p->n_assigned_cap, 0, (cap - p->n_assigned_cap) * sizeof(*na));
+            p->assigned = na;
+            p->n_assigned_cap = cap;
+        }
+        p->assigned[parts[i]] = true;
+    }
+    ch_log(CH_LOG_INFO, "assigned %zu partition(s) of %s (now %zu)", n, p->cfg->input_topic,
+           ch_consumer_assigned(p->consumer));
+}
+
+static void on_revoke(void *opaque, const int32_t *parts, size_t n, bool lost) {
+    ch_pipeline_t *p = opaque;
+    if (!lost) {
+        /* Everything consumed so far has been processed; wait for its outputs so the
+         * offsets can be committed before the partitions move. */
+        if (ch_producer_flush(p->producer, (int)fmin(p->cfg->shutdown_timeout_ms, 600000)) < 0) {
+            ch_log(CH_LOG_WARNING, "revoke: outputs still unacknowledged after %.0f ms; the new "
+                                   "owner will reprocess them",
+                   p->cfg->shutdown_timeout_ms);
+        }
+        advance(p);
+        char err[256];
+        if (ch_consumer_commit_sync(p->consumer, err, sizeof(err)) < 0) {
+            ch_log(CH_LOG_WARNING, "revoke: %s", err);
+        }
+    }
+    size_t dropped = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (is_assigned(p, parts[i])) {
+            p->assigned[parts[i]] = false;
+        }
+        dropped += ch_users_evict_partition(p->users, parts[i]);
+    }
+    p->st.users_evicted_revoke += dropped;
+    ch_log(CH_LOG_INFO, "%s %zu partition(s) of %s; dropped the state of %zu user(s)",
+           lost ? "lost" : "revoked", n, p->cfg->input_topic, dropped);
+}
+
+/* ---------------------------------------------------------------- life cycle */
+
+static void kafka_log(void *opaque, int level, const char *fac, const char *msg) {
+    (void)opaque;
+    ch_log(level < CH_LOG_ERR ? CH_LOG_ERR : level, "librdkafka %s: %s", fac, msg);
+}
+
+/* Defaults cohortd sets for librdkafka, before the user's kafka.* pairs. */
+static const char *const consumer_defaults[][2] = {
+    {"group.id", "cohortd"},
+    {"auto.offset.reset", "earliest"},
+    {"enable.auto.commit", "true"},
+    {"auto.commit.interval.ms", "1000"},
+    {"enable.auto.offset.store", "false"},
+    {"partition.assignment.strategy", "cooperative-sticky"},
+    {"enable.partition.eof", "false"},
+};
+static const char *const producer_defaults[][2] = {
+    {"enable.idempotence", "true"},
+    {"partitioner", "murmur2_random"},
+    {"linger.ms", "5"},
+};
+
+/* librdkafka properties that only one client understands: a kafka.* (both) key among
+ * them goes to that client only, so neither warns about the other's settings. */
+static const char *const consumer_only[] = {
+    "group.id", "group.instance.id", "partition.assignment.strategy", "session.timeout.ms",
+    "heartbeat.interval.ms", "group.protocol.type", "coordinator.query.interval.ms",
+    "max.poll.interval.ms", "enable.auto.commit", "auto.commit.interval.ms",
+    "enable.auto.offset.store", "queued.min.messages", "queued.max.messages.kbytes",
+    "fetch.wait.max.ms", "fetch.message.max.bytes", "fetch.max.bytes", "fetch.min.bytes",
+    "fetch.error.backoff.ms", "auto.offset.reset", "isolation.level", "check.crcs",
+    "enable.partition.eof", NULL};
+static const char *const producer_only[] = {
+    "transactional.id", "transaction.timeout.ms", "enable.idempotence",
+    "enable.gapless.guarantee", "queue.buffering.max.messages", "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms", "linger.ms", "message.send.max.retries", "retries",
+    "retry.backoff.ms", "compression.codec", "compression.type", "compression.level",
+    "batch.num.messages", "batch.size", "delivery.report.only.error", "acks",
+    "request.required.acks", "request.timeout.ms", "message.timeout.ms", "delivery.timeout.ms",
+    "partitioner", "sticky.partitioning.linger.ms", NULL};
+
+static bool in_list(const char *const *list, const char *key) {
+    for (; *list; list++) {
+        if (strcmp(*list, key) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static int make_kafka_conf(const ch_config_t *cfg, int scope, const char *const (*dflt)[2],
+                           size_t n_dflt, const char ***ret_keys, const char ***ret_vals,
+                           size_t *ret_n) {
+    size_t cap = n_dflt + cfg->n_kafka;
+    const char **k = calloc(cap ? cap : 1, sizeof(*k));
+    const char **v = calloc(cap ? cap : 1, sizeof(*v));
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return -ENOMEM;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < n_dflt; i++, n++) {
+        k[n] = dflt[i][0];
+        v[n] = dflt[i][1];
+    }
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        const char *key = cfg->kafka[i].key;
+        bool other_only = in_list(scope == CH_KAFKA_CONSUMER ? producer_only : consumer_only, key);
+        if ((cfg->kafka[i].scope == CH_KAFKA_BOTH && !other_only) ||
+            cfg->kafka[i].scope == scope) {
+            k[n] = cfg->kafka[i].key;
+            v[n++] = cfg->kafka[i].value;
+        }
+    }
+    *ret_keys = k;
+    *ret_vals = v;
+    *ret_n = n;
+    return 0;
+}
+
+static int build_features(ch_pipeline_t *p, char *errbuf, size_t errlen) {
+    const ch_config_t *cfg = p->cfg;
+    int r = ch_features_new(cfg->features_half_life_ms, &p->fs);
+    if (r < 0) {
+        return r;
+    }
+    for (size_t i = 0; i < cfg->n_features; i++) {
+        char why[256];
+        r = ch_features_add(p->fs, cfg->features[i].key, cfg->features[i].value, why,
+                            sizeof(why));
+        if (r < 0) {
+            snprintf(errbuf, errlen, "%s: feature.%s: %s", cfg->features[i].where,
+                     cfg->features[i].key, why);
+            return -EINVAL;
+        }
+    }
+    if ((r = ch_features_seal(p->fs)) < 0) {
+        return r;
+    }
+    p->n_feats = ch_features_count(p->fs);
+    p->n_fields = ch_features_field_count(p->fs);
+    p->fields = calloc(p->n_fields ? p->n_fields : 1, sizeof(*p->fields));
+    p->values = calloc(p->n_fields ? p->n_fields : 1, sizeof(*p->values));
+    p->feats = calloc(p->n_feats, sizeof(*p->feats));
+    p->feats_f = calloc(p->n_feats, sizeof(*p->feats_f));
+    if (!p->fields || !p->values || !p->feats || !p->feats_f) {
+        return -ENOMEM;
+    }
+    for (size_t f = 0; f < p->n_fields; f++) {
+        const char *name = ch_features_field_name(p->fs, f);
+        if (strcmp(name, "amount") == 0) {
+            p->fields[f].kind = FIELD_AMOUNT;
+        } else {
+            p->fields[f].kind = FIELD_ATTR;
+            p->fields[f].attr = name + 6; /* after "attrs." */
+            p->fields[f].attr_len = strlen(name + 6);
+        }
+    }
+    return 0;
+}
+
+int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *errbuf,
+                    size_t errlen) {
+    ch_pipeline_t *p = calloc(1, sizeof(*p));
+    if (!p) {
+        return -ENOMEM;
+    }
+    p->cfg = cfg;
+    ch_buf_init(&p->out);
+    ch_ratelimit_init(&p->bad_rl, (double)cfg->log_bad_input_per_min);
+    ch_ratelimit_init(&p->kafka_rl, 10);
+    const char **keys = NULL, **vals = NULL;
+    int r = build_features(p, errbuf, errlen);
+    if (r < 0) {
+        goto out_fail;
+    }
+    r = ch_users_new((size_t)cfg->state_max_users, (size_t)cfg->state_key_max_bytes,
+                     ch_features_state_len(p->fs), &p->users);
+    if (r < 0) {
+        snprintf(errbuf, errlen,
+                 "cannot reserve the user table for state.max_users = %ld: %s (lower it)",
+                 cfg->state_max_users, strerror(-r));
+        goto out_fail;
+    }
+    r = ch_schemas_load(cfg->schema_dir, &p->schemas, errbuf, errlen);
+    if (r < 0) {
+        goto out_fail;
+    }
+    char reader[CH_CONF_STR + 32];
+    if (cfg->input_schema[0]) {
+        snprintf(reader, sizeof(reader), "%s", cfg->input_schema);
+    } else {
+        snprintf(reader, sizeof(reader), "%s/user_event.avsc", cfg->schema_dir);
+    }
+    r = ch_decoder_new(p->schemas, reader, (ch_framing_t)cfg->input_framing,
+                       cfg->input_writer_schema[0] ? cfg->input_writer_schema : NULL, &p->dec,
+                       errbuf, errlen);
+    if (r < 0) {
+        goto out_fail;
+    }
+    if (cfg->output_framing == CH_FRAMING_CONFLUENT &&
+        ch_schemas_id_of(p->schemas, "profile_update.avsc", &p->profile_schema_id) < 0) {
+        snprintf(errbuf, errlen,
+                 "%s/ids registers no id for profile_update.avsc (needed by output.framing = "
+                 "confluent)",
+                 cfg->schema_dir);
+        r = -EINVAL;
+        goto out_fail;
+    }
+
+    p->ring_cap = (size_t)cfg->batch_max_inflight;
+    p->ring = calloc(p->ring_cap, sizeof(*p->ring));
+    p->msgs = calloc((size_t)cfg->batch_max_events, sizeof(*p->msgs));
+    if (!p->ring || !p->msgs) {
+        r = -ENOMEM;
+        goto out_fail;
+    }
+
+    size_t n = 0;
+    if ((r = make_kafka_conf(cfg, CH_KAFKA_PRODUCER, producer_defaults,
+                             sizeof(producer_defaults) / sizeof(producer_defaults[0]), &keys,
+                             &vals, &n)) < 0) {
+        goto out_fail;
+    }
+    ch_kafka_conf_t kc = {keys, vals, n, kafka_log, p};
+    r = ch_producer_new(&kc, on_delivery, p, &p->producer, errbuf, errlen);
+    free(keys);
+    free(vals);
+    keys = vals = NULL;
+    if (r < 0) {
+        goto out_fail;
+    }
+    if ((r = make_kafka_conf(cfg, CH_KAFKA_CONSUMER, consumer_defaults,
+                             sizeof(consumer_defaults) / sizeof(consumer_defaults[0]), &keys,
+                             &vals, &n)) < 0) {
+        goto out_fail;
+    }
+    kc = (ch_kafka_conf_t){keys, vals, n, kafka_log, p};
+    ch_rebalance_hooks_t hooks = {on_assign, on_revoke, p};
+    r = ch_consumer_new(&kc, cfg->input_topic, &hooks, &p->consumer, errbuf, errlen);
+    free(keys);
+    free(vals);
+    if (r < 0) {
+        goto out_fail;
+    }
+    *ret_pipeline = p;
+    return 0;
+
+out_fail:
+    if (r == -ENOMEM && errbuf && !errbuf[0]) {
+        snprintf(errbuf, errlen, "out of memory");
+    }
+    ch_pipeline_free(p);
+    return r;
+}
+
+int ch_pipeline_shutdown(ch_pipeline_t *p) {
+    p->stopping = true;
+    int r = 0;
+    int timeout = (int)fmin(p->cfg->shutdown_timeout_ms, 3600000);
+    if (ch_producer_flush(p->producer, timeout) < 0) {
+        ch_log(CH_LOG_ERR,
+               "%zu output(s) unacknowledged after %d ms; their offsets are not committed and "
+               "will be reprocessed on restart",
+               ch_producer_outstanding(p->producer), timeout);
+        r = -ETIMEDOUT;
+    }
+    advance(p);
+    char err[256];
+    if (ch_consumer_close(p->consumer, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_ERR, "%s", err);
+        r = r ? r : -EIO;
+    }
+    if (p->failed && r == 0) {
+        r = -EIO;
+    }
+    return r;
+}
+
+ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
+    if (!p) {
+        return NULL;
+    }
+    p->consumer = ch_consumer_free(p->consumer);
+    p->producer = ch_producer_free(p->producer);
+    ch_decoder_free(p->dec);
+    ch_schemas_free(p->schemas);
+    ch_users_free(p->users);
+    ch_features_free(p->fs);
+    if (p->ring) {
+        for (size_t i = 0; i < p->ring_cap; i++) {
+            free(p->ring[i].parts);
+        }
+    }
+    free(p->ring);
+    free(p->msgs);
+    free(p->fields);
+    free(p->values);
+    free(p->feats);
+    free(p->feats_f);
+    free(p->assigned);
+    ch_buf_done(&p->out);
+    free(p);
+    return NULL;
+}
+
+int ch_pipeline_consumer_fd(const ch_pipeline_t *p) {
+    return ch_consumer_fd(p->consumer);
+}
+
+int ch_pipeline_producer_fd(const ch_pipeline_t *p) {
+    return ch_producer_fd(p->producer);
+}

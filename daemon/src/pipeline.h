@@ -1,0 +1,88 @@
+/*
+ * pipeline.h - consume, featurize, publish; commit only what is acknowledged.
+ */
+#ifndef CH_PIPELINE_H
+#define CH_PIPELINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+typedef enum ch_bad_reason {
+    CH_BAD_DECODE,          /* not decodable as Avro in the expected framing */
+    CH_BAD_SCHEMA,          /* unknown or unresolvable writer schema id */
+    CH_BAD_TOO_MANY_ATTRS,  /* attrs beyond CH_CODEC_MAX_ATTRS */
+    CH_BAD_EMPTY_USER_ID,   /* user_id "" */
+    CH_BAD_USER_ID_TOO_LONG,/* user_id longer than state.key_max_bytes */
+    CH_BAD_NON_FINITE,      /* NaN or Inf in amount or attrs */
+    CH_BAD_TS_NEGATIVE,     /* ts before 1970 */
+    CH_BAD_TS_FUTURE,       /* ts beyond wall clock + input.max_future */
+    CH_BAD_N
+} ch_bad_reason_t;
+
+typedef struct ch_pipeline_stats {
+    uint64_t consumed;         /* messages taken from the input topic */
+    uint64_t events_ok;        /* events folded into user state */
+    uint64_t bad[CH_BAD_N];    /* bad input by reason */
+    uint64_t bad_total;
+    uint64_t profiles_sent, profiles_acked;
+    uint64_t dlq_sent, dlq_acked;
+    uint64_t delivery_failures;
+    uint64_t kafka_errors;
+    uint64_t batches;
+    uint64_t users_evicted_idle, users_evicted_cap, users_evicted_revoke;
+    size_t users;
+    size_t inflight_batches;
+    size_t assigned_partitions;
+    int64_t stream_time_ms;
+} ch_pipeline_stats_t;
+
+typedef struct ch_pipeline ch_pipeline_t;
+
+/**
+ * @brief Build the whole pipeline from a validated config: features, user table,
+ *        schemas and decoder, producer, and a consumer subscribed to input.topic.
+ * @returns 0, -EINVAL (errbuf says which setting, as file:line where known), -ENOMEM, -EIO.
+ */
+int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *errbuf,
+                    size_t errlen);
+
+/** @brief Free. Accepts NULL. @returns NULL. */
+ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p);
+
+int ch_pipeline_consumer_fd(const ch_pipeline_t *p);
+int ch_pipeline_producer_fd(const ch_pipeline_t *p);
+
+/**
+ * @brief Process one batch (at most batch.max_events messages) without blocking.
+ * @returns messages taken (>= 0); -EAGAIN when batch.max_inflight batches await
+ *          acknowledgement (call again after ch_pipeline_poll_producer()).
+ */
+int ch_pipeline_drain(ch_pipeline_t *p);
+
+/** @brief Serve delivery reports; stores offsets of fully acknowledged batches. */
+void ch_pipeline_poll_producer(ch_pipeline_t *p);
+
+/** @brief Periodic housekeeping (idle eviction, a bounded slice per call). */
+void ch_pipeline_tick(ch_pipeline_t *p);
+
+/** @brief Whether an output could not be delivered: stop, and exit non-zero. */
+bool ch_pipeline_failed(const ch_pipeline_t *p);
+
+/** @brief Counters and gauges. */
+void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats);
+
+/** @brief The metric label of a bad-input reason. */
+const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r);
+
+/**
+ * @brief Stop consuming, wait (up to shutdown.timeout) for outputs to be acknowledged,
+ *        commit their offsets and leave the group. Blocking.
+ * @returns 0; -ETIMEDOUT (some outputs unacknowledged: their offsets were not committed);
+ *          -EIO (an output failed or the final commit failed).
+ */
+int ch_pipeline_shutdown(ch_pipeline_t *p);
+
+#endif

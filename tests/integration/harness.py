@@ -1,0 +1,243 @@
+"""Integration-test harness: runs cohort-broker and cohortd as a user would, and
+reads outputs back with independent tools (confluent-kafka, python-avro).
+
+Run with Debian's /usr/bin/python3 (python3-confluent-kafka, python3-avro).
+Environment: CH_BUILD_DIR (binaries), CH_SOURCE_DIR (repo), CH_DATA_DIR (../shared/data).
+"""
+import csv
+import io
+import math
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import avro.io
+import avro.schema
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+SRC = os.environ.get("CH_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BUILD = os.environ.get("CH_BUILD_DIR", os.path.join(SRC, "build"))
+DATA = os.environ.get("CH_DATA_DIR", os.path.join(SRC, "..", "shared", "data"))
+CONF = os.path.join(SRC, "conf", "cohortd.conf")
+SCHEMAS = os.path.join(SRC, "conf", "schemas")
+
+BROKER = os.path.join(BUILD, "stream", "cohort-broker")
+COHORTD = os.path.join(BUILD, "daemon", "cohortd")
+REPLAY = os.path.join(BUILD, "tools", "cohort-replay")
+GEN = os.path.join(BUILD, "tools", "cohort-gen")
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+class Broker:
+    """cohort-broker on 127.0.0.1, stopped with SIGTERM."""
+
+    def __init__(self, partitions=4, topics="events,profiles,risk,cohortd-dlq"):
+        self.proc = subprocess.Popen([BROKER, "--partitions", str(partitions), "--topics", topics],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line:
+            raise RuntimeError("cohort-broker printed no bootstrap servers")
+        self.bootstrap = line
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            rc = self.proc.wait(timeout=30)
+            assert rc == 0, f"cohort-broker exited {rc}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Daemon:
+    """cohortd with the shipped config plus overrides; stderr kept in a file."""
+
+    def __init__(self, bootstrap, *sets, group="cohortd-it"):
+        self.logf = tempfile.NamedTemporaryFile(prefix="cohortd-", suffix=".log", delete=False)
+        args = [COHORTD, "--config", CONF, "--set", f"kafka.bootstrap.servers={bootstrap}",
+                "--set", f"kafka.group.id={group}", "--set", "log.stats_interval=1s"]
+        for s in sets:
+            args += ["--set", s]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.logf)
+
+    def wait_assigned(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if "assigned" in self.log_text():
+                return
+            assert self.proc.poll() is None, f"cohortd died:\n{self.log_text()}"
+            time.sleep(0.1)
+        raise AssertionError(f"cohortd got no partitions in {timeout}s:\n{self.log_text()}")
+
+    def log_text(self):
+        with open(self.logf.name, errors="replace") as f:
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        return rc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if exc[0] is not None:
+            sys.stderr.write(f"--- cohortd log ---\n{self.log_text()[-6000:]}\n")
+
+
+def run(cmd, timeout=300):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{cmd} exited {r.returncode}: {r.stderr[-2000:]}"
+    return r
+
+
+def consume(bootstrap, topic, expect, timeout=120, idle=5.0):
+    """Reads a topic from the start until `expect` messages (or `idle` s without any once
+    `expect` is reached or exceeded). Returns [(partition, offset, key, value, headers)]."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out = []
+    deadline = time.time() + timeout
+    last = time.time()
+    try:
+        while time.time() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                if len(out) >= expect and time.time() - last > idle:
+                    break
+                continue
+            if m.error():
+                continue
+            out.append((m.partition(), m.offset(), m.key(), m.value(), m.headers() or []))
+            last = time.time()
+    finally:
+        c.close()
+    return out
+
+
+def avro_reader(name):
+    with open(os.path.join(SCHEMAS, name)) as f:
+        return avro.io.DatumReader(avro.schema.parse(f.read()))
+
+
+def decode_confluent(reader, value):
+    magic, sid = struct.unpack(">bI", value[:5])
+    assert magic == 0, "not Confluent framing"
+    return sid, reader.read(avro.io.BinaryDecoder(io.BytesIO(value[5:])))
+
+
+def ts_ms(v):
+    """A timestamp-millis field as python-avro returns it (datetime) -> int ms."""
+    if hasattr(v, "timestamp"):
+        return round(v.timestamp() * 1000)
+    return int(v)
+
+
+def encode_confluent(schema_json, sid, record):
+    w = avro.io.DatumWriter(avro.schema.parse(schema_json))
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, sid))
+    w.write(record, avro.io.BinaryEncoder(buf))
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- offline features
+
+def read_feature_specs(conf_path=CONF):
+    """[(name, spec)] in declared order, and the default half-life, from the config file."""
+    specs, default_hl = [], "1h"
+    with open(conf_path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("features.half_life"):
+                default_hl = line.split("=", 1)[1].strip()
+            m = re.match(r"feature\.([\w.-]+)\s*=\s*(.+)$", line)
+            if m:
+                specs.append((m.group(1), m.group(2).strip()))
+    return specs, default_hl
+
+
+def duration_ms(s):
+    if s in ("inf", "infinite"):
+        return math.inf
+    m = re.fullmatch(r"([0-9.eE+-]+)(ms|s|m|h|d|w)?", s)
+    mult = {None: 1, "ms": 1, "s": 1e3, "m": 6e4, "h": 3.6e6, "d": 8.64e7, "w": 6.048e8}
+    return float(m.group(1)) * mult[m.group(2)]
+
+
+def offline_features(events, specs, default_hl):
+    """Direct (non-incremental) evaluation of DESIGN.md section 5 for one user.
+    events: [(ts_ms, type, {field: value})]; read at q = the latest event time."""
+    q = max(e[0] for e in events)
+    values = {}
+    out = []
+    for name, spec in specs:
+        m = re.match(r"(\w+)(?:\(([^)]*)\))?\s*(.*)$", spec)
+        kind, args, rest = m.group(1), m.group(2), m.group(3)
+        opts = dict(kv.split("=", 1) for kv in rest.split())
+        types = set(re.split(r"[|,]", opts["type"])) if "type" in opts else None
+        h = duration_ms(opts.get("half_life", default_hl))
+        dflt = float(opts.get("default", 0))
+        if kind == "ratio":
+            a, b = [x.strip() for x in args.split(",")]
+            v = values[a] / values[b] if values[b] != 0 else dflt
+        else:
+            field = args.strip() if args else None
+            sel = [(t, fv.get(field) if field else None) for (t, ty, fv) in events
+                   if (types is None or ty in types) and (field is None or fv.get(field) is not None)]
+            w = [1.0 if math.isinf(h) else 2.0 ** (-(q - t) / h) for (t, _) in sel]
+            if kind == "count":
+                v = sum(w)
+            elif kind == "sum":
+                v = sum(wi * x for wi, (_, x) in zip(w, sel))
+            elif kind == "mean":
+                sw = sum(w)
+                v = sum(wi * x for wi, (_, x) in zip(w, sel)) / sw if sw > 0 else dflt
+            elif kind == "std":
+                sw = sum(w)
+                if sw > 0:
+                    mean = sum(wi * x for wi, (_, x) in zip(w, sel)) / sw
+                    v = math.sqrt(sum(wi * (x - mean) ** 2 for wi, (_, x) in zip(w, sel)) / sw)
+                else:
+                    v = dflt
+            elif kind == "max":
+                v = max(wi * x for wi, (_, x) in zip(w, sel)) if sel else dflt
+            elif kind == "since_last":
+                v = (q - max(t for (t, _) in sel)) / 1000.0 if sel else dflt
+            else:
+                raise ValueError(kind)
+        values[name] = v
+        out.append(v)
+    return q, out
+
+
+def sparkov_events(path=None):
+    """user_id -> [(ts_ms, type, fields)] with the README mapping; also [(event_id, user_id)]."""
+    path = path or os.path.join(DATA, "sparkov-transactions-sample.csv")
+    users, ids = {}, []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            fields = {"amount": float(r["amt"])}
+            for k in ("lat", "long", "merch_lat", "merch_long"):
+                fields["attrs." + k] = float(r[k])
+            users.setdefault(r["cc_num"], []).append((int(r["unix_time"]) * 1000, "payment", fields))
+            ids.append((r["trans_num"], r["cc_num"]))
+    return users, ids
