@@ -68,7 +68,11 @@ class Daemon:
     def __init__(self, bootstrap, *sets, group="cohortd-it"):
         self.logf = tempfile.NamedTemporaryFile(prefix="cohortd-", suffix=".log", delete=False)
         args = [COHORTD, "--config", CONF, "--set", f"kafka.bootstrap.servers={bootstrap}",
-                "--set", f"kafka.group.id={group}", "--set", "log.stats_interval=1s"]
+                "--set", f"kafka.group.id={group}", "--set", "log.stats_interval=1s",
+                # The mock coordinator waits session.timeout.ms - 1 s after a member leaves
+                # before it elects a leader again (a mock-only delay); a short session
+                # timeout (standard Kafka semantics) keeps restarts quick.
+                "--set", "kafka.session.timeout.ms=6000"]
         for s in sets:
             args += ["--set", s]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.logf)
@@ -152,6 +156,8 @@ def ts_ms(v):
 
 
 def encode_confluent(schema_json, sid, record):
+    # timestamp-millis is a long on the wire; python-avro would demand datetimes
+    schema_json = re.sub(r',\s*"logicalType"\s*:\s*"timestamp-millis"', "", schema_json)
     w = avro.io.DatumWriter(avro.schema.parse(schema_json))
     buf = io.BytesIO()
     buf.write(struct.pack(">bI", 0, sid))
