@@ -486,7 +486,8 @@ static void on_revoke(void *opaque, const int32_t *parts, size_t n, bool lost) {
     ch_pipeline_t *p = opaque;
     if (!lost) {
         /* Everything consumed so far has been processed; wait for its outputs so the
-         * offsets can be committed before the partitions move. */
+         * offsets can be committed before the partitions move. (On shutdown the close
+         * itself commits the stored offsets, so no extra synchronous commit.) */
         if (ch_producer_flush(p->producer, (int)fmin(p->cfg->shutdown_timeout_ms, 600000)) < 0) {
             ch_log(CH_LOG_WARNING, "revoke: outputs still unacknowledged after %.0f ms; the new "
                                    "owner will reprocess them",
@@ -494,7 +495,7 @@ static void on_revoke(void *opaque, const int32_t *parts, size_t n, bool lost) {
         }
         advance(p);
         char err[256];
-        if (ch_consumer_commit_sync(p->consumer, err, sizeof(err)) < 0) {
+        if (!p->stopping && ch_consumer_commit_sync(p->consumer, err, sizeof(err)) < 0) {
             ch_log(CH_LOG_WARNING, "revoke: %s", err);
         }
     }
@@ -741,7 +742,7 @@ int ch_pipeline_shutdown(ch_pipeline_t *p) {
     }
     advance(p);
     char err[256];
-    if (ch_consumer_close(p->consumer, err, sizeof(err)) < 0) {
+    if (ch_consumer_close(p->consumer, timeout, err, sizeof(err)) < 0) {
         ch_log(CH_LOG_ERR, "%s", err);
         r = r ? r : -EIO;
     }

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_BATCH 65536
@@ -115,6 +116,7 @@ struct ch_consumer {
     size_t n_held;
     size_t n_assigned;
     bool closed;
+    bool close_timed_out;
 };
 
 static void call_hook(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *parts,
@@ -244,17 +246,48 @@ static void release_held(ch_consumer_t *c) {
     c->n_held = 0;
 }
 
-int ch_consumer_close(ch_consumer_t *c, char *errbuf, size_t errlen) {
+int ch_consumer_close(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t errlen) {
     if (!c || !c->rk || c->closed) {
         return 0;
     }
     release_held(c);
     c->closed = true;
-    rd_kafka_resp_err_t re = rd_kafka_consumer_close(c->rk);
-    if (re) {
-        return fail(errbuf, errlen, -EIO, "consumer close: %s", rd_kafka_err2str(re));
+    /* Close asynchronously and serve the close queue (rebalance hooks run from here)
+     * until done or the deadline: with no reachable broker a blocking close could
+     * wait for session.timeout.ms or longer. */
+    rd_kafka_queue_t *q = rd_kafka_queue_new(c->rk);
+    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(c->rk, q);
+    int r = 0;
+    if (e) {
+        r = fail(errbuf, errlen, -EIO, "consumer close: %s", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    } else {
+        struct timespec t0, now;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        while (!rd_kafka_consumer_closed(c->rk)) {
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+            if (ev) {
+                if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+                    rebalance_cb(c->rk, rd_kafka_event_error(ev),
+                                 rd_kafka_event_topic_partition_list(ev), &c->ctx);
+                }
+                rd_kafka_event_destroy(ev);
+            }
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            double ms = (double)(now.tv_sec - t0.tv_sec) * 1e3 +
+                        (double)(now.tv_nsec - t0.tv_nsec) / 1e6;
+            if (ms > timeout_ms) {
+                c->close_timed_out = true;
+                r = fail(errbuf, errlen, -ETIMEDOUT,
+                         "consumer close did not finish within %d ms (broker unreachable?); "
+                         "uncommitted events will be reprocessed",
+                         timeout_ms);
+                break;
+            }
+        }
     }
-    return 0;
+    rd_kafka_queue_destroy(q);
+    return r;
 }
 
 ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
@@ -262,12 +295,12 @@ ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
         return NULL;
     }
     if (c->rk) {
-        ch_consumer_close(c, NULL, 0);
+        ch_consumer_close(c, 10000, NULL, 0);
         if (c->queue) {
             rd_kafka_queue_io_event_enable(c->queue, -1, NULL, 0);
             rd_kafka_queue_destroy(c->queue);
         }
-        rd_kafka_destroy(c->rk);
+        rd_kafka_destroy_flags(c->rk, c->close_timed_out ? RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE : 0);
     }
     close_pipe(c->pipe);
     free(c->held);

@@ -98,10 +98,11 @@ int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen);
 size_t ch_consumer_assigned(const ch_consumer_t *c);
 
 /**
- * @brief Leave the group: revoke (hooks run), commit stored offsets. Blocking.
- * @returns 0, -EIO.
+ * @brief Leave the group: revoke (hooks run), commit stored offsets. Blocks at most
+ *        about timeout_ms.
+ * @returns 0, -EIO, -ETIMEDOUT (gave up: stored offsets may not be committed).
  */
-int ch_consumer_close(ch_consumer_t *c, char *errbuf, size_t errlen);
+int ch_consumer_close(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t errlen);
 
 /* Delivery report: err is 0 or -EIO (errstr says why). */
 typedef void(ch_delivery_fn)(void *opaque, void *msg_opaque, int err, const char *errstr);

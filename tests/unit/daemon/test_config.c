@@ -1,0 +1,128 @@
+/* Config tests: defaults, file:line errors, suggestions, overrides, secrets. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static char *write_conf(const char *text) {
+    static char path[64];
+    snprintf(path, sizeof(path), "/tmp/ch-conf-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+static void test_defaults_and_paths(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char *path = write_conf("kafka.bootstrap.servers = b:9092\nfeature.n = count\n");
+    char err[512] = "";
+    assert_int_equal(ch_config_load(&c, path, err, sizeof(err)), 0);
+    assert_string_equal(c.input_topic, "events");
+    assert_int_equal(c.batch_max_events, 1000);
+    assert_true(c.features_half_life_ms == 3600000.0);
+    assert_string_equal(c.schema_dir, "/tmp/schemas"); /* relative to the file's directory */
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
+    unlink(path);
+    ch_config_done(&c);
+}
+
+static void test_errors_name_file_and_line(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char *path = write_conf("# comment\n\nbatch.max_evnts = 5\n");
+    char err[512] = "", want[128];
+    assert_int_equal(ch_config_load(&c, path, err, sizeof(err)), -EINVAL);
+    snprintf(want, sizeof(want), "%s:3: unknown key 'batch.max_evnts' (did you mean "
+                                 "'batch.max_events'?)", path);
+    assert_string_equal(err, want);
+    unlink(path);
+    ch_config_done(&c);
+
+    ch_config_init(&c);
+    path = write_conf("batch.max_events = 0\n");
+    assert_int_equal(ch_config_load(&c, path, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, ":1: batch.max_events: expected an integer in 1..65536"));
+    unlink(path);
+    ch_config_done(&c);
+
+    ch_config_init(&c);
+    path = write_conf("emit.policy = sometimes\n");
+    assert_int_equal(ch_config_load(&c, path, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "expected one of every, change"));
+    unlink(path);
+    ch_config_done(&c);
+
+    ch_config_init(&c);
+    path = write_conf("no equals sign\n");
+    assert_int_equal(ch_config_load(&c, path, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, ":1: expected 'key = value'"));
+    unlink(path);
+    ch_config_done(&c);
+}
+
+static void test_overrides_and_validation(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "";
+    assert_int_equal(ch_config_set(&c, "feature.n=count", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "kafka.bootstrap.servers is required"));
+    assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=a:1", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=b:2", err, sizeof(err)), 0);
+    assert_string_equal(ch_config_kafka_get(&c, "bootstrap.servers", CH_KAFKA_CONSUMER), "b:2");
+    assert_int_equal(ch_config_set(&c, "emit.heartbeat=90s", err, sizeof(err)), 0);
+    assert_true(c.emit_heartbeat_ms == 90000.0);
+    assert_int_equal(ch_config_set(&c, "log.level=debug", err, sizeof(err)), 0);
+    assert_int_equal(c.log_level, 7);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.enable.auto.offset.store=true", err, sizeof(err)),
+                     0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "must stay false"));
+    assert_int_equal(ch_config_set(&c, "novalue", err, sizeof(err)), -EINVAL);
+    ch_config_done(&c);
+}
+
+static void test_secrets_never_printed(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "";
+    assert_int_equal(ch_config_set(&c, "kafka.sasl.password=hunter2", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.ssl.key.password=s3cret", err, sizeof(err)), 0);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ch_config_print(&c, f);
+    fclose(f);
+    assert_null(strstr(buf, "hunter2"));
+    assert_null(strstr(buf, "s3cret"));
+    assert_non_null(strstr(buf, "kafka.sasl.password = ********"));
+    free(buf);
+    ch_config_done(&c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_and_paths),
+        cmocka_unit_test(test_errors_name_file_and_line),
+        cmocka_unit_test(test_overrides_and_validation),
+        cmocka_unit_test(test_secrets_never_printed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

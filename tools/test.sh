@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One command for a fresh Debian 12 machine: install dependencies, build with
+# -Werror under AddressSanitizer + UndefinedBehaviorSanitizer, and run every
+# unit and integration test (ctest). The datasets are read from ../shared/data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/install-deps.sh
+BUILD=${BUILD_DIR:-build-asan}
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Debug -DCH_WERROR=ON -DCH_SANITIZE=ON >/dev/null
+cmake --build "$BUILD" -j"$(nproc)"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+cd "$BUILD"
+ctest --output-on-failure -L 'unit|integration' "$@"
