@@ -15,6 +15,7 @@
  *   the decoder's attrs array.
  */
 #include "ch/codec.h"
+#include "errbuf.h"
 
 #include <avro.h>
 #include <ctype.h>
@@ -36,18 +37,6 @@
 
 /* ---------------------------------------------------------------- errors */
 
-static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...) {
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
 
 const char *ch_decoder_reason(int err) {
     switch (err) {

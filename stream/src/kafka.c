@@ -17,6 +17,7 @@
  *   drain (or close), so the caller sees borrowed views.
  */
 #include "ch/kafka.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,18 +31,6 @@
 
 #define MAX_BATCH 65536
 
-static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...) {
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
 
 const char *ch_kafka_version(void) {
     return rd_kafka_version_str();
