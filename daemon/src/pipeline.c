@@ -248,7 +248,8 @@ static void dead_letter(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m, ch_bad_
 
 /* ---------------------------------------------------------------- processing */
 
-static int validate(const ch_pipeline_t *p, const ch_event_view_t *ev, char *why, size_t len) {
+static int validate(const ch_pipeline_t *p, const ch_event_view_t *ev, double now_ms, char *why,
+                    size_t len) {
     if (ev->user_id_len == 0) {
         snprintf(why, len, "user_id is empty");
         return CH_BAD_EMPTY_USER_ID;
@@ -273,9 +274,6 @@ static int validate(const ch_pipeline_t *p, const ch_event_view_t *ev, char *why
         snprintf(why, len, "ts %lld is before 1970", (long long)ev->ts_ms);
         return CH_BAD_TS_NEGATIVE;
     }
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    double now_ms = (double)now.tv_sec * 1000.0 + (double)now.tv_nsec / 1e6;
     if ((double)ev->ts_ms > now_ms + p->cfg->input_max_future_ms) {
         snprintf(why, len, "ts %lld is %.0f s in the future (input.max_future)",
                  (long long)ev->ts_ms, ((double)ev->ts_ms - now_ms) / 1000.0);
@@ -316,7 +314,7 @@ static bool should_emit(const ch_pipeline_t *p, const ch_user_t *u, bool created
     return (double)(u->t_ref_ms - u->last_emit_ms) >= p->cfg->emit_heartbeat_ms;
 }
 
-static void process(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m) {
+static void process(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m, double now_ms) {
     char why[512];
     ch_event_view_t ev;
     int r = ch_decoder_decode(p->dec, m->value, m->value_len, &ev, why, sizeof(why));
@@ -328,12 +326,11 @@ static void process(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m) {
                     why);
         return;
     }
-    int bad = validate(p, &ev, why, sizeof(why));
+    int bad = validate(p, &ev, now_ms, why, sizeof(why));
     if (bad >= 0) {
         dead_letter(p, b, m, (ch_bad_reason_t)bad, why);
         return;
     }
-    uint64_t cap_before = ch_users_cap_evictions(p->users);
     ch_user_t *u = NULL;
     r = ch_users_upsert(p->users, ev.user_id, ev.user_id_len, &u);
     if (r < 0) {
@@ -342,7 +339,6 @@ static void process(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m) {
         p->failed = true;
         return;
     }
-    p->st.users_evicted_cap += ch_users_cap_evictions(p->users) - cap_before;
     bool created = r == 1;
     if (created) {
         ch_features_state_init(p->fs, u->state);
@@ -400,6 +396,10 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
     }
     batch_t *b = ring_push(p);
     p->st.batches++;
+    /* One wall-clock reading per batch bounds ts_in_future (input.max_future is coarse). */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double now_ms = (double)now.tv_sec * 1000.0 + (double)now.tv_nsec / 1e6;
     for (int i = 0; i < n && !p->failed; i++) {
         const ch_msg_t *m = &p->msgs[i];
         if (m->err) {
@@ -424,7 +424,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
             p->failed = true;
             break;
         }
-        process(p, b, m);
+        process(p, b, m, now_ms);
     }
     b->sealed = true;
     ch_producer_poll(p->producer);
@@ -452,6 +452,7 @@ bool ch_pipeline_failed(const ch_pipeline_t *p) {
 void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     *ret_stats = p->st;
     ret_stats->users = ch_users_count(p->users);
+    ret_stats->users_evicted_cap = ch_users_cap_evictions(p->users);
     ret_stats->inflight_batches = p->ring_count;
     ret_stats->assigned_partitions = ch_consumer_assigned(p->consumer);
 }
