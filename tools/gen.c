@@ -78,17 +78,6 @@ static void usage(FILE *f) {
             "  -h, --help            this help\n");
 }
 
-static int num(const char *s, double lo, double hi, double *ret) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        return -EINVAL;
-    }
-    *ret = v;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     const char *brokers = NULL, *topic = "events", *labels = NULL, *framing = "confluent";
     double users = 10000, events = 0, rate = 0, seed = 1, groups = 4, anomalous_share = 0.02;
@@ -123,31 +112,31 @@ int main(int argc, char **argv) {
             quiet = true;
             break;
         case 'u':
-            r = num(optarg, 1, 1e9, &users);
+            r = tool_parse_number(optarg, 1, 1e9, &users);
             break;
         case 'n':
-            r = num(optarg, 0, 1e15, &events);
+            r = tool_parse_number(optarg, 0, 1e15, &events);
             break;
         case 'r':
-            r = num(optarg, 0, 1e9, &rate);
+            r = tool_parse_number(optarg, 0, 1e9, &rate);
             break;
         case 's':
-            r = num(optarg, 0, 1e18, &seed);
+            r = tool_parse_number(optarg, 0, 1e18, &seed);
             break;
         case 'g':
-            r = num(optarg, 1, 64, &groups);
+            r = tool_parse_number(optarg, 1, 64, &groups);
             break;
         case 'a':
-            r = num(optarg, 0, 1, &anomalous_share);
+            r = tool_parse_number(optarg, 0, 1, &anomalous_share);
             break;
         case 'S':
-            r = num(optarg, 0, 1e12, &step_ms);
+            r = tool_parse_number(optarg, 0, 1e12, &step_ms);
             break;
         case 'T':
-            r = num(optarg, 0, 1e15, &start_ts);
+            r = tool_parse_number(optarg, 0, 1e15, &start_ts);
             break;
         case 'B':
-            r = num(optarg, 0, 1e15, &bad_every);
+            r = tool_parse_number(optarg, 0, 1e15, &bad_every);
             break;
         case 'h':
             usage(stdout);

@@ -90,15 +90,9 @@ static const char *default_file(const char *dataset) {
                                            : "../shared/data/rees46-2019-oct-sample.csv";
 }
 
+/* Any number strtod accepts, as before the helper moved to tool_common. */
 static int parse_double(const char *s, double *ret) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end) {
-        return -EINVAL;
-    }
-    *ret = v;
-    return 0;
+    return tool_parse_number(s, -INFINITY, INFINITY, ret);
 }
 
 /* "2019-10-01 00:00:00 UTC" -> ms since the epoch */

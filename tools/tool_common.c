@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -23,6 +24,17 @@ volatile int tool_stop = 0;
 static void on_signal(int sig) {
     (void)sig;
     tool_stop = 1;
+}
+
+int tool_parse_number(const char *s, double lo, double hi, double *ret) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        return -EINVAL;
+    }
+    *ret = v;
+    return 0;
 }
 
 double tool_now_s(void) {
