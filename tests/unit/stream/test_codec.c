@@ -127,10 +127,10 @@ static void test_round_trip_plain(void **st) {
     ch_decoder_free(dec);
 }
 
-/* Writes a v2 record (extra fields, reordered, float amount, int attrs) with Avro-C. */
-static size_t write_v2(char *buf, size_t cap, int amount_branch) {
+/* Parses a schema file with Avro-C (the independent reference codec). */
+static avro_schema_t load_schema(const char *dir, const char *file) {
     char path[1100];
-    snprintf(path, sizeof(path), "%s/user_event_v2.avsc", schema_dir);
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
     FILE *f = fopen(path, "r");
     assert_non_null(f);
     char json[4096];
@@ -138,6 +138,12 @@ static size_t write_v2(char *buf, size_t cap, int amount_branch) {
     fclose(f);
     avro_schema_t schema;
     assert_int_equal(avro_schema_from_json_length(json, n, &schema), 0);
+    return schema;
+}
+
+/* Writes a v2 record (extra fields, reordered, float amount, int attrs) with Avro-C. */
+static size_t write_v2(char *buf, size_t cap, int amount_branch) {
+    avro_schema_t schema = load_schema(schema_dir, "user_event_v2.avsc");
     avro_value_iface_t *iface = avro_generic_class_from_schema(schema);
     avro_value_t rec, field, branch, sub, elem;
     assert_int_equal(avro_generic_value_new(iface, &rec), 0);
@@ -329,15 +335,7 @@ static void test_profile_read_back_by_avro_c(void **st) {
     assert_int_equal(ch_encode_profile(&b, CH_FRAMING_CONFLUENT, 2, &p), 0);
     assert_int_equal(b.data[4], 2);
 
-    char path[1100];
-    snprintf(path, sizeof(path), "%s/profile_update.avsc", conf_dir);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    char json[4096];
-    size_t n = fread(json, 1, sizeof(json), f);
-    fclose(f);
-    avro_schema_t schema;
-    assert_int_equal(avro_schema_from_json_length(json, n, &schema), 0);
+    avro_schema_t schema = load_schema(conf_dir, "profile_update.avsc");
     avro_value_iface_t *iface = avro_generic_class_from_schema(schema);
     avro_value_t rec, field, branch, elem;
     assert_int_equal(avro_generic_value_new(iface, &rec), 0);
