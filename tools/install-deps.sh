@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(gcc make cmake pkg-config
       librdkafka-dev libavro-dev libev-dev libcmocka-dev
-      python3 python3-confluent-kafka python3-avro)
+      libopenblas-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev
+      python3 python3-confluent-kafka python3-avro python3-sklearn python3-onnx)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

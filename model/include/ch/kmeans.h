@@ -1,0 +1,101 @@
+/*
+ * ch/kmeans.h - online segments: incremental mini-batch K-Means (DESIGN.md section 7).
+ *
+ * Points are raw feature vectors. They are transformed (signed log1p, then z-score
+ * with a running mean and variance decayed by stream time) and clustered with
+ * Sculley's mini-batch rule plus time decay of the centroid weights. Centroids keep
+ * their index (the segment id) for life; a re-seeded centroid bumps its generation.
+ *
+ * @locality Not thread-safe.
+ */
+#ifndef CH_KMEANS_H
+#define CH_KMEANS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CH_KMEANS_MAX_K 1024
+#define CH_KMEANS_MAX_DIM 1024
+
+typedef struct ch_kmeans_opts {
+    size_t k;                /* segments, 1..CH_KMEANS_MAX_K */
+    size_t dim;              /* feature count */
+    size_t warmup;           /* W: points buffered before k-means++ (>= k) */
+    size_t lloyd_iters;      /* Lloyd passes over the warm-up buffer */
+    size_t max_batch;        /* largest batch passed to ch_kmeans_update() */
+    double half_life_ms;     /* centroid weight decay by stream time (INFINITY: none) */
+    double stats_half_life_ms; /* transform mean/variance decay by stream time */
+    double dead_ratio;       /* re-seed a centroid whose weight < ratio * max weight */
+    double hysteresis;       /* a user moves only if the new centroid is this much closer */
+    bool log1p;              /* signed log1p before the z-score */
+    uint64_t seed;           /* k-means++ and D^2 sampling */
+} ch_kmeans_opts_t;
+
+/* One point's result. segment = -1 while warming up. */
+typedef struct ch_kmeans_assign {
+    int32_t segment;
+    uint32_t generation;    /* of the assigned segment */
+    float distance;         /* Euclidean, in the transformed space */
+    int32_t previous;       /* the segment given in (prev), -1 if none or unchanged */
+} ch_kmeans_assign_t;
+
+typedef struct ch_kmeans ch_kmeans_t;
+
+/** @brief Options with the documented defaults for k segments of dim features. */
+void ch_kmeans_opts_default(ch_kmeans_opts_t *o, size_t k, size_t dim);
+
+/**
+ * @brief Create a segmenter.
+ * @returns 0, -EINVAL (errbuf names the option), -ENOMEM.
+ */
+int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf, size_t errlen);
+
+/** @brief Free. Accepts NULL. @returns NULL. */
+ch_kmeans_t *ch_kmeans_free(ch_kmeans_t *km);
+
+/**
+ * @brief Fold one batch into the model and assign its points.
+ * @param x n rows of dim raw feature values (finite).
+ * @param n 1..max_batch.
+ * @param stream_ms the stream time of the batch (largest event time seen); decay uses
+ *        its advance since the previous batch (never negative).
+ * @param prev n previous segments (-1 none) and prev_gen their generations, for
+ *        hysteresis; either may be NULL (no previous assignment).
+ * @param ret n results. During warm-up every result has segment -1; the batch that
+ *        completes the warm-up is assigned with the fresh centroids.
+ * @returns 0, -EINVAL (n out of range).
+ */
+int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms,
+                     const int32_t *prev, const uint32_t *prev_gen, ch_kmeans_assign_t *ret);
+
+/** @brief Whether warm-up is over (centroids exist). */
+bool ch_kmeans_ready(const ch_kmeans_t *km);
+
+/**
+ * @brief Transform raw points into the clustering space with the current statistics.
+ * @param x n rows of dim raw values; @param ret_z n rows of dim transformed values.
+ */
+void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float *ret_z);
+
+/** @brief Centroid j (dim floats, transformed space), its weight and generation. */
+const float *ch_kmeans_centroid(const ch_kmeans_t *km, size_t j, double *ret_weight,
+                                uint32_t *ret_generation);
+
+/** @brief Points seen, re-seeds done. */
+uint64_t ch_kmeans_points(const ch_kmeans_t *km);
+uint64_t ch_kmeans_reseeds(const ch_kmeans_t *km);
+
+/**
+ * @brief Write the model (options, transform statistics, centroids) as text.
+ * @returns 0, -EIO.
+ */
+int ch_kmeans_save(const ch_kmeans_t *km, const char *path, char *errbuf, size_t errlen);
+
+/**
+ * @brief Restore a model written by ch_kmeans_save() into km (same k and dim).
+ * @returns 0, -ENOENT (no file), -EINVAL (another shape or a damaged file: km unchanged).
+ */
+int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errlen);
+
+#endif

@@ -1,0 +1,671 @@
+/*
+ * kmeans.c - incremental mini-batch K-Means with time decay and stable segment ids.
+ *
+ * Design notes
+ * - Space: l = sign(x) log1p(|x|) (log1p for the non-negative features cohortd
+ *   produces; the sign keeps negative inputs ordered), then z = (l - mean) / std with
+ *   mean and variance accumulated per point and decayed by 2^(-dt/h_stats) per batch,
+ *   dt in stream time. A feature with (near) zero spread keeps std 1, so it maps
+ *   to ~0 and never divides by zero.
+ * - Warm-up: the first W transformed-space inputs are buffered as l; when W are
+ *   there they are z-scored with the statistics of that moment, and `inits` runs
+ *   of k-means++ seeding plus Lloyd passes are tried; the lowest inertia wins.
+ * - Online: per batch, centroid weights decay by 2^(-dt/h); points go to their nearest
+ *   centroid; for each centroid with m new points w += m, eta = m / w,
+ *   c = (1 - eta) c + eta mean(points) (Sculley 2010, with Spark's decay).
+ *   A centroid whose weight falls under dead_ratio * max weight is re-seeded at a
+ *   batch point drawn by D^2 sampling, with weight 2 * dead_ratio * max weight (so it
+ *   is not re-seeded again at once) and its generation bumped.
+ * - Invariants: a centroid's index is its segment id for life; generations only grow;
+ *   distances come from one sgemm per pass as |z|^2 - 2 Z C^T + |c|^2, clamped at 0.
+ * - Reported assignment uses hysteresis: a point keeps its previous segment (of the
+ *   same generation) unless the nearest centroid is closer by the hysteresis margin.
+ */
+#include "ch/kmeans.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 1024      /* rows per distance block */
+#define MIN_STD 1e-6    /* below this a feature is treated as constant */
+#define WARMUP_INITS 4  /* k-means++ restarts at warm-up */
+
+struct ch_kmeans {
+    ch_kmeans_opts_t o;
+    /* transform statistics */
+    double *mean, *m2, sw;
+    float *inv_std;
+    int64_t stats_ms;
+    /* warm-up buffer of l-values (W + max_batch rows) */
+    float *wbuf;
+    size_t n_w;
+    bool ready;
+    /* centroids */
+    float *c, *cnorm;
+    double *w;
+    uint32_t *gen;
+    int64_t t_ms;
+    /* scratch */
+    float *z, *znorm, *dist, *sum;
+    size_t *cnt;
+    int32_t *nearest;
+    double *d2;
+    uint64_t rng, points, reseeds;
+};
+
+static int fail(char *errbuf, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *errbuf, size_t errlen, int rc, const char *fmt, ...) {
+    if (errbuf && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errbuf, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+void ch_kmeans_opts_default(ch_kmeans_opts_t *o, size_t k, size_t dim) {
+    *o = (ch_kmeans_opts_t){.k = k,
+                            .dim = dim,
+                            .warmup = 10000,
+                            .lloyd_iters = 10,
+                            .max_batch = 4096,
+                            .half_life_ms = 86400e3,
+                            .stats_half_life_ms = 86400e3,
+                            .dead_ratio = 0.01,
+                            .hysteresis = 0.05,
+                            .log1p = true,
+                            .seed = 1};
+}
+
+ch_kmeans_t *ch_kmeans_free(ch_kmeans_t *km) {
+    if (!km) {
+        return NULL;
+    }
+    free(km->mean);
+    free(km->m2);
+    free(km->inv_std);
+    free(km->wbuf);
+    free(km->c);
+    free(km->cnorm);
+    free(km->w);
+    free(km->gen);
+    free(km->z);
+    free(km->znorm);
+    free(km->dist);
+    free(km->sum);
+    free(km->cnt);
+    free(km->nearest);
+    free(km->d2);
+    free(km);
+    return NULL;
+}
+
+int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf, size_t errlen) {
+    if (o->k < 1 || o->k > CH_KMEANS_MAX_K) {
+        return fail(errbuf, errlen, -EINVAL, "k = %zu is outside 1..%d", o->k, CH_KMEANS_MAX_K);
+    }
+    if (o->dim < 1 || o->dim > CH_KMEANS_MAX_DIM) {
+        return fail(errbuf, errlen, -EINVAL, "dimension %zu is outside 1..%d", o->dim,
+                    CH_KMEANS_MAX_DIM);
+    }
+    if (o->warmup < o->k || o->warmup > 10000000) {
+        return fail(errbuf, errlen, -EINVAL, "warm-up of %zu points must be in k..10000000",
+                    o->warmup);
+    }
+    if (o->max_batch < 1 || o->max_batch > 1000000) {
+        return fail(errbuf, errlen, -EINVAL, "batch size %zu is outside 1..1000000",
+                    o->max_batch);
+    }
+    if (!(o->half_life_ms > 0) || !(o->stats_half_life_ms > 0)) {
+        return fail(errbuf, errlen, -EINVAL, "half-lives must be > 0");
+    }
+    if (!(o->dead_ratio >= 0 && o->dead_ratio < 0.5) ||
+        !(o->hysteresis >= 0 && o->hysteresis < 1)) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "dead ratio must be in [0, 0.5) and hysteresis in [0, 1)");
+    }
+    ch_kmeans_t *km = calloc(1, sizeof(*km));
+    if (!km) {
+        return -ENOMEM;
+    }
+    km->o = *o;
+    size_t k = o->k, d = o->dim, rows = o->max_batch > BLOCK ? o->max_batch : BLOCK;
+    km->mean = calloc(d, sizeof(double));
+    km->m2 = calloc(d, sizeof(double));
+    km->inv_std = malloc(d * sizeof(float));
+    km->wbuf = malloc((o->warmup + o->max_batch) * d * sizeof(float));
+    km->c = calloc(k * d, sizeof(float));
+    km->cnorm = calloc(k, sizeof(float));
+    km->w = calloc(k, sizeof(double));
+    km->gen = calloc(k, sizeof(uint32_t));
+    km->z = malloc(rows * d * sizeof(float));
+    km->znorm = malloc(rows * sizeof(float));
+    km->dist = malloc(rows * k * sizeof(float));
+    km->sum = malloc(k * d * sizeof(float));
+    km->cnt = malloc(k * sizeof(size_t));
+    km->nearest = malloc((o->warmup + rows) * sizeof(int32_t));
+    km->d2 = malloc((o->warmup + rows) * sizeof(double));
+    if (!km->mean || !km->m2 || !km->inv_std || !km->wbuf || !km->c || !km->cnorm || !km->w ||
+        !km->gen || !km->z || !km->znorm || !km->dist || !km->sum || !km->cnt || !km->nearest ||
+        !km->d2) {
+        ch_kmeans_free(km);
+        return -ENOMEM;
+    }
+    for (size_t j = 0; j < d; j++) {
+        km->inv_std[j] = 1;
+    }
+    km->stats_ms = INT64_MIN;
+    km->t_ms = INT64_MIN;
+    km->rng = o->seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
+    *ret_km = km;
+    return 0;
+}
+
+bool ch_kmeans_ready(const ch_kmeans_t *km) {
+    return km->ready;
+}
+
+uint64_t ch_kmeans_points(const ch_kmeans_t *km) {
+    return km->points;
+}
+
+uint64_t ch_kmeans_reseeds(const ch_kmeans_t *km) {
+    return km->reseeds;
+}
+
+const float *ch_kmeans_centroid(const ch_kmeans_t *km, size_t j, double *ret_weight,
+                                uint32_t *ret_generation) {
+    if (ret_weight) {
+        *ret_weight = km->w[j];
+    }
+    if (ret_generation) {
+        *ret_generation = km->gen[j];
+    }
+    return km->c + j * km->o.dim;
+}
+
+static double unif(ch_kmeans_t *km) {
+    km->rng ^= km->rng >> 12;
+    km->rng ^= km->rng << 25;
+    km->rng ^= km->rng >> 27;
+    return (double)((km->rng * 0x2545F4914F6CDD1DULL) >> 11) * 0x1.0p-53;
+}
+
+static double decay(int64_t *last_ms, int64_t now_ms, double half_life_ms) {
+    if (*last_ms == INT64_MIN) {
+        *last_ms = now_ms;
+        return 1;
+    }
+    if (now_ms <= *last_ms) {
+        return 1;
+    }
+    double f = exp2(-(double)(now_ms - *last_ms) / half_life_ms);
+    *last_ms = now_ms;
+    return f;
+}
+
+static inline float slog(float x, bool on) {
+    return on ? copysignf(log1pf(fabsf(x)), x) : x;
+}
+
+static void refresh_std(ch_kmeans_t *km) {
+    for (size_t j = 0; j < km->o.dim; j++) {
+        double var = km->sw > 0 ? km->m2[j] / km->sw : 0;
+        double sd = var > 0 ? sqrt(var) : 0;
+        km->inv_std[j] = sd > MIN_STD ? (float)(1.0 / sd) : 1.0f;
+    }
+}
+
+/* Fold l-values into the decayed mean/variance (weighted West update). */
+static void stats_update(ch_kmeans_t *km, const float *l, size_t n, int64_t now_ms) {
+    size_t d = km->o.dim;
+    double f = decay(&km->stats_ms, now_ms, km->o.stats_half_life_ms);
+    km->sw *= f;
+    for (size_t j = 0; j < d; j++) {
+        km->m2[j] *= f;
+    }
+    for (size_t i = 0; i < n; i++) {
+        km->sw += 1;
+        for (size_t j = 0; j < d; j++) {
+            double v = l[i * d + j], delta = v - km->mean[j];
+            km->mean[j] += delta / km->sw;
+            km->m2[j] += delta * (v - km->mean[j]);
+        }
+    }
+    refresh_std(km);
+}
+
+static void zscore(const ch_kmeans_t *km, const float *l, size_t n, float *z) {
+    size_t d = km->o.dim;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < d; j++) {
+            z[i * d + j] = (float)(l[i * d + j] - km->mean[j]) * km->inv_std[j];
+        }
+    }
+}
+
+void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float *ret_z) {
+    size_t d = km->o.dim;
+    for (size_t i = 0; i < n * d; i++) {
+        ret_z[i] = slog(x[i], km->o.log1p);
+    }
+    zscore(km, ret_z, n, ret_z);
+}
+
+static void refresh_cnorm(ch_kmeans_t *km) {
+    size_t d = km->o.dim;
+    for (size_t j = 0; j < km->o.k; j++) {
+        float s = 0;
+        for (size_t t = 0; t < d; t++) {
+            s += km->c[j * d + t] * km->c[j * d + t];
+        }
+        km->cnorm[j] = s;
+    }
+}
+
+/* Squared distances of n <= BLOCK (or max_batch) rows of z to all centroids into km->dist. */
+static void distances(ch_kmeans_t *km, const float *z, size_t n) {
+    size_t d = km->o.dim, k = km->o.k;
+    for (size_t i = 0; i < n; i++) {
+        float s = 0;
+        for (size_t t = 0; t < d; t++) {
+            s += z[i * d + t] * z[i * d + t];
+        }
+        km->znorm[i] = s;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)k, (int)d, -2.0f, z, (int)d,
+                km->c, (int)d, 0.0f, km->dist, (int)k);
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < k; j++) {
+            float v = km->dist[i * k + j] + km->znorm[i] + km->cnorm[j];
+            km->dist[i * k + j] = v > 0 ? v : 0;
+        }
+    }
+}
+
+static size_t argmin_row(const ch_kmeans_t *km, size_t i) {
+    const float *r = km->dist + i * km->o.k;
+    size_t best = 0;
+    for (size_t j = 1; j < km->o.k; j++) {
+        if (r[j] < r[best]) {
+            best = j;
+        }
+    }
+    return best;
+}
+
+/* Nearest centroid and squared distance of every row of z (n rows, blocked). */
+static double assign_all(ch_kmeans_t *km, const float *z, size_t n, int32_t *near, double *d2) {
+    size_t d = km->o.dim;
+    double inertia = 0;
+    for (size_t b = 0; b < n; b += BLOCK) {
+        size_t m = n - b < BLOCK ? n - b : BLOCK;
+        distances(km, z + b * d, m);
+        for (size_t i = 0; i < m; i++) {
+            size_t j = argmin_row(km, i);
+            near[b + i] = (int32_t)j;
+            d2[b + i] = km->dist[i * km->o.k + j];
+            inertia += d2[b + i];
+        }
+    }
+    return inertia;
+}
+
+/* Index drawn with probability proportional to d2 (uniform if all are 0). */
+static size_t d2_sample(ch_kmeans_t *km, const double *d2, size_t n) {
+    double total = 0;
+    for (size_t i = 0; i < n; i++) {
+        total += d2[i];
+    }
+    if (!(total > 0)) {
+        return (size_t)(unif(km) * (double)n) % n;
+    }
+    double x = unif(km) * total, acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        acc += d2[i];
+        if (x < acc) {
+            return i;
+        }
+    }
+    return n - 1;
+}
+
+static void set_centroid(ch_kmeans_t *km, size_t j, const float *src) {
+    memcpy(km->c + j * km->o.dim, src, km->o.dim * sizeof(float));
+    float s = 0;
+    for (size_t t = 0; t < km->o.dim; t++) {
+        s += src[t] * src[t];
+    }
+    km->cnorm[j] = s;
+}
+
+/* Lower d2 with centroid j, row by row (after seeding j). */
+static void lower_d2(const ch_kmeans_t *km, size_t j, const float *z, size_t n, double *d2) {
+    size_t d = km->o.dim;
+    const float *c = km->c + j * d;
+    for (size_t i = 0; i < n; i++) {
+        double s = 0;
+        for (size_t t = 0; t < d; t++) {
+            double diff = (double)z[i * d + t] - c[t];
+            s += diff * diff;
+        }
+        d2[i] = s < d2[i] ? s : d2[i];
+    }
+}
+
+/* One k-means++ seeding and Lloyd passes over z (n rows); returns the inertia. */
+static double warm_fit(ch_kmeans_t *km, const float *z, size_t n) {
+    size_t k = km->o.k, d = km->o.dim;
+    size_t first = (size_t)(unif(km) * (double)n) % n;
+    set_centroid(km, 0, z + first * d);
+    for (size_t i = 0; i < n; i++) {
+        km->d2[i] = INFINITY;
+    }
+    lower_d2(km, 0, z, n, km->d2);
+    for (size_t j = 1; j < k; j++) {
+        size_t p = d2_sample(km, km->d2, n);
+        set_centroid(km, j, z + p * d);
+        lower_d2(km, j, z, n, km->d2);
+    }
+    double inertia = INFINITY;
+    for (size_t it = 0; it <= km->o.lloyd_iters; it++) {
+        inertia = assign_all(km, z, n, km->nearest, km->d2);
+        if (it == km->o.lloyd_iters) {
+            break;
+        }
+        memset(km->sum, 0, k * d * sizeof(float));
+        memset(km->cnt, 0, k * sizeof(size_t));
+        for (size_t i = 0; i < n; i++) {
+            size_t j = (size_t)km->nearest[i];
+            km->cnt[j]++;
+            for (size_t t = 0; t < d; t++) {
+                km->sum[j * d + t] += z[i * d + t];
+            }
+        }
+        for (size_t j = 0; j < k; j++) {
+            if (km->cnt[j]) {
+                for (size_t t = 0; t < d; t++) {
+                    km->c[j * d + t] = km->sum[j * d + t] / (float)km->cnt[j];
+                }
+            }
+        }
+        refresh_cnorm(km);
+    }
+    for (size_t j = 0; j < k; j++) {
+        km->w[j] = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        km->w[km->nearest[i]] += 1;
+    }
+    return inertia;
+}
+
+static void finish_warmup(ch_kmeans_t *km, int64_t stream_ms) {
+    size_t k = km->o.k, d = km->o.dim, n = km->n_w;
+    float *z = km->wbuf;
+    zscore(km, z, n, z); /* in place: the buffer holds l-values until now */
+    float *best_c = malloc(k * d * sizeof(float));
+    double *best_w = malloc(k * sizeof(double));
+    double best = INFINITY;
+    for (int r = 0; r < WARMUP_INITS; r++) {
+        double inertia = warm_fit(km, z, n);
+        if (!best_c || !best_w) {
+            best = inertia; /* no room to compare: keep the first */
+            break;
+        }
+        if (inertia < best) {
+            best = inertia;
+            memcpy(best_c, km->c, k * d * sizeof(float));
+            memcpy(best_w, km->w, k * sizeof(double));
+        }
+    }
+    if (best_c && best_w) {
+        memcpy(km->c, best_c, k * d * sizeof(float));
+        memcpy(km->w, best_w, k * sizeof(double));
+    }
+    free(best_c);
+    free(best_w);
+    refresh_cnorm(km);
+    km->t_ms = stream_ms;
+    km->ready = true;
+    km->n_w = 0;
+}
+
+static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t stream_ms) {
+    size_t k = km->o.k, d = km->o.dim;
+    double f = decay(&km->t_ms, stream_ms, km->o.half_life_ms);
+    for (size_t j = 0; j < k; j++) {
+        km->w[j] *= f;
+    }
+    assign_all(km, z, n, km->nearest, km->d2);
+    memset(km->sum, 0, k * d * sizeof(float));
+    memset(km->cnt, 0, k * sizeof(size_t));
+    for (size_t i = 0; i < n; i++) {
+        size_t j = (size_t)km->nearest[i];
+        km->cnt[j]++;
+        for (size_t t = 0; t < d; t++) {
+            km->sum[j * d + t] += z[i * d + t];
+        }
+    }
+    double wmax = 0;
+    for (size_t j = 0; j < k; j++) {
+        if (km->cnt[j]) {
+            double m = (double)km->cnt[j];
+            km->w[j] += m;
+            float eta = (float)(m / km->w[j]);
+            for (size_t t = 0; t < d; t++) {
+                float mean = km->sum[j * d + t] / (float)m;
+                km->c[j * d + t] = (1 - eta) * km->c[j * d + t] + eta * mean;
+            }
+        }
+        wmax = km->w[j] > wmax ? km->w[j] : wmax;
+    }
+    refresh_cnorm(km);
+    for (size_t j = 0; j < k; j++) {
+        if (km->w[j] < km->o.dead_ratio * wmax && n > 0) {
+            size_t p = d2_sample(km, km->d2, n);
+            set_centroid(km, j, z + p * d);
+            km->w[j] = 2 * km->o.dead_ratio * wmax;
+            km->gen[j]++;
+            km->reseeds++;
+            lower_d2(km, j, z, n, km->d2);
+        }
+    }
+}
+
+int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms,
+                     const int32_t *prev, const uint32_t *prev_gen, ch_kmeans_assign_t *ret) {
+    size_t d = km->o.dim, k = km->o.k;
+    if (n == 0 || n > km->o.max_batch) {
+        return -EINVAL;
+    }
+    float *l = km->z;
+    for (size_t i = 0; i < n * d; i++) {
+        l[i] = slog(x[i], km->o.log1p);
+    }
+    stats_update(km, l, n, stream_ms);
+    km->points += n;
+    if (!km->ready) {
+        memcpy(km->wbuf + km->n_w * d, l, n * d * sizeof(float));
+        km->n_w += n;
+        if (km->n_w < km->o.warmup) {
+            for (size_t i = 0; i < n; i++) {
+                ret[i] = (ch_kmeans_assign_t){.segment = -1, .previous = -1};
+            }
+            return 0;
+        }
+        finish_warmup(km, stream_ms);
+        zscore(km, l, n, km->z);
+    } else {
+        zscore(km, l, n, km->z);
+        online_update(km, km->z, n, stream_ms);
+    }
+    /* report: nearest after the update, with hysteresis against the previous segment */
+    distances(km, km->z, n);
+    for (size_t i = 0; i < n; i++) {
+        const float *r = km->dist + i * k;
+        size_t best = argmin_row(km, i);
+        int32_t seg = (int32_t)best;
+        float dist2 = r[best];
+        int32_t p = prev ? prev[i] : -1;
+        bool same_gen = p >= 0 && (size_t)p < k && prev_gen && prev_gen[i] == km->gen[p];
+        if (same_gen && (size_t)p != best) {
+            float dp = sqrtf(r[p]), db = sqrtf(r[best]);
+            if (!(db < (float)(1 - km->o.hysteresis) * dp)) {
+                seg = p;
+                dist2 = r[p];
+            }
+        }
+        ret[i].segment = seg;
+        ret[i].generation = km->gen[seg];
+        ret[i].distance = sqrtf(dist2);
+        ret[i].previous = p >= 0 && (p != seg || !same_gen) ? p : -1;
+    }
+    return 0;
+}
+
+/* ---- persistence --------------------------------------------------------- */
+
+int ch_kmeans_save(const ch_kmeans_t *km, const char *path, char *errbuf, size_t errlen) {
+    size_t k = km->o.k, d = km->o.dim;
+    char tmp[4096];
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+        return fail(errbuf, errlen, -EINVAL, "%s: path too long", path);
+    }
+    FILE *f = fopen(tmp, "we");
+    if (!f) {
+        return fail(errbuf, errlen, -EIO, "%s: %s", tmp, strerror(errno));
+    }
+    fprintf(f, "cohortd-kmeans 1\nk %zu\ndim %zu\nlog1p %d\nready %d\n", k, d, km->o.log1p ? 1 : 0,
+            km->ready ? 1 : 0);
+    fprintf(f, "points %llu\nreseeds %llu\nstream_ms %lld\nstats_ms %lld\nsw %.17g\n",
+            (unsigned long long)km->points, (unsigned long long)km->reseeds, (long long)km->t_ms,
+            (long long)km->stats_ms, km->sw);
+    const char *names[3] = {"mean", "m2", "std"};
+    for (int r = 0; r < 3; r++) {
+        fputs(names[r], f);
+        for (size_t j = 0; j < d; j++) {
+            double v = r == 0 ? km->mean[j] : r == 1 ? km->m2[j] : 1.0 / km->inv_std[j];
+            fprintf(f, " %.17g", v);
+        }
+        fputc('\n', f);
+    }
+    for (size_t j = 0; km->ready && j < k; j++) {
+        fprintf(f, "centroid %zu %u %.17g", j, km->gen[j], km->w[j]);
+        for (size_t t = 0; t < d; t++) {
+            fprintf(f, " %.9g", km->c[j * d + t]);
+        }
+        fputc('\n', f);
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad || rename(tmp, path) < 0) {
+        int e = errno;
+        remove(tmp);
+        return fail(errbuf, errlen, -EIO, "%s: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+/* Skip whitespace and match a word; fscanf() alone cannot tell a mismatch. */
+static bool literal(FILE *f, const char *word) {
+    int c;
+    while ((c = fgetc(f)) == ' ' || c == '\n') {
+    }
+    for (const char *p = word; *p; p++, c = fgetc(f)) {
+        if (c != *p) {
+            return false;
+        }
+    }
+    return c == ' ' && ungetc(c, f) != EOF;
+}
+
+int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errlen) {
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        return fail(errbuf, errlen, errno == ENOENT ? -ENOENT : -EIO, "%s: %s", path,
+                    strerror(errno));
+    }
+    size_t k = km->o.k, d = km->o.dim, fk, fd;
+    int log1p_on, ready, r = -EINVAL;
+    unsigned long long points, reseeds;
+    long long t_ms, stats_ms;
+    double sw;
+    double *mean = calloc(d, sizeof(double)), *m2 = calloc(d, sizeof(double));
+    double *w = calloc(k, sizeof(double));
+    float *c = calloc(k * d, sizeof(float));
+    uint32_t *gen = calloc(k, sizeof(uint32_t));
+    if (!mean || !m2 || !w || !c || !gen) {
+        r = -ENOMEM;
+        goto out;
+    }
+    if (fscanf(f, "cohortd-kmeans 1 k %zu dim %zu log1p %d ready %d", &fk, &fd, &log1p_on,
+               &ready) != 4 ||
+        fscanf(f, " points %llu reseeds %llu stream_ms %lld stats_ms %lld sw %lg", &points,
+               &reseeds, &t_ms, &stats_ms, &sw) != 5) {
+        fail(errbuf, errlen, r, "%s: not a cohortd segment model", path);
+        goto out;
+    }
+    if (fk != k || fd != d || log1p_on != (km->o.log1p ? 1 : 0)) {
+        fail(errbuf, errlen, r, "%s: saved with k=%zu, %zu features, log1p=%d; configured k=%zu, "
+             "%zu features, log1p=%d", path, fk, fd, log1p_on, k, d, km->o.log1p ? 1 : 0);
+        goto out;
+    }
+    double dummy;
+    bool ok = literal(f, "mean");
+    for (size_t j = 0; ok && j < d; j++) {
+        ok = fscanf(f, "%lg", &mean[j]) == 1;
+    }
+    ok = ok && literal(f, "m2");
+    for (size_t j = 0; ok && j < d; j++) {
+        ok = fscanf(f, "%lg", &m2[j]) == 1;
+    }
+    ok = ok && literal(f, "std");
+    for (size_t j = 0; ok && j < d; j++) {
+        ok = fscanf(f, "%lg", &dummy) == 1;
+    }
+    for (size_t j = 0; ok && ready && j < k; j++) {
+        size_t idx;
+        ok = fscanf(f, " centroid %zu %u %lg", &idx, &gen[j], &w[j]) == 3 && idx == j &&
+             isfinite(w[j]) && w[j] >= 0;
+        for (size_t t = 0; ok && t < d; t++) {
+            ok = fscanf(f, "%g", &c[j * d + t]) == 1 && isfinite(c[j * d + t]);
+        }
+    }
+    if (!ok || !isfinite(sw) || sw < 0) {
+        fail(errbuf, errlen, r, "%s: damaged segment model file", path);
+        goto out;
+    }
+    memcpy(km->mean, mean, d * sizeof(double));
+    memcpy(km->m2, m2, d * sizeof(double));
+    km->sw = sw;
+    km->stats_ms = stats_ms;
+    km->points = points;
+    km->reseeds = reseeds;
+    refresh_std(km);
+    if (ready) {
+        memcpy(km->c, c, k * d * sizeof(float));
+        memcpy(km->w, w, k * sizeof(double));
+        memcpy(km->gen, gen, k * sizeof(uint32_t));
+        km->t_ms = t_ms;
+        km->ready = true;
+        km->n_w = 0;
+        refresh_cnorm(km);
+    }
+    r = 0;
+out:
+    free(mean);
+    free(m2);
+    free(w);
+    free(c);
+    free(gen);
+    fclose(f);
+    return r;
+}
