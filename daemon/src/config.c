@@ -32,6 +32,7 @@ typedef enum key_type {
     K_INT,
     K_DURATION,
     K_ENUM,
+    K_FLOAT,
 } key_type_t;
 
 typedef struct key_def {
@@ -49,6 +50,8 @@ static const char *const framings[] = {"confluent", "plain", NULL};
 static const char *const policies[] = {"every", "change", NULL};
 static const char *const levels[] = {"err", "warning", "notice", "info", "debug", NULL};
 static const int level_values[] = {3, 4, 5, 6, 7};
+static const char *const transforms[] = {"log1p", "none", NULL};
+static const int transform_values[] = {1, 0};
 
 #define OFF(f) offsetof(ch_config_t, f)
 static const key_def_t keys[] = {
@@ -77,6 +80,46 @@ static const key_def_t keys[] = {
      "change, and at most once per emit.heartbeat of the user's stream time otherwise."},
     {"emit.heartbeat", K_DURATION, OFF(emit_heartbeat_ms), "1h", 0, INFINITY, NULL, NULL,
      "With emit.policy = change: the longest a user goes without an update while active."},
+    {"model.path", K_PATH, OFF(model_path), "", 0, 0, NULL, NULL,
+     "ONNX risk model (tools/export_onnx.py); input [N, number of features]. Empty: no "
+     "risk scoring and no risk updates."},
+    {"model.watch", K_DURATION, OFF(model_watch_ms), "2s", 0, INFINITY, NULL, NULL,
+     "How often to check model.path for a new file (reloaded between batches, like "
+     "SIGHUP); 0 disables the watch."},
+    {"output.risk_topic", K_STR, OFF(risk_topic), "risk", 0, 0, NULL, NULL,
+     "Topic for risk updates (risk_update.avsc), keyed by user_id; used when model.path "
+     "is set."},
+    {"risk.threshold", K_FLOAT, OFF(risk_threshold), "0.5", 0, 1, NULL, NULL,
+     "alert = score >= risk.threshold."},
+    {"risk.reasons", K_INT, OFF(risk_reasons), "3", 0, 64, NULL, NULL,
+     "Reason codes per alert: the features with the largest contributions (gradient x "
+     "input of the logit; w_i x_i for a logistic regression)."},
+    {"risk.emit", K_ENUM, OFF(risk_emit), "every", 0, 0, policies, NULL,
+     "every: one risk update per event; change: only when the alert flag flips, the score "
+     "moves by more than risk.delta, or emit.heartbeat of stream time has passed."},
+    {"risk.delta", K_FLOAT, OFF(risk_delta), "0.05", 0, 1, NULL, NULL,
+     "With risk.emit = change: the score change that triggers an update."},
+    {"segments.k", K_INT, OFF(segments_k), "16", 0, 1024, NULL, NULL,
+     "Online segments (mini-batch K-Means clusters); 0 disables segmentation."},
+    {"segments.warmup", K_INT, OFF(segments_warmup), "10000", 1, 10000000, NULL, NULL,
+     "Feature vectors buffered before k-means++ seeding; segments are null until then."},
+    {"segments.half_life", K_DURATION, OFF(segments_half_life_ms), "1d", 1, INFINITY, NULL,
+     NULL, "Decay of centroid weights by stream time: how fast segments follow drift."},
+    {"segments.stats_half_life", K_DURATION, OFF(segments_stats_half_life_ms), "7d", 1,
+     INFINITY, NULL, NULL, "Decay of the running mean/std of the z-score transform."},
+    {"segments.dead_ratio", K_FLOAT, OFF(segments_dead_ratio), "0.01", 0, 0.49, NULL, NULL,
+     "A segment whose weight falls below this share of the largest is re-seeded (its "
+     "segment_generation increases)."},
+    {"segments.hysteresis", K_FLOAT, OFF(segments_hysteresis), "0.05", 0, 0.99, NULL, NULL,
+     "A user changes segment only if the new centroid is closer by this fraction."},
+    {"segments.transform", K_ENUM, OFF(segments_log1p), "log1p", 0, 0, transforms,
+     transform_values, "Feature transform before the z-score: log1p (signed) or none."},
+    {"segments.seed", K_INT, OFF(segments_seed), "1", 0, 2147483647, NULL, NULL,
+     "Seed of k-means++ and re-seeding (runs are reproducible)."},
+    {"segments.state_file", K_PATH, OFF(segments_state_file), "", 0, 0, NULL, NULL,
+     "Where centroids and transform statistics are saved at shutdown (and every "
+     "log.stats_interval) and restored at start, so segment ids survive restarts. "
+     "Empty: not saved."},
     {"batch.max_events", K_INT, OFF(batch_max_events), "1000", 1, 65536, NULL, NULL,
      "Most events taken from Kafka per loop iteration (the batch size)."},
     {"batch.max_inflight", K_INT, OFF(batch_max_inflight), "32", 1, 4096, NULL, NULL,
@@ -194,6 +237,17 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
                         k->name, k->min, k->max, value);
         }
         *(long *)field = (long)v;
+        return 0;
+    }
+    case K_FLOAT: {
+        char *end = NULL;
+        errno = 0;
+        double v = strtod(value, &end);
+        if (errno || end == value || *end || !(v >= k->min && v <= k->max)) {
+            return fail(errbuf, errlen, -EINVAL, "%s: expected a number in %g..%g, got '%s'",
+                        k->name, k->min, k->max, value);
+        }
+        *(double *)field = v;
         return 0;
     }
     case K_DURATION: {
@@ -435,8 +489,14 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
                     "half_life=1h')");
     }
     if (strcmp(cfg->input_topic, cfg->profile_topic) == 0 ||
-        strcmp(cfg->input_topic, cfg->dlq_topic) == 0) {
+        strcmp(cfg->input_topic, cfg->dlq_topic) == 0 ||
+        (cfg->model_path[0] && strcmp(cfg->input_topic, cfg->risk_topic) == 0)) {
         return fail(errbuf, errlen, -EINVAL, "input.topic must differ from the output topics");
+    }
+    if (cfg->segments_k > 0 && cfg->segments_warmup < cfg->segments_k) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "segments.warmup (%ld) must be at least segments.k (%ld)",
+                    cfg->segments_warmup, cfg->segments_k);
     }
     if (cfg->input_writer_schema[0] && cfg->input_framing != CH_FRAMING_PLAIN) {
         return fail(errbuf, errlen, -EINVAL,
@@ -466,6 +526,9 @@ static void format_value(const ch_config_t *cfg, const key_def_t *k, char *buf, 
         return;
     case K_INT:
         snprintf(buf, len, "%ld", *(const long *)field);
+        return;
+    case K_FLOAT:
+        snprintf(buf, len, "%g", *(const double *)field);
         return;
     case K_DURATION: {
         double ms = *(const double *)field;
@@ -517,10 +580,13 @@ void ch_config_print_help(FILE *out) {
                  "command line: --set key=value, applied after the file).\n\n");
     for (size_t i = 0; i < N_KEYS; i++) {
         const key_def_t *k = &keys[i];
-        static const char *const tnames[] = {"string", "path", "integer", "duration", "enum"};
+        static const char *const tnames[] = {"string", "path", "integer", "duration", "enum",
+                                             "number"};
         range[0] = '\0';
         if (k->type == K_INT) {
             snprintf(range, sizeof(range), ", range %.0f..%.0f", k->min, k->max);
+        } else if (k->type == K_FLOAT) {
+            snprintf(range, sizeof(range), ", range %g..%g", k->min, k->max);
         } else if (k->type == K_ENUM) {
             size_t n = (size_t)snprintf(range, sizeof(range), ", one of");
             for (int c = 0; k->choices[c] && n < sizeof(range); c++) {

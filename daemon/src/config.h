@@ -50,6 +50,24 @@ typedef struct ch_config {
     int emit_policy; /* ch_emit_policy_t */
     double emit_heartbeat_ms;
 
+    char model_path[CH_CONF_STR];
+    double model_watch_ms;
+    char risk_topic[CH_CONF_STR];
+    double risk_threshold;
+    long risk_reasons;
+    int risk_emit; /* ch_emit_policy_t */
+    double risk_delta;
+
+    long segments_k;
+    long segments_warmup;
+    double segments_half_life_ms;
+    double segments_stats_half_life_ms;
+    double segments_dead_ratio;
+    double segments_hysteresis;
+    int segments_log1p; /* 1 log1p, 0 none */
+    long segments_seed;
+    char segments_state_file[CH_CONF_STR];
+
     long batch_max_events;
     long batch_max_inflight;
 

@@ -13,7 +13,9 @@
  * - A 100 ms safety timer drains and polls as well, so a lost wake-up could
  *   at worst delay work, never stall it.
  * - SIGTERM/SIGINT: stop consuming, flush outputs, commit, exit 0 (1 if an
- *   output could not be delivered). SIGHUP: reload hook (no model yet).
+ *   output could not be delivered). SIGHUP, or a change of model.path seen by an
+ *   ev_stat watch, reloads the model between batches (the loop never runs a callback
+ *   in the middle of a batch: a drain is one synchronous call).
  */
 #include <errno.h>
 #include <ev.h>
@@ -25,6 +27,7 @@
 #include <string.h>
 
 #include "ch/features.h"
+#include "ch/onnx.h"
 #include "ch/kafka.h"
 #include "config.h"
 #include "log.h"
@@ -38,6 +41,8 @@ typedef struct daemon_ctx {
     ev_idle drain_idle;
     ev_timer safety, stats, housekeeping;
     ev_signal sigterm, sigint, sighup;
+    ev_stat model_watch;
+    double last_save_s;
     int exit_code;
     /* progress */
     double last_stats_s;
@@ -100,6 +105,11 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     daemon_ctx_t *d = w->data;
     ch_pipeline_tick(d->pipe);
+    double now = ch_now_s();
+    if (now - d->last_save_s >= 60) { /* bounded loss of segment state on a crash */
+        ch_pipeline_save_segments(d->pipe);
+        d->last_save_s = now;
+    }
 }
 
 static void on_stats(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -113,13 +123,17 @@ static void on_stats(struct ev_loop *loop, ev_timer *w, int revents) {
     if (dt <= 0) {
         return;
     }
-    uint64_t out = s.profiles_acked + s.dlq_acked, last_out = d->last.profiles_acked + d->last.dlq_acked;
+    uint64_t out = s.profiles_acked + s.risk_acked + s.dlq_acked;
+    uint64_t last_out = d->last.profiles_acked + d->last.risk_acked + d->last.dlq_acked;
     ch_log(CH_LOG_INFO,
-           "in %.0f ev/s, out %.0f msg/s | total in %llu, profiles %llu, bad %llu | users %zu | "
-           "partitions %zu | in flight %zu batch(es)",
+           "in %.0f ev/s, out %.0f msg/s | total in %llu, profiles %llu, risk %llu (alerts "
+           "%llu), bad %llu | users %zu | segments %s | partitions %zu | in flight %zu batch(es)",
            (double)(s.consumed - d->last.consumed) / dt, (double)(out - last_out) / dt,
            (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
-           (unsigned long long)s.bad_total, s.users, s.assigned_partitions, s.inflight_batches);
+           (unsigned long long)s.risk_acked, (unsigned long long)s.alerts,
+           (unsigned long long)s.bad_total, s.users,
+           d->cfg->segments_k == 0 ? "off" : s.segments_ready ? "online" : "warming up",
+           s.assigned_partitions, s.inflight_batches);
     d->last = s;
     d->last_stats_s = now;
 }
@@ -135,9 +149,23 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents) {
 
 static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents) {
     (void)loop;
-    (void)w;
     (void)revents;
-    ch_log(CH_LOG_NOTICE, "SIGHUP: no model is configured, nothing to reload");
+    daemon_ctx_t *d = w->data;
+    ch_log(CH_LOG_NOTICE, "SIGHUP: reloading the model");
+    ch_pipeline_reload_model(d->pipe);
+}
+
+static void on_model_change(struct ev_loop *loop, ev_stat *w, int revents) {
+    (void)loop;
+    (void)revents;
+    daemon_ctx_t *d = w->data;
+    if (w->attr.st_nlink == 0) {
+        ch_log(CH_LOG_WARNING, "model file %s disappeared; keeping version %s", w->path,
+               ch_pipeline_model_version(d->pipe) ? ch_pipeline_model_version(d->pipe) : "-");
+        return;
+    }
+    ch_log(CH_LOG_NOTICE, "model file %s changed: reloading", w->path);
+    ch_pipeline_reload_model(d->pipe);
 }
 
 static void usage(FILE *f) {
@@ -145,7 +173,8 @@ static void usage(FILE *f) {
             "Usage: cohortd --config FILE [--set key=value]... [--check-config]\n"
             "       cohortd --help | --help-config | --version\n\n"
             "Streaming real-time user scoring: consumes user events (Avro) from Kafka, keeps\n"
-            "time-decayed feature vectors per user and publishes profile updates to Kafka.\n\n"
+            "time-decayed feature vectors per user, scores them with an ONNX model and online\n"
+            "K-Means segments, and publishes profile and risk updates to Kafka.\n\n"
             "  -c, --config FILE    configuration file (key = value lines)\n"
             "  -s, --set KEY=VALUE  override one setting (repeatable; after the file)\n"
             "      --check-config   validate, print the effective settings and features, exit\n"
@@ -173,6 +202,22 @@ static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size
             printf("feature.%s = %s    # [%zu]\n", ch_features_name(fs, i),
                    ch_features_spec(fs, i), i);
         }
+    }
+    if (r == 0 && cfg->model_path[0]) { /* the model must fit these features */
+        size_t d = ch_features_count(fs);
+        const char **names = calloc(d ? d : 1, sizeof(*names));
+        ch_onnx_t *m = NULL;
+        r = names ? 0 : -ENOMEM;
+        for (size_t i = 0; names && i < d; i++) {
+            names[i] = ch_features_name(fs, i);
+        }
+        if (r == 0 && (r = ch_onnx_load(cfg->model_path, d, names, 1, &m, errbuf, errlen)) == 0 &&
+            print) {
+            printf("# model: %s, version %s, %zu nodes\n", cfg->model_path, ch_onnx_version(m),
+                   ch_onnx_nodes(m));
+        }
+        ch_onnx_free(m);
+        free(names);
     }
     ch_features_free(fs);
     return r;
@@ -294,17 +339,27 @@ int main(int argc, char **argv) {
     ev_signal_start(d.loop, &d.sigterm);
     ev_signal_start(d.loop, &d.sigint);
     ev_signal_start(d.loop, &d.sighup);
+    if (cfg.model_path[0] && cfg.model_watch_ms > 0 && isfinite(cfg.model_watch_ms)) {
+        ev_stat_init(&d.model_watch, on_model_change, cfg.model_path,
+                     cfg.model_watch_ms / 1000.0);
+        d.model_watch.data = &d;
+        ev_stat_start(d.loop, &d.model_watch);
+    }
     signal(SIGPIPE, SIG_IGN);
+    d.last_save_s = ch_now_s();
     d.last_stats_s = ch_now_s();
 
     ev_run(d.loop, 0);
 
     r = ch_pipeline_shutdown(d.pipe);
+    ch_pipeline_save_segments(d.pipe);
     ch_pipeline_stats_t s;
     ch_pipeline_stats(d.pipe, &s);
     ch_log(CH_LOG_NOTICE,
-           "stopped: %llu consumed, %llu profiles, %llu dead letters, %llu delivery failures%s",
+           "stopped: %llu consumed, %llu profiles, %llu risk updates (%llu alerts), %llu dead "
+           "letters, %llu delivery failures%s",
            (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
+           (unsigned long long)s.risk_acked, (unsigned long long)s.alerts,
            (unsigned long long)s.dlq_acked, (unsigned long long)s.delivery_failures,
            r == 0 ? "; offsets committed" : "");
     d.pipe = ch_pipeline_free(d.pipe);

@@ -34,6 +34,8 @@
 #include "ch/codec.h"
 #include "ch/features.h"
 #include "ch/kafka.h"
+#include "ch/kmeans.h"
+#include "ch/onnx.h"
 #include "ch/users.h"
 #include "log.h"
 
@@ -49,6 +51,14 @@ typedef struct batch {
     part_off_t *parts;
     size_t n_parts, cap_parts;
 } batch_t;
+
+/* An event folded into user state in this batch, awaiting scoring and outputs. */
+typedef struct row {
+    ch_user_t *u; /* re-checked against the key before use (a later insert may evict) */
+    const char *uid, *eid;
+    size_t uid_len, eid_len;
+    int64_t ts_ms; /* the user's stream time after the event */
+} row_t;
 
 typedef enum field_kind {
     FIELD_AMOUNT,
@@ -80,7 +90,19 @@ struct ch_pipeline {
     ch_decoder_t *dec;
     ch_producer_t *producer;
     ch_consumer_t *consumer;
-    int32_t profile_schema_id;
+    int32_t profile_schema_id, risk_schema_id;
+    ch_onnx_t *model; /* NULL: no risk scoring */
+    ch_kmeans_t *km;  /* NULL: segments.k = 0 */
+    const char **feat_names;
+
+    /* batch scratch, batch.max_events rows */
+    row_t *rows;
+    size_t n_rows;
+    float *X, *scores, *contrib;
+    int32_t *prev_seg;
+    uint32_t *prev_gen;
+    ch_kmeans_assign_t *seg;
+    ch_reason_t *reasons;
 
     batch_t *ring;
     size_t ring_cap, ring_head, ring_count;
@@ -164,17 +186,22 @@ static void advance(ch_pipeline_t *p) {
     }
 }
 
-/* The delivery opaque is the batch pointer; its low bit marks a dead letter. */
-#define DLQ_TAG ((uintptr_t)1)
+/* The delivery opaque is the batch pointer; its two low bits say which output. */
+#define OUT_PROFILE ((uintptr_t)0)
+#define OUT_DLQ ((uintptr_t)1)
+#define OUT_RISK ((uintptr_t)2)
+#define OUT_MASK ((uintptr_t)3)
 
 static void on_delivery(void *opaque, void *msg_opaque, int err, const char *errstr) {
     ch_pipeline_t *p = opaque;
-    bool is_dlq = ((uintptr_t)msg_opaque & DLQ_TAG) != 0;
-    batch_t *b = (batch_t *)((uintptr_t)msg_opaque & ~DLQ_TAG);
+    uintptr_t kind = (uintptr_t)msg_opaque & OUT_MASK;
+    batch_t *b = (batch_t *)((uintptr_t)msg_opaque & ~OUT_MASK);
     b->outstanding--;
     if (!err) {
-        if (is_dlq) {
+        if (kind == OUT_DLQ) {
             p->st.dlq_acked++;
+        } else if (kind == OUT_RISK) {
+            p->st.risk_acked++;
         } else {
             p->st.profiles_acked++;
         }
@@ -195,11 +222,11 @@ static void on_delivery(void *opaque, void *msg_opaque, int err, const char *err
 
 /* ---------------------------------------------------------------- outputs */
 
-static int send_out(ch_pipeline_t *p, batch_t *b, bool is_dlq, const char *topic,
+static int send_out(ch_pipeline_t *p, batch_t *b, uintptr_t kind, const char *topic,
                     const void *key, size_t key_len, const void *value, size_t value_len,
                     const ch_header_t *h, size_t n_h) {
     char err[512];
-    void *tagged = (void *)((uintptr_t)b | (is_dlq ? DLQ_TAG : 0));
+    void *tagged = (void *)((uintptr_t)b | kind);
     for (;;) {
         int r = ch_producer_send(p->producer, topic, key, key_len, value, value_len, h, n_h,
                                  tagged, err, sizeof(err));
@@ -240,7 +267,7 @@ static void dead_letter(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m, ch_bad_
         {"cohortd.source.partition", part, strlen(part)},
         {"cohortd.source.offset", off, strlen(off)},
     };
-    if (send_out(p, b, true, p->cfg->dlq_topic, m->key, m->key_len, m->value, m->value_len, h, 5) ==
+    if (send_out(p, b, OUT_DLQ, p->cfg->dlq_topic, m->key, m->key_len, m->value, m->value_len, h, 5) ==
         0) {
         p->st.dlq_sent++;
     }
@@ -307,13 +334,6 @@ static void build_obs(ch_pipeline_t *p, const ch_event_view_t *ev, ch_obs_t *obs
     }
 }
 
-static bool should_emit(const ch_pipeline_t *p, const ch_user_t *u, bool created) {
-    if (p->cfg->emit_policy == CH_EMIT_EVERY || created || u->last_emit_ms == INT64_MIN) {
-        return true;
-    }
-    return (double)(u->t_ref_ms - u->last_emit_ms) >= p->cfg->emit_heartbeat_ms;
-}
-
 static void process(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m, double now_ms) {
     char why[512];
     ch_event_view_t ev;
@@ -351,31 +371,155 @@ static void process(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m, double now_
         p->st.stream_time_ms = ev.ts_ms;
     }
     p->st.events_ok++;
-    if (!should_emit(p, u, created)) {
-        return;
-    }
+    /* The vector after this event; scoring and outputs happen for the whole batch. */
+    row_t *row = &p->rows[p->n_rows];
+    *row = (row_t){u, ev.user_id, ev.event_id, ev.user_id_len, ev.event_id_len, u->t_ref_ms};
     ch_features_read(p->fs, u->state, u->t_ref_ms, p->feats);
+    float *x = p->X + p->n_rows * p->n_feats;
     for (size_t i = 0; i < p->n_feats; i++) {
-        p->feats_f[i] = (float)p->feats[i];
+        x[i] = (float)p->feats[i];
     }
-    ch_profile_t prof = {.user_id = ev.user_id,
-                         .user_id_len = ev.user_id_len,
-                         .event_id = ev.event_id,
-                         .event_id_len = ev.event_id_len,
-                         .ts_ms = u->t_ref_ms,
-                         .features = p->feats_f,
-                         .n_features = p->n_feats};
+    p->prev_seg[p->n_rows] = u->segment;
+    p->prev_gen[p->n_rows] = u->seg_gen;
+    p->n_rows++;
+}
+
+/* The row's user record, or NULL if it was evicted later in the same batch. */
+static ch_user_t *row_user(ch_pipeline_t *p, const row_t *r) {
+    if (r->u->key_len == r->uid_len &&
+        memcmp(ch_users_key(p->users, r->u), r->uid, r->uid_len) == 0) {
+        return r->u;
+    }
+    return ch_users_find(p->users, r->uid, r->uid_len);
+}
+
+static void fail_batch(ch_pipeline_t *p, batch_t *b, const char *what) {
+    ch_log(CH_LOG_ERR, "out of memory encoding a %s; stopping", what);
+    b->failed = true;
+    p->failed = true;
+}
+
+static void emit_profile(ch_pipeline_t *p, batch_t *b, size_t i, ch_user_t *u) {
+    const row_t *r = &p->rows[i];
+    const ch_kmeans_assign_t *a = p->km ? &p->seg[i] : NULL;
+    bool has_seg = a && a->segment >= 0;
+    bool changed = has_seg && (a->segment != p->prev_seg[i] || a->generation != p->prev_gen[i]);
+    if (u) {
+        if (p->cfg->emit_policy == CH_EMIT_CHANGE && u->last_emit_ms != INT64_MIN && !changed &&
+            (double)(r->ts_ms - u->last_emit_ms) < p->cfg->emit_heartbeat_ms) {
+            return;
+        }
+        u->last_emit_ms = r->ts_ms;
+    }
+    ch_profile_t prof = {.user_id = r->uid,
+                         .user_id_len = r->uid_len,
+                         .event_id = r->eid,
+                         .event_id_len = r->eid_len,
+                         .ts_ms = r->ts_ms,
+                         .has_segment = has_seg,
+                         .segment = has_seg ? a->segment : 0,
+                         .segment_generation = has_seg ? (int32_t)a->generation : 0,
+                         .segment_distance = has_seg ? a->distance : 0,
+                         .previous_segment = has_seg && changed ? p->prev_seg[i] : -1,
+                         .features = p->X + i * p->n_feats,
+                         .n_features = p->n_feats,
+                         .model_version = p->model ? ch_onnx_version(p->model) : NULL};
     if (ch_encode_profile(&p->out, (ch_framing_t)p->cfg->output_framing, p->profile_schema_id,
                           &prof) < 0) {
-        ch_log(CH_LOG_ERR, "out of memory encoding a profile update; stopping");
-        b->failed = true;
-        p->failed = true;
+        fail_batch(p, b, "profile update");
         return;
     }
-    u->last_emit_ms = u->t_ref_ms;
-    if (send_out(p, b, false, p->cfg->profile_topic, ev.user_id, ev.user_id_len, p->out.data,
+    if (send_out(p, b, OUT_PROFILE, p->cfg->profile_topic, r->uid, r->uid_len, p->out.data,
                  p->out.len, NULL, 0) == 0) {
         p->st.profiles_sent++;
+    }
+}
+
+/* The top risk.reasons features by contribution, largest first. */
+static size_t top_reasons(ch_pipeline_t *p, size_t i) {
+    size_t k = (size_t)p->cfg->risk_reasons, d = p->n_feats, n = 0;
+    if (k == 0 || ch_onnx_contributions(p->model, i, p->contrib) < 0) {
+        return 0;
+    }
+    for (; n < k && n < d; n++) {
+        size_t best = d;
+        for (size_t j = 0; j < d; j++) {
+            if (!isnan(p->contrib[j]) && (best == d || p->contrib[j] > p->contrib[best])) {
+                best = j;
+            }
+        }
+        if (best == d) {
+            break;
+        }
+        p->reasons[n] = (ch_reason_t){p->feat_names[best], p->contrib[best]};
+        p->contrib[best] = NAN;
+    }
+    return n;
+}
+
+static void emit_risk(ch_pipeline_t *p, batch_t *b, size_t i, ch_user_t *u) {
+    const row_t *r = &p->rows[i];
+    float score = p->scores[i], thr = (float)p->cfg->risk_threshold;
+    bool alert = score >= thr;
+    if (alert) {
+        p->st.alerts++;
+    }
+    if (u) {
+        bool was_alert = !isnan(u->last_score) && u->last_score >= thr;
+        bool quiet = p->cfg->risk_emit == CH_EMIT_CHANGE && u->last_risk_ms != INT64_MIN &&
+                     alert == was_alert && fabsf(score - u->last_score) <= p->cfg->risk_delta &&
+                     (double)(r->ts_ms - u->last_risk_ms) < p->cfg->emit_heartbeat_ms;
+        if (quiet) {
+            return;
+        }
+        u->last_risk_ms = r->ts_ms;
+        u->last_score = score;
+    }
+    ch_risk_t rk = {.user_id = r->uid,
+                    .user_id_len = r->uid_len,
+                    .event_id = r->eid,
+                    .event_id_len = r->eid_len,
+                    .ts_ms = r->ts_ms,
+                    .score = score,
+                    .alert = alert,
+                    .threshold = thr,
+                    .reasons = p->reasons,
+                    .n_reasons = alert ? top_reasons(p, i) : 0,
+                    .model_version = ch_onnx_version(p->model)};
+    if (ch_encode_risk(&p->out, (ch_framing_t)p->cfg->output_framing, p->risk_schema_id, &rk) <
+        0) {
+        fail_batch(p, b, "risk update");
+        return;
+    }
+    if (send_out(p, b, OUT_RISK, p->cfg->risk_topic, r->uid, r->uid_len, p->out.data, p->out.len,
+                 NULL, 0) == 0) {
+        p->st.risk_sent++;
+    }
+}
+
+/* Score and segment the batch's rows at once, then publish in event order. */
+static void finish_batch(ch_pipeline_t *p, batch_t *b) {
+    size_t n = p->n_rows;
+    p->n_rows = 0;
+    if (n == 0 || p->failed) {
+        return;
+    }
+    if (p->model) {
+        ch_onnx_eval(p->model, p->X, n, p->scores);
+    }
+    if (p->km) {
+        ch_kmeans_update(p->km, p->X, n, p->st.stream_time_ms, p->prev_seg, p->prev_gen, p->seg);
+    }
+    for (size_t i = 0; i < n && !p->failed; i++) {
+        ch_user_t *u = row_user(p, &p->rows[i]);
+        emit_profile(p, b, i, u);
+        if (p->model) {
+            emit_risk(p, b, i, u);
+        }
+        if (u && p->km && p->seg[i].segment >= 0) {
+            u->segment = (int16_t)p->seg[i].segment;
+            u->seg_gen = p->seg[i].generation;
+        }
     }
 }
 
@@ -426,6 +570,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
         }
         process(p, b, m, now_ms);
     }
+    finish_batch(p, b);
     b->sealed = true;
     ch_producer_poll(p->producer);
     advance(p);
@@ -455,6 +600,8 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->users_evicted_cap = ch_users_cap_evictions(p->users);
     ret_stats->inflight_batches = p->ring_count;
     ret_stats->assigned_partitions = ch_consumer_assigned(p->consumer);
+    ret_stats->segments_ready = p->km && ch_kmeans_ready(p->km);
+    ret_stats->segment_reseeds = p->km ? ch_kmeans_reseeds(p->km) : 0;
 }
 
 /* ---------------------------------------------------------------- rebalance */
@@ -635,6 +782,121 @@ static int build_features(ch_pipeline_t *p, char *errbuf, size_t errlen) {
     return 0;
 }
 
+static int load_model(const ch_pipeline_t *p, ch_onnx_t **ret_model, char *errbuf,
+                      size_t errlen) {
+    return ch_onnx_load(p->cfg->model_path, p->n_feats, p->feat_names,
+                        (size_t)p->cfg->batch_max_events, ret_model, errbuf, errlen);
+}
+
+/* Batch scratch, the risk model and the segmenter. */
+static int build_scoring(ch_pipeline_t *p, char *errbuf, size_t errlen) {
+    const ch_config_t *cfg = p->cfg;
+    size_t rows = (size_t)cfg->batch_max_events, d = p->n_feats;
+    p->feat_names = calloc(d, sizeof(*p->feat_names));
+    p->rows = calloc(rows, sizeof(*p->rows));
+    p->X = calloc(rows * d, sizeof(float));
+    p->scores = calloc(rows, sizeof(float));
+    p->contrib = calloc(d, sizeof(float));
+    p->prev_seg = calloc(rows, sizeof(int32_t));
+    p->prev_gen = calloc(rows, sizeof(uint32_t));
+    p->seg = calloc(rows, sizeof(*p->seg));
+    p->reasons = calloc(d, sizeof(*p->reasons));
+    if (!p->feat_names || !p->rows || !p->X || !p->scores || !p->contrib || !p->prev_seg ||
+        !p->prev_gen || !p->seg || !p->reasons) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < d; i++) {
+        p->feat_names[i] = ch_features_name(p->fs, i);
+    }
+    int r;
+    if (cfg->model_path[0]) {
+        if ((r = load_model(p, &p->model, errbuf, errlen)) < 0) {
+            return r;
+        }
+        if (cfg->output_framing == CH_FRAMING_CONFLUENT &&
+            ch_schemas_id_of(p->schemas, "risk_update.avsc", &p->risk_schema_id) < 0) {
+            snprintf(errbuf, errlen,
+                     "%s/ids registers no id for risk_update.avsc (needed by output.framing = "
+                     "confluent with model.path set)",
+                     cfg->schema_dir);
+            return -EINVAL;
+        }
+        ch_log(CH_LOG_INFO, "model %s loaded: version %s, %zu nodes", cfg->model_path,
+               ch_onnx_version(p->model), ch_onnx_nodes(p->model));
+    }
+    if (cfg->segments_k > 0) {
+        ch_kmeans_opts_t o;
+        ch_kmeans_opts_default(&o, (size_t)cfg->segments_k, d);
+        o.warmup = (size_t)cfg->segments_warmup;
+        o.max_batch = rows;
+        o.half_life_ms = cfg->segments_half_life_ms;
+        o.stats_half_life_ms = cfg->segments_stats_half_life_ms;
+        o.dead_ratio = cfg->segments_dead_ratio;
+        o.hysteresis = cfg->segments_hysteresis;
+        o.log1p = cfg->segments_log1p != 0;
+        o.seed = (uint64_t)cfg->segments_seed;
+        char why[256];
+        if ((r = ch_kmeans_new(&o, &p->km, why, sizeof(why))) < 0) {
+            snprintf(errbuf, errlen, "segments: %s", why);
+            return r;
+        }
+        if (cfg->segments_state_file[0]) {
+            r = ch_kmeans_load(p->km, cfg->segments_state_file, why, sizeof(why));
+            if (r == 0) {
+                ch_log(CH_LOG_INFO, "segments restored from %s (%s)", cfg->segments_state_file,
+                       ch_kmeans_ready(p->km) ? "centroids ready" : "still warming up");
+            } else if (r != -ENOENT) {
+                ch_log(CH_LOG_WARNING, "segments: not restoring: %s; starting fresh", why);
+            }
+        }
+    }
+    return 0;
+}
+
+int ch_pipeline_reload_model(ch_pipeline_t *p) {
+    if (!p->cfg->model_path[0]) {
+        ch_log(CH_LOG_NOTICE, "reload: no model configured (model.path is empty)");
+        return 0;
+    }
+    char err[512];
+    ch_onnx_t *m = NULL;
+    int r = load_model(p, &m, err, sizeof(err));
+    if (r < 0) {
+        p->st.model_reload_failures++;
+        ch_log(CH_LOG_ERR, "model reload failed, keeping version %s: %s",
+               p->model ? ch_onnx_version(p->model) : "(none)", err);
+        return r;
+    }
+    /* Called from the loop between batches: no batch holds the old model. */
+    if (p->model && strcmp(ch_onnx_version(p->model), ch_onnx_version(m)) == 0) {
+        ch_log(CH_LOG_INFO, "model reload: %s unchanged (version %s)", p->cfg->model_path,
+               ch_onnx_version(m));
+    } else {
+        ch_log(CH_LOG_NOTICE, "model reloaded: version %s -> %s",
+               p->model ? ch_onnx_version(p->model) : "(none)", ch_onnx_version(m));
+    }
+    ch_onnx_free(p->model);
+    p->model = m;
+    p->st.model_reloads++;
+    return 0;
+}
+
+int ch_pipeline_save_segments(ch_pipeline_t *p) {
+    if (!p->km || !p->cfg->segments_state_file[0]) {
+        return 0;
+    }
+    char err[512];
+    int r = ch_kmeans_save(p->km, p->cfg->segments_state_file, err, sizeof(err));
+    if (r < 0) {
+        ch_log(CH_LOG_WARNING, "segments: cannot save: %s", err);
+    }
+    return r;
+}
+
+const char *ch_pipeline_model_version(const ch_pipeline_t *p) {
+    return p->model ? ch_onnx_version(p->model) : NULL;
+}
+
 int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *errbuf,
                     size_t errlen) {
     ch_pipeline_t *p = calloc(1, sizeof(*p));
@@ -681,6 +943,10 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
                  "confluent)",
                  cfg->schema_dir);
         r = -EINVAL;
+        goto out_fail;
+    }
+
+    if ((r = build_scoring(p, errbuf, errlen)) < 0) {
         goto out_fail;
     }
 
@@ -763,6 +1029,17 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     ch_schemas_free(p->schemas);
     ch_users_free(p->users);
     ch_features_free(p->fs);
+    ch_onnx_free(p->model);
+    ch_kmeans_free(p->km);
+    free(p->feat_names);
+    free(p->rows);
+    free(p->X);
+    free(p->scores);
+    free(p->contrib);
+    free(p->prev_seg);
+    free(p->prev_gen);
+    free(p->seg);
+    free(p->reasons);
     if (p->ring) {
         for (size_t i = 0; i < p->ring_cap; i++) {
             free(p->ring[i].parts);

@@ -28,6 +28,11 @@ typedef struct ch_pipeline_stats {
     uint64_t bad[CH_BAD_N];    /* bad input by reason */
     uint64_t bad_total;
     uint64_t profiles_sent, profiles_acked;
+    uint64_t risk_sent, risk_acked;
+    uint64_t alerts; /* risk scores >= risk.threshold */
+    uint64_t model_reloads, model_reload_failures;
+    bool segments_ready;
+    uint64_t segment_reseeds;
     uint64_t dlq_sent, dlq_acked;
     uint64_t delivery_failures;
     uint64_t kafka_errors;
@@ -67,6 +72,19 @@ void ch_pipeline_poll_producer(ch_pipeline_t *p);
 
 /** @brief Periodic housekeeping (idle eviction, a bounded slice per call). */
 void ch_pipeline_tick(ch_pipeline_t *p);
+
+/**
+ * @brief Load model.path aside and swap it in (call between batches, from the loop).
+ *        A file that does not load keeps the current model; the reason is logged.
+ * @returns 0, or the load error (-ENOENT, -EBADMSG, -EINVAL, ...).
+ */
+int ch_pipeline_reload_model(ch_pipeline_t *p);
+
+/** @brief The loaded model's version, NULL without a model. */
+const char *ch_pipeline_model_version(const ch_pipeline_t *p);
+
+/** @brief Save the segment model to segments.state_file (if set). @returns 0, -EIO. */
+int ch_pipeline_save_segments(ch_pipeline_t *p);
 
 /** @brief Whether an output could not be delivered: stop, and exit non-zero. */
 bool ch_pipeline_failed(const ch_pipeline_t *p);

@@ -18,6 +18,7 @@
 #include "ch/users.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -296,7 +297,10 @@ int ch_users_upsert(ch_users_t *u, const char *key, size_t key_len, ch_user_t **
     memset(rec, 0, u->rec_size);
     rec->t_ref_ms = INT64_MIN;
     rec->last_emit_ms = INT64_MIN;
+    rec->last_risk_ms = INT64_MIN;
     rec->partition = -1;
+    rec->segment = -1;
+    rec->last_score = NAN;
     rec->key_len = (uint16_t)key_len;
     memcpy((char *)ch_users_key(u, rec), key, key_len);
     u->slots[i].tag = tag;

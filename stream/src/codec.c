@@ -910,6 +910,28 @@ int ch_encode_profile(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
     return r;
 }
 
+int ch_encode_risk(ch_buf_t *b, ch_framing_t framing, int32_t schema_id, const ch_risk_t *k) {
+    int r = put_header(b, framing, schema_id);
+    r = r ? r : put_str(b, k->user_id, k->user_id_len);
+    r = r ? r : put_opt_str(b, k->event_id, k->event_id_len);
+    r = r ? r : put_long(b, k->ts_ms);
+    r = r ? r : buf_put(b, &k->score, 4);
+    uint8_t alert = k->alert ? 1 : 0;
+    r = r ? r : buf_put(b, &alert, 1);
+    r = r ? r : buf_put(b, &k->threshold, 4);
+    if (!r && k->n_reasons) {
+        r = put_long(b, (int64_t)k->n_reasons);
+        for (size_t i = 0; !r && i < k->n_reasons; i++) {
+            r = put_str(b, k->reasons[i].feature, strlen(k->reasons[i].feature));
+            r = r ? r : buf_put(b, &k->reasons[i].contribution, 4);
+        }
+    }
+    r = r ? r : put_long(b, 0); /* end of the reasons array */
+    const char *v = k->model_version ? k->model_version : "";
+    r = r ? r : put_str(b, v, strlen(v));
+    return r;
+}
+
 int ch_encode_event(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
                     const ch_event_view_t *ev) {
     if (!ev->event_id || !ev->user_id || !ev->type) {

@@ -18,10 +18,13 @@
 /* The record header is the contract: callers read and write these fields. */
 typedef struct ch_user {
     int64_t t_ref_ms;     /* the user's stream time; INT64_MIN when fresh */
-    int64_t last_emit_ms; /* stream time of the last published update; INT64_MIN none */
+    int64_t last_emit_ms; /* stream time of the last profile update; INT64_MIN none */
+    int64_t last_risk_ms; /* stream time of the last risk update; INT64_MIN none */
     int32_t partition;    /* input partition the user was last seen on */
     uint16_t key_len;     /* 0 = free record */
-    uint16_t reserved;
+    int16_t segment;      /* current segment, -1 none */
+    uint32_t seg_gen;     /* generation of that segment */
+    float last_score;     /* last published risk score, NaN none */
     double state[]; /* ch_users_new(state_len) doubles, then key_max bytes of key */
 } ch_user_t;
 

@@ -71,6 +71,27 @@ typedef struct ch_profile {
     const char *model_version; /* NULL: null */
 } ch_profile_t;
 
+/* One reason code of a risk update. */
+typedef struct ch_reason {
+    const char *feature;
+    float contribution;
+} ch_reason_t;
+
+/* A risk update as published (conf/schemas/risk_update.avsc). */
+typedef struct ch_risk {
+    const char *user_id;
+    size_t user_id_len;
+    const char *event_id; /* NULL: no triggering event */
+    size_t event_id_len;
+    int64_t ts_ms;
+    float score;
+    bool alert;
+    float threshold;
+    const ch_reason_t *reasons;
+    size_t n_reasons;
+    const char *model_version;
+} ch_risk_t;
+
 /* A growable output buffer. Embedded; ch_buf_done() frees. */
 typedef struct ch_buf {
     unsigned char *data;
@@ -142,6 +163,12 @@ void ch_buf_done(ch_buf_t *b);
  */
 int ch_encode_profile(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
                       const ch_profile_t *p);
+
+/**
+ * @brief Encode a risk update into b (replacing its contents).
+ * @returns 0, -ENOMEM.
+ */
+int ch_encode_risk(ch_buf_t *b, ch_framing_t framing, int32_t schema_id, const ch_risk_t *r);
 
 /**
  * @brief Encode a user event (conf/schemas/user_event.avsc) into b, replacing its contents.
