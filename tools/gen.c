@@ -73,6 +73,9 @@ static void usage(FILE *f) {
             "                        (default 1767225600000 = 2026-01-01)\n"
             "      --bad-every N     make every Nth message malformed (default 0: never)\n"
             "      --labels FILE     write user_id,group (-1 = anomalous) for every user\n"
+            "      --drift-at N      from event N on, every group drifts: its event mix moves\n"
+            "                        halfway to the next group's and its amounts scale by e\n"
+            "                        (even groups) or 1/e (odd); users keep their group\n"
             "      --framing F       confluent (default) or plain\n"
             "  -q, --quiet           no progress lines\n"
             "  -h, --help            this help\n");
@@ -81,7 +84,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
     const char *brokers = NULL, *topic = "events", *labels = NULL, *framing = "confluent";
     double users = 10000, events = 0, rate = 0, seed = 1, groups = 4, anomalous_share = 0.02;
-    double step_ms = -1, start_ts = 1767225600000.0, bad_every = 0;
+    double step_ms = -1, start_ts = 1767225600000.0, bad_every = 0, drift_at = -1;
     bool quiet = false;
     static const struct option opts[] = {
         {"brokers", required_argument, NULL, 'b'}, {"topic", required_argument, NULL, 't'},
@@ -90,6 +93,7 @@ int main(int argc, char **argv) {
         {"groups", required_argument, NULL, 'g'},  {"anomalous", required_argument, NULL, 'a'},
         {"step-ms", required_argument, NULL, 'S'}, {"start-ts", required_argument, NULL, 'T'},
         {"bad-every", required_argument, NULL, 'B'}, {"labels", required_argument, NULL, 'L'},
+        {"drift-at", required_argument, NULL, 'D'},
         {"framing", required_argument, NULL, 'F'}, {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     int opt;
@@ -134,6 +138,9 @@ int main(int argc, char **argv) {
             break;
         case 'T':
             r = tool_parse_number(optarg, 0, 1e15, &start_ts);
+            break;
+        case 'D':
+            r = tool_parse_number(optarg, 0, 1e15, &drift_at);
             break;
         case 'B':
             r = tool_parse_number(optarg, 0, 1e15, &bad_every);
@@ -207,6 +214,19 @@ int main(int argc, char **argv) {
                 lo = mid + 1;
             } else {
                 hi = mid;
+            }
+        }
+        if (drift_at >= 0 && (double)i == drift_at) {
+            group_t first = gs[0];
+            for (size_t k = 0; k < n_groups; k++) {
+                const group_t *next = k + 1 < n_groups ? &gs[k + 1] : &first;
+                for (int t = 0; t < N_TYPES; t++) {
+                    gs[k].mix[t] = 0.5 * (gs[k].mix[t] + next->mix[t]);
+                }
+                gs[k].mu += k % 2 ? -1.0 : 1.0;
+            }
+            if (!quiet) {
+                fprintf(stderr, "cohort-gen: drift at event %llu\n", (unsigned long long)i);
             }
         }
         const group_t *g = user_group[lo] < 0 ? &anomalous : &gs[user_group[lo]];
