@@ -1,0 +1,130 @@
+"""Hot reload of the risk model while events stream.
+
+1. File watch (model.watch = 200ms): cohortd starts with the example logistic
+   regression; the file is atomically replaced by the example MLP, then by a truncated
+   file. The version in risk updates switches once, from the LR to the MLP, at a batch
+   boundary (per output partition: all LR, then all MLP); the broken file is reported
+   and the MLP stays; no event is lost.
+2. SIGHUP with model.watch = 0: replacing the file does nothing by itself; SIGHUP loads it.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from harness import (GEN, SRC, Broker, Daemon, avro_reader, consume, decode_confluent, log)
+
+LR = os.path.join(SRC, "conf", "models", "risk_lr.onnx")
+MLP = os.path.join(SRC, "conf", "models", "risk_mlp.onnx")
+V_LR, V_MLP = "risk_lr-sparkov-1", "risk_mlp-sparkov-1"
+
+
+def replace(src_bytes, dst):
+    tmp = dst + ".new"
+    with open(tmp, "wb") as f:
+        f.write(src_bytes)
+    os.rename(tmp, dst)
+
+
+def wait_log(d, text, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in d.log_text():
+            return
+        assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
+        time.sleep(0.05)
+    raise AssertionError(f"no '{text}' in the log within {timeout}s:\n{d.log_text()[-3000:]}")
+
+
+def versions_by_partition(bootstrap, expect):
+    msgs = consume(bootstrap, "risk", expect=expect, idle=2)
+    reader = avro_reader("risk_update.avsc")
+    parts = {}
+    for part, off, _, value, _ in sorted(msgs, key=lambda m: (m[0], m[1])):
+        parts.setdefault(part, []).append(decode_confluent(reader, value)[1]["model_version"])
+    return len(msgs), parts
+
+
+def check_single_switch(parts, first, second):
+    """Per partition: a run of `first`, then only `second`."""
+    switched = 0
+    for p, seq in parts.items():
+        i = 0
+        while i < len(seq) and seq[i] == first:
+            i += 1
+        assert all(v == second for v in seq[i:]), f"partition {p}: versions {set(seq[i:])} " \
+                                                  f"after the switch"
+        switched += i < len(seq)
+    return switched
+
+
+def gen(bootstrap, events, rate):
+    return subprocess.Popen([GEN, "--brokers", bootstrap, "--users", "500", "--events",
+                             str(events), "--rate", str(rate), "--seed", "3", "--quiet"])
+
+
+def watch_phase(tmp):
+    model = os.path.join(tmp, "model.onnx")
+    shutil.copy(LR, model)
+    events = 12_000
+    with Broker(partitions=4) as broker, \
+            Daemon(broker.bootstrap, f"model.path={model}", "model.watch=200ms",
+                   "segments.k=0") as d:
+        d.wait_assigned()
+        g = gen(broker.bootstrap, events, 4000)
+        time.sleep(1.0)
+        replace(open(MLP, "rb").read(), model)
+        wait_log(d, f"model reloaded: version {V_LR} -> {V_MLP}")
+        time.sleep(0.5)
+        replace(open(MLP, "rb").read()[:300], model)
+        wait_log(d, f"model reload failed, keeping version {V_MLP}")
+        assert g.wait(timeout=60) == 0
+        n, parts = versions_by_partition(broker.bootstrap, events)
+        rc = d.stop()
+        assert rc == 0, f"cohortd exited {rc}"
+        broker.stop()
+    assert n == events, f"{n} risk updates for {events} events"
+    switched = check_single_switch(parts, V_LR, V_MLP)
+    counts = {v: sum(seq.count(v) for seq in parts.values()) for v in (V_LR, V_MLP)}
+    assert counts[V_LR] > 0 and counts[V_MLP] > 0, counts
+    log(f"file watch: {n} risk updates, {counts[V_LR]} with {V_LR} then {counts[V_MLP]} with "
+        f"{V_MLP} ({switched} partitions switched once); a truncated file was refused and "
+        f"the MLP kept")
+
+
+def sighup_phase(tmp):
+    model = os.path.join(tmp, "model2.onnx")
+    shutil.copy(LR, model)
+    events = 6_000
+    with Broker(partitions=4) as broker, \
+            Daemon(broker.bootstrap, f"model.path={model}", "model.watch=0",
+                   "segments.k=0") as d:
+        d.wait_assigned()
+        g = gen(broker.bootstrap, events, 3000)
+        time.sleep(0.5)
+        replace(open(MLP, "rb").read(), model)
+        time.sleep(1.0)
+        assert "model reloaded" not in d.log_text(), "reloaded without SIGHUP with watch off"
+        d.proc.send_signal(signal.SIGHUP)
+        wait_log(d, f"model reloaded: version {V_LR} -> {V_MLP}")
+        assert g.wait(timeout=60) == 0
+        n, parts = versions_by_partition(broker.bootstrap, events)
+        rc = d.stop()
+        assert rc == 0, f"cohortd exited {rc}"
+        broker.stop()
+    assert n == events, f"{n} risk updates for {events} events"
+    check_single_switch(parts, V_LR, V_MLP)
+    log(f"SIGHUP: {n} risk updates; the version switched to {V_MLP} only after SIGHUP")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        watch_phase(tmp)
+        sighup_phase(tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Replay the sparkov sample through cohortd with the example model (conf/models/
+risk_mlp.onnx, risk.threshold from conf/cohortd.conf): every event yields exactly one
+risk update, and scores, alert counts and top reasons match an offline computation in
+Python (features computed directly from the CSV, the ONNX graph evaluated with numpy in
+float64, reasons by finite differences)."""
+import csv
+import os
+import re
+import sys
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from harness import (CONF, DATA, REPLAY, SRC, Broker, Daemon, avro_reader, consume,
+                     decode_confluent, log, offline_features, read_feature_specs, run, ts_ms)
+
+MODEL = os.path.join(SRC, "conf", "models", "risk_mlp.onnx")
+SCORE_TOL = 1e-4  # float32 features and arithmetic in cohortd vs float64 here
+
+
+def conf_value(key):
+    with open(CONF) as f:
+        for line in f:
+            m = re.match(rf"{re.escape(key)}\s*=\s*(\S+)", line.strip())
+            if m:
+                return m.group(1)
+    raise KeyError(key)
+
+
+class NumpyModel:
+    """An independent float64 evaluator for the ops tools/export_onnx.py writes."""
+
+    def __init__(self, path):
+        m = onnx.load(path)
+        self.version = {p.key: p.value for p in m.metadata_props}["model_version"]
+        self.init = {t.name: numpy_helper.to_array(t).astype(np.float64)
+                     for t in m.graph.initializer}
+        self.nodes = list(m.graph.node)
+        self.input = m.graph.input[0].name
+        self.output = m.graph.output[0].name
+
+    def run(self, X, logit=False):
+        v = dict(self.init)
+        v[self.input] = np.asarray(X, dtype=np.float64)
+        for n in self.nodes:
+            a = [v[i] for i in n.input]
+            at = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+            if n.op_type == "Gemm":
+                b = a[1].T if at.get("transB", 0) else a[1]
+                y = a[0] @ b + (a[2] if len(a) > 2 else 0)
+            elif n.op_type == "Sub":
+                y = a[0] - a[1]
+            elif n.op_type == "Div":
+                y = a[0] / a[1]
+            elif n.op_type == "Relu":
+                y = np.maximum(a[0], 0)
+            elif n.op_type == "Tanh":
+                y = np.tanh(a[0])
+            elif n.op_type == "Sigmoid":
+                if logit and n.output[0] == self.output:
+                    return a[0][:, -1]
+                y = 1 / (1 + np.exp(-a[0]))
+            else:
+                raise ValueError(f"op {n.op_type} not in this reference")
+            v[n.output[0]] = y
+        return v[self.output][:, -1]
+
+
+def offline_vectors(specs, default_hl):
+    """trans_num -> (label, feature vector right after that transaction)."""
+    per_user, out = {}, {}
+    with open(os.path.join(DATA, "sparkov-transactions-sample.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            fields = {"amount": float(r["amt"])}
+            for k in ("lat", "long", "merch_lat", "merch_long"):
+                fields["attrs." + k] = float(r[k])
+            evs = per_user.setdefault(r["cc_num"], [])
+            evs.append((int(r["unix_time"]) * 1000, "payment", fields))
+            q, vec = offline_features(evs, specs, default_hl)
+            out[r["trans_num"]] = (int(r["is_fraud"]), q, vec)
+    return out
+
+
+def main():
+    specs, default_hl = read_feature_specs()
+    names = [s[0] for s in specs]
+    thr = float(conf_value("risk.threshold"))
+    k_reasons = int(conf_value("risk.reasons"))
+    ref = offline_vectors(specs, default_hl)
+    model = NumpyModel(MODEL)
+    with Broker(partitions=4) as broker, \
+            Daemon(broker.bootstrap, "emit.policy=every", "risk.emit=every") as d:
+        d.wait_assigned()
+        run([REPLAY, "--brokers", broker.bootstrap, "--dataset", "sparkov", "--quiet",
+             "--file", f"{DATA}/sparkov-transactions-sample.csv"])
+        msgs = consume(broker.bootstrap, "risk", expect=len(ref))
+        rc = d.stop()
+        assert rc == 0, f"cohortd exited {rc}"
+        broker.stop()
+    assert len(msgs) == len(ref), f"{len(msgs)} risk updates for {len(ref)} events"
+    reader = avro_reader("risk_update.avsc")
+    got = {}
+    for _, _, key, value, _ in msgs:
+        sid, rec = decode_confluent(reader, value)
+        assert sid == 3, f"risk update framed with schema id {sid}"
+        assert key.decode() == rec["user_id"]
+        assert rec["event_id"] not in got, f"two risk updates for {rec['event_id']}"
+        got[rec["event_id"]] = rec
+    assert set(got) == set(ref), "events without a risk update"
+
+    ids = sorted(ref)
+    X = np.array([ref[e][2] for e in ids])
+    want = model.run(X)
+    scores = np.array([got[e]["score"] for e in ids])
+    err = np.abs(scores - want)
+    worst = float(err.max())
+    assert worst <= SCORE_TOL, f"score differs by {worst:.2e} at {ids[int(err.argmax())]}"
+    alerts = sum(got[e]["alert"] for e in ids)
+    want_alerts = int((want >= thr).sum())
+    borderline = int((np.abs(want - thr) <= SCORE_TOL).sum())
+    assert abs(alerts - want_alerts) <= borderline, \
+        f"{alerts} alerts, offline {want_alerts} ({borderline} within {SCORE_TOL} of threshold)"
+    for e in ids:
+        r = got[e]
+        assert r["model_version"] == model.version, r["model_version"]
+        assert r["threshold"] == np.float32(thr) and r["alert"] == (r["score"] >= r["threshold"])
+        assert ts_ms(r["ts"]) == ref[e][1]
+        if not r["alert"]:
+            assert r["reasons"] == [], f"reasons on a non-alert {e}"
+    # reasons: gradient x input of the logit, checked by central differences in float64
+    alert_ids = [e for e in ids if got[e]["alert"]]
+    agree, checked = 0, 0
+    for e in alert_ids:
+        reasons = got[e]["reasons"]
+        assert len(reasons) == min(k_reasons, len(names)), reasons
+        c = [x["contribution"] for x in reasons]
+        assert c == sorted(c, reverse=True) and all(x["feature"] in names for x in reasons)
+        x = np.array(ref[e][2])
+        h = 1e-6 * np.maximum(np.abs(x), 1.0)
+        E = np.diag(h)
+        g = (model.run(x + E, logit=True) - model.run(x - E, logit=True)) / (2 * h)
+        contrib = g * x
+        order = np.argsort(-contrib)
+        if contrib[order[0]] - contrib[order[1]] > 1e-3 * max(1.0, abs(contrib[order[0]])):
+            checked += 1
+            agree += reasons[0]["feature"] == names[order[0]]
+            assert abs(reasons[0]["contribution"] - contrib[order[0]]) <= \
+                1e-3 * max(1.0, abs(contrib[order[0]])), (e, reasons[0], contrib[order[0]])
+    assert agree == checked, f"top reason differs from finite differences in " \
+                             f"{checked - agree} of {checked} alerts"
+    labels = np.array([ref[e][0] for e in ids])
+    flagged = scores >= thr
+    log(f"sparkov risk: {len(ids)} events -> {len(got)} risk updates; max |cohortd - numpy "
+        f"float64| {worst:.2e}; alerts {alerts} (offline {want_alerts}, {borderline} "
+        f"borderline); {int((flagged & (labels == 1)).sum())} of {int(labels.sum())} frauds "
+        f"flagged; top reason equals finite differences in {agree}/{checked} alerts")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
