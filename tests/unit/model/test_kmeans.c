@@ -1,0 +1,227 @@
+/*
+ * test_kmeans.c - the mechanics of the online segmenter on hand-built data: warm-up,
+ * stable ids, re-seeding with a generation bump, hysteresis, persistence.
+ * (Quality against sklearn is tests/integration/test_segments.py.)
+ */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "../ch_test.h"
+#include "ch/kmeans.h"
+
+static uint64_t rng = 88172645463325252ULL;
+
+static double unif(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) * 0x1.0p-53;
+}
+
+/* Three blobs in 2-D, far apart, spread 0.1. */
+static const float centers[3][2] = {{0, 0}, {10, 0}, {0, 10}};
+
+static void blob_point(int b, float *x) {
+    x[0] = centers[b][0] + (float)(0.2 * (unif() - 0.5));
+    x[1] = centers[b][1] + (float)(0.2 * (unif() - 0.5));
+}
+
+static ch_kmeans_t *make(size_t k, size_t warmup, double half_life_ms) {
+    ch_kmeans_opts_t o;
+    ch_kmeans_opts_default(&o, k, 2);
+    o.warmup = warmup;
+    o.max_batch = 64;
+    o.log1p = false;
+    o.half_life_ms = half_life_ms;
+    o.stats_half_life_ms = INFINITY;
+    o.seed = 5;
+    ch_kmeans_t *km = NULL;
+    assert_int_equal(ch_kmeans_new(&o, &km, NULL, 0), 0);
+    return km;
+}
+
+/* Feed n batches of 64 points from the blobs in `which` (bitmask), taken in turn so
+ * that the blobs stay balanced (the z-score then treats both axes alike); returns the
+ * per-blob segment of the last batch (-1 if none seen). */
+static void feed(ch_kmeans_t *km, int batches, unsigned which, int64_t *t_ms, int seg_of[3]) {
+    float x[64 * 2];
+    int blob[64];
+    ch_kmeans_assign_t out[64];
+    static int turn;
+    for (int b = 0; b < batches; b++) {
+        for (int i = 0; i < 64; i++) {
+            do {
+                blob[i] = turn++ % 3;
+            } while (!(which & (1u << blob[i])));
+            blob_point(blob[i], x + 2 * i);
+        }
+        *t_ms += 1000;
+        assert_int_equal(ch_kmeans_update(km, x, 64, *t_ms, NULL, NULL, out), 0);
+        for (int i = 0; i < 64; i++) {
+            seg_of[blob[i]] = out[i].segment;
+        }
+    }
+}
+
+static void test_warmup_then_blobs_get_distinct_stable_ids(void **state) {
+    (void)state;
+    ch_kmeans_t *km = make(3, 256, INFINITY);
+    int64_t t = 0;
+    int seg[3] = {-1, -1, -1};
+    feed(km, 3, 7, &t, seg); /* 192 < 256 points: still warming up */
+    assert_false(ch_kmeans_ready(km));
+    assert_int_equal(seg[0], -1);
+    feed(km, 1, 7, &t, seg);
+    assert_true(ch_kmeans_ready(km));
+    assert_true(seg[0] >= 0 && seg[1] >= 0 && seg[2] >= 0);
+    assert_true(seg[0] != seg[1] && seg[1] != seg[2] && seg[0] != seg[2]);
+    int first[3] = {seg[0], seg[1], seg[2]};
+    feed(km, 200, 7, &t, seg);
+    assert_memory_equal(first, seg, sizeof(first)); /* ids never permute */
+    for (int b = 0; b < 3; b++) {
+        uint32_t gen;
+        double w;
+        ch_kmeans_centroid(km, (size_t)seg[b], &w, &gen);
+        assert_int_equal(gen, 0); /* never re-seeded */
+        assert_true(w > 1000);    /* no decay: every point of its blob counts */
+    }
+    assert_int_equal(ch_kmeans_reseeds(km), 0);
+    ch_kmeans_free(km);
+}
+
+static void test_starved_centroid_is_reseeded_with_new_generation(void **state) {
+    (void)state;
+    /* half-life 5 s of stream time, 1 s per batch: a centroid without points loses
+     * half its weight every 5 batches and soon falls under 1% of the largest */
+    ch_kmeans_t *km = make(3, 256, 5000);
+    int64_t t = 0;
+    int seg[3] = {-1, -1, -1};
+    feed(km, 4, 7, &t, seg);
+    int starved = seg[2];
+    feed(km, 100, 3, &t, seg); /* blob 2 disappears */
+    assert_true(ch_kmeans_reseeds(km) >= 1);
+    uint32_t gen;
+    double w;
+    ch_kmeans_centroid(km, (size_t)starved, &w, &gen);
+    assert_true(gen >= 1);
+    ch_kmeans_free(km);
+}
+
+static void test_hysteresis_keeps_the_previous_segment_unless_clearly_closer(void **state) {
+    (void)state;
+    ch_kmeans_t *km = make(3, 256, INFINITY);
+    int64_t t = 0;
+    int seg[3];
+    feed(km, 5, 7, &t, seg);
+    /* A point on the segment between blob 0 and blob 1 (raw space), slightly nearer 1. */
+    float x[2] = {5.05f, 0};
+    int32_t prev = seg[0];
+    uint32_t gen = 0;
+    ch_kmeans_assign_t out;
+    t += 1000;
+    assert_int_equal(ch_kmeans_update(km, x, 1, t, &prev, &gen, &out), 0);
+    assert_int_equal(out.segment, seg[0]); /* ~2% closer to blob 1: stays */
+    assert_int_equal(out.previous, -1);
+    x[0] = 6.5f; /* clearly closer to blob 1 */
+    t += 1000;
+    assert_int_equal(ch_kmeans_update(km, x, 1, t, &prev, &gen, &out), 0);
+    assert_int_equal(out.segment, seg[1]);
+    assert_int_equal(out.previous, seg[0]);
+    /* a previous segment of an older generation is not sticky */
+    uint32_t old_gen = 7;
+    x[0] = 5.05f;
+    t += 1000;
+    assert_int_equal(ch_kmeans_update(km, x, 1, t, &prev, &old_gen, &out), 0);
+    assert_int_equal(out.segment, seg[1]);
+    ch_kmeans_free(km);
+}
+
+static void test_save_and_load_round_trip(void **state) {
+    (void)state;
+    char path[] = "/tmp/test_kmeans_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    ch_kmeans_t *km = make(3, 256, INFINITY);
+    int64_t t = 0;
+    int seg[3];
+    feed(km, 10, 7, &t, seg);
+    assert_int_equal(ch_kmeans_save(km, path, NULL, 0), 0);
+
+    ch_kmeans_t *back = make(3, 256, INFINITY);
+    assert_int_equal(ch_kmeans_load(back, path, NULL, 0), 0);
+    assert_true(ch_kmeans_ready(back));
+    for (size_t j = 0; j < 3; j++) {
+        double w1, w2;
+        const float *a = ch_kmeans_centroid(km, j, &w1, NULL);
+        const float *b = ch_kmeans_centroid(back, j, &w2, NULL);
+        assert_double_equal(a[0], b[0], 1e-6);
+        assert_double_equal(a[1], b[1], 1e-6);
+        assert_double_equal(w1, w2, 1e-9 * w1);
+    }
+    /* the restored model assigns the blobs to the same ids */
+    int seg2[3];
+    feed(back, 1, 7, &t, seg2);
+    assert_memory_equal(seg, seg2, sizeof(seg));
+
+    char err[256];
+    ch_kmeans_t *other = make(4, 256, INFINITY);
+    assert_int_equal(ch_kmeans_load(other, path, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "k=3"));
+    assert_false(ch_kmeans_ready(other));
+    FILE *f = fopen(path, "w");
+    fputs("cohortd-kmeans 1\nk 3\ndim 2\nlog1p 0\nready 1\npoints 5\nreseeds 0\nstream_ms 1\n"
+          "stats_ms 1\nsw 1\nmean 0 0\nm2 0 0\nstd 1 1\ncentroid 0 0 1 0\n",
+          f);
+    fclose(f);
+    ch_kmeans_t *fresh = make(3, 256, INFINITY);
+    assert_int_equal(ch_kmeans_load(fresh, path, err, sizeof(err)), -EINVAL);
+    assert_false(ch_kmeans_ready(fresh)); /* a damaged file changes nothing */
+    unlink(path);
+    assert_int_equal(ch_kmeans_load(fresh, path, NULL, 0), -ENOENT);
+    ch_kmeans_free(km);
+    ch_kmeans_free(back);
+    ch_kmeans_free(other);
+    ch_kmeans_free(fresh);
+}
+
+static void test_bad_arguments(void **state) {
+    (void)state;
+    ch_kmeans_opts_t o;
+    ch_kmeans_t *km = NULL;
+    char err[128];
+    ch_kmeans_opts_default(&o, 0, 2);
+    assert_int_equal(ch_kmeans_new(&o, &km, err, sizeof(err)), -EINVAL);
+    ch_kmeans_opts_default(&o, 8, 2);
+    o.warmup = 4;
+    assert_int_equal(ch_kmeans_new(&o, &km, err, sizeof(err)), -EINVAL);
+    assert_null(km);
+    km = make(2, 16, INFINITY);
+    float x[2] = {0, 0};
+    ch_kmeans_assign_t out;
+    assert_int_equal(ch_kmeans_update(km, x, 0, 0, NULL, NULL, &out), -EINVAL);
+    assert_int_equal(ch_kmeans_update(km, x, 65, 0, NULL, NULL, &out), -EINVAL);
+    ch_kmeans_free(km);
+    assert_null(ch_kmeans_free(NULL));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_warmup_then_blobs_get_distinct_stable_ids),
+        cmocka_unit_test(test_starved_centroid_is_reseeded_with_new_generation),
+        cmocka_unit_test(test_hysteresis_keeps_the_previous_segment_unless_clearly_closer),
+        cmocka_unit_test(test_save_and_load_round_trip),
+        cmocka_unit_test(test_bad_arguments),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
