@@ -98,6 +98,38 @@ static void test_overrides_and_validation(void **st) {
     ch_config_done(&c);
 }
 
+static void test_scoring_and_segment_keys(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "";
+    assert_true(c.risk_threshold == 0.5);
+    assert_int_equal(c.segments_k, 16);
+    assert_int_equal(c.segments_warmup, 10000);
+    assert_string_equal(c.model_path, ""); /* no model unless configured */
+    assert_int_equal(ch_config_set(&c, "risk.threshold=0.125", err, sizeof(err)), 0);
+    assert_true(c.risk_threshold == 0.125);
+    assert_int_equal(ch_config_set(&c, "risk.threshold=1.5", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "risk.threshold: expected a number in 0..1, got '1.5'"));
+    assert_int_equal(ch_config_set(&c, "risk.threshold=nan", err, sizeof(err)), -EINVAL);
+    assert_int_equal(ch_config_set(&c, "segments.hysteresis=0.2x", err, sizeof(err)), -EINVAL);
+    assert_int_equal(ch_config_set(&c, "segments.transform=none", err, sizeof(err)), 0);
+    assert_int_equal(c.segments_log1p, 0);
+    assert_int_equal(ch_config_set(&c, "risk.emit=change", err, sizeof(err)), 0);
+    assert_int_equal(c.risk_emit, CH_EMIT_CHANGE);
+    assert_int_equal(ch_config_set(&c, "segment.k=4", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "did you mean 'segments.k'"));
+    assert_int_equal(ch_config_set(&c, "feature.n=count", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=a:1", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "segments.k=64", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "segments.warmup=10", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "segments.warmup (10) must be at least segments.k (64)"));
+    assert_int_equal(ch_config_set(&c, "segments.k=0", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0); /* segments off */
+    ch_config_done(&c);
+}
+
 static void test_secrets_never_printed(void **st) {
     (void)st;
     ch_config_t c;
@@ -122,6 +154,7 @@ int main(void) {
         cmocka_unit_test(test_defaults_and_paths),
         cmocka_unit_test(test_errors_name_file_and_line),
         cmocka_unit_test(test_overrides_and_validation),
+        cmocka_unit_test(test_scoring_and_segment_keys),
         cmocka_unit_test(test_secrets_never_printed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
