@@ -2,7 +2,9 @@
 # One command for a fresh Debian 12 machine: install dependencies, build, and run
 # the demo on the embedded broker: cohort-broker, the event generator (synthetic
 # users with planted behaviour groups, 1 message in 5000 malformed) and cohortd,
-# which prints live progress (events/s in and out, users, bad input) until Ctrl-C.
+# which scores them with the example model and 16 online segments and prints live
+# progress (events/s in and out, risk updates and alerts, users, segments, bad input)
+# until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
@@ -22,16 +24,19 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-coproc BROKER { exec build/stream/cohort-broker --partitions 4; }
+# Each child runs in its own session (setsid), so that Ctrl-C reaches only this script
+# and cleanup() stops them in order; otherwise the terminal's SIGINT hits the broker
+# at the same time as cohortd, which then cannot flush and commit.
+coproc BROKER { exec setsid build/stream/cohort-broker --partitions 4; }
 pids+=("$BROKER_PID")
 read -r BOOTSTRAP <&"${BROKER[0]}"
 echo "demo: embedded broker at $BOOTSTRAP (topics events, profiles, risk, cohortd-dlq)"
 echo "demo: watch outputs with: kcat -b $BOOTSTRAP -t profiles -C -o end   (apt-get install kcat)"
 
-build/daemon/cohortd --config conf/cohortd.conf --set "kafka.bootstrap.servers=$BOOTSTRAP" \
+setsid build/daemon/cohortd --config conf/cohortd.conf --set "kafka.bootstrap.servers=$BOOTSTRAP" \
     --set log.stats_interval=1s &
 pids+=("$!")
-build/tools/cohort-gen --brokers "$BOOTSTRAP" --users 5000 --rate "$RATE" --bad-every 5000 \
+setsid build/tools/cohort-gen --brokers "$BOOTSTRAP" --users 5000 --rate "$RATE" --bad-every 5000 \
     --quiet &
 pids+=("$!")
 echo "demo: cohort-gen sends $RATE events/s; cohortd reports every second. Ctrl-C stops."
