@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "errbuf.h"
+
 #define SPEC_MAX 192
 #define ANY_TYPE UINT64_MAX /* no type= filter; filters use bits 0..62 only */
 
@@ -61,19 +63,6 @@ static const char *const kind_names[] = {
     [CH_FEAT_MAX] = "max",     [CH_FEAT_SINCE_LAST] = "since_last",
     [CH_FEAT_RATIO] = "ratio",
 };
-
-static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...) {
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
 
 int ch_duration_parse(const char *s, double *ret_ms) {
     if (!s || !*s) {

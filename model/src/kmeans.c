@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "errbuf.h"
+
 #define BLOCK 1024      /* rows per distance block */
 #define MIN_STD 1e-6    /* below this a feature is treated as constant */
 #define WARMUP_INITS 4  /* k-means++ restarts at warm-up */
@@ -57,19 +59,6 @@ struct ch_kmeans {
     double *d2;
     uint64_t rng, points, reseeds;
 };
-
-static int fail(char *errbuf, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int rc, const char *fmt, ...) {
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 void ch_kmeans_opts_default(ch_kmeans_opts_t *o, size_t k, size_t dim) {
     *o = (ch_kmeans_opts_t){.k = k,
@@ -361,6 +350,20 @@ static void lower_d2(const ch_kmeans_t *km, size_t j, const float *z, size_t n, 
     }
 }
 
+/* Per-centroid count and sum of the rows of z assigned in km->nearest. */
+static void cluster_sums(ch_kmeans_t *km, const float *z, size_t n) {
+    size_t k = km->o.k, d = km->o.dim;
+    memset(km->sum, 0, k * d * sizeof(float));
+    memset(km->cnt, 0, k * sizeof(size_t));
+    for (size_t i = 0; i < n; i++) {
+        size_t j = (size_t)km->nearest[i];
+        km->cnt[j]++;
+        for (size_t t = 0; t < d; t++) {
+            km->sum[j * d + t] += z[i * d + t];
+        }
+    }
+}
+
 /* One k-means++ seeding and Lloyd passes over z (n rows); returns the inertia. */
 static double warm_fit(ch_kmeans_t *km, const float *z, size_t n) {
     size_t k = km->o.k, d = km->o.dim;
@@ -381,15 +384,7 @@ static double warm_fit(ch_kmeans_t *km, const float *z, size_t n) {
         if (it == km->o.lloyd_iters) {
             break;
         }
-        memset(km->sum, 0, k * d * sizeof(float));
-        memset(km->cnt, 0, k * sizeof(size_t));
-        for (size_t i = 0; i < n; i++) {
-            size_t j = (size_t)km->nearest[i];
-            km->cnt[j]++;
-            for (size_t t = 0; t < d; t++) {
-                km->sum[j * d + t] += z[i * d + t];
-            }
-        }
+        cluster_sums(km, z, n);
         for (size_t j = 0; j < k; j++) {
             if (km->cnt[j]) {
                 for (size_t t = 0; t < d; t++) {
@@ -446,15 +441,7 @@ static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t str
         km->w[j] *= f;
     }
     assign_all(km, z, n, km->nearest, km->d2);
-    memset(km->sum, 0, k * d * sizeof(float));
-    memset(km->cnt, 0, k * sizeof(size_t));
-    for (size_t i = 0; i < n; i++) {
-        size_t j = (size_t)km->nearest[i];
-        km->cnt[j]++;
-        for (size_t t = 0; t < d; t++) {
-            km->sum[j * d + t] += z[i * d + t];
-        }
-    }
+    cluster_sums(km, z, n);
     double wmax = 0;
     for (size_t j = 0; j < k; j++) {
         if (km->cnt[j]) {

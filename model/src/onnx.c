@@ -35,6 +35,8 @@
 
 #include "onnx.pb-c.h"
 
+#include "errbuf.h"
+
 #define MAX_ELEMS (64u << 20) /* per tensor */
 
 typedef enum op {
@@ -81,19 +83,6 @@ struct ch_onnx {
     int seed_kind;           /* 0 output column, 1 sigmoid input, 2 softmax log-odds */
     char version[CH_ONNX_VERSION_MAX];
 };
-
-static int fail(char *errbuf, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int rc, const char *fmt, ...) {
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 ch_onnx_t *ch_onnx_free(ch_onnx_t *m) {
     if (!m) {

@@ -66,58 +66,56 @@ def gen(bootstrap, events, rate):
                              str(events), "--rate", str(rate), "--seed", "3", "--quiet"])
 
 
-def watch_phase(tmp):
-    model = os.path.join(tmp, "model.onnx")
+def stream_with_reload(tmp, name, events, rate, sets, action):
+    """cohortd on a copy of the LR model while cohort-gen streams; `action(d, model)`
+    runs mid-stream. Returns the risk updates' versions by output partition."""
+    model = os.path.join(tmp, name)
     shutil.copy(LR, model)
-    events = 12_000
     with Broker(partitions=4) as broker, \
-            Daemon(broker.bootstrap, f"model.path={model}", "model.watch=200ms",
-                   "segments.k=0") as d:
+            Daemon(broker.bootstrap, f"model.path={model}", "segments.k=0", *sets) as d:
         d.wait_assigned()
-        g = gen(broker.bootstrap, events, 4000)
+        g = gen(broker.bootstrap, events, rate)
+        action(d, model)
+        assert g.wait(timeout=60) == 0
+        n, parts = versions_by_partition(broker.bootstrap, events)
+        rc = d.stop()
+        assert rc == 0, f"cohortd exited {rc}"
+        broker.stop()
+    assert n == events, f"{n} risk updates for {events} events"
+    return parts
+
+
+def watch_phase(tmp):
+    def action(d, model):
         time.sleep(1.0)
         replace(open(MLP, "rb").read(), model)
         wait_log(d, f"model reloaded: version {V_LR} -> {V_MLP}")
         time.sleep(0.5)
         replace(open(MLP, "rb").read()[:300], model)
         wait_log(d, f"model reload failed, keeping version {V_MLP}")
-        assert g.wait(timeout=60) == 0
-        n, parts = versions_by_partition(broker.bootstrap, events)
-        rc = d.stop()
-        assert rc == 0, f"cohortd exited {rc}"
-        broker.stop()
-    assert n == events, f"{n} risk updates for {events} events"
+
+    parts = stream_with_reload(tmp, "model.onnx", 12_000, 4000, ["model.watch=200ms"], action)
     switched = check_single_switch(parts, V_LR, V_MLP)
     counts = {v: sum(seq.count(v) for seq in parts.values()) for v in (V_LR, V_MLP)}
     assert counts[V_LR] > 0 and counts[V_MLP] > 0, counts
-    log(f"file watch: {n} risk updates, {counts[V_LR]} with {V_LR} then {counts[V_MLP]} with "
-        f"{V_MLP} ({switched} partitions switched once); a truncated file was refused and "
-        f"the MLP kept")
+    log(f"file watch: {sum(counts.values())} risk updates, {counts[V_LR]} with {V_LR} then "
+        f"{counts[V_MLP]} with {V_MLP} ({switched} partitions switched once); a truncated "
+        f"file was refused and the MLP kept")
 
 
 def sighup_phase(tmp):
-    model = os.path.join(tmp, "model2.onnx")
-    shutil.copy(LR, model)
-    events = 6_000
-    with Broker(partitions=4) as broker, \
-            Daemon(broker.bootstrap, f"model.path={model}", "model.watch=0",
-                   "segments.k=0") as d:
-        d.wait_assigned()
-        g = gen(broker.bootstrap, events, 3000)
+    def action(d, model):
         time.sleep(0.5)
         replace(open(MLP, "rb").read(), model)
         time.sleep(1.0)
         assert "model reloaded" not in d.log_text(), "reloaded without SIGHUP with watch off"
         d.proc.send_signal(signal.SIGHUP)
         wait_log(d, f"model reloaded: version {V_LR} -> {V_MLP}")
-        assert g.wait(timeout=60) == 0
-        n, parts = versions_by_partition(broker.bootstrap, events)
-        rc = d.stop()
-        assert rc == 0, f"cohortd exited {rc}"
-        broker.stop()
-    assert n == events, f"{n} risk updates for {events} events"
+
+    parts = stream_with_reload(tmp, "model2.onnx", 6_000, 3000, ["model.watch=0"], action)
     check_single_switch(parts, V_LR, V_MLP)
-    log(f"SIGHUP: {n} risk updates; the version switched to {V_MLP} only after SIGHUP")
+    log(f"SIGHUP: {sum(len(v) for v in parts.values())} risk updates; the version switched "
+        f"to {V_MLP} only after SIGHUP")
 
 
 def main():
