@@ -81,6 +81,10 @@ def main():
     sys.path.insert(0, HERE)
     from export_onnx import export
 
+    for binary in ("daemon/cohortd", "stream/cohort-broker", "tools/cohort-replay"):
+        if not os.path.exists(os.path.join(a.build, binary)):
+            ap.error(f"{os.path.join(a.build, binary)} not found: build first (tools/demo.sh "
+                     f"builds build/; tools/test.sh builds build-asan/, use --build build-asan)")
     X, Y, T, specs = collect(os.path.abspath(a.build), os.path.abspath(a.data))
     names = [s[0] for s in specs]
     split = T.min() + 0.7 * (T.max() - T.min())
