@@ -2,7 +2,11 @@
 risk_mlp.onnx, risk.threshold from conf/cohortd.conf): every event yields exactly one
 risk update, and scores, alert counts and top reasons match an offline computation in
 Python (features computed directly from the CSV, the ONNX graph evaluated with numpy in
-float64, reasons by finite differences)."""
+float64, reasons by finite differences).
+
+A second replay uses the "change" emit policies (risk: alert flip, score move > delta,
+heartbeat; profiles: first event, heartbeat); the set of events that produced an
+update equals a simulation of those rules over the first run's scores."""
 import csv
 import os
 import re
@@ -82,6 +86,43 @@ def offline_vectors(specs, default_hl):
     return out
 
 
+def replay(*sets, expect_risk, expect_profiles=None):
+    with Broker(partitions=4) as broker, Daemon(broker.bootstrap, *sets) as d:
+        d.wait_assigned()
+        run([REPLAY, "--brokers", broker.bootstrap, "--dataset", "sparkov", "--quiet",
+             "--file", f"{DATA}/sparkov-transactions-sample.csv"])
+        risk = consume(broker.bootstrap, "risk", expect=expect_risk)
+        profiles = None
+        if expect_profiles is not None:
+            profiles = consume(broker.bootstrap, "profiles", expect=expect_profiles, idle=2)
+        rc = d.stop()
+        assert rc == 0, f"cohortd exited {rc}"
+        broker.stop()
+    return risk, profiles
+
+
+def simulate_change_policy(got, thr, delta, hb_ms):
+    """Event ids that the change policies publish, replaying cohortd's rules over the
+    scores of the 'every' run (float32 arithmetic, as cohortd compares)."""
+    risk_ids, profile_ids, state = set(), set(), {}
+    with open(os.path.join(DATA, "sparkov-transactions-sample.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            u, e = r["cc_num"], r["trans_num"]
+            ts = int(r["unix_time"]) * 1000
+            st = state.setdefault(u, {"t": ts, "risk": None, "score": None, "prof": None})
+            st["t"] = max(st["t"], ts)  # the user's stream time
+            score = np.float32(got[e]["score"])
+            if (st["risk"] is None or (score >= thr) != (st["score"] >= thr)
+                    or abs(np.float32(score - st["score"])) > delta
+                    or st["t"] - st["risk"] >= hb_ms):
+                risk_ids.add(e)
+                st["risk"], st["score"] = st["t"], score
+            if st["prof"] is None or st["t"] - st["prof"] >= hb_ms:
+                profile_ids.add(e)
+                st["prof"] = st["t"]
+    return risk_ids, profile_ids
+
+
 def main():
     specs, default_hl = read_feature_specs()
     names = [s[0] for s in specs]
@@ -89,15 +130,7 @@ def main():
     k_reasons = int(conf_value("risk.reasons"))
     ref = offline_vectors(specs, default_hl)
     model = NumpyModel(MODEL)
-    with Broker(partitions=4) as broker, \
-            Daemon(broker.bootstrap, "emit.policy=every", "risk.emit=every") as d:
-        d.wait_assigned()
-        run([REPLAY, "--brokers", broker.bootstrap, "--dataset", "sparkov", "--quiet",
-             "--file", f"{DATA}/sparkov-transactions-sample.csv"])
-        msgs = consume(broker.bootstrap, "risk", expect=len(ref))
-        rc = d.stop()
-        assert rc == 0, f"cohortd exited {rc}"
-        broker.stop()
+    msgs, _ = replay("emit.policy=every", "risk.emit=every", expect_risk=len(ref))
     assert len(msgs) == len(ref), f"{len(msgs)} risk updates for {len(ref)} events"
     reader = avro_reader("risk_update.avsc")
     got = {}
@@ -149,6 +182,23 @@ def main():
                 1e-3 * max(1.0, abs(contrib[order[0]])), (e, reasons[0], contrib[order[0]])
     assert agree == checked, f"top reason differs from finite differences in " \
                              f"{checked - agree} of {checked} alerts"
+    # the change policies, against a simulation over this run's scores
+    delta, hb = 0.02, 86_400_000
+    want_risk, want_prof = simulate_change_policy(got, np.float32(thr), delta, hb)
+    risk2, prof2 = replay("emit.policy=change", "risk.emit=change", f"risk.delta={delta}",
+                          "emit.heartbeat=1d", "segments.k=0", expect_risk=len(want_risk),
+                          expect_profiles=len(want_prof))
+    got_risk = {decode_confluent(reader, m[3])[1]["event_id"] for m in risk2}
+    preader = avro_reader("profile_update.avsc")
+    got_prof = {decode_confluent(preader, m[3])[1]["event_id"] for m in prof2}
+    assert len(risk2) == len(got_risk) and got_risk == want_risk, \
+        f"risk.emit=change: {len(got_risk)} updates, simulation {len(want_risk)}, " \
+        f"{len(got_risk ^ want_risk)} differ"
+    assert len(prof2) == len(got_prof) and got_prof == want_prof, \
+        f"emit.policy=change: {len(got_prof)} profiles, simulation {len(want_prof)}"
+    log(f"change policies (delta {delta}, heartbeat 1d): {len(got_risk)} risk updates and "
+        f"{len(got_prof)} profile updates for {len(ids)} events, the same events as the "
+        f"simulation")
     labels = np.array([ref[e][0] for e in ids])
     flagged = scores >= thr
     log(f"sparkov risk: {len(ids)} events -> {len(got)} risk updates; max |cohortd - numpy "
