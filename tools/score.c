@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "ch/onnx.h"
+#include "tool_args.h"
 
 #define BATCH 1024
 #define MAX_COLS 1024
@@ -61,6 +62,7 @@ static size_t parse_row(char *line, float *row, size_t max, int *ret_bad) {
 int main(int argc, char **argv) {
     const char *input = NULL;
     char *features = NULL;
+    double dv = 0;
     long d = 0;
     int contrib = 0, check = 0;
     static const struct option opts[] = {{"input", required_argument, NULL, 'i'},
@@ -77,7 +79,12 @@ int main(int argc, char **argv) {
             input = optarg;
             break;
         case 'd':
-            d = strtol(optarg, NULL, 10);
+            if (tool_parse_number(optarg, 1, MAX_COLS, &dv) < 0 || dv != (long)dv) {
+                fprintf(stderr, "cohort-score: --inputs: expected an integer in 1..%d, got '%s'\n",
+                        MAX_COLS, optarg);
+                return 2;
+            }
+            d = (long)dv;
             break;
         case 'f':
             features = optarg;
@@ -96,7 +103,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (optind != argc - 1 || d < 0 || d > MAX_COLS) {
+    if (optind != argc - 1) {
         usage(stderr);
         return 2;
     }

@@ -26,17 +26,6 @@ static void on_signal(int sig) {
     tool_stop = 1;
 }
 
-int tool_parse_number(const char *s, double lo, double hi, double *ret) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        return -EINVAL;
-    }
-    *ret = v;
-    return 0;
-}
-
 double tool_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "ch/codec.h"
+#include "tool_args.h"
 
 typedef struct tool_out {
     const char *name; /* for messages: "cohort-gen" */
@@ -37,12 +38,6 @@ int tool_out_raw(tool_out_t *o, const char *key, size_t key_len, const void *val
 
 /** @brief Flush, print a summary. @returns 0 if every message was delivered, else -EIO. */
 int tool_out_close(tool_out_t *o);
-
-/**
- * @brief Parse a whole string as a number in [lo, hi].
- * @returns 0 and *ret, or -EINVAL.
- */
-int tool_parse_number(const char *s, double lo, double hi, double *ret);
 
 /** @brief Set by SIGINT/SIGTERM handlers that tool_out_open() installs. */
 extern volatile int tool_stop;
