@@ -14,7 +14,6 @@ Usage: /usr/bin/python3 tools/train_example.py [--build DIR] [--data DIR] [--out
 Deterministic: the same sample and code give the same files.
 """
 import argparse
-import csv
 import os
 import sys
 
@@ -31,18 +30,17 @@ def collect(build, data):
     import harness as h
 
     path = os.path.join(data, "sparkov-transactions-sample.csv")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    labels = {r["trans_num"]: int(r["is_fraud"]) for r in rows}
+    labels = {r["event_id"]: r["label"] for r in h.sparkov_rows(path)}
     reader = h.avro_reader("profile_update.avsc")
-    print(f"train_example: replaying {len(rows)} transactions through cohortd ...", flush=True)
+    print(f"train_example: replaying {len(labels)} transactions through cohortd ...",
+          flush=True)
     with h.Broker(partitions=4) as broker, \
             h.Daemon(broker.bootstrap, "emit.policy=every", "model.path=", "segments.k=0",
                      group="cohortd-train") as d:
         d.wait_assigned()
         h.run([h.REPLAY, "--brokers", broker.bootstrap, "--dataset", "sparkov", "--quiet",
                "--file", path])
-        msgs = h.consume(broker.bootstrap, "profiles", expect=len(rows))
+        msgs = h.consume(broker.bootstrap, "profiles", expect=len(labels))
         rc = d.stop()
         if rc != 0:
             raise SystemExit(f"train_example: cohortd exited {rc}:\n{d.log_text()[-3000:]}")
@@ -54,8 +52,8 @@ def collect(build, data):
         feats[eid] = rec["features"]
         ts[eid] = h.ts_ms(rec["ts"])
         y[eid] = labels[eid]
-    if len(feats) != len(rows):
-        raise SystemExit(f"train_example: {len(feats)} profile updates for {len(rows)} events")
+    if len(feats) != len(labels):
+        raise SystemExit(f"train_example: {len(feats)} profile updates for {len(labels)} events")
     ids = sorted(feats, key=lambda e: (ts[e], e))
     X = np.array([feats[e] for e in ids], dtype=np.float32)
     Y = np.array([y[e] for e in ids])

@@ -235,15 +235,24 @@ def offline_features(events, specs, default_hl):
     return q, out
 
 
-def sparkov_events(path=None):
-    """user_id -> [(ts_ms, type, fields)] with the README mapping; also [(event_id, user_id)]."""
+def sparkov_rows(path=None):
+    """The sparkov sample in file order, with the data README's mapping: dicts of
+    event_id, user_id, ts (ms), fields ({"amount", "attrs.lat", ...}) and label."""
     path = path or os.path.join(DATA, "sparkov-transactions-sample.csv")
-    users, ids = {}, []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             fields = {"amount": float(r["amt"])}
             for k in ("lat", "long", "merch_lat", "merch_long"):
                 fields["attrs." + k] = float(r[k])
-            users.setdefault(r["cc_num"], []).append((int(r["unix_time"]) * 1000, "payment", fields))
-            ids.append((r["trans_num"], r["cc_num"]))
+            yield {"event_id": r["trans_num"], "user_id": r["cc_num"],
+                   "ts": int(r["unix_time"]) * 1000, "fields": fields,
+                   "label": int(r["is_fraud"])}
+
+
+def sparkov_events(path=None):
+    """user_id -> [(ts_ms, type, fields)] with the README mapping; also [(event_id, user_id)]."""
+    users, ids = {}, []
+    for r in sparkov_rows(path):
+        users.setdefault(r["user_id"], []).append((r["ts"], "payment", r["fields"]))
+        ids.append((r["event_id"], r["user_id"]))
     return users, ids

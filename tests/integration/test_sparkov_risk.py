@@ -7,7 +7,6 @@ float64, reasons by finite differences).
 A second replay uses the "change" emit policies (risk: alert flip, score move > delta,
 heartbeat; profiles: first event, heartbeat); the set of events that produced an
 update equals a simulation of those rules over the first run's scores."""
-import csv
 import os
 import re
 import sys
@@ -17,7 +16,8 @@ import onnx
 from onnx import numpy_helper
 
 from harness import (CONF, DATA, REPLAY, SRC, Broker, Daemon, avro_reader, consume,
-                     decode_confluent, log, offline_features, read_feature_specs, run, ts_ms)
+                     decode_confluent, log, offline_features, read_feature_specs, run,
+                     sparkov_rows, ts_ms)
 
 MODEL = os.path.join(SRC, "conf", "models", "risk_mlp.onnx")
 SCORE_TOL = 1e-4  # float32 features and arithmetic in cohortd vs float64 here
@@ -72,17 +72,13 @@ class NumpyModel:
 
 
 def offline_vectors(specs, default_hl):
-    """trans_num -> (label, feature vector right after that transaction)."""
+    """trans_num -> (label, user's stream time, feature vector right after it)."""
     per_user, out = {}, {}
-    with open(os.path.join(DATA, "sparkov-transactions-sample.csv"), newline="") as f:
-        for r in csv.DictReader(f):
-            fields = {"amount": float(r["amt"])}
-            for k in ("lat", "long", "merch_lat", "merch_long"):
-                fields["attrs." + k] = float(r[k])
-            evs = per_user.setdefault(r["cc_num"], [])
-            evs.append((int(r["unix_time"]) * 1000, "payment", fields))
-            q, vec = offline_features(evs, specs, default_hl)
-            out[r["trans_num"]] = (int(r["is_fraud"]), q, vec)
+    for r in sparkov_rows():
+        evs = per_user.setdefault(r["user_id"], [])
+        evs.append((r["ts"], "payment", r["fields"]))
+        q, vec = offline_features(evs, specs, default_hl)
+        out[r["event_id"]] = (r["label"], q, vec)
     return out
 
 
@@ -105,21 +101,19 @@ def simulate_change_policy(got, thr, delta, hb_ms):
     """Event ids that the change policies publish, replaying cohortd's rules over the
     scores of the 'every' run (float32 arithmetic, as cohortd compares)."""
     risk_ids, profile_ids, state = set(), set(), {}
-    with open(os.path.join(DATA, "sparkov-transactions-sample.csv"), newline="") as f:
-        for r in csv.DictReader(f):
-            u, e = r["cc_num"], r["trans_num"]
-            ts = int(r["unix_time"]) * 1000
-            st = state.setdefault(u, {"t": ts, "risk": None, "score": None, "prof": None})
-            st["t"] = max(st["t"], ts)  # the user's stream time
-            score = np.float32(got[e]["score"])
-            if (st["risk"] is None or (score >= thr) != (st["score"] >= thr)
-                    or abs(np.float32(score - st["score"])) > delta
-                    or st["t"] - st["risk"] >= hb_ms):
-                risk_ids.add(e)
-                st["risk"], st["score"] = st["t"], score
-            if st["prof"] is None or st["t"] - st["prof"] >= hb_ms:
-                profile_ids.add(e)
-                st["prof"] = st["t"]
+    for r in sparkov_rows():
+        u, e, ts = r["user_id"], r["event_id"], r["ts"]
+        st = state.setdefault(u, {"t": ts, "risk": None, "score": None, "prof": None})
+        st["t"] = max(st["t"], ts)  # the user's stream time
+        score = np.float32(got[e]["score"])
+        if (st["risk"] is None or (score >= thr) != (st["score"] >= thr)
+                or abs(np.float32(score - st["score"])) > delta
+                or st["t"] - st["risk"] >= hb_ms):
+            risk_ids.add(e)
+            st["risk"], st["score"] = st["t"], score
+        if st["prof"] is None or st["t"] - st["prof"] >= hb_ms:
+            profile_ids.add(e)
+            st["prof"] = st["t"]
     return risk_ids, profile_ids
 
 
