@@ -241,11 +241,15 @@ static void zscore(const ch_kmeans_t *km, const float *l, size_t n, float *z) {
     }
 }
 
-void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float *ret_z) {
-    size_t d = km->o.dim;
-    for (size_t i = 0; i < n * d; i++) {
-        ret_z[i] = slog(x[i], km->o.log1p);
+/* The first step of the transform: l = sign(x) log1p(|x|) (or x), n rows. */
+static void log_rows(const ch_kmeans_t *km, const float *x, size_t n, float *ret_l) {
+    for (size_t i = 0; i < n * km->o.dim; i++) {
+        ret_l[i] = slog(x[i], km->o.log1p);
     }
+}
+
+void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float *ret_z) {
+    log_rows(km, x, n, ret_z);
     zscore(km, ret_z, n, ret_z);
 }
 
@@ -475,9 +479,7 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
         return -EINVAL;
     }
     float *l = km->z;
-    for (size_t i = 0; i < n * d; i++) {
-        l[i] = slog(x[i], km->o.log1p);
-    }
+    log_rows(km, x, n, l);
     stats_update(km, l, n, stream_ms);
     km->points += n;
     if (!km->ready) {
