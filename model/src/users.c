@@ -42,6 +42,8 @@ struct ch_users {
     uint64_t rng;
     uint64_t cap_evictions;
     uint64_t k0, k1;
+    ch_users_evict_fn *on_evict;
+    void *evict_opaque;
 };
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
@@ -237,6 +239,9 @@ static void free_record(ch_users_t *u, ch_user_t *rec) {
 }
 
 static void evict_record(ch_users_t *u, ch_user_t *rec) {
+    if (u->on_evict) {
+        u->on_evict(u->evict_opaque, rec);
+    }
     const char *key = ch_users_key(u, rec);
     size_t i = probe(u, key, rec->key_len, key_tag(u, key, rec->key_len));
     delete_slot(u, i);
@@ -344,6 +349,11 @@ size_t ch_users_evict_partition(ch_users_t *u, int32_t partition) {
         }
     }
     return evicted;
+}
+
+void ch_users_set_evict_hook(ch_users_t *u, ch_users_evict_fn *fn, void *opaque) {
+    u->on_evict = fn;
+    u->evict_opaque = opaque;
 }
 
 size_t ch_users_count(const ch_users_t *u) {

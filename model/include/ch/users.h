@@ -73,6 +73,15 @@ size_t ch_users_evict_idle(ch_users_t *u, int64_t before_ms, size_t budget);
 /** @brief Evict every user last seen on an input partition. @returns the number evicted. */
 size_t ch_users_evict_partition(ch_users_t *u, int32_t partition);
 
+/* Called with a record just before it is evicted or removed (for any reason). */
+typedef void(ch_users_evict_fn)(void *opaque, const ch_user_t *rec);
+
+/**
+ * @brief Observe evictions (e.g. to keep per-segment user counts). fn NULL: none.
+ * @remark fn must not call back into the table.
+ */
+void ch_users_set_evict_hook(ch_users_t *u, ch_users_evict_fn *fn, void *opaque);
+
 /** @brief Users currently held. */
 size_t ch_users_count(const ch_users_t *u);
 /** @brief Users evicted so far because the cap was reached. */

@@ -117,12 +117,63 @@ static void test_idle_and_partition_eviction(void **st) {
     ch_users_free(u);
 }
 
+typedef struct seen {
+    int n;
+    int64_t t_sum; /* sum of the evicted users' t_ref_ms: identifies which ones */
+    int key_ok;
+} seen_t;
+
+static ch_users_t *g_table;
+
+static void on_evict(void *opaque, const ch_user_t *rec) {
+    seen_t *s = opaque;
+    char k[16];
+    int len = key_of(k, sizeof(k), (int)rec->t_ref_ms);
+    s->n++;
+    s->t_sum += rec->t_ref_ms;
+    /* the record is still whole when the hook runs */
+    s->key_ok += rec->key_len == len && memcmp(ch_users_key(g_table, rec), k, (size_t)len) == 0;
+}
+
+static void test_evict_hook_sees_every_eviction(void **st) {
+    (void)st;
+    ch_users_t *u = NULL;
+    assert_int_equal(ch_users_new(50, 16, 1, &u), 0);
+    g_table = u;
+    seen_t s = {0};
+    ch_users_set_evict_hook(u, on_evict, &s);
+    char k[16];
+    for (int i = 0; i < 60; i++) { /* 10 cap evictions */
+        int len = key_of(k, sizeof(k), i);
+        ch_user_t *rec = NULL;
+        assert_int_equal(ch_users_upsert(u, k, (size_t)len, &rec), 1);
+        rec->t_ref_ms = i;
+        rec->partition = i % 2;
+    }
+    assert_int_equal(s.n, 10);
+    int64_t cap_sum = s.t_sum;
+    assert_int_equal(ch_users_remove(u, "user-59", 7), 0);
+    assert_int_equal(s.n, 11);
+    assert_int_equal(s.t_sum, cap_sum + 59);
+    size_t idle = ch_users_evict_idle(u, 30, 1000);
+    size_t part = ch_users_evict_partition(u, 1);
+    assert_int_equal(s.n, 11 + (int)idle + (int)part);
+    assert_int_equal(s.key_ok, s.n);
+    assert_int_equal(ch_users_count(u), 59 - 10 - (int)idle - (int)part);
+    ch_users_set_evict_hook(u, NULL, NULL);
+    size_t left = ch_users_count(u); /* all on partition 0 now */
+    assert_int_equal(ch_users_evict_partition(u, 0), left);
+    assert_int_equal(s.n, 11 + (int)idle + (int)part);
+    ch_users_free(u);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_find_grow_remove),
         cmocka_unit_test(test_key_limits),
         cmocka_unit_test(test_cap_evicts),
         cmocka_unit_test(test_idle_and_partition_eviction),
+        cmocka_unit_test(test_evict_hook_sees_every_eviction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
