@@ -63,7 +63,7 @@ int tool_out_open(tool_out_t *o, const char *name, const char *brokers, const ch
     static const char *const keys[] = {"bootstrap.servers", "enable.idempotence", "partitioner",
                                        "linger.ms", "queue.buffering.max.messages"};
     const char *const vals[] = {brokers, "true", "murmur2_random", "5", "500000"};
-    ch_kafka_conf_t kc = {keys, vals, 5, NULL, NULL};
+    ch_kafka_conf_t kc = {.keys = keys, .values = vals, .n = 5};
     char err[512];
     int r = ch_producer_new(&kc, on_delivery, o, &o->producer, err, sizeof(err));
     if (r < 0) {

@@ -666,6 +666,21 @@ static void kafka_log(void *opaque, int level, const char *fac, const char *msg)
     ch_log(level < CH_LOG_ERR ? CH_LOG_ERR : level, "librdkafka %s: %s", fac, msg);
 }
 
+/* Client-level errors; librdkafka retries the transient ones by itself. */
+static void kafka_error(void *opaque, bool fatal, const char *reason) {
+    ch_pipeline_t *p = opaque;
+    p->st.kafka_errors++;
+    uint64_t dropped = 0;
+    if (fatal || ch_ratelimit_allow(&p->kafka_rl, &dropped)) {
+        ch_log(fatal ? CH_LOG_ERR : CH_LOG_WARNING, "kafka: %s%s", reason,
+               dropped ? " (similar errors were not logged, see cohortd_kafka_errors_total)"
+                       : "");
+    }
+    if (fatal) {
+        p->failed = true; /* the client cannot continue: exit, restart reprocesses */
+    }
+}
+
 /* Defaults cohortd sets for librdkafka, before the user's kafka.* pairs. */
 static const char *const consumer_defaults[][2] = {
     {"group.id", "cohortd"},
@@ -964,7 +979,7 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
                              &vals, &n)) < 0) {
         goto out_fail;
     }
-    ch_kafka_conf_t kc = {keys, vals, n, kafka_log, p};
+    ch_kafka_conf_t kc = {keys, vals, n, kafka_log, kafka_error, p};
     r = ch_producer_new(&kc, on_delivery, p, &p->producer, errbuf, errlen);
     free(keys);
     free(vals);
@@ -977,7 +992,7 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
                              &vals, &n)) < 0) {
         goto out_fail;
     }
-    kc = (ch_kafka_conf_t){keys, vals, n, kafka_log, p};
+    kc = (ch_kafka_conf_t){keys, vals, n, kafka_log, kafka_error, p};
     ch_rebalance_hooks_t hooks = {on_assign, on_revoke, p};
     r = ch_consumer_new(&kc, cfg->input_topic, &hooks, &p->consumer, errbuf, errlen);
     free(keys);

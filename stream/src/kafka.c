@@ -39,6 +39,7 @@ const char *ch_kafka_version(void) {
 /* The opaque of every rd_kafka_t handle. */
 typedef struct handle_ctx {
     void (*log)(void *opaque, int level, const char *facility, const char *msg);
+    void (*error)(void *opaque, bool fatal, const char *reason);
     void *log_opaque;
     void *owner; /* the ch_consumer_t or ch_producer_t */
 } handle_ctx_t;
@@ -47,6 +48,26 @@ static void log_trampoline(const rd_kafka_t *rk, int level, const char *fac, con
     const handle_ctx_t *hc = rd_kafka_opaque(rk);
     if (hc && hc->log) {
         hc->log(hc->log_opaque, level, fac, buf);
+    }
+}
+
+/* Client-level errors (all brokers down, authentication, fatal idempotence errors).
+ * Served from poll/drain on the caller's thread. */
+static void error_trampoline(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    const handle_ctx_t *hc = opaque;
+    bool fatal = err == RD_KAFKA_RESP_ERR__FATAL;
+    char buf[512];
+    if (fatal) {
+        char why[256];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
+        snprintf(buf, sizeof(buf), "fatal: %s: %s", rd_kafka_err2name(orig), why);
+    } else {
+        snprintf(buf, sizeof(buf), "%s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+    }
+    if (hc && hc->error) {
+        hc->error(hc->log_opaque, fatal, buf);
+    } else if (hc && hc->log) {
+        hc->log(hc->log_opaque, 3, "ERROR", buf);
     }
 }
 
@@ -63,9 +84,11 @@ static rd_kafka_conf_t *build_conf(const ch_kafka_conf_t *in, handle_ctx_t *hc, 
         }
     }
     hc->log = in->log;
+    hc->error = in->error;
     hc->log_opaque = in->log_opaque;
     rd_kafka_conf_set_opaque(conf, hc);
     rd_kafka_conf_set_log_cb(conf, log_trampoline);
+    rd_kafka_conf_set_error_cb(conf, error_trampoline);
     return conf;
 }
 
@@ -106,7 +129,45 @@ struct ch_consumer {
     size_t n_assigned;
     bool closed;
     bool close_timed_out;
+    bool reset_latest;   /* auto.offset.reset = latest/end/largest */
+    int64_t *start;      /* per partition: where consumption began on assignment, -1 unknown */
+    size_t n_start;
 };
+
+/* Where each newly assigned partition starts: its committed offset, or where
+ * auto.offset.reset puts a group without one. Lag is measured from here until a
+ * message is consumed. Two bounded broker round trips, on assignment only. */
+static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_copy(parts);
+    rd_kafka_resp_err_t re = rd_kafka_committed(c->rk, l, 2000);
+    for (int i = 0; i < l->cnt; i++) {
+        rd_kafka_topic_partition_t *e = &l->elems[i];
+        if (strcmp(e->topic, c->topic) != 0 || e->partition < 0) {
+            continue;
+        }
+        if ((size_t)e->partition >= c->n_start) {
+            size_t cap = (size_t)e->partition + 64;
+            int64_t *ns = realloc(c->start, cap * sizeof(*ns));
+            if (!ns) {
+                break;
+            }
+            for (size_t j = c->n_start; j < cap; j++) {
+                ns[j] = -1;
+            }
+            c->start = ns;
+            c->n_start = cap;
+        }
+        int64_t start = re || e->err ? -1 : e->offset;
+        int64_t lo = -1, hi = -1;
+        if (!re && !e->err && start < 0 &&
+            rd_kafka_query_watermark_offsets(c->rk, c->topic, e->partition, &lo, &hi, 2000) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR) {
+            start = c->reset_latest ? hi : lo;
+        }
+        c->start[e->partition] = start;
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
 
 static void call_hook(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *parts,
                       bool revoke, bool lost) {
@@ -158,6 +219,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             return;
         }
         c->n_assigned = cooperative ? c->n_assigned + (size_t)parts->cnt : (size_t)parts->cnt;
+        record_start(c, parts);
         call_hook(c, parts, false, false);
     } else {
         bool lost = err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS || rd_kafka_assignment_lost(rk);
@@ -205,6 +267,12 @@ int ch_consumer_new(const ch_kafka_conf_t *conf, const char *topic,
         return -EINVAL;
     }
     rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
+    char reset[32] = "";
+    size_t reset_len = sizeof(reset);
+    if (rd_kafka_conf_get(kc, "auto.offset.reset", reset, &reset_len) == RD_KAFKA_CONF_OK) {
+        c->reset_latest = strcmp(reset, "latest") == 0 || strcmp(reset, "end") == 0 ||
+                          strcmp(reset, "largest") == 0;
+    }
     char err[512];
     c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, err, sizeof(err));
     if (!c->rk) {
@@ -294,6 +362,7 @@ ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
     close_pipe(c->pipe);
     free(c->held);
     free(c->topic);
+    free(c->start);
     free(c);
     return NULL;
 }
@@ -364,6 +433,41 @@ int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen) {
 
 size_t ch_consumer_assigned(const ch_consumer_t *c) {
     return c->n_assigned;
+}
+
+int ch_consumer_lag(ch_consumer_t *c, ch_partition_lag_t *out, size_t cap) {
+    if (c->closed) {
+        return 0;
+    }
+    rd_kafka_topic_partition_list_t *l = NULL;
+    rd_kafka_resp_err_t re = rd_kafka_assignment(c->rk, &l);
+    if (re) {
+        return -EIO;
+    }
+    rd_kafka_position(c->rk, l); /* last consumed + 1, or OFFSET_INVALID */
+    size_t n = 0;
+    for (int i = 0; i < l->cnt; i++) {
+        const rd_kafka_topic_partition_t *e = &l->elems[i];
+        if (strcmp(e->topic, c->topic) != 0) {
+            continue;
+        }
+        if (n < cap) {
+            int64_t lo = -1, hi = -1;
+            if (rd_kafka_get_watermark_offsets(c->rk, e->topic, e->partition, &lo, &hi) ||
+                hi < 0) {
+                hi = -1;
+            }
+            int64_t next = e->offset >= 0 ? e->offset
+                           : e->partition >= 0 && (size_t)e->partition < c->n_start
+                               ? c->start[e->partition]
+                               : -1;
+            out[n] = (ch_partition_lag_t){e->partition, next, hi,
+                                          next >= 0 && hi >= 0 ? (hi > next ? hi - next : 0) : -1};
+        }
+        n++;
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    return (int)n;
 }
 
 /* ---------------------------------------------------------------- producer */

@@ -24,7 +24,11 @@ typedef struct ch_kafka_conf {
     size_t n;
     /* Receives librdkafka's log lines (syslog levels). May be called from any thread. */
     void (*log)(void *opaque, int level, const char *facility, const char *msg);
-    void *log_opaque;
+    /* Receives client-level errors ("all brokers down", authentication failures,
+     * fatal errors: the client is unusable). Called from drain/poll on the caller's
+     * thread. NULL: logged through log at level 3. */
+    void (*error)(void *opaque, bool fatal, const char *reason);
+    void *log_opaque; /* for log and error */
 } ch_kafka_conf_t;
 
 /* A consumed message, borrowed until the next ch_consumer_drain(). */
@@ -96,6 +100,22 @@ int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen);
 
 /** @brief Number of partitions currently assigned. */
 size_t ch_consumer_assigned(const ch_consumer_t *c);
+
+/* Consumer lag of one assigned partition, from cached values (no broker round trip). */
+typedef struct ch_partition_lag {
+    int32_t partition;
+    int64_t next_offset;    /* next offset to process: last consumed + 1, else where
+                               consumption started on assignment; -1 unknown */
+    int64_t high_watermark; /* from the latest fetch response; -1 not yet known */
+    int64_t lag;            /* high_watermark - next_offset (>= 0); -1 unknown */
+} ch_partition_lag_t;
+
+/**
+ * @brief The lag of every assigned partition of the subscribed topic.
+ * @param out receives up to cap entries.
+ * @returns the number of assigned partitions (may exceed cap), -EIO.
+ */
+int ch_consumer_lag(ch_consumer_t *c, ch_partition_lag_t *out, size_t cap);
 
 /**
  * @brief Leave the group: revoke (hooks run), commit stored offsets. Blocks at most
