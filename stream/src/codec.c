@@ -823,7 +823,7 @@ void ch_buf_done(ch_buf_t *b) {
     ch_buf_init(b);
 }
 
-static int buf_put(ch_buf_t *b, const void *p, size_t n) {
+int ch_buf_append(ch_buf_t *b, const void *p, size_t n) {
     if (b->cap - b->len < n) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap - b->len < n) {
@@ -841,6 +841,30 @@ static int buf_put(ch_buf_t *b, const void *p, size_t n) {
     return 0;
 }
 
+int ch_buf_printf(ch_buf_t *b, const char *fmt, ...) {
+    char small[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof(small), fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        return -EINVAL;
+    }
+    if ((size_t)n < sizeof(small)) {
+        return ch_buf_append(b, small, (size_t)n);
+    }
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        return -ENOMEM;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    int r = ch_buf_append(b, big, (size_t)n);
+    free(big);
+    return r;
+}
+
 static int put_long(ch_buf_t *b, int64_t v) {
     unsigned char tmp[10];
     size_t n = 0;
@@ -850,12 +874,12 @@ static int put_long(ch_buf_t *b, int64_t v) {
         z >>= 7;
     }
     tmp[n++] = (unsigned char)z;
-    return buf_put(b, tmp, n);
+    return ch_buf_append(b, tmp, n);
 }
 
 static int put_str(ch_buf_t *b, const char *s, size_t n) {
     int r = put_long(b, (int64_t)n);
-    return r < 0 ? r : buf_put(b, s, n);
+    return r < 0 ? r : ch_buf_append(b, s, n);
 }
 
 /* Union ["null", T]: branch 0 for null, 1 then the value otherwise. */
@@ -883,7 +907,7 @@ static int put_header(ch_buf_t *b, ch_framing_t framing, int32_t schema_id) {
     uint32_t id = (uint32_t)schema_id;
     unsigned char h[5] = {0, (unsigned char)(id >> 24), (unsigned char)(id >> 16),
                           (unsigned char)(id >> 8), (unsigned char)id};
-    return buf_put(b, h, 5);
+    return ch_buf_append(b, h, 5);
 }
 
 int ch_encode_profile(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
@@ -896,14 +920,14 @@ int ch_encode_profile(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
     r = r ? r : put_opt_int(b, p->has_segment, p->segment_generation);
     if (!r && p->has_segment) {
         r = put_long(b, 1);
-        r = r ? r : buf_put(b, &p->segment_distance, 4);
+        r = r ? r : ch_buf_append(b, &p->segment_distance, 4);
     } else if (!r) {
         r = put_long(b, 0);
     }
     r = r ? r : put_opt_int(b, p->has_segment && p->previous_segment >= 0, p->previous_segment);
     if (!r && p->n_features) {
         r = put_long(b, (int64_t)p->n_features);
-        r = r ? r : buf_put(b, p->features, p->n_features * sizeof(float));
+        r = r ? r : ch_buf_append(b, p->features, p->n_features * sizeof(float));
     }
     r = r ? r : put_long(b, 0); /* end of the features array */
     r = r ? r : put_opt_str(b, p->model_version, p->model_version ? strlen(p->model_version) : 0);
@@ -915,15 +939,15 @@ int ch_encode_risk(ch_buf_t *b, ch_framing_t framing, int32_t schema_id, const c
     r = r ? r : put_str(b, k->user_id, k->user_id_len);
     r = r ? r : put_opt_str(b, k->event_id, k->event_id_len);
     r = r ? r : put_long(b, k->ts_ms);
-    r = r ? r : buf_put(b, &k->score, 4);
+    r = r ? r : ch_buf_append(b, &k->score, 4);
     uint8_t alert = k->alert ? 1 : 0;
-    r = r ? r : buf_put(b, &alert, 1);
-    r = r ? r : buf_put(b, &k->threshold, 4);
+    r = r ? r : ch_buf_append(b, &alert, 1);
+    r = r ? r : ch_buf_append(b, &k->threshold, 4);
     if (!r && k->n_reasons) {
         r = put_long(b, (int64_t)k->n_reasons);
         for (size_t i = 0; !r && i < k->n_reasons; i++) {
             r = put_str(b, k->reasons[i].feature, strlen(k->reasons[i].feature));
-            r = r ? r : buf_put(b, &k->reasons[i].contribution, 4);
+            r = r ? r : ch_buf_append(b, &k->reasons[i].contribution, 4);
         }
     }
     r = r ? r : put_long(b, 0); /* end of the reasons array */
@@ -944,7 +968,7 @@ int ch_encode_event(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
     r = r ? r : put_str(b, ev->type, ev->type_len);
     if (!r && ev->has_amount) {
         r = put_long(b, 1);
-        r = r ? r : buf_put(b, &ev->amount, 8);
+        r = r ? r : ch_buf_append(b, &ev->amount, 8);
     } else if (!r) {
         r = put_long(b, 0);
     }
@@ -954,7 +978,7 @@ int ch_encode_event(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
         r = put_long(b, (int64_t)ev->n_attrs);
         for (size_t i = 0; !r && i < ev->n_attrs; i++) {
             r = put_str(b, ev->attrs[i].key, ev->attrs[i].key_len);
-            r = r ? r : buf_put(b, &ev->attrs[i].value, 8);
+            r = r ? r : ch_buf_append(b, &ev->attrs[i].value, 8);
         }
     }
     r = r ? r : put_long(b, 0); /* end of the attrs map */

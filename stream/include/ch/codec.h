@@ -155,6 +155,10 @@ const char *ch_decoder_reason(int err);
 void ch_buf_init(ch_buf_t *b);
 /** @brief Free a buffer's memory. */
 void ch_buf_done(ch_buf_t *b);
+/** @brief Append n bytes. @returns 0, -ENOMEM. */
+int ch_buf_append(ch_buf_t *b, const void *p, size_t n);
+/** @brief Append formatted text (no terminating NUL). @returns 0, -ENOMEM, -EINVAL. */
+int ch_buf_printf(ch_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /**
  * @brief Encode a profile update into b (replacing its contents).

@@ -1,0 +1,168 @@
+/*
+ * json.c - JSON writers for outputs a person reads (kcat) and HTTP answers.
+ *
+ * Design notes
+ * - The objects mirror the Avro schemas field for field, in schema order, so a
+ *   consumer can switch formats without renaming anything. A union ["null", T]
+ *   becomes null or the bare value (not Avro's {"T": v} JSON encoding).
+ * - Floats are printed with 9 significant digits and doubles with 17: parsing
+ *   the text gives back the exact value that the Avro encoding would carry.
+ * - User ids are bytes from Kafka; invalid UTF-8 is replaced by U+FFFD so the
+ *   output is always valid JSON.
+ */
+#include "ch/json.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80) {
+        return 1;
+    } else if ((c & 0xe0) == 0xc0) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+        len = 3;
+        cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n) {
+        return 0;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return 0; /* overlong, beyond Unicode, or a surrogate */
+    }
+    return len;
+}
+
+int ch_json_string(ch_buf_t *b, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    if (ch_buf_append(b, "\"", 1) < 0) {
+        return -ENOMEM;
+    }
+    size_t run = 0; /* bytes copied verbatim, flushed before each escape */
+    for (size_t i = 0; i < n;) {
+        unsigned char c = u[i];
+        char esc[8];
+        size_t esc_len = 0;
+        size_t adv = 1;
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            esc_len = 2;
+        } else if (c < 0x20) {
+            esc_len = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", c);
+        } else if (c >= 0x80) {
+            adv = utf8_len(u + i, n - i);
+            if (adv == 0) {
+                memcpy(esc, "\xef\xbf\xbd", 3); /* U+FFFD */
+                esc_len = 3;
+                adv = 1;
+            }
+        }
+        if (esc_len) {
+            if (ch_buf_append(b, s + i - run, run) < 0 || ch_buf_append(b, esc, esc_len) < 0) {
+                return -ENOMEM;
+            }
+            run = 0;
+        } else {
+            run += adv;
+        }
+        i += adv;
+    }
+    if (ch_buf_append(b, s + n - run, run) < 0 || ch_buf_append(b, "\"", 1) < 0) {
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+int ch_json_float(ch_buf_t *b, float v) {
+    return isfinite(v) ? ch_buf_printf(b, "%.9g", (double)v) : ch_buf_append(b, "null", 4);
+}
+
+int ch_json_double(ch_buf_t *b, double v) {
+    return isfinite(v) ? ch_buf_printf(b, "%.17g", v) : ch_buf_append(b, "null", 4);
+}
+
+static int opt_string(ch_buf_t *b, const char *s, size_t n) {
+    return s ? ch_json_string(b, s, n) : ch_buf_append(b, "null", 4);
+}
+
+static int opt_int(ch_buf_t *b, bool present, int64_t v) {
+    return present ? ch_buf_printf(b, "%lld", (long long)v) : ch_buf_append(b, "null", 4);
+}
+
+#define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)
+
+int ch_json_encode_profile(ch_buf_t *b, const ch_profile_t *p) {
+    b->len = 0;
+    bool seg = p->has_segment;
+    int r = LIT(b, "{\"user_id\":");
+    r = r ? r : ch_json_string(b, p->user_id, p->user_id_len);
+    r = r ? r : LIT(b, ",\"event_id\":");
+    r = r ? r : opt_string(b, p->event_id, p->event_id_len);
+    r = r ? r : ch_buf_printf(b, ",\"ts\":%lld,\"segment\":", (long long)p->ts_ms);
+    r = r ? r : opt_int(b, seg, p->segment);
+    r = r ? r : LIT(b, ",\"segment_generation\":");
+    r = r ? r : opt_int(b, seg, p->segment_generation);
+    r = r ? r : LIT(b, ",\"segment_distance\":");
+    r = r ? r : (seg ? ch_json_float(b, p->segment_distance) : LIT(b, "null"));
+    r = r ? r : LIT(b, ",\"previous_segment\":");
+    r = r ? r : opt_int(b, seg && p->previous_segment >= 0, p->previous_segment);
+    r = r ? r : LIT(b, ",\"features\":[");
+    for (size_t i = 0; !r && i < p->n_features; i++) {
+        r = i ? LIT(b, ",") : 0;
+        r = r ? r : ch_json_float(b, p->features[i]);
+    }
+    r = r ? r : LIT(b, "],\"model_version\":");
+    r = r ? r
+          : opt_string(b, p->model_version, p->model_version ? strlen(p->model_version) : 0);
+    r = r ? r : LIT(b, "}");
+    return r;
+}
+
+int ch_json_encode_risk(ch_buf_t *b, const ch_risk_t *k) {
+    b->len = 0;
+    int r = LIT(b, "{\"user_id\":");
+    r = r ? r : ch_json_string(b, k->user_id, k->user_id_len);
+    r = r ? r : LIT(b, ",\"event_id\":");
+    r = r ? r : opt_string(b, k->event_id, k->event_id_len);
+    r = r ? r : ch_buf_printf(b, ",\"ts\":%lld,\"score\":", (long long)k->ts_ms);
+    r = r ? r : ch_json_float(b, k->score);
+    r = r ? r : (k->alert ? LIT(b, ",\"alert\":true") : LIT(b, ",\"alert\":false"));
+    r = r ? r : LIT(b, ",\"threshold\":");
+    r = r ? r : ch_json_float(b, k->threshold);
+    r = r ? r : LIT(b, ",\"reasons\":[");
+    for (size_t i = 0; !r && i < k->n_reasons; i++) {
+        r = i ? LIT(b, ",") : 0;
+        r = r ? r : LIT(b, "{\"feature\":");
+        r = r ? r : ch_json_string(b, k->reasons[i].feature, strlen(k->reasons[i].feature));
+        r = r ? r : LIT(b, ",\"contribution\":");
+        r = r ? r : ch_json_float(b, k->reasons[i].contribution);
+        r = r ? r : LIT(b, "}");
+    }
+    const char *v = k->model_version ? k->model_version : "";
+    r = r ? r : LIT(b, "],\"model_version\":");
+    r = r ? r : ch_json_string(b, v, strlen(v));
+    r = r ? r : LIT(b, "}");
+    return r;
+}
