@@ -13,6 +13,7 @@
  *   move together.
  */
 #include "config.h"
+#include "errbuf.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -50,6 +51,7 @@ static const char *const framings[] = {"confluent", "plain", NULL};
 static const char *const policies[] = {"every", "change", NULL};
 static const char *const levels[] = {"err", "warning", "notice", "info", "debug", NULL};
 static const int level_values[] = {3, 4, 5, 6, 7};
+static const char *const formats[] = {"avro", "json", NULL};
 static const char *const transforms[] = {"log1p", "none", NULL};
 static const int transform_values[] = {1, 0};
 
@@ -73,6 +75,10 @@ static const key_def_t keys[] = {
      "Dead-letter topic: bad input forwarded unchanged, with cohortd.error.* headers."},
     {"output.framing", K_ENUM, OFF(output_framing), "confluent", 0, 0, framings, NULL,
      "Framing of outputs; confluent uses the id of profile_update.avsc in schema.dir/ids."},
+    {"output.format", K_ENUM, OFF(output_format), "avro", 0, 0, formats, NULL,
+     "avro: outputs encoded per the schemas (framed per output.framing); json: one JSON "
+     "object per message with the same fields, for watching with kcat (dead letters stay "
+     "the original bytes)."},
     {"features.half_life", K_DURATION, OFF(features_half_life_ms), "1h", 1, INFINITY, NULL, NULL,
      "Half-life of features declared without half_life=."},
     {"emit.policy", K_ENUM, OFF(emit_policy), "every", 0, 0, policies, NULL,
@@ -130,6 +136,12 @@ static const key_def_t keys[] = {
      "Longest user_id kept; longer ids are bad input (user_id_too_long)."},
     {"state.idle_evict", K_DURATION, OFF(state_idle_evict_ms), "30d", 0, INFINITY, NULL, NULL,
      "Forget users idle this long in stream time (0: never)."},
+    {"http.listen", K_STR, OFF(http_listen), "127.0.0.1:9180", 0, 0, NULL, NULL,
+     "HOST:PORT of the HTTP endpoint (/healthz, /readyz, /metrics, /users/<id>), served "
+     "from the event loop; off disables it. Keep it on loopback or a private network: it "
+     "has no authentication."},
+    {"http.max_connections", K_INT, OFF(http_max_connections), "64", 1, 4096, NULL, NULL,
+     "Concurrent HTTP connections; further ones are refused until one closes."},
     {"log.level", K_ENUM, OFF(log_level), "info", 0, 0, levels, level_values,
      "Least severe level logged."},
     {"log.stats_interval", K_DURATION, OFF(log_stats_interval_ms), "10s", 0, INFINITY, NULL,
@@ -140,19 +152,6 @@ static const key_def_t keys[] = {
      "On SIGTERM, how long to wait for outputs to be acknowledged before giving up."},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
-
-static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int err, const char *fmt, ...) {
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
 
 static char *trim(char *s) {
     while (isspace((unsigned char)*s)) {

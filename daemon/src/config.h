@@ -18,6 +18,11 @@ typedef enum ch_emit_policy {
     CH_EMIT_CHANGE,
 } ch_emit_policy_t;
 
+typedef enum ch_output_format {
+    CH_FORMAT_AVRO,
+    CH_FORMAT_JSON,
+} ch_output_format_t;
+
 typedef enum ch_kafka_scope {
     CH_KAFKA_BOTH,
     CH_KAFKA_CONSUMER,
@@ -45,6 +50,7 @@ typedef struct ch_config {
     char profile_topic[CH_CONF_STR];
     char dlq_topic[CH_CONF_STR];
     int output_framing; /* ch_framing_t */
+    int output_format;  /* ch_output_format_t */
 
     double features_half_life_ms;
     int emit_policy; /* ch_emit_policy_t */
@@ -74,6 +80,9 @@ typedef struct ch_config {
     long state_max_users;
     long state_key_max_bytes;
     double state_idle_evict_ms;
+
+    char http_listen[CH_CONF_STR]; /* host:port, "off" */
+    long http_max_connections;
 
     int log_level; /* syslog level: 3 err .. 7 debug */
     double log_stats_interval_ms;

@@ -13,7 +13,15 @@
  * - A 100 ms safety timer drains and polls as well, so a lost wake-up could
  *   at worst delay work, never stall it.
  * - SIGTERM/SIGINT: stop consuming, flush outputs, commit, exit 0 (1 if an
- *   output could not be delivered). SIGHUP, or a change of model.path seen by an
+ *   output could not be delivered).
+ * - HTTP (http.listen) is served from the same loop, between batches: probes
+ *   and scrapes see consistent state without locks, and a stuck loop shows up
+ *   as failing probes.
+ * - systemd (when NOTIFY_SOCKET is set): READY=1 once the consumer is
+ *   subscribed and the model loaded, STATUS= every few seconds, RELOADING=1 /
+ *   READY=1 around a SIGHUP reload, STOPPING=1 on a stop signal, and WATCHDOG=1
+ *   from a loop timer at half of WatchdogSec, so a loop that stops turning is
+ *   killed and restarted by systemd. SIGHUP, or a change of model.path seen by an
  *   ev_stat watch, reloads the model between batches (the loop never runs a callback
  *   in the middle of a batch: a drain is one synchronous call).
  */
@@ -25,12 +33,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "ch/features.h"
+#include "ch/json.h"
 #include "ch/onnx.h"
 #include "ch/kafka.h"
 #include "config.h"
+#include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "pipeline.h"
 
 typedef struct daemon_ctx {
@@ -39,11 +53,16 @@ typedef struct daemon_ctx {
     const ch_config_t *cfg;
     ev_io consumer_io, producer_io;
     ev_idle drain_idle;
-    ev_timer safety, stats, housekeeping;
+    ev_timer safety, stats, housekeeping, watchdog, status;
     ev_signal sigterm, sigint, sighup;
     ev_stat model_watch;
     double last_save_s;
     int exit_code;
+    ch_http_t *http;
+    double start_time_s; /* Unix time */
+    bool notify;         /* NOTIFY_SOCKET is set */
+    double last_status_s;
+    ch_pipeline_stats_t last_status;
     /* progress */
     double last_stats_s;
     ch_pipeline_stats_t last;
@@ -112,30 +131,57 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *w, int revents) {
     }
 }
 
+/* Events in and messages out per second since *last (updated). */
+static void rates(daemon_ctx_t *d, const ch_pipeline_stats_t *s, ch_pipeline_stats_t *last,
+                  double *last_s, double *ret_in, double *ret_out) {
+    double now = ch_now_s(), dt = now - *last_s;
+    uint64_t out = s->profiles_acked + s->risk_acked + s->dlq_acked;
+    uint64_t last_out = last->profiles_acked + last->risk_acked + last->dlq_acked;
+    *ret_in = dt > 0 ? (double)(s->consumed - last->consumed) / dt : 0;
+    *ret_out = dt > 0 ? (double)(out - last_out) / dt : 0;
+    *last = *s;
+    *last_s = now;
+    (void)d;
+}
+
+static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)w;
+    (void)revents;
+    sd_notify(0, "WATCHDOG=1");
+}
+
+static void on_status(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    daemon_ctx_t *d = w->data;
+    ch_pipeline_stats_t s;
+    ch_pipeline_stats(d->pipe, &s);
+    double in, out;
+    rates(d, &s, &d->last_status, &d->last_status_s, &in, &out);
+    sd_notifyf(0,
+               "STATUS=in %.0f ev/s, out %.0f msg/s, %zu users, %zu partitions, %llu bad, "
+               "%llu alerts",
+               in, out, s.users, s.assigned_partitions, (unsigned long long)s.bad_total,
+               (unsigned long long)s.alerts);
+}
+
 static void on_stats(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)loop;
     (void)revents;
     daemon_ctx_t *d = w->data;
     ch_pipeline_stats_t s;
     ch_pipeline_stats(d->pipe, &s);
-    double now = ch_now_s();
-    double dt = now - d->last_stats_s;
-    if (dt <= 0) {
-        return;
-    }
-    uint64_t out = s.profiles_acked + s.risk_acked + s.dlq_acked;
-    uint64_t last_out = d->last.profiles_acked + d->last.risk_acked + d->last.dlq_acked;
+    double in, out;
+    rates(d, &s, &d->last, &d->last_stats_s, &in, &out);
     ch_log(CH_LOG_INFO,
            "in %.0f ev/s, out %.0f msg/s | total in %llu, profiles %llu, risk %llu (alerts "
            "%llu), bad %llu | users %zu | segments %s | partitions %zu | in flight %zu batch(es)",
-           (double)(s.consumed - d->last.consumed) / dt, (double)(out - last_out) / dt,
-           (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
+           in, out, (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
            (unsigned long long)s.risk_acked, (unsigned long long)s.alerts,
            (unsigned long long)s.bad_total, s.users,
            d->cfg->segments_k == 0 ? "off" : s.segments_ready ? "online" : "warming up",
            s.assigned_partitions, s.inflight_batches);
-    d->last = s;
-    d->last_stats_s = now;
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents) {
@@ -144,6 +190,7 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents) {
     daemon_ctx_t *d = w->data;
     ch_log(CH_LOG_NOTICE, "%s: stopping (flush outputs, commit, leave the group)",
            strsignal(w->signum));
+    sd_notify(0, "STOPPING=1\nSTATUS=stopping: flushing outputs and committing offsets");
     stop_loop(d, 0);
 }
 
@@ -152,7 +199,9 @@ static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents) {
     (void)revents;
     daemon_ctx_t *d = w->data;
     ch_log(CH_LOG_NOTICE, "SIGHUP: reloading the model");
+    sd_notify(0, "RELOADING=1");
     ch_pipeline_reload_model(d->pipe);
+    sd_notify(0, "READY=1");
 }
 
 static void on_model_change(struct ev_loop *loop, ev_stat *w, int revents) {
@@ -166,6 +215,50 @@ static void on_model_change(struct ev_loop *loop, ev_stat *w, int revents) {
     }
     ch_log(CH_LOG_NOTICE, "model file %s changed: reloading", w->path);
     ch_pipeline_reload_model(d->pipe);
+}
+
+/* ---------------------------------------------------------------- HTTP routes */
+
+static void http_handler(void *opaque, const char *path, size_t len, ch_http_reply_t *rep) {
+    daemon_ctx_t *d = opaque;
+    ch_buf_t *b = rep->body;
+    char why[256];
+#define IS(lit) (len == sizeof(lit) - 1 && memcmp(path, lit, len) == 0)
+    if (IS("/healthz")) {
+        rep->status = 200;
+        ch_buf_printf(b, "ok\n");
+    } else if (IS("/readyz")) {
+        bool ready = ch_pipeline_ready(d->pipe, why, sizeof(why));
+        rep->status = ready ? 200 : 503;
+        ch_buf_printf(b, "%s\n", ready ? "ready" : why);
+    } else if (IS("/metrics")) {
+        ch_metrics_ctx_t mc = {d->start_time_s, ch_http_requests(d->http)};
+        rep->status = ch_metrics_render(d->pipe, d->cfg, &mc, b) == 0 ? 200 : 500;
+        rep->content_type = "text/plain; version=0.0.4; charset=utf-8";
+    } else if (len > 7 && memcmp(path, "/users/", 7) == 0) {
+        int r = ch_pipeline_user_json(d->pipe, path + 7, len - 7, b);
+        rep->content_type = "application/json";
+        rep->status = r == 0 ? 200 : r == -ENOENT ? 404 : 500;
+        if (r < 0) {
+            b->len = 0;
+            ch_buf_printf(b, "{\"error\":\"%s\",\"user_id\":",
+                          r == -ENOENT ? "unknown user (never seen, or evicted)" : "internal");
+            ch_json_string(b, path + 7, len - 7);
+            ch_buf_printf(b, "}\n");
+        } else {
+            ch_buf_printf(b, "\n");
+        }
+    } else if (IS("/")) {
+        rep->status = 200;
+        ch_buf_printf(b, "cohortd %s\n/healthz  process alive\n/readyz   ready to serve "
+                         "(503 with the reason otherwise)\n/metrics  Prometheus metrics\n"
+                         "/users/<user_id>  a user's features, segment and risk (JSON)\n",
+                      CH_VERSION);
+    } else {
+        rep->status = 404;
+        ch_buf_printf(b, "not found (see /)\n");
+    }
+#undef IS
 }
 
 static void usage(FILE *f) {
@@ -347,10 +440,43 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     d.last_save_s = ch_now_s();
-    d.last_stats_s = ch_now_s();
+    d.last_stats_s = d.last_status_s = ch_now_s();
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    d.start_time_s = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
+
+    if (strcmp(cfg.http_listen, "off") != 0) {
+        r = ch_http_new(d.loop, cfg.http_listen, (size_t)cfg.http_max_connections, http_handler,
+                        &d, &d.http, err, sizeof(err));
+        if (r < 0) {
+            ch_log(CH_LOG_ERR, "%s", err);
+            d.pipe = ch_pipeline_free(d.pipe);
+            ev_loop_destroy(d.loop);
+            ch_config_done(&cfg);
+            return r == -EINVAL ? 2 : 1;
+        }
+        ch_log(CH_LOG_INFO, "http: serving /healthz /readyz /metrics /users/<id> on %s",
+               ch_http_address(d.http));
+    }
+    uint64_t wd_usec = 0;
+    if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
+        double iv = (double)wd_usec / 2e6;
+        ev_timer_init(&d.watchdog, on_watchdog, iv, iv);
+        ev_timer_start(d.loop, &d.watchdog);
+        ch_log(CH_LOG_INFO, "systemd watchdog: pinging every %.3f s", iv);
+    }
+    d.notify = getenv("NOTIFY_SOCKET") != NULL;
+    if (d.notify) {
+        ev_timer_init(&d.status, on_status, 5.0, 5.0);
+        d.status.data = &d;
+        ev_timer_start(d.loop, &d.status);
+    }
+    sd_notifyf(0, "READY=1\nSTATUS=subscribed to %s; waiting for partitions",
+               cfg.input_topic);
 
     ev_run(d.loop, 0);
 
+    d.http = ch_http_free(d.http);
     r = ch_pipeline_shutdown(d.pipe);
     ch_pipeline_save_segments(d.pipe);
     ch_pipeline_stats_t s;

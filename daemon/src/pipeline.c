@@ -33,6 +33,7 @@
 
 #include "ch/codec.h"
 #include "ch/features.h"
+#include "ch/json.h"
 #include "ch/kafka.h"
 #include "ch/kmeans.h"
 #include "ch/onnx.h"
@@ -48,8 +49,11 @@ typedef struct batch {
     size_t outstanding;
     bool sealed;
     bool failed;
+    bool observed; /* latency recorded */
     part_off_t *parts;
     size_t n_parts, cap_parts;
+    int64_t *ev_ts, *kafka_ts; /* per folded event, batch.max_events each */
+    size_t n_ts;
 } batch_t;
 
 /* An event folded into user state in this batch, awaiting scoring and outputs. */
@@ -118,11 +122,28 @@ struct ch_pipeline {
     bool *assigned;
     size_t n_assigned_cap;
 
+    uint64_t *seg_users; /* users currently in each segment */
+
     bool stopping;
     bool failed;
     ch_ratelimit_t bad_rl, kafka_rl;
     ch_pipeline_stats_t st;
 };
+
+/* Histogram buckets: batch sizes in messages; times in seconds. */
+static const double batch_event_bounds[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
+                                            10000, 20000, 65536};
+static const double batch_second_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                             0.01,   0.025,   0.05,   0.1,   0.25,   0.5,   1};
+static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,  0.25,
+                                        0.5,   1,      2.5,   5,    10,   30,   60,   300, 3600};
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static double wall_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (double)now.tv_sec * 1000.0 + (double)now.tv_nsec / 1e6;
+}
 
 const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r) {
     return r < CH_BAD_N ? bad_names[r] : "unknown";
@@ -139,7 +160,9 @@ static batch_t *ring_push(ch_pipeline_t *p) {
     b->outstanding = 0;
     b->sealed = false;
     b->failed = false;
+    b->observed = false;
     b->n_parts = 0;
+    b->n_ts = 0;
     return b;
 }
 
@@ -186,6 +209,27 @@ static void advance(ch_pipeline_t *p) {
     }
 }
 
+/* End-to-end latency of a batch's events, once all its outputs are acknowledged
+ * (the moment its offsets may be committed). Clock skew between producers and
+ * this host can make a latency negative: it is counted as 0. */
+static void observe_if_done(ch_pipeline_t *p, batch_t *b) {
+    if (!b->sealed || b->outstanding || b->failed || b->observed) {
+        return;
+    }
+    b->observed = true;
+    if (b->n_ts == 0) {
+        return;
+    }
+    double now = wall_ms();
+    for (size_t i = 0; i < b->n_ts; i++) {
+        ch_histogram_observe(&p->st.latency_event, fmax(0, now - (double)b->ev_ts[i]) / 1000.0);
+        if (b->kafka_ts[i] >= 0) {
+            ch_histogram_observe(&p->st.latency_kafka,
+                                 fmax(0, now - (double)b->kafka_ts[i]) / 1000.0);
+        }
+    }
+}
+
 /* The delivery opaque is the batch pointer; its two low bits say which output. */
 #define OUT_PROFILE ((uintptr_t)0)
 #define OUT_DLQ ((uintptr_t)1)
@@ -217,6 +261,7 @@ static void on_delivery(void *opaque, void *msg_opaque, int err, const char *err
                    errstr ? errstr : "unknown error");
         }
     }
+    observe_if_done(p, b);
     advance(p);
 }
 
@@ -382,6 +427,8 @@ static void process(ch_pipeline_t *p, batch_t *b, const ch_msg_t *m, double now_
     p->prev_seg[p->n_rows] = u->segment;
     p->prev_gen[p->n_rows] = u->seg_gen;
     p->n_rows++;
+    b->ev_ts[b->n_ts] = ev.ts_ms;
+    b->kafka_ts[b->n_ts++] = m->timestamp_ms;
 }
 
 /* The row's user record, or NULL if it was evicted later in the same batch. */
@@ -424,8 +471,10 @@ static void emit_profile(ch_pipeline_t *p, batch_t *b, size_t i, ch_user_t *u) {
                          .features = p->X + i * p->n_feats,
                          .n_features = p->n_feats,
                          .model_version = p->model ? ch_onnx_version(p->model) : NULL};
-    if (ch_encode_profile(&p->out, (ch_framing_t)p->cfg->output_framing, p->profile_schema_id,
-                          &prof) < 0) {
+    if ((p->cfg->output_format == CH_FORMAT_JSON
+             ? ch_json_encode_profile(&p->out, &prof)
+             : ch_encode_profile(&p->out, (ch_framing_t)p->cfg->output_framing,
+                                 p->profile_schema_id, &prof)) < 0) {
         fail_batch(p, b, "profile update");
         return;
     }
@@ -486,8 +535,10 @@ static void emit_risk(ch_pipeline_t *p, batch_t *b, size_t i, ch_user_t *u) {
                     .reasons = p->reasons,
                     .n_reasons = alert ? top_reasons(p, i) : 0,
                     .model_version = ch_onnx_version(p->model)};
-    if (ch_encode_risk(&p->out, (ch_framing_t)p->cfg->output_framing, p->risk_schema_id, &rk) <
-        0) {
+    if ((p->cfg->output_format == CH_FORMAT_JSON
+             ? ch_json_encode_risk(&p->out, &rk)
+             : ch_encode_risk(&p->out, (ch_framing_t)p->cfg->output_framing, p->risk_schema_id,
+                              &rk)) < 0) {
         fail_batch(p, b, "risk update");
         return;
     }
@@ -506,6 +557,7 @@ static void finish_batch(ch_pipeline_t *p, batch_t *b) {
     }
     if (p->model) {
         ch_onnx_eval(p->model, p->X, n, p->scores);
+        p->st.scored += n;
     }
     if (p->km) {
         ch_kmeans_update(p->km, p->X, n, p->st.stream_time_ms, p->prev_seg, p->prev_gen, p->seg);
@@ -517,6 +569,12 @@ static void finish_batch(ch_pipeline_t *p, batch_t *b) {
             emit_risk(p, b, i, u);
         }
         if (u && p->km && p->seg[i].segment >= 0) {
+            if (u->segment != p->seg[i].segment) {
+                if (u->segment >= 0) {
+                    p->seg_users[u->segment]--;
+                }
+                p->seg_users[p->seg[i].segment]++;
+            }
             u->segment = (int16_t)p->seg[i].segment;
             u->seg_gen = p->seg[i].generation;
         }
@@ -540,10 +598,10 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
     }
     batch_t *b = ring_push(p);
     p->st.batches++;
+    ch_histogram_observe(&p->st.batch_events, n);
+    double t0 = ch_now_s();
     /* One wall-clock reading per batch bounds ts_in_future (input.max_future is coarse). */
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    double now_ms = (double)now.tv_sec * 1000.0 + (double)now.tv_nsec / 1e6;
+    double now_ms = wall_ms();
     for (int i = 0; i < n && !p->failed; i++) {
         const ch_msg_t *m = &p->msgs[i];
         if (m->err) {
@@ -572,7 +630,9 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
     }
     finish_batch(p, b);
     b->sealed = true;
+    ch_histogram_observe(&p->st.batch_seconds, ch_now_s() - t0);
     ch_producer_poll(p->producer);
+    observe_if_done(p, b); /* a batch without outputs (or acknowledged already) */
     advance(p);
     return n;
 }
@@ -594,9 +654,115 @@ bool ch_pipeline_failed(const ch_pipeline_t *p) {
     return p->failed;
 }
 
+int ch_pipeline_lag(ch_pipeline_t *p, ch_partition_lag_t *out, size_t cap) {
+    return ch_consumer_lag(p->consumer, out, cap);
+}
+
+bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
+    if (p->failed || p->stopping) {
+        snprintf(why, len, "%s", p->failed ? "failed: stopping" : "stopping");
+        return false;
+    }
+    if (p->cfg->model_path[0] && !p->model) {
+        snprintf(why, len, "no model loaded");
+        return false;
+    }
+    ch_partition_lag_t lag[64];
+    int n = ch_consumer_lag(p->consumer, lag, N_OF(lag));
+    if (n <= 0) {
+        snprintf(why, len, "no partitions of %s assigned%s", p->cfg->input_topic,
+                 n < 0 ? " (assignment unavailable)" : "");
+        return false;
+    }
+    for (int i = 0; i < n && i < (int)N_OF(lag); i++) {
+        if (lag[i].lag < 0) {
+            snprintf(why, len, "lag of %s[%d] not known yet", p->cfg->input_topic,
+                     lag[i].partition);
+            return false;
+        }
+    }
+    return true;
+}
+
+int ch_pipeline_segment(const ch_pipeline_t *p, size_t j, uint64_t *ret_users,
+                        double *ret_weight, uint32_t *ret_generation) {
+    if (!p->km || j >= (size_t)p->cfg->segments_k) {
+        return -ENOENT;
+    }
+    double w = 0;
+    uint32_t gen = 0;
+    ch_kmeans_centroid(p->km, j, &w, &gen);
+    *ret_users = p->seg_users[j];
+    *ret_weight = w;
+    *ret_generation = gen;
+    return 0;
+}
+
+#define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)
+
+int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_buf_t *out) {
+    ch_user_t *u = ch_users_find(p->users, user_id, len);
+    if (!u) {
+        return -ENOENT;
+    }
+    /* Between batches the batch scratch is free: row 0 holds this user's vector. */
+    ch_features_read(p->fs, u->state, u->t_ref_ms, p->feats);
+    for (size_t i = 0; i < p->n_feats; i++) {
+        p->X[i] = (float)p->feats[i];
+    }
+    out->len = 0;
+    int r = LIT(out, "{\"user_id\":");
+    r = r ? r : ch_json_string(out, user_id, len);
+    r = r ? r : ch_buf_printf(out, ",\"partition\":%d,\"ts\":%lld,\"features\":{",
+                              (int)u->partition, (long long)u->t_ref_ms);
+    for (size_t i = 0; !r && i < p->n_feats; i++) {
+        r = i ? LIT(out, ",") : 0;
+        r = r ? r : ch_json_string(out, p->feat_names[i], strlen(p->feat_names[i]));
+        r = r ? r : LIT(out, ":");
+        r = r ? r : ch_json_float(out, p->X[i]);
+    }
+    r = r ? r : LIT(out, "},\"segment\":");
+    if (!r && u->segment >= 0) {
+        r = ch_buf_printf(out, "%d,\"segment_generation\":%u", (int)u->segment,
+                          (unsigned)u->seg_gen);
+    } else if (!r) {
+        r = LIT(out, "null,\"segment_generation\":null");
+    }
+    r = r ? r : LIT(out, ",\"risk\":");
+    if (!r && p->model) {
+        ch_onnx_eval(p->model, p->X, 1, p->scores);
+        float score = p->scores[0];
+        size_t nr = top_reasons(p, 0);
+        r = LIT(out, "{\"score\":");
+        r = r ? r : ch_json_float(out, score);
+        r = r ? r : ch_buf_printf(out, ",\"alert\":%s,\"threshold\":",
+                                  score >= (float)p->cfg->risk_threshold ? "true" : "false");
+        r = r ? r : ch_json_float(out, (float)p->cfg->risk_threshold);
+        r = r ? r : LIT(out, ",\"reasons\":[");
+        for (size_t i = 0; !r && i < nr; i++) {
+            r = i ? LIT(out, ",") : 0;
+            r = r ? r : LIT(out, "{\"feature\":");
+            r = r ? r : ch_json_string(out, p->reasons[i].feature, strlen(p->reasons[i].feature));
+            r = r ? r : LIT(out, ",\"contribution\":");
+            r = r ? r : ch_json_float(out, p->reasons[i].contribution);
+            r = r ? r : LIT(out, "}");
+        }
+        r = r ? r : LIT(out, "],\"model_version\":");
+        r = r ? r : ch_json_string(out, ch_onnx_version(p->model), strlen(ch_onnx_version(p->model)));
+        r = r ? r : LIT(out, "}");
+    } else if (!r) {
+        r = LIT(out, "null");
+    }
+    r = r ? r : LIT(out, ",\"last_published_score\":");
+    r = r ? r : ch_json_float(out, u->last_score);
+    r = r ? r : LIT(out, "}");
+    return r;
+}
+
 void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     *ret_stats = p->st;
     ret_stats->users = ch_users_count(p->users);
+    ret_stats->users_bytes = ch_users_memory_bytes(p->users);
     ret_stats->users_evicted_cap = ch_users_cap_evictions(p->users);
     ret_stats->inflight_batches = p->ring_count;
     ret_stats->assigned_partitions = ch_consumer_assigned(p->consumer);
@@ -660,6 +826,13 @@ static void on_revoke(void *opaque, const int32_t *parts, size_t n, bool lost) {
 }
 
 /* ---------------------------------------------------------------- life cycle */
+
+static void on_user_evicted(void *opaque, const ch_user_t *rec) {
+    ch_pipeline_t *p = opaque;
+    if (rec->segment >= 0 && p->seg_users) {
+        p->seg_users[rec->segment]--;
+    }
+}
 
 static void kafka_log(void *opaque, int level, const char *fac, const char *msg) {
     (void)opaque;
@@ -920,6 +1093,10 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     }
     p->cfg = cfg;
     ch_buf_init(&p->out);
+    ch_histogram_init(&p->st.batch_events, batch_event_bounds, N_OF(batch_event_bounds));
+    ch_histogram_init(&p->st.batch_seconds, batch_second_bounds, N_OF(batch_second_bounds));
+    ch_histogram_init(&p->st.latency_event, latency_bounds, N_OF(latency_bounds));
+    ch_histogram_init(&p->st.latency_kafka, latency_bounds, N_OF(latency_bounds));
     ch_ratelimit_init(&p->bad_rl, (double)cfg->log_bad_input_per_min);
     ch_ratelimit_init(&p->kafka_rl, 10);
     const char **keys = NULL, **vals = NULL;
@@ -935,6 +1112,7 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
                  cfg->state_max_users, strerror(-r));
         goto out_fail;
     }
+    ch_users_set_evict_hook(p->users, on_user_evicted, p);
     r = ch_schemas_load(cfg->schema_dir, &p->schemas, errbuf, errlen);
     if (r < 0) {
         goto out_fail;
@@ -968,9 +1146,18 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     p->ring_cap = (size_t)cfg->batch_max_inflight;
     p->ring = calloc(p->ring_cap, sizeof(*p->ring));
     p->msgs = calloc((size_t)cfg->batch_max_events, sizeof(*p->msgs));
-    if (!p->ring || !p->msgs) {
+    p->seg_users = calloc(cfg->segments_k > 0 ? (size_t)cfg->segments_k : 1, sizeof(uint64_t));
+    if (!p->ring || !p->msgs || !p->seg_users) {
         r = -ENOMEM;
         goto out_fail;
+    }
+    for (size_t i = 0; i < p->ring_cap; i++) {
+        p->ring[i].ev_ts = calloc((size_t)cfg->batch_max_events, sizeof(int64_t));
+        p->ring[i].kafka_ts = calloc((size_t)cfg->batch_max_events, sizeof(int64_t));
+        if (!p->ring[i].ev_ts || !p->ring[i].kafka_ts) {
+            r = -ENOMEM;
+            goto out_fail;
+        }
     }
 
     size_t n = 0;
@@ -1058,6 +1245,8 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     if (p->ring) {
         for (size_t i = 0; i < p->ring_cap; i++) {
             free(p->ring[i].parts);
+            free(p->ring[i].ev_ts);
+            free(p->ring[i].kafka_ts);
         }
     }
     free(p->ring);
@@ -1067,6 +1256,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     free(p->feats);
     free(p->feats_f);
     free(p->assigned);
+    free(p->seg_users);
     ch_buf_done(&p->out);
     free(p);
     return NULL;

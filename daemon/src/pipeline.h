@@ -8,7 +8,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ch/codec.h"
+#include "ch/kafka.h"
 #include "config.h"
+#include "histogram.h"
 
 typedef enum ch_bad_reason {
     CH_BAD_DECODE,          /* not decodable as Avro in the expected framing */
@@ -29,6 +32,7 @@ typedef struct ch_pipeline_stats {
     uint64_t bad_total;
     uint64_t profiles_sent, profiles_acked;
     uint64_t risk_sent, risk_acked;
+    uint64_t scored; /* rows scored by the risk model */
     uint64_t alerts; /* risk scores >= risk.threshold */
     uint64_t model_reloads, model_reload_failures;
     bool segments_ready;
@@ -39,9 +43,14 @@ typedef struct ch_pipeline_stats {
     uint64_t batches;
     uint64_t users_evicted_idle, users_evicted_cap, users_evicted_revoke;
     size_t users;
+    size_t users_bytes;
     size_t inflight_batches;
     size_t assigned_partitions;
     int64_t stream_time_ms;
+    ch_histogram_t batch_events;   /* messages per batch */
+    ch_histogram_t batch_seconds;  /* decode to enqueue of a batch's outputs */
+    ch_histogram_t latency_event;  /* event ts -> outputs acknowledged, seconds */
+    ch_histogram_t latency_kafka;  /* Kafka message timestamp -> outputs acknowledged */
 } ch_pipeline_stats_t;
 
 typedef struct ch_pipeline ch_pipeline_t;
@@ -91,6 +100,32 @@ bool ch_pipeline_failed(const ch_pipeline_t *p);
 
 /** @brief Counters and gauges. */
 void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats);
+
+/**
+ * @brief The lag of each assigned input partition (see ch_consumer_lag()).
+ * @returns the number of assigned partitions (may exceed cap), -EIO.
+ */
+int ch_pipeline_lag(ch_pipeline_t *p, ch_partition_lag_t *out, size_t cap);
+
+/**
+ * @brief Whether the daemon is ready to serve: subscribed, model loaded (if
+ *        configured), partitions assigned, and the lag of each one known.
+ * @param why receives the first unmet condition when not ready.
+ */
+bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len);
+
+/** @brief Segment j (< segments.k): users currently in it, centroid weight, generation.
+ *  @returns 0, -ENOENT (no segments, or j out of range). */
+int ch_pipeline_segment(const ch_pipeline_t *p, size_t j, uint64_t *ret_users,
+                        double *ret_weight, uint32_t *ret_generation);
+
+/**
+ * @brief One user's current state as a JSON object (replacing out's contents): the
+ *        features at the user's stream time (by name), segment, and the risk score of
+ *        those features under the loaded model with its reasons. Call between batches.
+ * @returns 0, -ENOENT (unknown user), -ENOMEM.
+ */
+int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_buf_t *out);
 
 /** @brief The metric label of a bad-input reason. */
 const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r);

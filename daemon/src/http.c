@@ -1,0 +1,417 @@
+/*
+ * http.c - minimal HTTP/1.1 server on the libev loop.
+ *
+ * Design notes
+ * - Scope: health probes, Prometheus scrapes and curl. GET and HEAD, one request
+ *   per connection ("Connection: close"), request head at most 8 KiB, no body.
+ *   Anything else gets a precise 4xx/5xx, never a crash or a hang.
+ * - Every socket is non-blocking and close-on-exec; a connection lives at most
+ *   CONN_TIMEOUT_S, so a slow or stalled client cannot pin a slot. At most
+ *   max_conns are open; beyond that a new connection is closed at once.
+ * - The handler runs on the loop thread between batches, so it may read the
+ *   pipeline's state without locks. The reply is built whole, then written as
+ *   the socket accepts it.
+ */
+#include "http.h"
+#include "errbuf.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ev.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define HEAD_MAX 8192
+#define CONN_TIMEOUT_S 10.0
+
+typedef struct conn conn_t;
+
+struct ch_http {
+    struct ev_loop *loop;
+    int fd;
+    ev_io accept_io;
+    ch_http_handler_fn *handler;
+    void *opaque;
+    size_t max_conns, n_conns;
+    conn_t *conns; /* doubly linked */
+    ch_buf_t body;
+    uint64_t requests;
+    char address[128];
+};
+
+struct conn {
+    ev_io io;
+    ev_timer timer;
+    ch_http_t *srv;
+    int fd;
+    size_t in_len;
+    ch_buf_t out;
+    size_t out_off;
+    conn_t *prev, *next;
+    char in[HEAD_MAX];
+};
+
+static void conn_close(conn_t *c) {
+    ch_http_t *h = c->srv;
+    ev_io_stop(h->loop, &c->io);
+    ev_timer_stop(h->loop, &c->timer);
+    close(c->fd);
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        h->conns = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    h->n_conns--;
+    ch_buf_done(&c->out);
+    free(c);
+}
+
+static const char *status_text(int status) {
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
+    }
+}
+
+static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents);
+
+/* Writes what the socket takes; closes when done or on error. */
+static void conn_flush(conn_t *c) {
+    while (c->out_off < c->out.len) {
+        ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            return; /* wait for EV_WRITE */
+        }
+        break;
+    }
+    shutdown(c->fd, SHUT_WR);
+    conn_close(c);
+}
+
+static void conn_reply(conn_t *c, int status, const char *ctype, const void *body, size_t len,
+                       bool head_only) {
+    ch_http_t *h = c->srv;
+    c->out.len = 0;
+    int r = ch_buf_printf(&c->out,
+                          "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                          "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
+                          status, status_text(status), ctype, len,
+                          status == 405 ? "Allow: GET, HEAD\r\n" : "");
+    if (r == 0 && !head_only && len) {
+        r = ch_buf_append(&c->out, body, len);
+    }
+    if (r < 0) {
+        conn_close(c);
+        return;
+    }
+    h->requests++;
+    c->out_off = 0;
+    ev_io_stop(h->loop, &c->io);
+    ev_io_set(&c->io, c->fd, EV_WRITE);
+    ev_io_start(h->loop, &c->io);
+    conn_flush(c);
+}
+
+static void reply_text(conn_t *c, int status, const char *text, bool head_only) {
+    conn_reply(c, status, "text/plain; charset=utf-8", text, strlen(text), head_only);
+}
+
+static int hexval(char ch) {
+    if (ch >= '0' && ch <= '9') {
+        return ch - '0';
+    }
+    if (ch >= 'a' && ch <= 'f') {
+        return ch - 'a' + 10;
+    }
+    if (ch >= 'A' && ch <= 'F') {
+        return ch - 'A' + 10;
+    }
+    return -1;
+}
+
+/* Decodes %XX in place. @returns the new length, or -1 on a bad escape. */
+static long percent_decode(char *s, size_t n) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            if (i + 2 >= n) {
+                return -1;
+            }
+            int a = hexval(s[i + 1]), b = hexval(s[i + 2]);
+            if (a < 0 || b < 0) {
+                return -1;
+            }
+            s[o++] = (char)(a * 16 + b);
+            i += 2;
+        } else {
+            s[o++] = s[i];
+        }
+    }
+    return (long)o;
+}
+
+/* The head is complete in c->in[0..end): parse the request line and answer. */
+static void conn_serve(conn_t *c, size_t end) {
+    ch_http_t *h = c->srv;
+    char *line = c->in;
+    char *eol = memchr(line, '\n', end);
+    size_t llen = (size_t)(eol - line);
+    if (llen && line[llen - 1] == '\r') {
+        llen--;
+    }
+    char *sp1 = memchr(line, ' ', llen);
+    char *sp2 = sp1 ? memchr(sp1 + 1, ' ', llen - (size_t)(sp1 + 1 - line)) : NULL;
+    if (!sp1 || !sp2 || sp2 == sp1 + 1 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
+        reply_text(c, 400, "malformed request line\n", false);
+        return;
+    }
+    size_t mlen = (size_t)(sp1 - line);
+    bool head = mlen == 4 && memcmp(line, "HEAD", 4) == 0;
+    if (!head && !(mlen == 3 && memcmp(line, "GET", 3) == 0)) {
+        reply_text(c, 405, "only GET and HEAD are served\n", false);
+        return;
+    }
+    char *path = sp1 + 1;
+    size_t plen = (size_t)(sp2 - path);
+    char *q = memchr(path, '?', plen);
+    if (q) {
+        plen = (size_t)(q - path);
+    }
+    if (plen == 0 || path[0] != '/') {
+        reply_text(c, 400, "the request target must be an absolute path\n", false);
+        return;
+    }
+    long dlen = percent_decode(path, plen);
+    if (dlen < 0) {
+        reply_text(c, 400, "bad percent-encoding in the path\n", false);
+        return;
+    }
+    h->body.len = 0;
+    ch_http_reply_t rep = {404, "text/plain; charset=utf-8", &h->body};
+    h->handler(h->opaque, path, (size_t)dlen, &rep);
+    conn_reply(c, rep.status, rep.content_type, h->body.data, h->body.len, head);
+}
+
+static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    conn_t *c = (conn_t *)((char *)w - offsetof(conn_t, io));
+    if (revents & EV_WRITE) {
+        conn_flush(c);
+        return;
+    }
+    for (;;) {
+        if (c->in_len == sizeof(c->in)) {
+            reply_text(c, 431, "request head larger than 8 KiB\n", false);
+            return;
+        }
+        ssize_t n = recv(c->fd, c->in + c->in_len, sizeof(c->in) - c->in_len, MSG_DONTWAIT);
+        if (n == 0) {
+            conn_close(c); /* closed before a full request */
+            return;
+        }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                return;
+            }
+            conn_close(c);
+            return;
+        }
+        size_t from = c->in_len >= 3 ? c->in_len - 3 : 0;
+        c->in_len += (size_t)n;
+        for (size_t i = from; i + 1 < c->in_len; i++) {
+            if (c->in[i] == '\n' &&
+                (c->in[i + 1] == '\n' ||
+                 (c->in[i + 1] == '\r' && i + 2 < c->in_len && c->in[i + 2] == '\n'))) {
+                conn_serve(c, i + 1);
+                return;
+            }
+        }
+    }
+}
+
+static void on_conn_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    conn_t *c = (conn_t *)((char *)w - offsetof(conn_t, timer));
+    conn_close(c);
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)revents;
+    ch_http_t *h = w->data;
+    for (int i = 0; i < 64; i++) {
+        int fd = accept4(h->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            return; /* EAGAIN, or a transient error (EMFILE, ECONNABORTED): retry later */
+        }
+        conn_t *c = h->n_conns < h->max_conns ? malloc(sizeof(*c)) : NULL;
+        if (!c) {
+            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: "
+                                       "0\r\nConnection: close\r\n\r\n";
+            ssize_t sent = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)sent;
+            close(fd);
+            continue;
+        }
+        c->srv = h;
+        c->fd = fd;
+        c->in_len = 0;
+        c->out_off = 0;
+        ch_buf_init(&c->out);
+        c->prev = NULL;
+        c->next = h->conns;
+        if (h->conns) {
+            h->conns->prev = c;
+        }
+        h->conns = c;
+        h->n_conns++;
+        ev_io_init(&c->io, on_conn_io, fd, EV_READ);
+        ev_timer_init(&c->timer, on_conn_timeout, CONN_TIMEOUT_S, 0);
+        ev_io_start(loop, &c->io);
+        ev_timer_start(loop, &c->timer);
+    }
+}
+
+/* Splits "host:port" or "[v6]:port". */
+static int split_address(const char *address, char *host, size_t hlen, char *port, size_t plen) {
+    const char *colon;
+    const char *h0 = address;
+    size_t hn;
+    if (address[0] == '[') {
+        const char *close_br = strchr(address, ']');
+        if (!close_br || close_br[1] != ':') {
+            return -EINVAL;
+        }
+        h0 = address + 1;
+        hn = (size_t)(close_br - h0);
+        colon = close_br + 1;
+    } else {
+        colon = strrchr(address, ':');
+        if (!colon || strchr(address, ':') != colon) {
+            return -EINVAL;
+        }
+        hn = (size_t)(colon - address);
+    }
+    if (hn == 0 || hn >= hlen || strlen(colon + 1) == 0 || strlen(colon + 1) >= plen) {
+        return -EINVAL;
+    }
+    memcpy(host, h0, hn);
+    host[hn] = '\0';
+    snprintf(port, plen, "%s", colon + 1);
+    char *end = NULL;
+    long p = strtol(port, &end, 10);
+    return *end || p < 0 || p > 65535 ? -EINVAL : 0;
+}
+
+int ch_http_new(struct ev_loop *loop, const char *address, size_t max_conns,
+                ch_http_handler_fn *handler, void *opaque, ch_http_t **ret_http, char *errbuf,
+                size_t errlen) {
+    char host[64], port[16];
+    if (split_address(address, host, sizeof(host), port, sizeof(port)) < 0) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "http.listen: expected HOST:PORT (e.g. 127.0.0.1:9180, [::1]:9180) or off, "
+                    "got '%s'",
+                    address);
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    int gr = getaddrinfo(host, port, &hints, &ai);
+    if (gr != 0) {
+        return fail(errbuf, errlen, -EINVAL, "http.listen: %s: %s", address, gai_strerror(gr));
+    }
+    ch_http_t *h = calloc(1, sizeof(*h));
+    if (!h) {
+        freeaddrinfo(ai);
+        return -ENOMEM;
+    }
+    h->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1, r = 0;
+    if (h->fd < 0 || setsockopt(h->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(h->fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(h->fd, 64) < 0) {
+        int e = errno;
+        r = fail(errbuf, errlen, e == EADDRINUSE || e == EACCES ? -e : -EIO,
+                 "http.listen: cannot listen on %s: %s", address, strerror(e));
+    }
+    freeaddrinfo(ai);
+    if (r < 0) {
+        if (h->fd >= 0) {
+            close(h->fd);
+        }
+        free(h);
+        return r;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char numhost[64] = "?", numport[16] = "?";
+    if (getsockname(h->fd, (struct sockaddr *)&ss, &sl) == 0) {
+        getnameinfo((struct sockaddr *)&ss, sl, numhost, sizeof(numhost), numport,
+                    sizeof(numport), NI_NUMERICHOST | NI_NUMERICSERV);
+    }
+    snprintf(h->address, sizeof(h->address), ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s",
+             numhost, numport);
+    h->loop = loop;
+    h->handler = handler;
+    h->opaque = opaque;
+    h->max_conns = max_conns;
+    ch_buf_init(&h->body);
+    ev_io_init(&h->accept_io, on_accept, h->fd, EV_READ);
+    h->accept_io.data = h;
+    ev_io_start(loop, &h->accept_io);
+    *ret_http = h;
+    return 0;
+}
+
+ch_http_t *ch_http_free(ch_http_t *h) {
+    if (!h) {
+        return NULL;
+    }
+    while (h->conns) {
+        conn_close(h->conns);
+    }
+    ev_io_stop(h->loop, &h->accept_io);
+    close(h->fd);
+    ch_buf_done(&h->body);
+    free(h);
+    return NULL;
+}
+
+const char *ch_http_address(const ch_http_t *h) {
+    return h->address;
+}
+
+uint64_t ch_http_requests(const ch_http_t *h) {
+    return h->requests;
+}

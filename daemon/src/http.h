@@ -1,0 +1,50 @@
+/*
+ * http.h - a minimal HTTP/1.1 server on the daemon's libev loop, for health,
+ * metrics and state inspection. GET and HEAD only, one request per connection.
+ */
+#ifndef CH_HTTP_H
+#define CH_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ch/codec.h"
+
+struct ev_loop;
+
+typedef struct ch_http ch_http_t;
+
+/* An answer: status, content type and body. */
+typedef struct ch_http_reply {
+    int status;
+    const char *content_type;
+    ch_buf_t *body; /* filled by the handler (emptied before the call) */
+} ch_http_reply_t;
+
+/*
+ * Serves one request (path without the query string, already percent-decoded;
+ * path_len bytes, may contain NUL). Runs on the loop thread.
+ */
+typedef void(ch_http_handler_fn)(void *opaque, const char *path, size_t path_len,
+                                 ch_http_reply_t *reply);
+
+/**
+ * @brief Listen on "HOST:PORT" ("[v6]:PORT" for IPv6; port 0 picks a free port).
+ * @param max_conns connections served at once; more are accepted and closed at once.
+ * @returns 0, -EINVAL (unparsable address; errbuf says why), -EADDRINUSE, -EACCES,
+ *          -EIO (other socket errors), -ENOMEM.
+ */
+int ch_http_new(struct ev_loop *loop, const char *address, size_t max_conns,
+                ch_http_handler_fn *handler, void *opaque, ch_http_t **ret_http, char *errbuf,
+                size_t errlen);
+
+/** @brief Close the listener and every connection. Accepts NULL. @returns NULL. */
+ch_http_t *ch_http_free(ch_http_t *h);
+
+/** @brief The address actually bound, "HOST:PORT". */
+const char *ch_http_address(const ch_http_t *h);
+
+/** @brief Requests answered so far. */
+uint64_t ch_http_requests(const ch_http_t *h);
+
+#endif

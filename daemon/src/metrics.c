@@ -1,0 +1,239 @@
+/*
+ * metrics.c - Prometheus text exposition (format 0.0.4).
+ *
+ * Design notes
+ * - Rendered on demand from one stats snapshot, so the numbers of one scrape
+ *   are consistent with each other. Counters end in _total; rates (events/s,
+ *   alert rate) are for PromQL's rate(), not computed here.
+ * - Every label value passes through escape_label(); model versions and topic
+ *   names come from files and configuration.
+ * - Nothing here allocates per metric beyond the output buffer.
+ */
+#include "metrics.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ch/kafka.h"
+
+#define MAX_LAG_PARTITIONS 4096
+
+typedef struct out {
+    ch_buf_t *b;
+    int err;
+} out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(out_t *o, const char *fmt, ...) {
+    if (o->err) {
+        return;
+    }
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(line)) {
+        o->err = -EINVAL;
+        return;
+    }
+    o->err = ch_buf_append(o->b, line, (size_t)n);
+}
+
+/* Label values: backslash, double quote and newline escaped; at most len-1 bytes. */
+static const char *escape_label(const char *s, char *buf, size_t len) {
+    size_t o = 0;
+    for (; *s && o + 3 < len; s++) {
+        if (*s == '\\' || *s == '"') {
+            buf[o++] = '\\';
+            buf[o++] = *s;
+        } else if (*s == '\n') {
+            buf[o++] = '\\';
+            buf[o++] = 'n';
+        } else {
+            buf[o++] = *s;
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+static void family(out_t *o, const char *name, const char *type, const char *help) {
+    put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void counter(out_t *o, const char *name, const char *help, uint64_t v) {
+    family(o, name, "counter", help);
+    put(o, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void gauge(out_t *o, const char *name, const char *help, double v) {
+    family(o, name, "gauge", help);
+    put(o, "%s %.17g\n", name, v);
+}
+
+/* One histogram series; labels is "" or 'name="value",'. */
+static void histogram(out_t *o, const char *name, const char *labels, const ch_histogram_t *h) {
+    for (size_t i = 0; i < h->n_bounds; i++) {
+        put(o, "%s_bucket{%sle=\"%.10g\"} %llu\n", name, labels, h->bounds[i],
+            (unsigned long long)ch_histogram_cumulative(h, i));
+    }
+    put(o, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, (unsigned long long)h->count);
+    size_t ll = strlen(labels);
+    if (ll) {
+        put(o, "%s_sum{%.*s} %.17g\n%s_count{%.*s} %llu\n", name, (int)ll - 1, labels, h->sum,
+            name, (int)ll - 1, labels, (unsigned long long)h->count);
+    } else {
+        put(o, "%s_sum %.17g\n%s_count %llu\n", name, h->sum, name,
+            (unsigned long long)h->count);
+    }
+}
+
+int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics_ctx_t *ctx,
+                      ch_buf_t *buf) {
+    ch_pipeline_stats_t s;
+    ch_pipeline_stats(p, &s);
+    buf->len = 0;
+    out_t o = {buf, 0};
+    char e1[CH_CONF_STR * 2], e2[CH_CONF_STR * 2];
+
+    family(&o, "cohortd_build_info", "gauge", "Version of cohortd and librdkafka.");
+    put(&o, "cohortd_build_info{version=\"%s\",librdkafka=\"%s\"} 1\n", CH_VERSION,
+        escape_label(ch_kafka_version(), e1, sizeof(e1)));
+    gauge(&o, "cohortd_start_time_seconds", "Unix time the process started.", ctx->start_time_s);
+    char why[256];
+    gauge(&o, "cohortd_ready", "1 when /readyz answers 200.",
+          ch_pipeline_ready(p, why, sizeof(why)) ? 1 : 0);
+
+    /* ---- input */
+    counter(&o, "cohortd_events_consumed_total", "Messages taken from the input topic.",
+            s.consumed);
+    counter(&o, "cohortd_events_processed_total", "Events folded into user state.", s.events_ok);
+    family(&o, "cohortd_events_bad_total", "counter",
+           "Bad input by reason; each one is forwarded to the dead-letter topic.");
+    for (int r = 0; r < CH_BAD_N; r++) {
+        put(&o, "cohortd_events_bad_total{reason=\"%s\"} %llu\n",
+            ch_pipeline_bad_reason_name((ch_bad_reason_t)r), (unsigned long long)s.bad[r]);
+    }
+    counter(&o, "cohortd_kafka_errors_total",
+            "Kafka client errors (consumer errors and client-level errors).", s.kafka_errors);
+
+    /* ---- outputs */
+    static const char *const kinds[] = {"profile", "risk", "dead_letter"};
+    const uint64_t sent[] = {s.profiles_sent, s.risk_sent, s.dlq_sent};
+    const uint64_t acked[] = {s.profiles_acked, s.risk_acked, s.dlq_acked};
+    family(&o, "cohortd_outputs_sent_total", "counter", "Messages handed to the producer.");
+    for (int i = 0; i < 3; i++) {
+        put(&o, "cohortd_outputs_sent_total{output=\"%s\"} %llu\n", kinds[i],
+            (unsigned long long)sent[i]);
+    }
+    family(&o, "cohortd_outputs_acked_total", "counter",
+           "Messages acknowledged by the brokers (durable).");
+    for (int i = 0; i < 3; i++) {
+        put(&o, "cohortd_outputs_acked_total{output=\"%s\"} %llu\n", kinds[i],
+            (unsigned long long)acked[i]);
+    }
+    counter(&o, "cohortd_delivery_failures_total",
+            "Outputs that could not be delivered (the daemon stops; nothing is committed past "
+            "them).",
+            s.delivery_failures);
+
+    /* ---- batches and latency */
+    family(&o, "cohortd_batch_events", "histogram", "Messages per batch.");
+    histogram(&o, "cohortd_batch_events", "", &s.batch_events);
+    family(&o, "cohortd_batch_duration_seconds", "histogram",
+           "Time to decode, featurize, score and enqueue the outputs of one batch.");
+    histogram(&o, "cohortd_batch_duration_seconds", "", &s.batch_seconds);
+    family(&o, "cohortd_e2e_latency_seconds", "histogram",
+           "From an event's time (from=event_time: its ts field; from=kafka_timestamp: the "
+           "Kafka message timestamp) to the acknowledgement of its batch's outputs.");
+    histogram(&o, "cohortd_e2e_latency_seconds", "from=\"event_time\",", &s.latency_event);
+    histogram(&o, "cohortd_e2e_latency_seconds", "from=\"kafka_timestamp\",", &s.latency_kafka);
+    gauge(&o, "cohortd_inflight_batches",
+          "Batches whose outputs await acknowledgement (at most batch.max_inflight).",
+          (double)s.inflight_batches);
+
+    /* ---- consumer */
+    gauge(&o, "cohortd_assigned_partitions", "Input partitions assigned to this instance.",
+          (double)s.assigned_partitions);
+    static ch_partition_lag_t lag[MAX_LAG_PARTITIONS];
+    int n = ch_pipeline_lag(p, lag, MAX_LAG_PARTITIONS);
+    family(&o, "cohortd_consumer_lag", "gauge",
+           "Messages in an assigned partition not yet processed (high watermark minus next "
+           "offset); absent while unknown.");
+    escape_label(cfg->input_topic, e1, sizeof(e1));
+    for (int i = 0; i < n && i < MAX_LAG_PARTITIONS; i++) {
+        if (lag[i].lag >= 0) {
+            put(&o, "cohortd_consumer_lag{topic=\"%s\",partition=\"%d\"} %lld\n", e1,
+                lag[i].partition, (long long)lag[i].lag);
+        }
+    }
+    gauge(&o, "cohortd_stream_time_seconds", "Latest event time seen (Unix seconds).",
+          (double)s.stream_time_ms / 1000.0);
+
+    /* ---- users */
+    gauge(&o, "cohortd_users", "Users held in memory.", (double)s.users);
+    gauge(&o, "cohortd_user_table_bytes", "Memory of the user table (records touched + index).",
+          (double)s.users_bytes);
+    family(&o, "cohortd_users_evicted_total", "counter",
+           "Users dropped: idle (state.idle_evict), cap (state.max_users), revoke (partition "
+           "moved to another instance).");
+    put(&o, "cohortd_users_evicted_total{reason=\"idle\"} %llu\n",
+        (unsigned long long)s.users_evicted_idle);
+    put(&o, "cohortd_users_evicted_total{reason=\"cap\"} %llu\n",
+        (unsigned long long)s.users_evicted_cap);
+    put(&o, "cohortd_users_evicted_total{reason=\"revoke\"} %llu\n",
+        (unsigned long long)s.users_evicted_revoke);
+
+    /* ---- segments */
+    if (cfg->segments_k > 0) {
+        gauge(&o, "cohortd_segments_ready", "1 once k-means++ seeding has run.",
+              s.segments_ready ? 1 : 0);
+        counter(&o, "cohortd_segment_reseeds_total",
+                "Dead segments re-seeded (their generation increases).", s.segment_reseeds);
+        family(&o, "cohortd_segment_users", "gauge", "Users currently in each segment.");
+        for (long j = 0; j < cfg->segments_k; j++) {
+            uint64_t users = 0;
+            double w = 0;
+            uint32_t gen = 0;
+            if (ch_pipeline_segment(p, (size_t)j, &users, &w, &gen) == 0) {
+                put(&o, "cohortd_segment_users{segment=\"%ld\"} %llu\n", j,
+                    (unsigned long long)users);
+            }
+        }
+        family(&o, "cohortd_segment_weight", "gauge",
+               "Decayed count of recent points assigned to each segment's centroid.");
+        for (long j = 0; j < cfg->segments_k; j++) {
+            uint64_t users = 0;
+            double w = 0;
+            uint32_t gen = 0;
+            if (ch_pipeline_segment(p, (size_t)j, &users, &w, &gen) == 0) {
+                put(&o, "cohortd_segment_weight{segment=\"%ld\"} %.17g\n", j, w);
+            }
+        }
+    }
+
+    /* ---- risk model */
+    const char *version = ch_pipeline_model_version(p);
+    if (cfg->model_path[0]) {
+        counter(&o, "cohortd_risk_scored_total", "Feature vectors scored by the risk model.",
+                s.scored);
+        counter(&o, "cohortd_risk_alerts_total",
+                "Scores at or above risk.threshold (alert rate: rate(alerts) / rate(scored)).",
+                s.alerts);
+        family(&o, "cohortd_model_info", "gauge", "The loaded risk model.");
+        put(&o, "cohortd_model_info{path=\"%s\",version=\"%s\"} 1\n",
+            escape_label(cfg->model_path, e1, sizeof(e1)),
+            escape_label(version ? version : "", e2, sizeof(e2)));
+        counter(&o, "cohortd_model_reloads_total", "Successful model reloads.", s.model_reloads);
+        counter(&o, "cohortd_model_reload_failures_total",
+                "Reloads that failed (the previous model stays in service).",
+                s.model_reload_failures);
+    }
+    counter(&o, "cohortd_http_requests_total", "HTTP requests answered.", ctx->http_requests);
+    return o.err;
+}
