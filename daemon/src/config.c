@@ -573,40 +573,67 @@ void ch_config_print(const ch_config_t *cfg, FILE *out) {
     }
 }
 
-void ch_config_print_help(FILE *out) {
+/* The range column of --help-config: "" when the type says it all. */
+static void format_range(const key_def_t *k, char *range, size_t len) {
+    range[0] = '\0';
+    if (k->type == K_INT) {
+        snprintf(range, len, "%.0f..%.0f", k->min, k->max);
+    } else if (k->type == K_FLOAT) {
+        snprintf(range, len, "%g..%g", k->min, k->max);
+    } else if (k->type == K_DURATION) {
+        snprintf(range, len, "%s", k->min > 0 ? "> 0" : ">= 0 (0: off)");
+    } else if (k->type == K_ENUM) {
+        size_t n = 0;
+        for (int c = 0; k->choices[c] && n < len; c++) {
+            n += (size_t)snprintf(range + n, len - n, "%s%s", c ? ", " : "", k->choices[c]);
+        }
+    }
+}
+
+static const char *const type_names[] = {"string", "path", "integer", "duration", "enum",
+                                         "number"};
+
+static const char families_help[] =
+    "feature.<name> (feature spec, repeatable, output order)\n"
+    "    <kind>[(<field>)] [type=a|b] [half_life=<duration>|inf] [default=<number>]\n"
+    "    kinds: count, sum(f), mean(f), std(f), max(f) (decayed), since_last (seconds),\n"
+    "    ratio(<feature>, <feature>); fields: amount, attrs.<key>.\n"
+    "kafka.<property>, kafka.consumer.<property>, kafka.producer.<property>\n"
+    "    Passed verbatim to librdkafka (both clients, consumer only, producer only),\n"
+    "    e.g. kafka.bootstrap.servers, kafka.group.id, kafka.security.protocol,\n"
+    "    kafka.sasl.mechanisms, kafka.sasl.username, kafka.sasl.password.\n"
+    "    Defaults set by cohortd: group.id=cohortd, auto.offset.reset=earliest,\n"
+    "    partition.assignment.strategy=cooperative-sticky, enable.idempotence=true,\n"
+    "    partitioner=murmur2_random (Java-client compatible). Secrets are never printed.\n"
+    "Durations: a number with ms, s, m, h, d or w (e.g. 500ms, 30s, 7d); inf where allowed.\n"
+    "Relative paths are relative to the config file's directory.\n";
+
+void ch_config_print_help(FILE *out, bool markdown) {
     char range[128];
-    fprintf(out, "cohortd configuration keys (file: 'key = value' lines, '#' comments;\n"
-                 "command line: --set key=value, applied after the file).\n\n");
+    if (markdown) {
+        fprintf(out, "| key | type | default | range | meaning |\n|---|---|---|---|---|\n");
+    } else {
+        fprintf(out, "cohortd configuration keys (file: 'key = value' lines, '#' comments;\n"
+                     "command line: --set key=value, applied after the file).\n\n");
+    }
     for (size_t i = 0; i < N_KEYS; i++) {
         const key_def_t *k = &keys[i];
-        static const char *const tnames[] = {"string", "path", "integer", "duration", "enum",
-                                             "number"};
-        range[0] = '\0';
-        if (k->type == K_INT) {
-            snprintf(range, sizeof(range), ", range %.0f..%.0f", k->min, k->max);
-        } else if (k->type == K_FLOAT) {
-            snprintf(range, sizeof(range), ", range %g..%g", k->min, k->max);
-        } else if (k->type == K_ENUM) {
-            size_t n = (size_t)snprintf(range, sizeof(range), ", one of");
-            for (int c = 0; k->choices[c] && n < sizeof(range); c++) {
-                n += (size_t)snprintf(range + n, sizeof(range) - n, "%s %s", c ? "," : "",
-                                      k->choices[c]);
-            }
+        format_range(k, range, sizeof(range));
+        if (markdown) {
+            fprintf(out, "| `%s` | %s | `%s` | %s | %s |\n", k->name, type_names[k->type],
+                    k->dflt, range, k->help);
+        } else {
+            const char *pre = !range[0]                                    ? ""
+                              : k->type == K_ENUM                          ? ", one of "
+                              : k->type == K_INT || k->type == K_FLOAT ? ", range "
+                                                                           : ", ";
+            fprintf(out, "%s (%s, default '%s'%s%s)\n    %s\n", k->name, type_names[k->type],
+                    k->dflt, pre, range, k->help);
         }
-        fprintf(out, "%s (%s, default '%s'%s)\n    %s\n", k->name, tnames[k->type], k->dflt,
-                range, k->help);
     }
-    fprintf(out,
-            "feature.<name> (feature spec, repeatable, output order)\n"
-            "    <kind>[(<field>)] [type=a|b] [half_life=<duration>|inf] [default=<number>]\n"
-            "    kinds: count, sum(f), mean(f), std(f), max(f) (decayed), since_last (seconds),\n"
-            "    ratio(<feature>, <feature>); fields: amount, attrs.<key>.\n"
-            "kafka.<property>, kafka.consumer.<property>, kafka.producer.<property>\n"
-            "    Passed verbatim to librdkafka (both clients, consumer only, producer only),\n"
-            "    e.g. kafka.bootstrap.servers, kafka.group.id, kafka.security.protocol,\n"
-            "    kafka.sasl.mechanisms, kafka.sasl.username, kafka.sasl.password.\n"
-            "    Defaults set by cohortd: group.id=cohortd, auto.offset.reset=earliest,\n"
-            "    partition.assignment.strategy=cooperative-sticky, enable.idempotence=true,\n"
-            "    partitioner=murmur2_random (Java-client compatible). Secrets are never printed.\n"
-            "Relative paths are relative to the config file's directory.\n");
+    if (markdown) {
+        fprintf(out, "\n```\n%s```\n", families_help);
+    } else {
+        fputs(families_help, out);
+    }
 }

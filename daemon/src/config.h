@@ -124,8 +124,9 @@ const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, int sco
 /** @brief Print the effective settings, secrets masked. */
 void ch_config_print(const ch_config_t *cfg, FILE *out);
 
-/** @brief Print every key with type, default, range and help. */
-void ch_config_print_help(FILE *out);
+/** @brief Print every key with type, default, range and help (as text, or as a
+ *         Markdown table for the README). */
+void ch_config_print_help(FILE *out, bool markdown);
 
 /** @brief Whether a librdkafka property holds a secret (never printed or logged). */
 bool ch_config_is_secret(const char *key);

@@ -263,18 +263,22 @@ static void http_handler(void *opaque, const char *path, size_t len, ch_http_rep
 
 static void usage(FILE *f) {
     fprintf(f,
-            "Usage: cohortd --config FILE [--set key=value]... [--check-config]\n"
+            "Usage: cohortd --config FILE [--set key=value]... [--check-config [--quiet]]\n"
             "       cohortd --help | --help-config | --version\n\n"
             "Streaming real-time user scoring: consumes user events (Avro) from Kafka, keeps\n"
             "time-decayed feature vectors per user, scores them with an ONNX model and online\n"
             "K-Means segments, and publishes profile and risk updates to Kafka.\n\n"
             "  -c, --config FILE    configuration file (key = value lines)\n"
             "  -s, --set KEY=VALUE  override one setting (repeatable; after the file)\n"
-            "      --check-config   validate, print the effective settings and features, exit\n"
-            "      --help-config    list every setting with type, default and range\n"
+            "      --check-config   validate (loads the model too), print the effective settings\n"
+            "                       and features (secrets masked), exit 0 or 2\n"
+            "  -q, --quiet          with --check-config: print nothing, only the exit status\n"
+            "      --help-config[=markdown]\n"
+            "                       every setting with type, default, range and meaning\n"
             "  -h, --help           this help\n"
             "  -V, --version        print the version\n\n"
             "Signals: SIGTERM/SIGINT stop gracefully (flush, commit, exit 0); SIGHUP reloads.\n"
+            "HTTP (http.listen, default 127.0.0.1:9180): /healthz /readyz /metrics /users/<id>.\n"
             "Exit status: 0 clean stop, 1 runtime failure, 2 usage or configuration error.\n");
 }
 
@@ -320,16 +324,17 @@ int main(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"set", required_argument, NULL, 's'},
                                          {"check-config", no_argument, NULL, 'k'},
-                                         {"help-config", no_argument, NULL, 'H'},
+                                         {"help-config", optional_argument, NULL, 'H'},
+                                         {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"version", no_argument, NULL, 'V'},
                                          {NULL, 0, NULL, 0}};
     const char *config_path = NULL;
-    bool check_only = false;
+    bool check_only = false, quiet = false;
     char **sets = calloc((size_t)argc + 1, sizeof(*sets));
     size_t n_sets = 0;
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:s:hV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:s:qhV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
@@ -341,9 +346,18 @@ int main(int argc, char **argv) {
             check_only = true;
             break;
         case 'H':
-            ch_config_print_help(stdout);
+            if (optarg && strcmp(optarg, "markdown") != 0 && strcmp(optarg, "text") != 0) {
+                fprintf(stderr, "cohortd: --help-config takes text or markdown, got '%s'\n",
+                        optarg);
+                free(sets);
+                return 2;
+            }
+            ch_config_print_help(stdout, optarg && strcmp(optarg, "markdown") == 0);
             free(sets);
             return 0;
+        case 'q':
+            quiet = true;
+            break;
         case 'h':
             usage(stdout);
             free(sets);
@@ -380,7 +394,7 @@ int main(int argc, char **argv) {
         r = ch_config_validate(&cfg, err, sizeof(err));
     }
     if (r == 0) {
-        r = check_features(&cfg, check_only, err, sizeof(err));
+        r = check_features(&cfg, check_only && !quiet, err, sizeof(err));
     }
     if (r < 0) {
         fprintf(stderr, "cohortd: %s\n", err);
@@ -388,8 +402,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (check_only) {
-        ch_config_print(&cfg, stdout);
-        printf("# configuration OK\n");
+        if (!quiet) {
+            ch_config_print(&cfg, stdout);
+            printf("# configuration OK\n");
+        }
         ch_config_done(&cfg);
         return 0;
     }
