@@ -836,6 +836,11 @@ static void on_user_evicted(void *opaque, const ch_user_t *rec) {
 
 static void kafka_log(void *opaque, int level, const char *fac, const char *msg) {
     (void)opaque;
+    /* A connection failure is also reported to the error callback (counted and
+     * rate-limited there): its FAIL log line would say the same thing twice. */
+    if (strcmp(fac, "FAIL") == 0) {
+        level = CH_LOG_DEBUG;
+    }
     ch_log(level < CH_LOG_ERR ? CH_LOG_ERR : level, "librdkafka %s: %s", fac, msg);
 }
 
