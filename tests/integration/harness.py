@@ -5,11 +5,13 @@ Run with Debian's /usr/bin/python3 (python3-confluent-kafka, python3-avro).
 Environment: CH_BUILD_DIR (binaries), CH_SOURCE_DIR (repo), CH_DATA_DIR (../shared/data).
 """
 import csv
+import http.client
 import io
 import math
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -62,20 +64,58 @@ class Broker:
             self.proc.wait()
 
 
-class Daemon:
-    """cohortd with the shipped config plus overrides; stderr kept in a file."""
+def free_port():
+    """A TCP port free on 127.0.0.1 right now (bound to 0, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, bootstrap, *sets, group="cohortd-it"):
+
+class Daemon:
+    """cohortd with the shipped config plus overrides; stderr kept in a file. Its HTTP
+    endpoint listens on a free loopback port (self.http_port), so daemons never collide."""
+
+    def __init__(self, bootstrap, *sets, group="cohortd-it", env=None):
         self.logf = tempfile.NamedTemporaryFile(prefix="cohortd-", suffix=".log", delete=False)
+        self.http_port = free_port()
         args = [COHORTD, "--config", CONF, "--set", f"kafka.bootstrap.servers={bootstrap}",
                 "--set", f"kafka.group.id={group}", "--set", "log.stats_interval=1s",
+                "--set", f"http.listen=127.0.0.1:{self.http_port}",
                 # The mock coordinator waits session.timeout.ms - 1 s after a member leaves
                 # before it elects a leader again (a mock-only delay); a short session
                 # timeout (standard Kafka semantics) keeps restarts quick.
                 "--set", "kafka.session.timeout.ms=6000"]
         for s in sets:
             args += ["--set", s]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.logf)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.logf,
+                                     env=full_env)
+
+    def get(self, path, method="GET", timeout=10):
+        """(status, content-type, body text) of an HTTP request to the daemon."""
+        c = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            c.request(method, path)
+            r = c.getresponse()
+            return r.status, r.getheader("Content-Type"), r.read().decode("utf-8", "replace")
+        finally:
+            c.close()
+
+    def wait_http(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"cohortd died:\n{self.log_text()}"
+            try:
+                return self.get("/healthz")
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("cohortd's HTTP endpoint did not come up")
+
+    def metrics(self):
+        status, ctype, body = self.get("/metrics")
+        assert status == 200 and ctype.startswith("text/plain; version=0.0.4"), (status, ctype)
+        return parse_prometheus(body)
 
     def wait_assigned(self, timeout=30):
         deadline = time.time() + timeout
@@ -104,6 +144,43 @@ class Daemon:
             self.proc.wait()
         if exc[0] is not None:
             sys.stderr.write(f"--- cohortd log ---\n{self.log_text()[-6000:]}\n")
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text):
+    """Prometheus text format -> {(name, ((label, value), ...)): float}. Checks that every
+    sample belongs to a family declared by # TYPE, as a scraper would."""
+    out, types = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+            continue
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        assert m, f"unparsable metrics line: {line!r}"
+        name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in types or base in types, f"{name} has no # TYPE"
+        key = (name, tuple(sorted(_LABEL.findall(labels))))
+        assert key not in out, f"duplicate sample {key}"
+        out[key] = float(value)
+    return out
+
+
+def metric(m, name, **labels):
+    """One sample of a parsed scrape (0 if absent); labels must match exactly."""
+    return m.get((name, tuple(sorted((k, str(v)) for k, v in labels.items()))), 0.0)
+
+
+def metric_sum(m, name, **labels):
+    """Sum over every sample of a family whose labels include the given ones."""
+    want = {(k, str(v)) for k, v in labels.items()}
+    return sum(v for (n, ls), v in m.items() if n == name and want <= set(ls))
 
 
 def run(cmd, timeout=300):
