@@ -75,8 +75,12 @@ class Daemon:
     """cohortd with the shipped config plus overrides; stderr kept in a file. Its HTTP
     endpoint listens on a free loopback port (self.http_port), so daemons never collide."""
 
-    def __init__(self, bootstrap, *sets, group="cohortd-it", env=None):
+    def __init__(self, bootstrap, *sets, group="cohortd-it", env=None, journal=False):
         self.logf = tempfile.NamedTemporaryFile(prefix="cohortd-", suffix=".log", delete=False)
+        env = dict(env or {})
+        if journal:  # what systemd sets when stderr is connected to the journal
+            st = os.fstat(self.logf.fileno())
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
         self.http_port = free_port()
         args = [COHORTD, "--config", CONF, "--set", f"kafka.bootstrap.servers={bootstrap}",
                 "--set", f"kafka.group.id={group}", "--set", "log.stats_interval=1s",
@@ -88,7 +92,8 @@ class Daemon:
         for s in sets:
             args += ["--set", s]
         full_env = dict(os.environ)
-        full_env.update(env or {})
+        full_env.pop("JOURNAL_STREAM", None)
+        full_env.update(env)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.logf,
                                      env=full_env)
 
