@@ -15,7 +15,8 @@ import sys
 import tempfile
 import time
 
-from harness import (GEN, SRC, Broker, Daemon, avro_reader, consume, decode_confluent, log)
+from harness import (GEN, SRC, Broker, Daemon, avro_reader, consume, decode_confluent, log,
+                     metric)
 
 LR = os.path.join(SRC, "conf", "models", "risk_lr.onnx")
 MLP = os.path.join(SRC, "conf", "models", "risk_mlp.onnx")
@@ -93,6 +94,13 @@ def watch_phase(tmp):
         time.sleep(0.5)
         replace(open(MLP, "rb").read()[:300], model)
         wait_log(d, f"model reload failed, keeping version {V_MLP}")
+        m = d.metrics()
+        assert metric(m, "cohortd_model_reloads_total") == 1, m
+        assert metric(m, "cohortd_model_reload_failures_total") == 1, m
+        assert metric(m, "cohortd_model_info", path=model, version=V_MLP) == 1, \
+            [k for k in m if k[0] == "cohortd_model_info"]
+        log("metrics: model_reloads_total 1, model_reload_failures_total 1, model_info "
+            f"version {V_MLP}")
 
     parts = stream_with_reload(tmp, "model.onnx", 12_000, 4000, ["model.watch=200ms"], action)
     switched = check_single_switch(parts, V_LR, V_MLP)
