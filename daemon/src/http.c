@@ -8,6 +8,9 @@
  * - Every socket is non-blocking and close-on-exec; a connection lives at most
  *   CONN_TIMEOUT_S, so a slow or stalled client cannot pin a slot. At most
  *   max_conns are open; beyond that a new connection is closed at once.
+ * - After the answer, the write side is shut and what the client still sends is
+ *   read and discarded until it closes (at most LINGER_S): closing with unread
+ *   input would reset the connection and could destroy the answer in flight.
  * - The handler runs on the loop thread between batches, so it may read the
  *   pipeline's state without locks. The reply is built whole, then written as
  *   the socket accepts it.
@@ -30,6 +33,7 @@
 
 #define HEAD_MAX 8192
 #define CONN_TIMEOUT_S 10.0
+#define LINGER_S 2.0
 
 typedef struct conn conn_t;
 
@@ -54,6 +58,7 @@ struct conn {
     size_t in_len;
     ch_buf_t out;
     size_t out_off;
+    bool lingering; /* answered; draining input until the client closes */
     conn_t *prev, *next;
     char in[HEAD_MAX];
 };
@@ -113,10 +118,18 @@ static void conn_flush(conn_t *c) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
             return; /* wait for EV_WRITE */
         }
-        break;
+        conn_close(c);
+        return;
     }
     shutdown(c->fd, SHUT_WR);
-    conn_close(c);
+    ch_http_t *h = c->srv;
+    c->lingering = true;
+    ev_io_stop(h->loop, &c->io);
+    ev_io_set(&c->io, c->fd, EV_READ);
+    ev_io_start(h->loop, &c->io);
+    ev_timer_stop(h->loop, &c->timer);
+    ev_timer_set(&c->timer, LINGER_S, 0);
+    ev_timer_start(h->loop, &c->timer);
 }
 
 static void conn_reply(conn_t *c, int status, const char *ctype, const void *body, size_t len,
@@ -230,6 +243,16 @@ static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents) {
         conn_flush(c);
         return;
     }
+    if (c->lingering) {
+        char sink[4096];
+        ssize_t n;
+        while ((n = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0) {
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            conn_close(c);
+        }
+        return;
+    }
     for (;;) {
         if (c->in_len == sizeof(c->in)) {
             reply_text(c, 431, "request head larger than 8 KiB\n", false);
@@ -288,6 +311,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
         c->fd = fd;
         c->in_len = 0;
         c->out_off = 0;
+        c->lingering = false;
         ch_buf_init(&c->out);
         c->prev = NULL;
         c->next = h->conns;

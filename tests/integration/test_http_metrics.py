@@ -17,6 +17,8 @@
 5. HTTP hygiene: HEAD, 404, 405, 400, 431, and a connection cap (503 beyond it).
 """
 import json
+import random
+import re
 import socket
 import struct
 import sys
@@ -226,6 +228,7 @@ def raw(port, data, read=True):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         s.sendall(data)
+        s.shutdown(socket.SHUT_WR)  # no more bytes: a partial request ends here
         return s.recv(4096).decode("latin-1") if read else s
     finally:
         if read:
@@ -241,14 +244,36 @@ def check_http(d):
     assert raw(d.http_port, b"GET /users/%zz HTTP/1.1\r\n\r\n").startswith("HTTP/1.1 400")
     assert raw(d.http_port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n").startswith("HTTP/1.1 431")
     assert "/metrics" in d.get("/")[2]
-    log("HTTP: HEAD, 404, 405, 400 (request line, percent-encoding), 431 all answered")
+    # garbage of every shape: a complete request head always gets a status line; a
+    # partial one is closed when the client stops sending; the daemon never falls over
+    rng = random.Random(5)
+    answered = 0
+    for i in range(300):
+        junk = bytes(rng.randrange(256) for _ in range(rng.choice([1, 3, 20, 200, 5000])))
+        if i % 2 == 0:
+            junk = b"GET /" + junk + b" HTTP/1.1\r\n\r\n"
+        else:
+            junk += b"\r\n\r\n"
+        reply = raw(d.http_port, junk)
+        assert re.match(r"HTTP/1\.1 (200|400|404|405|431|503) ", reply), (junk[:60], reply[:60])
+        answered += 1
+    assert d.get("/healthz")[0] == 200
+    log(f"HTTP: HEAD, 404, 405, 400 (request line, percent-encoding), 431 answered; "
+        f"{answered} of 300 garbage requests answered with a status line, daemon healthy")
 
 
 def connection_cap(bootstrap):
     with Daemon(bootstrap, "http.max_connections=2", group="http-cap") as d:
         d.wait_http()
+        time.sleep(0.5)  # the probe's own connection is closed by now
         idle = [socket.create_connection(("127.0.0.1", d.http_port)) for _ in range(2)]
-        time.sleep(0.3)
+        for s in idle:  # both accepted and waiting for a request: no answer yet
+            s.settimeout(0.5)
+            try:
+                got = s.recv(100)
+                raise AssertionError(f"an idle connection was answered or closed: {got!r}")
+            except socket.timeout:
+                pass
         third = raw(d.http_port, b"GET /healthz HTTP/1.1\r\n\r\n")
         assert third.startswith("HTTP/1.1 503"), third
         for s in idle:
