@@ -40,4 +40,5 @@ setsid build/tools/cohort-gen --brokers "$BOOTSTRAP" --users 5000 --rate "$RATE"
     --quiet &
 pids+=("$!")
 echo "demo: cohort-gen sends $RATE events/s; cohortd reports every second. Ctrl-C stops."
+echo "demo: metrics: curl -s 127.0.0.1:9180/metrics | grep -v '^#'; a user: curl -s 127.0.0.1:9180/users/u42"
 wait "${pids[1]}" || true
