@@ -131,9 +131,11 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *w, int revents) {
     }
 }
 
-/* Events in and messages out per second since *last (updated). */
-static void rates(daemon_ctx_t *d, const ch_pipeline_stats_t *s, ch_pipeline_stats_t *last,
-                  double *last_s, double *ret_in, double *ret_out) {
+/* A stats snapshot, with events in and messages out per second since *last (which
+ * becomes this snapshot). */
+static void take_rates(daemon_ctx_t *d, ch_pipeline_stats_t *s, ch_pipeline_stats_t *last,
+                       double *last_s, double *ret_in, double *ret_out) {
+    ch_pipeline_stats(d->pipe, s);
     double now = ch_now_s(), dt = now - *last_s;
     uint64_t out = s->profiles_acked + s->risk_acked + s->dlq_acked;
     uint64_t last_out = last->profiles_acked + last->risk_acked + last->dlq_acked;
@@ -141,7 +143,6 @@ static void rates(daemon_ctx_t *d, const ch_pipeline_stats_t *s, ch_pipeline_sta
     *ret_out = dt > 0 ? (double)(out - last_out) / dt : 0;
     *last = *s;
     *last_s = now;
-    (void)d;
 }
 
 static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -156,9 +157,8 @@ static void on_status(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     daemon_ctx_t *d = w->data;
     ch_pipeline_stats_t s;
-    ch_pipeline_stats(d->pipe, &s);
     double in, out;
-    rates(d, &s, &d->last_status, &d->last_status_s, &in, &out);
+    take_rates(d, &s, &d->last_status, &d->last_status_s, &in, &out);
     sd_notifyf(0,
                "STATUS=in %.0f ev/s, out %.0f msg/s, %zu users, %zu partitions, %llu bad, "
                "%llu alerts",
@@ -171,9 +171,8 @@ static void on_stats(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     daemon_ctx_t *d = w->data;
     ch_pipeline_stats_t s;
-    ch_pipeline_stats(d->pipe, &s);
     double in, out;
-    rates(d, &s, &d->last, &d->last_stats_s, &in, &out);
+    take_rates(d, &s, &d->last, &d->last_stats_s, &in, &out);
     ch_log(CH_LOG_INFO,
            "in %.0f ev/s, out %.0f msg/s | total in %llu, profiles %llu, risk %llu (alerts "
            "%llu), bad %llu | users %zu | segments %s | partitions %zu | in flight %zu batch(es)",

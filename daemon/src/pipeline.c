@@ -738,16 +738,9 @@ int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_
         r = r ? r : ch_buf_printf(out, ",\"alert\":%s,\"threshold\":",
                                   score >= (float)p->cfg->risk_threshold ? "true" : "false");
         r = r ? r : ch_json_float(out, (float)p->cfg->risk_threshold);
-        r = r ? r : LIT(out, ",\"reasons\":[");
-        for (size_t i = 0; !r && i < nr; i++) {
-            r = i ? LIT(out, ",") : 0;
-            r = r ? r : LIT(out, "{\"feature\":");
-            r = r ? r : ch_json_string(out, p->reasons[i].feature, strlen(p->reasons[i].feature));
-            r = r ? r : LIT(out, ",\"contribution\":");
-            r = r ? r : ch_json_float(out, p->reasons[i].contribution);
-            r = r ? r : LIT(out, "}");
-        }
-        r = r ? r : LIT(out, "],\"model_version\":");
+        r = r ? r : LIT(out, ",\"reasons\":");
+        r = r ? r : ch_json_reasons(out, p->reasons, nr);
+        r = r ? r : LIT(out, ",\"model_version\":");
         r = r ? r : ch_json_string(out, ch_onnx_version(p->model), strlen(ch_onnx_version(p->model)));
         r = r ? r : LIT(out, "}");
     } else if (!r) {

@@ -140,6 +140,19 @@ int ch_json_encode_profile(ch_buf_t *b, const ch_profile_t *p) {
     return r;
 }
 
+int ch_json_reasons(ch_buf_t *b, const ch_reason_t *reasons, size_t n) {
+    int r = LIT(b, "[");
+    for (size_t i = 0; !r && i < n; i++) {
+        r = i ? LIT(b, ",") : 0;
+        r = r ? r : LIT(b, "{\"feature\":");
+        r = r ? r : ch_json_string(b, reasons[i].feature, strlen(reasons[i].feature));
+        r = r ? r : LIT(b, ",\"contribution\":");
+        r = r ? r : ch_json_float(b, reasons[i].contribution);
+        r = r ? r : LIT(b, "}");
+    }
+    return r ? r : LIT(b, "]");
+}
+
 int ch_json_encode_risk(ch_buf_t *b, const ch_risk_t *k) {
     b->len = 0;
     int r = LIT(b, "{\"user_id\":");
@@ -151,17 +164,10 @@ int ch_json_encode_risk(ch_buf_t *b, const ch_risk_t *k) {
     r = r ? r : (k->alert ? LIT(b, ",\"alert\":true") : LIT(b, ",\"alert\":false"));
     r = r ? r : LIT(b, ",\"threshold\":");
     r = r ? r : ch_json_float(b, k->threshold);
-    r = r ? r : LIT(b, ",\"reasons\":[");
-    for (size_t i = 0; !r && i < k->n_reasons; i++) {
-        r = i ? LIT(b, ",") : 0;
-        r = r ? r : LIT(b, "{\"feature\":");
-        r = r ? r : ch_json_string(b, k->reasons[i].feature, strlen(k->reasons[i].feature));
-        r = r ? r : LIT(b, ",\"contribution\":");
-        r = r ? r : ch_json_float(b, k->reasons[i].contribution);
-        r = r ? r : LIT(b, "}");
-    }
+    r = r ? r : LIT(b, ",\"reasons\":");
+    r = r ? r : ch_json_reasons(b, k->reasons, k->n_reasons);
     const char *v = k->model_version ? k->model_version : "";
-    r = r ? r : LIT(b, "],\"model_version\":");
+    r = r ? r : LIT(b, ",\"model_version\":");
     r = r ? r : ch_json_string(b, v, strlen(v));
     r = r ? r : LIT(b, "}");
     return r;

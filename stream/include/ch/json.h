@@ -24,6 +24,10 @@ int ch_json_string(ch_buf_t *b, const char *s, size_t n);
 int ch_json_float(ch_buf_t *b, float v);
 int ch_json_double(ch_buf_t *b, double v);
 
+/** @brief Append reason codes as [{"feature": ..., "contribution": ...}, ...].
+ *  @returns 0, -ENOMEM. */
+int ch_json_reasons(ch_buf_t *b, const ch_reason_t *reasons, size_t n);
+
 /**
  * @brief Encode a profile update as one JSON object with the fields of
  *        profile_update.avsc (nullable fields are null or the bare value), replacing
