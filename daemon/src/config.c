@@ -497,6 +497,18 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
                     "segments.warmup (%ld) must be at least segments.k (%ld)",
                     cfg->segments_warmup, cfg->segments_k);
     }
+    if (strcmp(cfg->http_listen, "off") != 0) {
+        const char *colon = strrchr(cfg->http_listen, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : -1;
+        if (!colon || colon == cfg->http_listen || !end || end == colon + 1 || *end ||
+            port < 0 || port > 65535) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "http.listen: expected HOST:PORT (e.g. 127.0.0.1:9180, [::1]:9180) or "
+                        "off, got '%s'",
+                        cfg->http_listen);
+        }
+    }
     if (cfg->input_writer_schema[0] && cfg->input_framing != CH_FRAMING_PLAIN) {
         return fail(errbuf, errlen, -EINVAL,
                     "input.writer_schema applies to input.framing = plain only (Confluent "

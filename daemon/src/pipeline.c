@@ -667,7 +667,7 @@ bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
         snprintf(why, len, "no model loaded");
         return false;
     }
-    ch_partition_lag_t lag[64];
+    static ch_partition_lag_t lag[4096]; /* loop thread only */
     int n = ch_consumer_lag(p->consumer, lag, N_OF(lag));
     if (n <= 0) {
         snprintf(why, len, "no partitions of %s assigned%s", p->cfg->input_topic,

@@ -130,6 +130,39 @@ static void test_scoring_and_segment_keys(void **st) {
     ch_config_done(&c);
 }
 
+static void test_operations_keys(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "";
+    assert_string_equal(c.http_listen, "127.0.0.1:9180"); /* loopback only by default */
+    assert_int_equal(c.http_max_connections, 64);
+    assert_int_equal(c.output_format, CH_FORMAT_AVRO);
+    assert_int_equal(ch_config_set(&c, "feature.n=count", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=a:1", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "output.format=json", err, sizeof(err)), 0);
+    assert_int_equal(c.output_format, CH_FORMAT_JSON);
+    assert_int_equal(ch_config_set(&c, "output.format=xml", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "output.format: expected one of avro, json, got 'xml'"));
+    const char *good[] = {"off", "0.0.0.0:9180", "[::1]:0", "localhost:65535"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char set[64];
+        snprintf(set, sizeof(set), "http.listen=%s", good[i]);
+        assert_int_equal(ch_config_set(&c, set, err, sizeof(err)), 0);
+        assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
+    }
+    const char *bad[] = {"9180", ":9180", "host:", "host:http", "host:70000", "host:-1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char set[64];
+        snprintf(set, sizeof(set), "http.listen=%s", bad[i]);
+        assert_int_equal(ch_config_set(&c, set, err, sizeof(err)), 0);
+        assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "http.listen: expected HOST:PORT"));
+    }
+    assert_int_equal(ch_config_set(&c, "http.max_connections=0", err, sizeof(err)), -EINVAL);
+    ch_config_done(&c);
+}
+
 static void test_secrets_never_printed(void **st) {
     (void)st;
     ch_config_t c;
@@ -155,6 +188,7 @@ int main(void) {
         cmocka_unit_test(test_errors_name_file_and_line),
         cmocka_unit_test(test_overrides_and_validation),
         cmocka_unit_test(test_scoring_and_segment_keys),
+        cmocka_unit_test(test_operations_keys),
         cmocka_unit_test(test_secrets_never_printed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
