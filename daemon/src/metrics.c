@@ -32,16 +32,10 @@ static void put(out_t *o, const char *fmt, ...) {
     if (o->err) {
         return;
     }
-    char line[1024];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    o->err = ch_buf_vprintf(o->b, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(line)) {
-        o->err = -EINVAL;
-        return;
-    }
-    o->err = ch_buf_append(o->b, line, (size_t)n);
 }
 
 /* Label values: backslash, double quote and newline escaped; at most len-1 bytes. */

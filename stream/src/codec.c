@@ -841,27 +841,32 @@ int ch_buf_append(ch_buf_t *b, const void *p, size_t n) {
     return 0;
 }
 
-int ch_buf_printf(ch_buf_t *b, const char *fmt, ...) {
+int ch_buf_vprintf(ch_buf_t *b, const char *fmt, va_list ap) {
     char small[256];
-    va_list ap;
-    va_start(ap, fmt);
+    va_list again;
+    va_copy(again, ap);
     int n = vsnprintf(small, sizeof(small), fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        return -EINVAL;
-    }
-    if ((size_t)n < sizeof(small)) {
-        return ch_buf_append(b, small, (size_t)n);
+    if (n < 0 || (size_t)n < sizeof(small)) {
+        va_end(again);
+        return n < 0 ? -EINVAL : ch_buf_append(b, small, (size_t)n);
     }
     char *big = malloc((size_t)n + 1);
     if (!big) {
+        va_end(again);
         return -ENOMEM;
     }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
+    vsnprintf(big, (size_t)n + 1, fmt, again);
+    va_end(again);
     int r = ch_buf_append(b, big, (size_t)n);
     free(big);
+    return r;
+}
+
+int ch_buf_printf(ch_buf_t *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int r = ch_buf_vprintf(b, fmt, ap);
+    va_end(ap);
     return r;
 }
 

@@ -171,7 +171,9 @@ def parse_prometheus(text):
         name, labels, value = m.group(1), m.group(2) or "", m.group(3)
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         assert name in types or base in types, f"{name} has no # TYPE"
-        key = (name, tuple(sorted(_LABEL.findall(labels))))
+        pairs = [(k, re.sub(r'\\(.)', lambda e: "\n" if e.group(1) == "n" else e.group(1), v))
+                 for k, v in _LABEL.findall(labels)]
+        key = (name, tuple(sorted(pairs)))
         assert key not in out, f"duplicate sample {key}"
         out[key] = float(value)
     return out

@@ -71,6 +71,7 @@ def stream_with_reload(tmp, name, events, rate, sets, action):
     """cohortd on a copy of the LR model while cohort-gen streams; `action(d, model)`
     runs mid-stream. Returns the risk updates' versions by output partition."""
     model = os.path.join(tmp, name)
+    os.makedirs(os.path.dirname(model), exist_ok=True)
     shutil.copy(LR, model)
     with Broker(partitions=4) as broker, \
             Daemon(broker.bootstrap, f"model.path={model}", "segments.k=0", *sets) as d:
@@ -102,7 +103,10 @@ def watch_phase(tmp):
         log("metrics: model_reloads_total 1, model_reload_failures_total 1, model_info "
             f"version {V_MLP}")
 
-    parts = stream_with_reload(tmp, "model.onnx", 12_000, 4000, ["model.watch=200ms"], action)
+    # A path of quotes, near model.path's 511-byte limit: escaped in the model_info
+    # label it makes a metrics line over 1 KiB, which the exposition must still carry.
+    name = os.path.join('"' * 240, '"' * 240 + ".onnx")
+    parts = stream_with_reload(tmp, name, 12_000, 4000, ["model.watch=200ms"], action)
     switched = check_single_switch(parts, V_LR, V_MLP)
     counts = {v: sum(seq.count(v) for seq in parts.values()) for v in (V_LR, V_MLP)}
     assert counts[V_LR] > 0 and counts[V_MLP] > 0, counts

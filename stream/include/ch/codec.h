@@ -17,6 +17,7 @@
 #ifndef CH_CODEC_H
 #define CH_CODEC_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -157,8 +158,11 @@ void ch_buf_init(ch_buf_t *b);
 void ch_buf_done(ch_buf_t *b);
 /** @brief Append n bytes. @returns 0, -ENOMEM. */
 int ch_buf_append(ch_buf_t *b, const void *p, size_t n);
-/** @brief Append formatted text (no terminating NUL). @returns 0, -ENOMEM, -EINVAL. */
+/** @brief Append formatted text (no terminating NUL), of any length.
+ *  @returns 0, -ENOMEM, -EINVAL. */
 int ch_buf_printf(ch_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** @brief The same with a va_list. */
+int ch_buf_vprintf(ch_buf_t *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /**
  * @brief Encode a profile update into b (replacing its contents).

@@ -132,11 +132,31 @@ static void test_profile_and_risk_objects(void **st) {
     ch_buf_done(&b);
 }
 
+/* ch_buf_printf has no length limit: the metrics page prints escaped paths with it. */
+static void test_buf_printf_any_length(void **st) {
+    (void)st;
+    ch_buf_t b;
+    ch_buf_init(&b);
+    char big[3000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(ch_buf_printf(&b, "<%s>", "short"), 0);
+    assert_int_equal(ch_buf_printf(&b, "[%s|%d]", big, 42), 0);
+    assert_int_equal(b.len, 7 + 1 + 2999 + 4);
+    assert_memory_equal(b.data, "<short>[", 8);
+    assert_memory_equal(b.data + 8 + 2999, "|42]", 4);
+    for (size_t i = 8; i < 8 + 2999; i++) {
+        assert_int_equal(b.data[i], 'x');
+    }
+    ch_buf_done(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_string_escapes),
         cmocka_unit_test(test_numbers_round_trip),
         cmocka_unit_test(test_profile_and_risk_objects),
+        cmocka_unit_test(test_buf_printf_any_length),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
