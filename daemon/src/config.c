@@ -14,6 +14,7 @@
  */
 #include "config.h"
 #include "errbuf.h"
+#include "http.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -497,12 +498,9 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
                     "segments.warmup (%ld) must be at least segments.k (%ld)",
                     cfg->segments_warmup, cfg->segments_k);
     }
+    char host[64], port[16];
     if (strcmp(cfg->http_listen, "off") != 0) {
-        const char *colon = strrchr(cfg->http_listen, ':');
-        char *end = NULL;
-        long port = colon ? strtol(colon + 1, &end, 10) : -1;
-        if (!colon || colon == cfg->http_listen || !end || end == colon + 1 || *end ||
-            port < 0 || port > 65535) {
+        if (ch_http_split_address(cfg->http_listen, host, sizeof(host), port, sizeof(port)) < 0) {
             return fail(errbuf, errlen, -EINVAL,
                         "http.listen: expected HOST:PORT (e.g. 127.0.0.1:9180, [::1]:9180) or "
                         "off, got '%s'",

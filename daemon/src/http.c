@@ -327,8 +327,8 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
     }
 }
 
-/* Splits "host:port" or "[v6]:port". */
-static int split_address(const char *address, char *host, size_t hlen, char *port, size_t plen) {
+int ch_http_split_address(const char *address, char *host, size_t hlen, char *port,
+                          size_t plen) {
     const char *colon;
     const char *h0 = address;
     size_t hn;
@@ -362,7 +362,7 @@ int ch_http_new(struct ev_loop *loop, const char *address, size_t max_conns,
                 ch_http_handler_fn *handler, void *opaque, ch_http_t **ret_http, char *errbuf,
                 size_t errlen) {
     char host[64], port[16];
-    if (split_address(address, host, sizeof(host), port, sizeof(port)) < 0) {
+    if (ch_http_split_address(address, host, sizeof(host), port, sizeof(port)) < 0) {
         return fail(errbuf, errlen, -EINVAL,
                     "http.listen: expected HOST:PORT (e.g. 127.0.0.1:9180, [::1]:9180) or off, "
                     "got '%s'",

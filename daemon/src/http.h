@@ -29,6 +29,13 @@ typedef void(ch_http_handler_fn)(void *opaque, const char *path, size_t path_len
                                  ch_http_reply_t *reply);
 
 /**
+ * @brief Split "HOST:PORT" or "[V6]:PORT" (port 0..65535) into host and port text.
+ * @returns 0, -EINVAL (not of that form, or a part does not fit its buffer).
+ */
+int ch_http_split_address(const char *address, char *host, size_t hlen, char *port,
+                          size_t plen);
+
+/**
  * @brief Listen on "HOST:PORT" ("[v6]:PORT" for IPv6; port 0 picks a free port).
  * @param max_conns connections served at once; more are accepted and closed at once.
  * @returns 0, -EINVAL (unparsable address; errbuf says why), -EADDRINUSE, -EACCES,
