@@ -74,6 +74,12 @@ double ch_now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+double ch_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
 void ch_ratelimit_init(ch_ratelimit_t *rl, double per_min) {
     rl->tokens = per_min;
     rl->per_min = per_min;

@@ -37,4 +37,7 @@ bool ch_ratelimit_allow(ch_ratelimit_t *rl, uint64_t *ret_suppressed);
 /** @brief Seconds on the monotonic clock. */
 double ch_now_s(void);
 
+/** @brief Milliseconds since the Unix epoch (wall clock, as event timestamps). */
+double ch_wall_ms(void);
+
 #endif

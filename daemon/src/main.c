@@ -34,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ch/features.h"
@@ -456,9 +455,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     d.last_save_s = ch_now_s();
     d.last_stats_s = d.last_status_s = ch_now_s();
-    struct timespec wall;
-    clock_gettime(CLOCK_REALTIME, &wall);
-    d.start_time_s = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
+    d.start_time_s = ch_wall_ms() / 1000.0;
 
     if (strcmp(cfg.http_listen, "off") != 0) {
         r = ch_http_new(d.loop, cfg.http_listen, (size_t)cfg.http_max_connections, http_handler,

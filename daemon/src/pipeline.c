@@ -29,7 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "ch/codec.h"
 #include "ch/features.h"
@@ -139,11 +138,6 @@ static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                         0.5,   1,      2.5,   5,    10,   30,   60,   300, 3600};
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
-static double wall_ms(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    return (double)now.tv_sec * 1000.0 + (double)now.tv_nsec / 1e6;
-}
 
 const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r) {
     return r < CH_BAD_N ? bad_names[r] : "unknown";
@@ -220,7 +214,7 @@ static void observe_if_done(ch_pipeline_t *p, batch_t *b) {
     if (b->n_ts == 0) {
         return;
     }
-    double now = wall_ms();
+    double now = ch_wall_ms();
     for (size_t i = 0; i < b->n_ts; i++) {
         ch_histogram_observe(&p->st.latency_event, fmax(0, now - (double)b->ev_ts[i]) / 1000.0);
         if (b->kafka_ts[i] >= 0) {
@@ -601,7 +595,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
     ch_histogram_observe(&p->st.batch_events, n);
     double t0 = ch_now_s();
     /* One wall-clock reading per batch bounds ts_in_future (input.max_future is coarse). */
-    double now_ms = wall_ms();
+    double now_ms = ch_wall_ms();
     for (int i = 0; i < n && !p->failed; i++) {
         const ch_msg_t *m = &p->msgs[i];
         if (m->err) {
