@@ -968,6 +968,20 @@ static int load_model(const ch_pipeline_t *p, ch_onnx_t **ret_model, char *errbu
                         (size_t)p->cfg->batch_max_events, ret_model, errbuf, errlen);
 }
 
+/* The id under which an output schema is registered, needed to frame outputs the
+ * Confluent way. */
+static int output_schema_id(const ch_pipeline_t *p, const char *file, const char *when,
+                            int32_t *ret_id, char *errbuf, size_t errlen) {
+    if (p->cfg->output_framing != CH_FRAMING_CONFLUENT ||
+        ch_schemas_id_of(p->schemas, file, ret_id) == 0) {
+        return 0;
+    }
+    snprintf(errbuf, errlen,
+             "%s/ids registers no id for %s (needed by output.framing = confluent%s)",
+             p->cfg->schema_dir, file, when);
+    return -EINVAL;
+}
+
 /* Batch scratch, the risk model and the segmenter. */
 static int build_scoring(ch_pipeline_t *p, char *errbuf, size_t errlen) {
     const ch_config_t *cfg = p->cfg;
@@ -993,13 +1007,9 @@ static int build_scoring(ch_pipeline_t *p, char *errbuf, size_t errlen) {
         if ((r = load_model(p, &p->model, errbuf, errlen)) < 0) {
             return r;
         }
-        if (cfg->output_framing == CH_FRAMING_CONFLUENT &&
-            ch_schemas_id_of(p->schemas, "risk_update.avsc", &p->risk_schema_id) < 0) {
-            snprintf(errbuf, errlen,
-                     "%s/ids registers no id for risk_update.avsc (needed by output.framing = "
-                     "confluent with model.path set)",
-                     cfg->schema_dir);
-            return -EINVAL;
+        if ((r = output_schema_id(p, "risk_update.avsc", " with model.path set",
+                                  &p->risk_schema_id, errbuf, errlen)) < 0) {
+            return r;
         }
         ch_log(CH_LOG_INFO, "model %s loaded: version %s, %zu nodes", cfg->model_path,
                ch_onnx_version(p->model), ch_onnx_nodes(p->model));
@@ -1121,13 +1131,8 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     if (r < 0) {
         goto out_fail;
     }
-    if (cfg->output_framing == CH_FRAMING_CONFLUENT &&
-        ch_schemas_id_of(p->schemas, "profile_update.avsc", &p->profile_schema_id) < 0) {
-        snprintf(errbuf, errlen,
-                 "%s/ids registers no id for profile_update.avsc (needed by output.framing = "
-                 "confluent)",
-                 cfg->schema_dir);
-        r = -EINVAL;
+    if ((r = output_schema_id(p, "profile_update.avsc", "", &p->profile_schema_id, errbuf,
+                              errlen)) < 0) {
         goto out_fail;
     }
 
