@@ -392,6 +392,7 @@ static int bad(cursor_t *c, const char *fmt, ...) {
 
 static int rd_long(cursor_t *c, int64_t *ret) {
     uint64_t v = 0;
+    *ret = 0; /* defined on every path (GCC -O3 cannot see that bad() returns < 0) */
     for (int shift = 0; shift < 70; shift += 7) {
         if (c->p == c->end) {
             return bad(c, "truncated varint");
@@ -416,6 +417,8 @@ static int rd_int(cursor_t *c, int64_t *ret) {
 
 static int rd_bytes(cursor_t *c, const char **ret, size_t *ret_len) {
     int64_t n;
+    *ret = NULL;
+    *ret_len = 0;
     int r = rd_long(c, &n);
     if (r < 0) {
         return r;

@@ -44,7 +44,7 @@ static void test_errors_name_file_and_line(void **st) {
     ch_config_t c;
     ch_config_init(&c);
     char *path = write_conf("# comment\n\nbatch.max_evnts = 5\n");
-    char err[512] = "", want[128];
+    char err[512] = "", want[1024];
     assert_int_equal(ch_config_load(&c, path, err, sizeof(err)), -EINVAL);
     snprintf(want, sizeof(want), "%s:3: unknown key 'batch.max_evnts' (did you mean "
                                  "'batch.max_events'?)", path);
