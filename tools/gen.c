@@ -77,6 +77,11 @@ static void usage(FILE *f) {
             "                        halfway to the next group's and its amounts scale by e\n"
             "                        (even groups) or 1/e (odd); users keep their group\n"
             "      --framing F       confluent (default) or plain\n"
+            "      --cover           the first --users events visit every user once, in order\n"
+            "                        (so N users exist after N events), then users are drawn\n"
+            "      --user-base N     user ids start at uN (default 0), to extend a population\n"
+            "      --stamp           event ids carry the send time: t<unix microseconds>-<i>\n"
+            "                        (cohort-bench-sink measures end-to-end latency from it)\n"
             "  -q, --quiet           no progress lines\n"
             "  -h, --help            this help\n");
 }
@@ -85,7 +90,8 @@ int main(int argc, char **argv) {
     const char *brokers = NULL, *topic = "events", *labels = NULL, *framing = "confluent";
     double users = 10000, events = 0, rate = 0, seed = 1, groups = 4, anomalous_share = 0.02;
     double step_ms = -1, start_ts = 1767225600000.0, bad_every = 0, drift_at = -1;
-    bool quiet = false;
+    double user_base = 0;
+    bool quiet = false, cover = false, stamp = false;
     static const struct option opts[] = {
         {"brokers", required_argument, NULL, 'b'}, {"topic", required_argument, NULL, 't'},
         {"users", required_argument, NULL, 'u'},   {"events", required_argument, NULL, 'n'},
@@ -95,6 +101,8 @@ int main(int argc, char **argv) {
         {"bad-every", required_argument, NULL, 'B'}, {"labels", required_argument, NULL, 'L'},
         {"drift-at", required_argument, NULL, 'D'},
         {"framing", required_argument, NULL, 'F'}, {"quiet", no_argument, NULL, 'q'},
+        {"cover", no_argument, NULL, 'C'},         {"user-base", required_argument, NULL, 'U'},
+        {"stamp", no_argument, NULL, 'M'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "b:t:u:n:r:s:g:a:qh", opts, NULL)) != -1) {
@@ -114,6 +122,15 @@ int main(int argc, char **argv) {
             break;
         case 'q':
             quiet = true;
+            break;
+        case 'C':
+            cover = true;
+            break;
+        case 'M':
+            stamp = true;
+            break;
+        case 'U':
+            r = tool_parse_number(optarg, 0, 1e15, &user_base);
             break;
         case 'u':
             r = tool_parse_number(optarg, 1, 1e9, &users);
@@ -193,7 +210,7 @@ int main(int argc, char **argv) {
         }
         fprintf(lf, "user_id,group\n");
         for (size_t u = 0; u < n_users; u++) {
-            fprintf(lf, "u%zu,%d\n", u, user_group[u]);
+            fprintf(lf, "u%llu,%d\n", (unsigned long long)user_base + u, user_group[u]);
         }
         fclose(lf);
     }
@@ -205,9 +222,12 @@ int main(int argc, char **argv) {
     int rc = 0;
     char uid[32], eid[48];
     for (uint64_t i = 0; !tool_stop && (events == 0 || (double)i < events); i++) {
-        /* pick a user in proportion to activity */
+        /* pick a user in proportion to activity (or the next one while covering) */
         double x = unif() * total;
         size_t lo = 0, hi = n_users - 1;
+        if (cover && i < n_users) {
+            lo = hi = (size_t)i;
+        }
         while (lo < hi) {
             size_t mid = (lo + hi) / 2;
             if (cum[mid] < x) {
@@ -249,9 +269,18 @@ int main(int argc, char **argv) {
             clock_gettime(CLOCK_REALTIME, &now);
             ts = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
         }
-        int ul = snprintf(uid, sizeof(uid), "u%zu", lo);
-        int el = snprintf(eid, sizeof(eid), "gen-%llu-%llu", (unsigned long long)seed,
+        int ul = snprintf(uid, sizeof(uid), "u%llu", (unsigned long long)user_base + lo);
+        int el;
+        if (stamp) {
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            el = snprintf(eid, sizeof(eid), "t%lld-%llu",
+                          (long long)now.tv_sec * 1000000 + now.tv_nsec / 1000,
                           (unsigned long long)i);
+        } else {
+            el = snprintf(eid, sizeof(eid), "gen-%llu-%llu", (unsigned long long)seed,
+                          (unsigned long long)i);
+        }
         if (bad_every > 0 && (i + 1) % (uint64_t)bad_every == 0) {
             unsigned char junk[24];
             for (size_t k = 0; k < sizeof(junk); k++) {
