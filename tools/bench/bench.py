@@ -1,0 +1,669 @@
+#!/usr/bin/python3
+"""cohortd's benchmark: throughput, latency, memory and scaling on the embedded broker,
+against the Kafka pass-through ceiling and a Python baseline, in one run.
+
+Usage (normally through tools/bench/run, which installs and builds first):
+    bench.py --build BUILD_DIR --out OUT_DIR [--quick] [--only PHASES] [--max-users N]
+
+Phases, in order (--only takes a comma list):
+  parity      cohortd and the Python baseline on the same small input: the baseline
+              must compute the same features and scores (it is the same job)
+  throughput  cohortd, then cohort-passthrough (the ceiling), then the Python baseline,
+              each on the same pre-loaded input on a fresh broker
+  latency     at 50% of cohortd's measured rate: end-to-end p50/p99/p999 for the
+              ceiling and for cohortd (cohort-gen --stamp -> cohort-bench-sink)
+  memory      one cohortd grown to 100k, 1M (and 10M) users: RSS, state bytes per
+              user, events/s and CPU per event on a table of that size
+  scaling     events/s with d = 8, 16, 32, 128 features and k = 4, 16, 64 segments
+
+Writes OUT_DIR/report.md, report.json and *.png. Rates are measured by an outside
+observer (the output topics' high watermarks, sampled every 50 ms) between 10% and 90%
+of the outputs, so start-up and group joins do not count; CPU is the process's
+utime + stime over the same window. Numbers are ratios against the ceiling measured in
+the same run, because these machines are shared and noisy.
+
+Run with Debian's /usr/bin/python3 (python3-confluent-kafka, numpy, sklearn, onnx,
+matplotlib).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from confluent_kafka import Consumer, TopicPartition
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = "/usr/bin/python3"
+TOPICS = "events,profiles,risk,cohortd-dlq,py-profiles,py-risk"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Client settings shared by every system under test (cohortd's kafka.* keys, the
+# pass-through's and the sink's -X). fetch.wait.max.ms: the embedded broker answers a
+# fetch only when its wait expires if the partition was empty when it arrived (a real
+# broker answers as soon as data comes), so the default 500 ms would dominate latency.
+FETCH_WAIT_MS = 5
+SESSION_TIMEOUT_MS = 6000
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, a):
+        self.build = os.path.abspath(a.build)
+        self.out = os.path.abspath(a.out)
+        self.quick = a.quick
+        os.makedirs(self.out, exist_ok=True)
+        self.work = tempfile.mkdtemp(prefix="cohort-bench-")
+        self.partitions = 8 if a.quick else 32
+        # events per throughput run: each partition keeps only its last 5 MiB (about
+        # 55,000 events of ~95 bytes), so a pre-load must stay well under that
+        self.n_events = 60_000 if a.quick else 800_000
+        self.n_users = 20_000 if a.quick else 100_000
+        self.n_baseline = 15_000 if a.quick else 60_000
+        self.lat_seconds = 4 if a.quick else 20
+        self.max_users = a.max_users
+        self.reps = 1 if a.quick else 3
+        self.r = {"quick": a.quick, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "machine": machine_info(), "settings": {
+                      "partitions": self.partitions, "events_per_run": self.n_events,
+                      "users_per_run": self.n_users, "baseline_events": self.n_baseline,
+                      "fetch_wait_max_ms": FETCH_WAIT_MS}}
+        self.procs = []
+
+    def bin(self, *p):
+        path = os.path.join(self.build, *p)
+        if not os.access(path, os.X_OK):
+            raise SystemExit(f"bench: {path} not found: build first (tools/bench/run does)")
+        return path
+
+    # ------------------------------------------------------------ processes
+
+    def start(self, args, name, **kw):
+        logf = open(os.path.join(self.work, f"{name}.log"), "ab")
+        p = subprocess.Popen(args, stderr=logf, **kw)
+        p.name, p.logpath = name, logf.name
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=60):
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+        return p.returncode
+
+    def cleanup(self):
+        for p in reversed(list(self.procs)):
+            self.stop(p, timeout=10)
+
+    def tail(self, p, n=20):
+        with open(p.logpath, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+
+    def broker(self):
+        p = self.start([self.bin("stream", "cohort-broker"), "--partitions", str(self.partitions),
+                        "--topics", TOPICS], "broker", stdout=subprocess.PIPE, text=True)
+        bs = p.stdout.readline().strip()
+        if not bs:
+            raise RuntimeError("cohort-broker printed no bootstrap servers")
+        return p, bs
+
+    def gen(self, bs, events, users, seed=1, *extra, wait=True):
+        args = [self.bin("tools", "cohort-gen"), "--brokers", bs, "--events", str(events),
+                "--users", str(users), "--seed", str(seed), "--quiet", *map(str, extra)]
+        p = self.start(args, "gen")
+        if wait:
+            rc = p.wait()
+            self.procs.remove(p)
+            if rc != 0:
+                raise RuntimeError(f"cohort-gen exited {rc}:\n{self.tail(p)}")
+        return p
+
+    def cohortd(self, bs, conf, group, *sets):
+        port = free_port()
+        args = [self.bin("daemon", "cohortd"), "--config", conf,
+                "--set", f"kafka.bootstrap.servers={bs}", "--set", f"kafka.group.id={group}",
+                "--set", f"http.listen=127.0.0.1:{port}", "--set", "log.level=warning",
+                "--set", f"kafka.session.timeout.ms={SESSION_TIMEOUT_MS}",
+                "--set", f"kafka.consumer.fetch.wait.max.ms={FETCH_WAIT_MS}"]
+        for s in sets:
+            args += ["--set", s]
+        p = self.start(args, "cohortd", stdout=subprocess.DEVNULL)
+        p.http = port
+        return p
+
+    def passthrough(self, bs, group, sizes, *extra):
+        args = [self.bin("tools", "cohort-passthrough"), "--brokers", bs, "--group", group,
+                "--profile-bytes", str(sizes[0]), "--risk-bytes", str(sizes[1]),
+                "-X", f"session.timeout.ms={SESSION_TIMEOUT_MS}",
+                "-X", f"consumer.fetch.wait.max.ms={FETCH_WAIT_MS}", *extra]
+        return self.start(args, "passthrough", stdout=subprocess.PIPE, text=True)
+
+    def baseline(self, bs, conf, group, events):
+        args = [PY, os.path.join(ROOT, "tools", "bench", "baseline.py"), "--brokers", bs,
+                "--config", conf, "--group", group, "--events", str(events),
+                "-X", f"session.timeout.ms={SESSION_TIMEOUT_MS}",
+                "-X", f"consumer.fetch.wait.max.ms={FETCH_WAIT_MS}"]
+        return self.start(args, "baseline", stdout=subprocess.PIPE, text=True)
+
+    # ------------------------------------------------------------ observation
+
+    def follow(self, bs, p, topics, target, timeout):
+        """Sample (t, outputs, cpu seconds of p) every 50 ms until the output topics
+        hold target records. Returns the samples."""
+        obs = Consumer({"bootstrap.servers": bs, "group.id": "bench-observer"})
+        tps = [TopicPartition(t, i) for t in topics for i in range(self.partitions)]
+        samples, deadline = [], time.time() + timeout
+        try:
+            while True:
+                n = sum(obs.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in tps)
+                samples.append((time.monotonic(), n, proc_cpu(p.pid)))
+                if n >= target:
+                    return samples
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.name} exited {p.returncode} after {n} of {target} "
+                                       f"outputs:\n{self.tail(p)}")
+                if time.time() > deadline:
+                    raise RuntimeError(f"{p.name}: {n} of {target} outputs after {timeout}s")
+                time.sleep(0.05)
+        finally:
+            obs.close()
+
+    def throughput(self, name, bs, p, topics, n_events, timeout=600):
+        s = self.follow(bs, p, topics, 2 * n_events, timeout)
+        r = window(s, 2 * n_events)
+        r.update({"system": name, "events": n_events, "seconds_total": round(s[-1][0] - s[0][0], 2)})
+        log(f"{name}: {r['events_per_s']:,.0f} events/s, {r['cpu_s_per_m_events']:.2f} CPU s per "
+            f"million events")
+        return r
+
+    # ------------------------------------------------------------ configs and models
+
+    def config(self, name, d=16, k=16, **overrides):
+        """A cohortd config: the shipped one with absolute paths, d features (the shipped
+        16, cut or extended with generated ones) and k segments."""
+        lines, feats = [], []
+        with open(os.path.join(ROOT, "conf", "cohortd.conf")) as f:
+            for line in f:
+                s = line.strip()
+                if s.startswith("feature."):
+                    feats.append(s)
+                elif not s.startswith(("schema.dir", "model.path", "segments.k")):
+                    lines.append(s)
+        lines.append(f"schema.dir = {os.path.join(ROOT, 'conf', 'schemas')}")
+        feats = (feats + extra_features(d - len(feats)))[:d]
+        names = [f.split("=", 1)[0].strip()[len("feature."):] for f in feats]
+        lines.append(f"segments.k = {k}")
+        lines.append(f"model.path = {self.model(names)}")
+        lines.append("model.watch = 0")
+        for key, v in overrides.items():
+            lines.append(f"{key.replace('__', '.')} = {v}")
+        lines += feats
+        path = os.path.join(self.work, f"{name}.conf")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return path
+
+    def model(self, names):
+        """The example MLP for the shipped 16 features; for other feature sets the same
+        architecture (scaler, 16 and 8 ReLU units, logistic output) fitted to synthetic
+        data and exported the same way (tools/export_onnx.py)."""
+        d = len(names)
+        if d == 16:
+            return os.path.join(ROOT, "conf", "models", "risk_mlp.onnx")
+        path = os.path.join(self.work, f"mlp_d{d}.onnx")
+        if not os.path.exists(path):
+            subprocess.run([PY, "-c", MODEL_SCRIPT, ",".join(names), path,
+                            os.path.join(ROOT, "tools")], check=True)
+        return path
+
+    # ------------------------------------------------------------ phases
+
+    def cohortd_run(self, tag, conf, n_events, users, metrics=False):
+        """cohortd on n_events pre-loaded events on a fresh broker."""
+        broker, bs = self.broker()
+        try:
+            self.gen(bs, n_events, users, 1)
+            p = self.cohortd(bs, conf, f"bench-{tag}")
+            r = self.throughput(f"cohortd {tag}", bs, p, ["profiles", "risk"], n_events)
+            r["rss_bytes"] = proc_rss(p.pid)
+            if metrics:
+                m = scrape(p.http)
+                r["users"] = m.get("cohortd_users")
+                r["user_table_bytes"] = m.get("cohortd_user_table_bytes")
+                r["sizes"] = record_sizes(bs, ["profiles", "risk"], self.partitions)
+            rc = self.stop(p)
+            if rc != 0:
+                raise RuntimeError(f"cohortd exited {rc}:\n{self.tail(p)}")
+            return r
+        finally:
+            self.stop(broker)
+
+    def ceiling_run(self, tag, n_events, users, sizes):
+        """cohort-passthrough on n_events pre-loaded events on a fresh broker."""
+        broker, bs = self.broker()
+        try:
+            self.gen(bs, n_events, users, 1)
+            p = self.passthrough(bs, f"bench-{tag}", (sizes["profiles"], sizes["risk"]),
+                                 "--events", str(n_events))
+            r = self.throughput(f"ceiling {tag}", bs, p, ["profiles", "risk"], n_events)
+            out, _ = p.communicate(timeout=60)
+            self.procs.remove(p)
+            if p.returncode != 0:
+                raise RuntimeError(f"cohort-passthrough exited {p.returncode}:\n{self.tail(p)}")
+            r["self_report"] = json.loads(out.strip().splitlines()[-1])
+            return r
+        finally:
+            self.stop(broker)
+
+    def phase_throughput(self):
+        """cohortd and the ceiling alternately, reps times each (the median counts: a
+        shared machine has slow moments), then the Python baseline once."""
+        conf = self.config("main")
+        runs = {"cohortd": [], "ceiling": []}
+        for i in range(self.reps):
+            runs["cohortd"].append(self.cohortd_run(f"d16-k16-{i + 1}", conf, self.n_events,
+                                                    self.n_users, True))
+            sizes = runs["cohortd"][0]["sizes"]
+            runs["ceiling"].append(self.ceiling_run(f"{i + 1}", self.n_events, self.n_users,
+                                                    sizes))
+        res = {k: dict(median_run(v), runs=[round(x["events_per_s"]) for x in v])
+               for k, v in runs.items()}
+        # the Python baseline: fewer events (it is slow), same kind of input
+        broker, bs = self.broker()
+        try:
+            self.gen(bs, self.n_baseline, self.n_users, 1)
+            p = self.baseline(bs, conf, "bench-baseline", self.n_baseline)
+            res["baseline"] = self.throughput("python baseline", bs, p, ["profiles", "risk"],
+                                              self.n_baseline, timeout=1800)
+            p.communicate(timeout=120)
+            self.procs.remove(p)
+            if p.returncode != 0:
+                raise RuntimeError(f"baseline exited {p.returncode}:\n{self.tail(p)}")
+        finally:
+            self.stop(broker)
+        c, ce, b = (res[k]["events_per_s"] for k in ("cohortd", "ceiling", "baseline"))
+        res["ratio_to_ceiling"] = c / ce
+        res["ratio_to_baseline"] = c / b
+        res["cpu_ratio_baseline_to_cohortd"] = (res["baseline"]["cpu_s_per_m_events"] /
+                                                res["cohortd"]["cpu_s_per_m_events"])
+        self.r["throughput"] = res
+        log(f"median of {self.reps}: cohortd {c:,.0f}, ceiling {ce:,.0f} events/s; "
+            f"cohortd/ceiling = {c / ce:.2f}, cohortd/baseline = {c / b:.1f}")
+
+    def phase_latency(self):
+        base = self.r.get("throughput", {}).get("cohortd", {}).get("events_per_s")
+        sizes = self.r.get("throughput", {}).get("cohortd", {}).get("sizes")
+        if not base:  # latency alone: measure the rate first
+            t = median_run([self.cohortd_run(f"rate-{i}", self.config("main"), self.n_events,
+                                             self.n_users, True) for i in range(self.reps)])
+            base, sizes = t["events_per_s"], t["sizes"]
+        rate = int(base * 0.5)
+        res = {"rate": rate, "seconds": self.lat_seconds}
+        conf = self.config("main")
+        for sut in ("ceiling", "cohortd"):
+            broker, bs = self.broker()
+            try:
+                if sut == "cohortd":
+                    p = self.cohortd(bs, conf, "bench-lat")
+                    fmt = "risk"
+                else:
+                    p = self.passthrough(bs, "bench-lat", (sizes["profiles"], sizes["risk"]))
+                    fmt = "event"
+                # a primer proves the system consumes before the measured load starts
+                self.gen(bs, 500, 500, 7)
+                self.follow(bs, p, ["profiles", "risk"], 1000, 120)
+                sink = self.start([self.bin("tools", "cohort-bench-sink"), "--brokers", bs,
+                                   "--topic", "risk", "--format", fmt, "--warmup", "2",
+                                   "--duration", str(self.lat_seconds),
+                                   "-X", f"fetch.wait.max.ms={FETCH_WAIT_MS}"],
+                                  "sink", stdout=subprocess.PIPE, text=True)
+                if sink.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"cohort-bench-sink:\n{self.tail(sink)}")
+                g = self.gen(bs, int(rate * (self.lat_seconds + 6)), self.n_users, 3, "--stamp",
+                             "--rate", rate, wait=False)
+                out, _ = sink.communicate(timeout=self.lat_seconds + 120)
+                self.procs.remove(sink)
+                h = json.loads(out.strip().splitlines()[-1])
+                self.stop(g)
+                self.stop(p)
+                if h["count"] == 0:
+                    raise RuntimeError(f"{sut}: no stamped outputs reached the sink")
+                res[sut] = h
+                log(f"latency {sut} at {rate:,} events/s: p50 {h['p50'] / 1e3:.1f} ms, "
+                    f"p99 {h['p99'] / 1e3:.1f} ms, p999 {h['p999'] / 1e3:.1f} ms ({h['count']:,})")
+            finally:
+                self.stop(broker)
+        self.r["latency"] = res
+
+    def phase_memory(self):
+        levels = [10_000, 100_000] if self.quick else [100_000, 1_000_000]
+        if not self.quick and self.max_users >= 10_000_000:
+            levels.append(10_000_000)
+        levels = [u for u in levels if u <= self.max_users]
+        per_level = 50_000 if self.quick else 500_000
+        chunk = 50_000 if self.quick else 1_000_000
+        conf = self.config("memory", state__max_users=max(levels) + max(levels) // 4)
+        broker, bs = self.broker()
+        res = []
+        try:
+            p = self.cohortd(bs, conf, "bench-mem")
+            produced, have = 0, 0
+            for users in levels:
+                while have < users:  # every user once, in chunks the broker can hold
+                    n = min(chunk, users - have)
+                    self.gen(bs, n, n, 11, "--cover", "--user-base", have)
+                    have += n
+                    produced += n
+                    self.follow(bs, p, ["profiles", "risk"], 2 * produced, 1800)
+                rss_users = proc_rss(p.pid)
+                # per-event cost on a table of this size: pause cohortd, pre-load
+                # events of random users among all of them, resume, measure
+                os.kill(p.pid, signal.SIGSTOP)
+                try:
+                    self.gen(bs, per_level, users, 20 + len(res))
+                finally:
+                    os.kill(p.pid, signal.SIGCONT)
+                produced += per_level
+                s = self.follow(bs, p, ["profiles", "risk"], 2 * produced, 1800)
+                w = window(s, 2 * produced, start=2 * (produced - per_level))
+                m = scrape(p.http)
+                entry = {"users": int(m.get("cohortd_users", 0)),
+                         "user_table_bytes": int(m.get("cohortd_user_table_bytes", 0)),
+                         "rss_bytes": proc_rss(p.pid), "rss_after_cover_bytes": rss_users,
+                         "events_per_s": w["events_per_s"],
+                         "cpu_s_per_m_events": w["cpu_s_per_m_events"]}
+                entry["state_bytes_per_user"] = entry["user_table_bytes"] / max(1, entry["users"])
+                res.append(entry)
+                log(f"memory: {entry['users']:,} users, RSS {entry['rss_bytes'] / 2**20:,.0f} MiB, "
+                    f"state {entry['state_bytes_per_user']:.0f} B/user, "
+                    f"{w['events_per_s']:,.0f} events/s, {w['cpu_s_per_m_events']:.2f} CPU s/M")
+            rc = self.stop(p)
+            if rc != 0:
+                raise RuntimeError(f"cohortd exited {rc}:\n{self.tail(p)}")
+        finally:
+            self.stop(broker)
+        for a, b in zip(res, res[1:]):
+            b["rss_delta_bytes_per_user"] = (b["rss_bytes"] - a["rss_bytes"]) / max(
+                1, b["users"] - a["users"])
+        self.r["memory"] = res
+
+    def phase_scaling(self):
+        n = self.n_events // 2 if self.quick else self.n_events
+        res = {"features": [], "segments": []}
+        main = self.r.get("throughput", {}).get("cohortd")
+        for d in (8, 16, 32, 128):
+            if d == 16 and main:
+                r = dict(main)
+            else:
+                r = self.cohortd_run(f"d{d}-k16", self.config(f"d{d}", d=d), n, self.n_users)
+            r["d"], r["k"] = d, 16
+            res["features"].append(r)
+        for k in (4, 16, 64):
+            if k == 16:
+                r = dict(res["features"][1])
+            else:
+                r = self.cohortd_run(f"d16-k{k}", self.config(f"k{k}", k=k), n, self.n_users)
+            r["d"], r["k"] = 16, k
+            res["segments"].append(r)
+        self.r["scaling"] = res
+
+    def phase_parity(self):
+        """The baseline must be the same job: on one input, its features and scores equal
+        cohortd's (features exactly as float32, scores to 1e-5)."""
+        n, users = 6_000, 600
+        broker, bs = self.broker()
+        try:
+            self.gen(bs, n, users, 5, "--step-ms", 1000)
+            p = self.cohortd(bs, self.config("parity"), "bench-parity")
+            self.follow(bs, p, ["profiles", "risk"], 2 * n, 300)
+            self.stop(p)
+            q = self.baseline(bs, self.config("parity-py", output__profile_topic="py-profiles",
+                                              output__risk_topic="py-risk"), "bench-parity-py", n)
+            self.follow(bs, q, ["py-profiles", "py-risk"], 2 * n, 600)
+            q.communicate(timeout=60)
+            self.procs.remove(q)
+            res = compare_outputs(bs, n, self.partitions)
+        finally:
+            self.stop(broker)
+        self.r["parity"] = res
+        log(f"parity: {res['risk_compared']} risk updates, max |score diff| "
+            f"{res['max_score_diff']:.2e}; {res['profiles_compared']} profiles, max feature "
+            f"rel diff {res['max_feature_rel_diff']:.2e}")
+        if not res["ok"]:
+            raise RuntimeError(f"the Python baseline does not compute what cohortd does: {res}")
+
+
+# ---------------------------------------------------------------- helpers
+
+MODEL_SCRIPT = r"""
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from export_onnx import export
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+names, path = sys.argv[1].split(","), sys.argv[2]
+d = len(names)
+rng = np.random.default_rng(d)
+x = rng.lognormal(size=(4000, d))
+y = (x[:, : max(1, d // 4)].sum(1) + rng.normal(size=4000) > np.median(x[:, : max(1, d // 4)].sum(1)))
+m = make_pipeline(StandardScaler(), MLPClassifier((16, 8), activation="relu", max_iter=200,
+                                                  random_state=0)).fit(x, y.astype(int))
+export(m, path, names, version=f"bench-mlp-d{d}")
+"""
+
+
+def extra_features(n):
+    """n more distinct feature lines, cycling kinds, filters and half-lives."""
+    kinds = ["count", "sum(amount)", "mean(amount)", "std(amount)", "max(amount)", "since_last"]
+    types = ["", " type=view", " type=cart", " type=purchase", " type=payment", " type=login",
+             " type=refund"]
+    hls = ["10m", "1h", "6h", "1d", "7d", "30d"]
+    out = []
+    for i in range(max(0, n)):
+        out.append(f"feature.x{i} = {kinds[i % 6]}{types[(i // 6) % 7]} half_life={hls[(i // 42) % 6]}")
+    return out
+
+
+def median_run(runs):
+    """The run with the median rate (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["events_per_s"])[(len(runs) - 1) // 2]
+
+
+def window(samples, total, lo=0.1, hi=0.9, start=0):
+    """Rate and CPU per event between lo and hi of the outputs from start to total."""
+    def at(level):
+        for (t0, n0, c0), (t1, n1, c1) in zip(samples, samples[1:]):
+            if n0 <= level <= n1 and n1 > n0:
+                f = (level - n0) / (n1 - n0)
+                return t0 + f * (t1 - t0), c0 + f * (c1 - c0)
+        return samples[-1][0], samples[-1][2]
+    a = start + lo * (total - start)
+    b = start + hi * (total - start)
+    (ta, ca), (tb, cb) = at(a), at(b)
+    events = (b - a) / 2  # two outputs per event
+    dt = max(tb - ta, 1e-9)
+    return {"events_per_s": events / dt, "cpu_s_per_m_events": (cb - ca) / events * 1e6,
+            "cpu_utilisation": (cb - ca) / dt, "window_seconds": round(dt, 3)}
+
+
+def proc_cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except OSError:
+        return 0.0
+
+
+def proc_rss(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port):
+    """Unlabelled samples of cohortd's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+) ([0-9.eE+-]+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def read_topic(bs, topic, partitions, limit_per_partition=None, timeout=30):
+    c = Consumer({"bootstrap.servers": bs, "group.id": "bench-reader", "enable.auto.commit": False})
+    try:
+        tps, want = [], 0
+        for i in range(partitions):
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, i), timeout=10, cached=False)
+            start = lo if limit_per_partition is None else max(lo, hi - limit_per_partition)
+            if hi > start:
+                tps.append(TopicPartition(topic, i, start))
+                want += hi - start
+        c.assign(tps)
+        out, deadline = [], time.time() + timeout
+        while len(out) < want and time.time() < deadline:
+            for m in c.consume(1000, timeout=0.5):
+                if not m.error():
+                    out.append(m)
+        return out
+    finally:
+        c.close()
+
+
+def record_sizes(bs, topics, partitions):
+    sizes = {}
+    for t in topics:
+        msgs = read_topic(bs, t, partitions, limit_per_partition=200)
+        sizes[t] = round(sum(len(m.value()) for m in msgs) / max(1, len(msgs)))
+    return sizes
+
+
+def compare_outputs(bs, n, parts):
+    sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+    import io
+    import struct
+    import avro.io
+    import avro.schema
+
+    def reader(name):
+        with open(os.path.join(ROOT, "conf", "schemas", name)) as f:
+            text = re.sub(r',\s*"logicalType"\s*:\s*"timestamp-millis"', "", f.read())
+        return avro.io.DatumReader(avro.schema.parse(text))
+
+    def decode(rd, v):
+        return rd.read(avro.io.BinaryDecoder(io.BytesIO(v[5:])))
+
+    rr, rp = reader("risk_update.avsc"), reader("profile_update.avsc")
+    risk = {t: {} for t in ("risk", "py-risk")}
+    for t in risk:
+        for m in read_topic(bs, t, parts):
+            r = decode(rr, m.value())
+            risk[t][r["event_id"]] = r["score"]
+    prof = {t: {} for t in ("profiles", "py-profiles")}
+    for t in prof:
+        for m in read_topic(bs, t, parts):
+            r = decode(rp, m.value())
+            prof[t][(r["user_id"], r["ts"])] = r["features"]
+    common = set(risk["risk"]) & set(risk["py-risk"])
+    sd = max((abs(risk["risk"][e] - risk["py-risk"][e]) for e in common), default=float("inf"))
+    pc = set(prof["profiles"]) & set(prof["py-profiles"])
+    fd = 0.0
+    for key in pc:
+        for a, b in zip(prof["profiles"][key], prof["py-profiles"][key]):
+            fd = max(fd, abs(a - b) / max(1.0, abs(a)))
+    ok = len(common) == n and len(pc) > 0.9 * len(prof["profiles"]) and sd <= 1e-5 and fd <= 1e-5
+    return {"events": n, "risk_compared": len(common), "max_score_diff": sd,
+            "profiles_compared": len(pc), "max_feature_rel_diff": fd, "ok": ok}
+
+
+def machine_info():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    import confluent_kafka
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "librdkafka": confluent_kafka.libversion()[0], "commit": commit,
+            "mem_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", required=True, help="a cohortd build directory")
+    ap.add_argument("--out", required=True, help="where report.md/json and plots go")
+    ap.add_argument("--quick", action="store_true", help="small sizes (the ctest bench label)")
+    ap.add_argument("--only", default="parity,throughput,latency,memory,scaling")
+    ap.add_argument("--max-users", type=int, default=None,
+                    help="largest user count of the memory phase (default: 10M if the "
+                         "machine has the memory, else 1M)")
+    a = ap.parse_args()
+    if a.max_users is None:
+        a.max_users = 10_000_000 if os.sysconf("SC_PAGE_SIZE") * os.sysconf(
+            "SC_PHYS_PAGES") >= 16 * 2**30 else 1_000_000
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    b = Bench(a)
+    t0 = time.monotonic()
+    try:
+        for ph in a.only.split(","):
+            log(f"--- {ph}")
+            getattr(b, f"phase_{ph.strip()}")()
+    finally:
+        b.cleanup()
+        b.r["seconds"] = round(time.monotonic() - t0, 1)
+        with open(os.path.join(b.out, "report.json"), "w") as f:
+            json.dump(b.r, f, indent=2)
+        from report import write_report
+        write_report(b.r, b.out)
+        if not os.environ.get("CH_BENCH_KEEP"):
+            shutil.rmtree(b.work, ignore_errors=True)
+        else:
+            log(f"work files kept in {b.work}")
+    log(f"report: {os.path.join(b.out, 'report.md')} ({b.r['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()

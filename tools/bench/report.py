@@ -1,0 +1,214 @@
+"""Markdown report and PNG plots of a tools/bench run (report.json -> report.md, *.png).
+
+Also usable alone, to redraw a report: /usr/bin/python3 tools/bench/report.py OUT_DIR
+"""
+import json
+import os
+import sys
+
+# the targets of issue 5, reported against (never asserted)
+TARGETS = {"ratio_to_ceiling": 0.7, "ratio_to_baseline": 20.0, "p99_over_ceiling_ms": 2.0,
+           "state_bytes_per_user": 300.0, "per_event_cost_growth": 1.25}
+
+
+def _fmt(v, digits=0):
+    return f"{v:,.{digits}f}" if isinstance(v, (int, float)) else "-"
+
+
+def _verdict(ok):
+    return "met" if ok else "**short**"
+
+
+def _plots(r, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    files = []
+    t = r.get("throughput")
+    if t:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        names = ["ceiling (Kafka I/O)", "cohortd", "Python baseline"]
+        vals = [t["ceiling"]["events_per_s"], t["cohortd"]["events_per_s"],
+                t["baseline"]["events_per_s"]]
+        ax.bar(names, vals, color=["#999999", "#1f77b4", "#ff7f0e"])
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom")
+        ax.set_ylabel("events/s")
+        ax.set_title("Throughput on the embedded broker")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "throughput.png"), dpi=100)
+        plt.close(fig)
+        files.append("throughput.png")
+    lat = r.get("latency")
+    if lat and "cohortd" in lat:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, color in (("ceiling", "#999999"), ("cohortd", "#1f77b4")):
+            b = lat[name]["buckets"]
+            total = sum(c for _, c in b)
+            acc, xs, ys = 0, [], []
+            for v, c in b:
+                acc += c
+                xs.append(v / 1e3)
+                ys.append(acc / total)
+            ax.plot(xs, ys, label=f"{name} (p99 {lat[name]['p99'] / 1e3:.1f} ms)", color=color)
+        ax.set_xscale("log")
+        ax.set_xlabel("end-to-end latency (ms)")
+        ax.set_ylabel("fraction of events")
+        ax.set_title(f"Latency at {lat['rate']:,} events/s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "latency.png"), dpi=100)
+        plt.close(fig)
+        files.append("latency.png")
+    mem = r.get("memory")
+    if mem:
+        fig, ax1 = plt.subplots(figsize=(6, 3.5))
+        u = [m["users"] for m in mem]
+        ax1.plot(u, [m["rss_bytes"] / 2**20 for m in mem], "o-", label="RSS (MiB)")
+        ax1.set_xscale("log")
+        ax1.set_yscale("log")
+        ax1.set_xlabel("users")
+        ax1.set_ylabel("RSS (MiB)")
+        ax2 = ax1.twinx()
+        ax2.plot(u, [m["cpu_s_per_m_events"] for m in mem], "s--", color="#d62728",
+                 label="CPU s per million events")
+        ax2.set_ylabel("CPU s per million events")
+        ax2.set_ylim(bottom=0)
+        ax1.set_title("Memory and per-event cost against users")
+        fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88))
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "memory.png"), dpi=100)
+        plt.close(fig)
+        files.append("memory.png")
+    sc = r.get("scaling")
+    if sc:
+        fig, axs = plt.subplots(1, 2, figsize=(8, 3.5), sharey=True)
+        for ax, key, var in ((axs[0], "features", "d"), (axs[1], "segments", "k")):
+            xs = [e[var] for e in sc[key]]
+            ax.plot(xs, [e["events_per_s"] for e in sc[key]], "o-")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs)
+            ax.set_xticklabels([str(x) for x in xs])
+            ax.set_xlabel(f"{var} ({key}; {'k = 16' if var == 'd' else 'd = 16'})")
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+        axs[0].set_ylabel("events/s")
+        fig.suptitle("cohortd throughput against features and segments")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "scaling.png"), dpi=100)
+        plt.close(fig)
+        files.append("scaling.png")
+    return files
+
+
+def write_report(r, out):
+    files = _plots(r, out)
+    m = r.get("machine", {})
+    s = r.get("settings", {})
+    L = [f"# cohortd benchmark{' (quick)' if r.get('quick') else ''}", "",
+         f"{r.get('started', '')}, commit {m.get('commit', '?')}, {m.get('cpu', '?')}, "
+         f"{m.get('cores', '?')} cores, librdkafka {m.get('librdkafka', '?')}, "
+         f"{r.get('seconds', 0):.0f} s in all. Embedded broker (librdkafka mock cluster), "
+         f"{s.get('partitions')} partitions; every system under test uses the same client "
+         f"settings (fetch.wait.max.ms = {s.get('fetch_wait_max_ms')}). Rates are measured "
+         "from the output topics' high watermarks between 10% and 90% of the outputs.", ""]
+    summary = []
+    t = r.get("throughput")
+    if t:
+        rc, rb = t["ratio_to_ceiling"], t["ratio_to_baseline"]
+        summary.append(("cohortd / ceiling throughput", f"{rc:.2f}",
+                        f">= {TARGETS['ratio_to_ceiling']}",
+                        _verdict(rc >= TARGETS["ratio_to_ceiling"])))
+        summary.append(("cohortd / Python baseline throughput", f"{rb:.1f}",
+                        f">= {TARGETS['ratio_to_baseline']:.0f}",
+                        _verdict(rb >= TARGETS["ratio_to_baseline"])))
+    lat = r.get("latency")
+    if lat and "cohortd" in lat and "ceiling" in lat:
+        dp = (lat["cohortd"]["p99"] - lat["ceiling"]["p99"]) / 1e3
+        summary.append(("p99 latency over the ceiling's", f"{dp:+.1f} ms",
+                        f"<= {TARGETS['p99_over_ceiling_ms']:.0f} ms",
+                        _verdict(dp <= TARGETS["p99_over_ceiling_ms"])))
+    mem = r.get("memory")
+    if mem:
+        b = mem[0]["state_bytes_per_user"]
+        summary.append(("state bytes per user (d = 16)", f"{b:.0f}",
+                        f"<= {TARGETS['state_bytes_per_user']:.0f}",
+                        _verdict(b <= TARGETS["state_bytes_per_user"])))
+        if len(mem) > 1:
+            g = mem[-1]["cpu_s_per_m_events"] / mem[0]["cpu_s_per_m_events"]
+            summary.append((f"CPU per event, {mem[-1]['users']:,} / {mem[0]['users']:,} users",
+                            f"{g:.2f}", f"flat (<= {TARGETS['per_event_cost_growth']})",
+                            _verdict(g <= TARGETS["per_event_cost_growth"])))
+    if summary:
+        L += ["## Against the targets", "", "| measure | value | target | |", "|---|---:|---|---|"]
+        L += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary]
+        L.append("")
+    if t:
+        L += ["## Throughput", "", "Same pre-loaded input (events of "
+              f"{s.get('users_per_run'):,} users) on a fresh broker for each system; the "
+              "ceiling consumes and produces one profile and one risk record per event of "
+              f"cohortd's sizes ({t['cohortd']['sizes']['profiles']} and "
+              f"{t['cohortd']['sizes']['risk']} bytes) with no processing.", "",
+              "| system | events per run | events/s (median) | runs | x ceiling | "
+              "CPU s per million events | CPU use (cores) |",
+              "|---|---:|---:|---|---:|---:|---:|"]
+        for k, name in (("ceiling", "ceiling (cohort-passthrough)"),
+                        ("cohortd", "cohortd (d = 16, k = 16, MLP)"),
+                        ("baseline", "Python baseline (confluent-kafka + numpy)")):
+            e = t[k]
+            ratio = e["events_per_s"] / t["ceiling"]["events_per_s"]
+            runs = ", ".join(f"{x:,}" for x in e.get("runs", [round(e["events_per_s"])]))
+            L.append(f"| {name} | {e['events']:,} | {_fmt(e['events_per_s'])} | {runs} | "
+                     f"{ratio:.2f} | {e['cpu_s_per_m_events']:.2f} | {e['cpu_utilisation']:.2f} |")
+        L += ["", f"Per event, the Python baseline spends "
+              f"{t['cpu_ratio_baseline_to_cohortd']:.0f} times cohortd's CPU time.", "",
+              "![throughput](throughput.png)", ""]
+    if parity := r.get("parity"):
+        L += ["## The baseline is the same job", "",
+              f"On {parity['events']:,} events, the Python baseline's risk scores match "
+              f"cohortd's for {parity['risk_compared']:,} events (max |diff| "
+              f"{parity['max_score_diff']:.1e}) and its feature vectors for "
+              f"{parity['profiles_compared']:,} profile updates (max relative diff "
+              f"{parity['max_feature_rel_diff']:.1e}).", ""]
+    if lat and "cohortd" in lat:
+        L += ["## Latency", "", f"{lat['rate']:,} events/s (50% of cohortd's measured rate) "
+              f"for {lat['seconds']} s after a 2 s warm-up, from cohort-gen's send time to "
+              "arrival at a consumer of the risk topic (HDR-style histogram, 1.6% "
+              "resolution).", "",
+              "| system | outputs | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+        for k in ("ceiling", "cohortd"):
+            h = lat[k]
+            L.append(f"| {k} | {h['count']:,} | {h['p50'] / 1e3:.1f} | {h['p90'] / 1e3:.1f} | "
+                     f"{h['p99'] / 1e3:.1f} | {h['p999'] / 1e3:.1f} | {h['max'] / 1e3:.1f} |")
+        L += ["", "![latency](latency.png)", ""]
+    if mem:
+        L += ["## Memory and users", "", "One cohortd grown in steps; at each step it is "
+              "paused, events of random users among all of them are pre-loaded, and the rate "
+              "and CPU per event are measured on a table of that size.", "",
+              "| users | RSS MiB | state bytes/user | RSS growth bytes/user | events/s | "
+              "CPU s per million events |", "|---:|---:|---:|---:|---:|---:|"]
+        for e in mem:
+            L.append(f"| {e['users']:,} | {e['rss_bytes'] / 2**20:,.0f} | "
+                     f"{e['state_bytes_per_user']:.0f} | "
+                     f"{_fmt(e.get('rss_delta_bytes_per_user'))} | {_fmt(e['events_per_s'])} | "
+                     f"{e['cpu_s_per_m_events']:.2f} |")
+        L += ["", "![memory](memory.png)", ""]
+    if sc := r.get("scaling"):
+        L += ["## Scaling", "", "| d features | k segments | events/s | CPU s per million "
+              "events |", "|---:|---:|---:|---:|"]
+        for e in sc["features"] + [x for x in sc["segments"] if x["k"] != 16]:
+            L.append(f"| {e['d']} | {e['k']} | {_fmt(e['events_per_s'])} | "
+                     f"{e['cpu_s_per_m_events']:.2f} |")
+        L += ["", "![scaling](scaling.png)", ""]
+    L += ["Raw numbers: report.json."]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    return files
+
+
+if __name__ == "__main__":
+    d = sys.argv[1]
+    with open(os.path.join(d, "report.json")) as f:
+        write_report(json.load(f), d)
