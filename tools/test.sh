@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian 12 machine: install dependencies, build with
 # -Werror under AddressSanitizer + UndefinedBehaviorSanitizer, and run every
-# unit and integration test (ctest). The datasets are read from ../shared/data.
+# unit and integration test and the short benchmark (ctest). The datasets are read
+# from ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
@@ -11,4 +12,4 @@ cmake --build "$BUILD" -j"$(nproc)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 cd "$BUILD"
-ctest --output-on-failure -L 'unit|integration' "$@"
+ctest --output-on-failure -L 'unit|integration|bench' "$@"
