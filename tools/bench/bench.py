@@ -575,7 +575,6 @@ def record_sizes(bs, topics, partitions):
 
 
 def compare_outputs(bs, n, parts):
-    sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
     import io
     import struct
     import avro.io
