@@ -29,7 +29,7 @@
 #include <time.h>
 
 #include "ch/kafka.h"
-#include "tool_args.h"
+#include "tool_common.h"
 
 #define SUB_BITS 7
 #define HALF (1 << (SUB_BITS - 1))
@@ -112,12 +112,6 @@ static int64_t now_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* Avro long (zigzag varint). @returns bytes read, 0 on malformed input. */
@@ -278,7 +272,7 @@ int main(int argc, char **argv) {
     static ch_msg_t msgs[1000];
     uint64_t records = 0, unstamped = 0, warm = 0;
     int64_t first_sent = -1;
-    double t_first = 0, t_start = mono_s();
+    double t_first = 0, t_start = tool_now_s();
     int rc = 0;
     while (!stop_flag) {
         int got = ch_consumer_drain(c, msgs, 1000);
@@ -295,7 +289,7 @@ int main(int argc, char **argv) {
             }
             if (first_sent < 0) {
                 first_sent = sent;
-                t_first = mono_s();
+                t_first = tool_now_s();
             }
             if ((double)(sent - first_sent) < warmup * 1e6) {
                 warm++;
@@ -303,10 +297,10 @@ int main(int argc, char **argv) {
             }
             hist_record(&h, now - sent);
         }
-        if (first_sent >= 0 && mono_s() - t_first >= warmup + duration) {
+        if (first_sent >= 0 && tool_now_s() - t_first >= warmup + duration) {
             break;
         }
-        if (first_sent < 0 && mono_s() - t_start >= timeout) {
+        if (first_sent < 0 && tool_now_s() - t_start >= timeout) {
             fprintf(stderr, "cohort-bench-sink: no stamped record in %.0f s (%" PRIu64
                             " records read)\n", timeout, records);
             rc = 1;
