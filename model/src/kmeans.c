@@ -10,12 +10,24 @@
  * - Warm-up: the first W transformed-space inputs are buffered as l; when W are
  *   there they are z-scored with the statistics of that moment, and `inits` runs
  *   of k-means++ seeding plus Lloyd passes are tried; the lowest inertia wins.
+ *   With seed_by_caller nothing is buffered: once W points have been seen the
+ *   caller hands over a population (every user's current vector) to
+ *   ch_kmeans_seed(), so seeding sees mature vectors, not users' first events,
+ *   whose immature vectors let the seeding settle in a poor optimum.
  * - Online: per batch, centroid weights decay by 2^(-dt/h); points go to their nearest
  *   centroid; for each centroid with m new points w += m, eta = m / w,
  *   c = (1 - eta) c + eta mean(points) (Sculley 2010, with Spark's decay).
  *   A centroid whose weight falls under dead_ratio * max weight is re-seeded at a
  *   batch point drawn by D^2 sampling, with weight 2 * dead_ratio * max weight (so it
  *   is not re-seeded again at once) and its generation bumped.
+ * - Split and merge: online updates cannot leave a local optimum where one
+ *   centroid holds two groups while two others share one group. So each centroid
+ *   also runs a 2-means of its own points (two children, same decayed rule). When
+ *   splitting some centroid j into its children would lower the inertia by more
+ *   than split_ratio times what merging the closest other pair (a, b) raises it
+ *   (both by Ward's criterion, w1 w2 / (w1 + w2) |m1 - m2|^2), a and b merge into
+ *   the heavier one's id, and the freed id takes j's second child with its
+ *   generation bumped. Every move lowers the inertia, so moves cannot cycle.
  * - Invariants: a centroid's index is its segment id for life; generations only grow;
  *   distances come from one sgemm per pass as |z|^2 - 2 Z C^T + |c|^2, clamped at 0.
  * - Reported assignment uses hysteresis: a point keeps its previous segment (of the
@@ -35,7 +47,8 @@
 
 #define BLOCK 1024      /* rows per distance block */
 #define MIN_STD 1e-6    /* below this a feature is treated as constant */
-#define WARMUP_INITS 4  /* k-means++ restarts at warm-up */
+#define WARMUP_INITS 4  /* k-means++ restarts at warm-up (buffered points) */
+#define SEED_INITS 10   /* k-means++ restarts when seeding on a population */
 
 struct ch_kmeans {
     ch_kmeans_opts_t o;
@@ -52,12 +65,18 @@ struct ch_kmeans {
     double *w;
     uint32_t *gen;
     int64_t t_ms;
+    /* per centroid: two children (a 2-means of its points), their weights */
+    float *ch, *chsum;
+    double *chw;
+    size_t *chcnt;
+    bool *chset;
+    uint64_t batches;
     /* scratch */
     float *z, *znorm, *dist, *sum;
     size_t *cnt;
     int32_t *nearest;
     double *d2;
-    uint64_t rng, points, reseeds;
+    uint64_t rng, points, reseeds, splits;
 };
 
 void ch_kmeans_opts_default(ch_kmeans_opts_t *o, size_t k, size_t dim) {
@@ -71,7 +90,9 @@ void ch_kmeans_opts_default(ch_kmeans_opts_t *o, size_t k, size_t dim) {
                             .dead_ratio = 0.01,
                             .hysteresis = 0.05,
                             .log1p = true,
-                            .seed = 1};
+                            .seed = 1,
+                            .seed_by_caller = false,
+                            .split_ratio = 2};
 }
 
 ch_kmeans_t *ch_kmeans_free(ch_kmeans_t *km) {
@@ -86,6 +107,11 @@ ch_kmeans_t *ch_kmeans_free(ch_kmeans_t *km) {
     free(km->cnorm);
     free(km->w);
     free(km->gen);
+    free(km->ch);
+    free(km->chsum);
+    free(km->chw);
+    free(km->chcnt);
+    free(km->chset);
     free(km->z);
     free(km->znorm);
     free(km->dist);
@@ -121,6 +147,9 @@ int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf,
         return fail(errbuf, errlen, -EINVAL,
                     "dead ratio must be in [0, 0.5) and hysteresis in [0, 1)");
     }
+    if (!(o->split_ratio == 0 || (o->split_ratio >= 1 && isfinite(o->split_ratio)))) {
+        return fail(errbuf, errlen, -EINVAL, "split ratio must be 0 (off) or >= 1");
+    }
     ch_kmeans_t *km = calloc(1, sizeof(*km));
     if (!km) {
         return -ENOMEM;
@@ -130,7 +159,7 @@ int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf,
     km->mean = calloc(d, sizeof(double));
     km->m2 = calloc(d, sizeof(double));
     km->inv_std = malloc(d * sizeof(float));
-    km->wbuf = malloc((o->warmup + o->max_batch) * d * sizeof(float));
+    km->wbuf = o->seed_by_caller ? NULL : malloc((o->warmup + o->max_batch) * d * sizeof(float));
     km->c = calloc(k * d, sizeof(float));
     km->cnorm = calloc(k, sizeof(float));
     km->w = calloc(k, sizeof(double));
@@ -140,11 +169,18 @@ int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf,
     km->dist = malloc(rows * k * sizeof(float));
     km->sum = malloc(k * d * sizeof(float));
     km->cnt = malloc(k * sizeof(size_t));
-    km->nearest = malloc((o->warmup + rows) * sizeof(int32_t));
-    km->d2 = malloc((o->warmup + rows) * sizeof(double));
-    if (!km->mean || !km->m2 || !km->inv_std || !km->wbuf || !km->c || !km->cnorm || !km->w ||
-        !km->gen || !km->z || !km->znorm || !km->dist || !km->sum || !km->cnt || !km->nearest ||
-        !km->d2) {
+    size_t held = o->seed_by_caller ? rows : o->warmup + rows;
+    km->nearest = malloc(held * sizeof(int32_t));
+    km->d2 = malloc(held * sizeof(double));
+    km->ch = calloc(2 * k * d, sizeof(float));
+    km->chsum = calloc(2 * k * d, sizeof(float));
+    km->chw = calloc(2 * k, sizeof(double));
+    km->chcnt = calloc(2 * k, sizeof(size_t));
+    km->chset = calloc(k, sizeof(bool));
+    if (!km->mean || !km->m2 || !km->inv_std || (!o->seed_by_caller && !km->wbuf) || !km->c ||
+        !km->cnorm || !km->w || !km->gen || !km->z || !km->znorm || !km->dist || !km->sum ||
+        !km->cnt || !km->nearest || !km->d2 || !km->ch || !km->chsum || !km->chw ||
+        !km->chcnt || !km->chset) {
         ch_kmeans_free(km);
         return -ENOMEM;
     }
@@ -168,6 +204,14 @@ uint64_t ch_kmeans_points(const ch_kmeans_t *km) {
 
 uint64_t ch_kmeans_reseeds(const ch_kmeans_t *km) {
     return km->reseeds;
+}
+
+uint64_t ch_kmeans_splits(const ch_kmeans_t *km) {
+    return km->splits;
+}
+
+bool ch_kmeans_wants_seed(const ch_kmeans_t *km, size_t n) {
+    return km->o.seed_by_caller && !km->ready && km->points + n >= km->o.warmup;
 }
 
 const float *ch_kmeans_centroid(const ch_kmeans_t *km, size_t j, double *ret_weight,
@@ -354,13 +398,13 @@ static void lower_d2(const ch_kmeans_t *km, size_t j, const float *z, size_t n, 
     }
 }
 
-/* Per-centroid count and sum of the rows of z assigned in km->nearest. */
-static void cluster_sums(ch_kmeans_t *km, const float *z, size_t n) {
+/* Per-centroid count and sum of the rows of z assigned in near. */
+static void cluster_sums(ch_kmeans_t *km, const float *z, size_t n, const int32_t *near) {
     size_t k = km->o.k, d = km->o.dim;
     memset(km->sum, 0, k * d * sizeof(float));
     memset(km->cnt, 0, k * sizeof(size_t));
     for (size_t i = 0; i < n; i++) {
-        size_t j = (size_t)km->nearest[i];
+        size_t j = (size_t)near[i];
         km->cnt[j]++;
         for (size_t t = 0; t < d; t++) {
             km->sum[j * d + t] += z[i * d + t];
@@ -368,27 +412,28 @@ static void cluster_sums(ch_kmeans_t *km, const float *z, size_t n) {
     }
 }
 
-/* One k-means++ seeding and Lloyd passes over z (n rows); returns the inertia. */
-static double warm_fit(ch_kmeans_t *km, const float *z, size_t n) {
+/* One k-means++ seeding and Lloyd passes over z (n rows), with n entries of scratch in
+ * near and d2; returns the inertia. */
+static double warm_fit(ch_kmeans_t *km, const float *z, size_t n, int32_t *near, double *d2) {
     size_t k = km->o.k, d = km->o.dim;
     size_t first = (size_t)(unif(km) * (double)n) % n;
     set_centroid(km, 0, z + first * d);
     for (size_t i = 0; i < n; i++) {
-        km->d2[i] = INFINITY;
+        d2[i] = INFINITY;
     }
-    lower_d2(km, 0, z, n, km->d2);
+    lower_d2(km, 0, z, n, d2);
     for (size_t j = 1; j < k; j++) {
-        size_t p = d2_sample(km, km->d2, n);
+        size_t p = d2_sample(km, d2, n);
         set_centroid(km, j, z + p * d);
-        lower_d2(km, j, z, n, km->d2);
+        lower_d2(km, j, z, n, d2);
     }
     double inertia = INFINITY;
     for (size_t it = 0; it <= km->o.lloyd_iters; it++) {
-        inertia = assign_all(km, z, n, km->nearest, km->d2);
+        inertia = assign_all(km, z, n, near, d2);
         if (it == km->o.lloyd_iters) {
             break;
         }
-        cluster_sums(km, z, n);
+        cluster_sums(km, z, n, near);
         for (size_t j = 0; j < k; j++) {
             if (km->cnt[j]) {
                 for (size_t t = 0; t < d; t++) {
@@ -402,20 +447,20 @@ static double warm_fit(ch_kmeans_t *km, const float *z, size_t n) {
         km->w[j] = 0;
     }
     for (size_t i = 0; i < n; i++) {
-        km->w[km->nearest[i]] += 1;
+        km->w[near[i]] += 1;
     }
     return inertia;
 }
 
-static void finish_warmup(ch_kmeans_t *km, int64_t stream_ms) {
-    size_t k = km->o.k, d = km->o.dim, n = km->n_w;
-    float *z = km->wbuf;
-    zscore(km, z, n, z); /* in place: the buffer holds l-values until now */
+/* The best of `inits` fits over z (n rows): the centroids go live. */
+static void fit_best(ch_kmeans_t *km, const float *z, size_t n, int inits, int32_t *near,
+                     double *d2, int64_t stream_ms) {
+    size_t k = km->o.k, d = km->o.dim;
     float *best_c = malloc(k * d * sizeof(float));
     double *best_w = malloc(k * sizeof(double));
     double best = INFINITY;
-    for (int r = 0; r < WARMUP_INITS; r++) {
-        double inertia = warm_fit(km, z, n);
+    for (int r = 0; r < inits; r++) {
+        double inertia = warm_fit(km, z, n, near, d2);
         if (!best_c || !best_w) {
             best = inertia; /* no room to compare: keep the first */
             break;
@@ -433,9 +478,192 @@ static void finish_warmup(ch_kmeans_t *km, int64_t stream_ms) {
     free(best_c);
     free(best_w);
     refresh_cnorm(km);
+    memset(km->chset, 0, k * sizeof(bool));
     km->t_ms = stream_ms;
     km->ready = true;
     km->n_w = 0;
+}
+
+static void finish_warmup(ch_kmeans_t *km, int64_t stream_ms) {
+    float *z = km->wbuf;
+    zscore(km, z, km->n_w, z); /* in place: the buffer holds l-values until now */
+    fit_best(km, z, km->n_w, WARMUP_INITS, km->nearest, km->d2, stream_ms);
+}
+
+int ch_kmeans_seed(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms) {
+    size_t d = km->o.dim;
+    if (km->ready || n < km->o.k) {
+        return -EINVAL;
+    }
+    float *z = malloc(n * d * sizeof(float));
+    int32_t *near = malloc(n * sizeof(int32_t));
+    double *d2 = malloc(n * sizeof(double));
+    int r = -ENOMEM;
+    if (z && near && d2) {
+        ch_kmeans_transform(km, x, n, z);
+        fit_best(km, z, n, SEED_INITS, near, d2, stream_ms);
+        r = 0;
+    }
+    free(z);
+    free(near);
+    free(d2);
+    return r;
+}
+
+/* Forget a centroid's children: they re-form from its next points. */
+static void children_reset(ch_kmeans_t *km, size_t j) {
+    km->chset[j] = false;
+    km->chw[2 * j] = km->chw[2 * j + 1] = 0;
+}
+
+/* Start the children of each centroid that has none and at least two points in this
+ * batch: its first point, and its point farthest from that one. */
+static void children_start(ch_kmeans_t *km, const float *z, size_t n, const int32_t *near) {
+    size_t d = km->o.dim;
+    for (size_t j = 0; j < km->o.k; j++) {
+        if (km->chset[j] || km->cnt[j] < 2) {
+            continue;
+        }
+        size_t first = n, far = n;
+        double far_d = -1;
+        for (size_t i = 0; i < n; i++) {
+            if ((size_t)near[i] != j) {
+                continue;
+            }
+            if (first == n) {
+                first = i;
+                continue;
+            }
+            double s = 0;
+            for (size_t t = 0; t < d; t++) {
+                double diff = (double)z[i * d + t] - z[first * d + t];
+                s += diff * diff;
+            }
+            if (s > far_d) {
+                far_d = s;
+                far = i;
+            }
+        }
+        memcpy(km->ch + 2 * j * d, z + first * d, d * sizeof(float));
+        memcpy(km->ch + (2 * j + 1) * d, z + far * d, d * sizeof(float));
+        km->chw[2 * j] = km->chw[2 * j + 1] = 0;
+        km->chset[j] = true;
+    }
+}
+
+/* The children's own mini-batch step: each point moves the nearer child of its
+ * centroid (weights were decayed with the centroids'). */
+static void children_update(ch_kmeans_t *km, const float *z, size_t n, const int32_t *near) {
+    size_t k = km->o.k, d = km->o.dim;
+    children_start(km, z, n, near);
+    memset(km->chsum, 0, 2 * k * d * sizeof(float));
+    memset(km->chcnt, 0, 2 * k * sizeof(size_t));
+    for (size_t i = 0; i < n; i++) {
+        size_t j = (size_t)near[i];
+        if (!km->chset[j]) {
+            continue;
+        }
+        double da = 0, db = 0;
+        const float *a = km->ch + 2 * j * d, *b = a + d, *x = z + i * d;
+        for (size_t t = 0; t < d; t++) {
+            da += ((double)x[t] - a[t]) * ((double)x[t] - a[t]);
+            db += ((double)x[t] - b[t]) * ((double)x[t] - b[t]);
+        }
+        size_t c = 2 * j + (db < da ? 1 : 0);
+        km->chcnt[c]++;
+        for (size_t t = 0; t < d; t++) {
+            km->chsum[c * d + t] += x[t];
+        }
+    }
+    for (size_t c = 0; c < 2 * k; c++) {
+        if (!km->chcnt[c]) {
+            continue;
+        }
+        double m = (double)km->chcnt[c];
+        km->chw[c] += m;
+        float eta = (float)(m / km->chw[c]);
+        for (size_t t = 0; t < d; t++) {
+            km->ch[c * d + t] =
+                (1 - eta) * km->ch[c * d + t] + eta * (km->chsum[c * d + t] / (float)m);
+        }
+    }
+}
+
+/* Ward's criterion: the inertia two groups of weights w1, w2 and means m1, m2 add when
+ * merged (equally, what splitting them apart saves). */
+static double ward(double w1, const float *m1, double w2, const float *m2, size_t d) {
+    if (!(w1 > 0) || !(w2 > 0)) {
+        return 0;
+    }
+    double s = 0;
+    for (size_t t = 0; t < d; t++) {
+        double diff = (double)m1[t] - m2[t];
+        s += diff * diff;
+    }
+    return w1 * w2 / (w1 + w2) * s;
+}
+
+/* If splitting one centroid into its children saves clearly more than merging the
+ * closest other pair costs, do both: the pair merges into the heavier id and the
+ * lighter id (generation bumped) takes the split's second child. */
+static void split_merge(ch_kmeans_t *km) {
+    size_t k = km->o.k, d = km->o.dim;
+    size_t sj = k;
+    double gain = 0;
+    for (size_t j = 0; j < k; j++) {
+        double wa = km->chw[2 * j], wb = km->chw[2 * j + 1];
+        /* children that have seen less than half the centroid's mass are not yet a
+         * reliable picture of it */
+        if (!km->chset[j] || !(wa + wb >= 0.5 * km->w[j])) {
+            continue;
+        }
+        double g = ward(wa, km->ch + 2 * j * d, wb, km->ch + (2 * j + 1) * d, d);
+        if (g > gain) {
+            gain = g;
+            sj = j;
+        }
+    }
+    if (sj == k) {
+        return;
+    }
+    size_t ma = k, mb = k;
+    double cost = INFINITY;
+    for (size_t a = 0; a < k; a++) {
+        for (size_t b = a + 1; a != sj && b < k; b++) {
+            if (b == sj) {
+                continue;
+            }
+            double c = ward(km->w[a], km->c + a * d, km->w[b], km->c + b * d, d);
+            if (c < cost) {
+                cost = c;
+                ma = a;
+                mb = b;
+            }
+        }
+    }
+    if (ma == k || !(gain > km->o.split_ratio * cost)) {
+        return;
+    }
+    size_t keep = km->w[ma] >= km->w[mb] ? ma : mb, gone = keep == ma ? mb : ma;
+    double wk = km->w[keep], wg = km->w[gone], ws = wk + wg;
+    for (size_t t = 0; t < d; t++) {
+        km->c[keep * d + t] =
+            ws > 0 ? (float)((wk * km->c[keep * d + t] + wg * km->c[gone * d + t]) / ws)
+                   : km->c[keep * d + t];
+    }
+    km->w[keep] = ws;
+    set_centroid(km, keep, km->c + keep * d);
+    double wa = km->chw[2 * sj], wb = km->chw[2 * sj + 1];
+    set_centroid(km, gone, km->ch + (2 * sj + 1) * d);
+    set_centroid(km, sj, km->ch + 2 * sj * d);
+    km->w[sj] = wa;
+    km->w[gone] = wb;
+    km->gen[gone]++;
+    km->reseeds++;
+    km->splits++;
+    children_reset(km, keep);
+    children_reset(km, gone);
+    children_reset(km, sj);
 }
 
 static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t stream_ms) {
@@ -443,9 +671,14 @@ static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t str
     double f = decay(&km->t_ms, stream_ms, km->o.half_life_ms);
     for (size_t j = 0; j < k; j++) {
         km->w[j] *= f;
+        km->chw[2 * j] *= f;
+        km->chw[2 * j + 1] *= f;
     }
     assign_all(km, z, n, km->nearest, km->d2);
-    cluster_sums(km, z, n);
+    cluster_sums(km, z, n, km->nearest);
+    if (km->o.split_ratio > 0 && k >= 3) {
+        children_update(km, z, n, km->nearest);
+    }
     double wmax = 0;
     for (size_t j = 0; j < k; j++) {
         if (km->cnt[j]) {
@@ -467,8 +700,14 @@ static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t str
             km->w[j] = 2 * km->o.dead_ratio * wmax;
             km->gen[j]++;
             km->reseeds++;
+            children_reset(km, j);
             lower_d2(km, j, z, n, km->d2);
         }
+    }
+    /* the pair search is O(k^2 d): for large k, look less often */
+    size_t every = 1 + k * k / 4096;
+    if (km->o.split_ratio > 0 && k >= 3 && ++km->batches % every == 0) {
+        split_merge(km);
     }
 }
 
@@ -482,6 +721,12 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
     log_rows(km, x, n, l);
     stats_update(km, l, n, stream_ms);
     km->points += n;
+    if (!km->ready && km->o.seed_by_caller) {
+        for (size_t i = 0; i < n; i++) {
+            ret[i] = (ch_kmeans_assign_t){.segment = -1, .previous = -1};
+        }
+        return 0;
+    }
     if (!km->ready) {
         memcpy(km->wbuf + km->n_w * d, l, n * d * sizeof(float));
         km->n_w += n;
@@ -519,6 +764,53 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
         ret[i].previous = p >= 0 && (p != seg || !same_gen) ? p : -1;
     }
     return 0;
+}
+
+bool ch_kmeans_check(const ch_kmeans_t *km, char *why, size_t len) {
+    size_t k = km->o.k, d = km->o.dim;
+    if (!(km->sw >= 0) || !isfinite(km->sw)) {
+        fail(why, len, 0, "transform weight %g is not finite and >= 0", km->sw);
+        return false;
+    }
+    for (size_t t = 0; t < d; t++) {
+        if (!isfinite(km->mean[t]) || !(km->m2[t] >= 0) || !isfinite(km->m2[t]) ||
+            !(km->inv_std[t] > 0) || !isfinite(km->inv_std[t])) {
+            fail(why, len, 0, "transform statistics of feature %zu are broken", t);
+            return false;
+        }
+    }
+    for (size_t j = 0; km->ready && j < k; j++) {
+        if (!isfinite(km->w[j]) || km->w[j] < 0) {
+            fail(why, len, 0, "segment %zu has weight %g", j, km->w[j]);
+            return false;
+        }
+        float s = 0;
+        for (size_t t = 0; t < d; t++) {
+            float v = km->c[j * d + t];
+            if (!isfinite(v)) {
+                fail(why, len, 0, "segment %zu has a non-finite centroid", j);
+                return false;
+            }
+            s += v * v;
+        }
+        /* the cached |c|^2 that distances use is the centroid's */
+        if (fabsf(s - km->cnorm[j]) > 1e-3f * (1 + s)) {
+            fail(why, len, 0, "segment %zu: cached norm %g, centroid's %g", j, km->cnorm[j], s);
+            return false;
+        }
+        for (int c = 0; c < 2; c++) {
+            if (!isfinite(km->chw[2 * j + c]) || km->chw[2 * j + c] < 0) {
+                fail(why, len, 0, "segment %zu: child weight %g", j, km->chw[2 * j + c]);
+                return false;
+            }
+        }
+    }
+    if (km->splits > km->reseeds) {
+        fail(why, len, 0, "%llu splits but %llu re-seeds", (unsigned long long)km->splits,
+             (unsigned long long)km->reseeds);
+        return false;
+    }
+    return true;
 }
 
 /* ---- persistence --------------------------------------------------------- */
@@ -647,6 +939,7 @@ int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errle
         km->ready = true;
         km->n_w = 0;
         refresh_cnorm(km);
+        memset(km->chset, 0, k * sizeof(bool));
     }
     r = 0;
 out:

@@ -30,6 +30,9 @@ typedef struct ch_kmeans_opts {
     double hysteresis;       /* a user moves only if the new centroid is this much closer */
     bool log1p;              /* signed log1p before the z-score */
     uint64_t seed;           /* k-means++ and D^2 sampling */
+    bool seed_by_caller;     /* warm-up ends with ch_kmeans_seed(), not a point buffer */
+    double split_ratio;      /* split a two-group segment when that gains this many
+                                times what merging the closest pair costs (0: never) */
 } ch_kmeans_opts_t;
 
 /* One point's result. segment = -1 while warming up. */
@@ -73,6 +76,32 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
 bool ch_kmeans_ready(const ch_kmeans_t *km);
 
 /**
+ * @brief Whether a seed_by_caller segmenter wants ch_kmeans_seed() before it takes
+ *        the next n points (not ready, and warm-up points seen once they are added).
+ */
+bool ch_kmeans_wants_seed(const ch_kmeans_t *km, size_t n);
+
+/**
+ * @brief End the warm-up on a population: n raw vectors (for example every user's
+ *        current features) are transformed with the statistics seen so far and
+ *        several k-means++ seedings, each refined by Lloyd passes, are tried; the
+ *        one of least inertia becomes the centroids (ids 0..k-1, generation 0).
+ * @param x n rows of dim raw values (finite); n >= k.
+ * @param stream_ms the stream time the vectors were read at.
+ * @returns 0, -EINVAL (fewer than k rows, or already ready), -ENOMEM.
+ * @remark Allocates scratch for n rows for the duration of the call (once per life).
+ */
+int ch_kmeans_seed(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms);
+
+/**
+ * @brief Check the invariants: transform statistics finite, weights (of centroids
+ *        and their children) finite and >= 0, centroids finite with their cached
+ *        norms current, no more splits than re-seeds.
+ * @returns true if they hold; otherwise false with the first violation in why.
+ */
+bool ch_kmeans_check(const ch_kmeans_t *km, char *why, size_t len);
+
+/**
  * @brief Transform raw points into the clustering space with the current statistics.
  * @param x n rows of dim raw values; @param ret_z n rows of dim transformed values.
  */
@@ -82,9 +111,12 @@ void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float 
 const float *ch_kmeans_centroid(const ch_kmeans_t *km, size_t j, double *ret_weight,
                                 uint32_t *ret_generation);
 
-/** @brief Points seen, re-seeds done. */
+/** @brief Points seen; re-seeds done (dead segments re-seeded, and segments given the
+ *  second half of a split); splits done (a two-group segment split, the closest pair
+ *  merged). */
 uint64_t ch_kmeans_points(const ch_kmeans_t *km);
 uint64_t ch_kmeans_reseeds(const ch_kmeans_t *km);
+uint64_t ch_kmeans_splits(const ch_kmeans_t *km);
 
 /**
  * @brief Write the model (options, transform statistics, centroids) as text.

@@ -36,6 +36,13 @@ static void blob_point(int b, float *x) {
     x[1] = centers[b][1] + (float)(0.2 * (unif() - 0.5));
 }
 
+static void assert_sane(const ch_kmeans_t *km) {
+    char why[256] = "";
+    if (!ch_kmeans_check(km, why, sizeof(why))) {
+        fail_msg("invariant: %s", why);
+    }
+}
+
 static ch_kmeans_t *make(size_t k, size_t warmup, double half_life_ms) {
     ch_kmeans_opts_t o;
     ch_kmeans_opts_default(&o, k, 2);
@@ -96,6 +103,7 @@ static void test_warmup_then_blobs_get_distinct_stable_ids(void **state) {
         assert_true(w > 1000);    /* no decay: every point of its blob counts */
     }
     assert_int_equal(ch_kmeans_reseeds(km), 0);
+    assert_sane(km);
     ch_kmeans_free(km);
 }
 
@@ -195,6 +203,115 @@ static void test_save_and_load_round_trip(void **state) {
     ch_kmeans_free(fresh);
 }
 
+static void test_seed_from_a_population(void **state) {
+    (void)state;
+    ch_kmeans_opts_t o;
+    ch_kmeans_opts_default(&o, 3, 2);
+    o.warmup = 256;
+    o.max_batch = 64;
+    o.log1p = false;
+    o.half_life_ms = INFINITY;
+    o.stats_half_life_ms = INFINITY;
+    o.seed_by_caller = true;
+    ch_kmeans_t *km = NULL;
+    assert_int_equal(ch_kmeans_new(&o, &km, NULL, 0), 0);
+    int64_t t = 0;
+    int seg[3] = {-1, -1, -1};
+    feed(km, 4, 7, &t, seg); /* 256 points seen; nothing buffered, nothing seeded */
+    assert_false(ch_kmeans_ready(km));
+    assert_int_equal(seg[0], -1);
+    assert_true(ch_kmeans_wants_seed(km, 1));
+    /* two points per blob would not do: fewer rows than k are refused */
+    float pop[90 * 2];
+    assert_int_equal(ch_kmeans_seed(km, pop, 2, t), -EINVAL);
+    for (int i = 0; i < 90; i++) {
+        blob_point(i % 3, pop + 2 * i);
+    }
+    assert_int_equal(ch_kmeans_seed(km, pop, 90, t), 0);
+    assert_true(ch_kmeans_ready(km));
+    assert_false(ch_kmeans_wants_seed(km, 1));
+    assert_int_equal(ch_kmeans_seed(km, pop, 90, t), -EINVAL); /* once */
+    assert_sane(km);
+    /* each blob's centre is one centroid (k-means++ over 3 far blobs, 10 tries) */
+    for (int b = 0; b < 3; b++) {
+        float z[2];
+        ch_kmeans_transform(km, centers[b], 1, z);
+        double best = INFINITY;
+        for (size_t j = 0; j < 3; j++) {
+            const float *c = ch_kmeans_centroid(km, j, NULL, NULL);
+            double d2 = (c[0] - z[0]) * (c[0] - z[0]) + (c[1] - z[1]) * (c[1] - z[1]);
+            best = d2 < best ? d2 : best;
+        }
+        assert_true(best < 0.01);
+    }
+    feed(km, 20, 7, &t, seg);
+    assert_true(seg[0] >= 0 && seg[1] >= 0 && seg[2] >= 0);
+    assert_true(seg[0] != seg[1] && seg[1] != seg[2] && seg[0] != seg[2]);
+    ch_kmeans_free(km);
+}
+
+/* A model stuck in the optimum online updates cannot leave: two centroids share blob 0
+ * and the third sits between blobs 1 and 2. Transform: identity (mean 0, variance 1,
+ * with so much weight that the stream does not move it). */
+static ch_kmeans_t *stuck_model(double split_ratio) {
+    char path[] = "/tmp/test_kmeans_stuck_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("cohortd-kmeans 1\nk 3\ndim 2\nlog1p 0\nready 1\npoints 5\nreseeds 0\n"
+          "stream_ms 0\nstats_ms 0\nsw 1e15\nmean 0 0\nm2 1e15 1e15\nstd 1 1\n"
+          "centroid 0 0 100 -0.03 0\ncentroid 1 0 100 0.03 0\ncentroid 2 0 200 5 5\n",
+          f);
+    fclose(f);
+    ch_kmeans_opts_t o;
+    ch_kmeans_opts_default(&o, 3, 2);
+    o.warmup = 256;
+    o.max_batch = 64;
+    o.log1p = false;
+    o.half_life_ms = 20000;
+    o.stats_half_life_ms = INFINITY;
+    o.split_ratio = split_ratio;
+    ch_kmeans_t *km = NULL;
+    assert_int_equal(ch_kmeans_new(&o, &km, NULL, 0), 0);
+    assert_int_equal(ch_kmeans_load(km, path, NULL, 0), 0);
+    unlink(path);
+    return km;
+}
+
+static void test_a_segment_holding_two_groups_is_split(void **state) {
+    (void)state;
+    /* without split and merge the stuck model stays stuck: blobs 1 and 2 share one
+     * segment however long the stream runs (so the next half can fail) */
+    ch_kmeans_t *km = stuck_model(0);
+    int64_t t = 0;
+    int seg[3];
+    feed(km, 200, 7, &t, seg);
+    assert_int_equal(seg[1], seg[2]);
+    assert_int_equal(ch_kmeans_splits(km), 0);
+    ch_kmeans_free(km);
+
+    km = stuck_model(2);
+    t = 0;
+    feed(km, 200, 7, &t, seg);
+    assert_sane(km);
+    assert_true(seg[0] != seg[1] && seg[1] != seg[2] && seg[0] != seg[2]);
+    assert_int_equal(ch_kmeans_splits(km), 1); /* one move, no flapping after it */
+    /* the pair in blob 0 merged into one id; the freed id took a half of the split
+     * segment, with its generation bumped so that downstream sees the change */
+    uint32_t gens = 0;
+    for (size_t j = 0; j < 3; j++) {
+        uint32_t g;
+        ch_kmeans_centroid(km, j, NULL, &g);
+        gens += g;
+    }
+    assert_int_equal(gens, 1);
+    int first[3] = {seg[0], seg[1], seg[2]};
+    feed(km, 100, 7, &t, seg);
+    assert_memory_equal(first, seg, sizeof(first)); /* settled: ids stay */
+    assert_int_equal(ch_kmeans_splits(km), 1);
+    ch_kmeans_free(km);
+}
+
 static void test_bad_arguments(void **state) {
     (void)state;
     ch_kmeans_opts_t o;
@@ -204,6 +321,10 @@ static void test_bad_arguments(void **state) {
     assert_int_equal(ch_kmeans_new(&o, &km, err, sizeof(err)), -EINVAL);
     ch_kmeans_opts_default(&o, 8, 2);
     o.warmup = 4;
+    assert_int_equal(ch_kmeans_new(&o, &km, err, sizeof(err)), -EINVAL);
+    assert_null(km);
+    ch_kmeans_opts_default(&o, 8, 2);
+    o.split_ratio = 0.5; /* a "move" that may raise the inertia */
     assert_int_equal(ch_kmeans_new(&o, &km, err, sizeof(err)), -EINVAL);
     assert_null(km);
     km = make(2, 16, INFINITY);
@@ -221,6 +342,8 @@ int main(void) {
         cmocka_unit_test(test_starved_centroid_is_reseeded_with_new_generation),
         cmocka_unit_test(test_hysteresis_keeps_the_previous_segment_unless_clearly_closer),
         cmocka_unit_test(test_save_and_load_round_trip),
+        cmocka_unit_test(test_seed_from_a_population),
+        cmocka_unit_test(test_a_segment_holding_two_groups_is_split),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
