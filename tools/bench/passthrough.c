@@ -9,9 +9,10 @@
  *
  * Design notes
  * - Same client layer (stream/'s ch_consumer and ch_producer), same batching
- *   (budgeted drains of --batch events, up to --inflight unacknowledged batches)
- *   and the same librdkafka defaults as cohortd (see the tables below); -X passes
- *   further settings to both clients, as cohortd's kafka.* keys do.
+ *   (budgeted drains of --batch events, up to --inflight unacknowledged batches),
+ *   the same delivery tracker (ch/tracker.h) and the same librdkafka settings
+ *   (ch/kafka_settings.h: cohortd's defaults, then -X as cohortd's kafka.* keys),
+ *   so the ceiling cannot drift from what it mirrors.
  * - Output records are the event's bytes, zero-padded (or cut) to --profile-bytes
  *   and --risk-bytes when given, so the ceiling moves as many bytes as cohortd.
  *   The event's id stays readable at the start, for cohort-bench-sink.
@@ -29,44 +30,16 @@
 #include <sys/resource.h>
 
 #include "ch/kafka.h"
+#include "ch/kafka_settings.h"
+#include "ch/tracker.h"
 #include "tool_args.h"
 
-/* cohortd's own defaults (daemon/src/pipeline.c), so both sides run the same clients. */
-static const char *const consumer_defaults[][2] = {
-    {"group.id", "cohort-passthrough"},
-    {"auto.offset.reset", "earliest"},
-    {"enable.auto.commit", "true"},
-    {"auto.commit.interval.ms", "1000"},
-    {"enable.auto.offset.store", "false"},
-    {"partition.assignment.strategy", "cooperative-sticky"},
-    {"enable.partition.eof", "false"},
-};
-static const char *const producer_defaults[][2] = {
-    {"enable.idempotence", "true"},
-    {"partitioner", "murmur2_random"},
-    {"linger.ms", "5"},
-};
-#define N_CONSUMER_DEFAULTS (sizeof(consumer_defaults) / sizeof(consumer_defaults[0]))
-#define N_PRODUCER_DEFAULTS (sizeof(producer_defaults) / sizeof(producer_defaults[0]))
 #define MAX_SETTINGS 64
-
-typedef struct part_off {
-    int32_t partition;
-    int64_t next_offset;
-} part_off_t;
-
-typedef struct batch {
-    size_t outstanding;
-    bool sealed, failed;
-    part_off_t *parts;
-    size_t n_parts, cap_parts;
-} batch_t;
 
 typedef struct pt {
     ch_consumer_t *consumer;
     ch_producer_t *producer;
-    batch_t *ring;
-    size_t ring_cap, ring_head, ring_count;
+    ch_tracker_t *tracker;
     uint64_t consumed, produced, acked, failed;
 } pt_t;
 
@@ -77,65 +50,32 @@ static void on_signal(int sig) {
     stop_flag = 1;
 }
 
-static batch_t *ring_at(pt_t *p, size_t i) {
-    return &p->ring[(p->ring_head + i) % p->ring_cap];
-}
-
-static int track_offset(batch_t *b, int32_t partition, int64_t offset) {
-    for (size_t i = 0; i < b->n_parts; i++) {
-        if (b->parts[i].partition == partition) {
-            if (offset + 1 > b->parts[i].next_offset) {
-                b->parts[i].next_offset = offset + 1;
-            }
-            return 0;
-        }
-    }
-    if (b->n_parts == b->cap_parts) {
-        size_t cap = b->cap_parts ? b->cap_parts * 2 : 16;
-        part_off_t *np = realloc(b->parts, cap * sizeof(*np));
-        if (!np) {
-            return -ENOMEM;
-        }
-        b->parts = np;
-        b->cap_parts = cap;
-    }
-    b->parts[b->n_parts++] = (part_off_t){partition, offset + 1};
-    return 0;
-}
-
 static void on_delivery(void *opaque, void *msg_opaque, int err, const char *errstr) {
     pt_t *p = opaque;
-    batch_t *b = msg_opaque;
-    b->outstanding--;
+    ch_tracker_acked(msg_opaque, !err);
     if (err) {
         if (p->failed++ < 5) {
             fprintf(stderr, "cohort-passthrough: delivery failed: %s\n", errstr);
         }
-        b->failed = true;
         stop_flag = 1;
     } else {
         p->acked++;
     }
 }
 
-/* Store the offsets of the oldest batches whose outputs are all acknowledged. */
-static void advance(pt_t *p) {
-    while (p->ring_count) {
-        batch_t *b = ring_at(p, 0);
-        if (!b->sealed || b->outstanding || b->failed) {
-            return;
-        }
-        for (size_t i = 0; i < b->n_parts; i++) {
-            char err[256];
-            (void)ch_consumer_store(p->consumer, b->parts[i].partition, b->parts[i].next_offset,
-                                    err, sizeof(err)); /* revoked: the new owner redoes it */
-        }
-        p->ring_head = (p->ring_head + 1) % p->ring_cap;
-        p->ring_count--;
-    }
+static void store(void *opaque, int32_t partition, int64_t next_offset) {
+    pt_t *p = opaque;
+    char err[256];
+    (void)ch_consumer_store(p->consumer, partition, next_offset, err,
+                            sizeof(err)); /* revoked: the new owner redoes it */
 }
 
-static int send_one(pt_t *p, batch_t *b, const char *topic, const ch_msg_t *m, size_t want,
+/* Store the offsets of the oldest batches whose outputs are all acknowledged. */
+static void advance(pt_t *p) {
+    ch_tracker_advance(p->tracker, store, p);
+}
+
+static int send_one(pt_t *p, ch_tracked_t *b, const char *topic, const ch_msg_t *m, size_t want,
                     unsigned char *pad) {
     const void *value = m->value;
     size_t len = m->value_len;
@@ -159,7 +99,7 @@ static int send_one(pt_t *p, batch_t *b, const char *topic, const ch_msg_t *m, s
             fprintf(stderr, "cohort-passthrough: %s\n", err);
             return r;
         }
-        b->outstanding++;
+        ch_tracker_sent(b);
         p->produced++;
         return 0;
     }
@@ -194,27 +134,12 @@ static void usage(FILE *f) {
             "On exit prints one JSON line: events, outputs, acknowledged, cpu_seconds.\n");
 }
 
-typedef struct settings {
-    const char *keys[MAX_SETTINGS], *vals[MAX_SETTINGS];
-    size_t n;
-} settings_t;
-
-static int add_setting(settings_t *s, const char *k, const char *v) {
-    if (s->n == MAX_SETTINGS) {
-        return -E2BIG;
-    }
-    s->keys[s->n] = k;
-    s->vals[s->n] = v;
-    s->n++;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     const char *brokers = NULL, *topic = "events", *group = NULL;
     const char *profile_topic = "profiles", *risk_topic = "risk";
     double profile_bytes = 0, risk_bytes = 0, batch = 1000, inflight = 32, events = 0;
-    char *extra[MAX_SETTINGS];
-    size_t n_extra = 0;
+    ch_kafka_setting_t user[MAX_SETTINGS];
+    size_t n_user = 0;
     static const struct option opts[] = {
         {"brokers", required_argument, NULL, 'b'},      {"topic", required_argument, NULL, 't'},
         {"group", required_argument, NULL, 'g'},        {"profile-topic", required_argument, NULL, 'P'},
@@ -256,13 +181,23 @@ int main(int argc, char **argv) {
         case 'n':
             r = tool_parse_number(optarg, 0, 1e15, &events);
             break;
-        case 'X':
-            if (!strchr(optarg, '=') || n_extra == MAX_SETTINGS) {
-                fprintf(stderr, "cohort-passthrough: -X takes KEY=VALUE, got '%s'\n", optarg);
+        case 'X': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || n_user + 2 >= MAX_SETTINGS) {
+                fprintf(stderr, "cohort-passthrough: -X takes KEY=VALUE (at most %d), got '%s'\n",
+                        MAX_SETTINGS - 2, optarg);
                 return 2;
             }
-            extra[n_extra++] = optarg;
+            *eq = '\0';
+            ch_kafka_setting_t *st = &user[n_user++];
+            *st = (ch_kafka_setting_t){optarg, eq + 1, CH_KAFKA_BOTH};
+            if (strncmp(optarg, "consumer.", 9) == 0) {
+                *st = (ch_kafka_setting_t){optarg + 9, eq + 1, CH_KAFKA_CONSUMER};
+            } else if (strncmp(optarg, "producer.", 9) == 0) {
+                *st = (ch_kafka_setting_t){optarg + 9, eq + 1, CH_KAFKA_PRODUCER};
+            }
             break;
+        }
         case 'h':
             usage(stdout);
             return 0;
@@ -281,53 +216,45 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    settings_t cs = {0}, ps = {0};
-    add_setting(&cs, "bootstrap.servers", brokers);
-    add_setting(&ps, "bootstrap.servers", brokers);
-    for (size_t i = 0; i < N_CONSUMER_DEFAULTS; i++) {
-        add_setting(&cs, consumer_defaults[i][0], consumer_defaults[i][1]);
-    }
-    for (size_t i = 0; i < N_PRODUCER_DEFAULTS; i++) {
-        add_setting(&ps, producer_defaults[i][0], producer_defaults[i][1]);
-    }
-    if (group) {
-        add_setting(&cs, "group.id", group);
-    }
-    for (size_t i = 0; i < n_extra; i++) {
-        char *eq = strchr(extra[i], '=');
-        *eq = '\0';
-        const char *k = extra[i], *v = eq + 1;
-        int r = 0;
-        if (strncmp(k, "consumer.", 9) == 0) {
-            r = add_setting(&cs, k + 9, v);
-        } else if (strncmp(k, "producer.", 9) == 0) {
-            r = add_setting(&ps, k + 9, v);
-        } else {
-            r = add_setting(&cs, k, v) < 0 ? -E2BIG : add_setting(&ps, k, v);
-        }
-        if (r < 0) {
-            fprintf(stderr, "cohort-passthrough: too many -X settings\n");
-            return 2;
-        }
-    }
+    /* brokers and the group first, so that -X can still override them */
+    memmove(user + 2, user, n_user * sizeof(*user));
+    user[0] = (ch_kafka_setting_t){"bootstrap.servers", brokers, CH_KAFKA_BOTH};
+    user[1] = (ch_kafka_setting_t){"group.id", group ? group : "cohort-passthrough",
+                                   CH_KAFKA_CONSUMER};
+    n_user += 2;
 
-    pt_t p = {.ring_cap = (size_t)inflight};
-    p.ring = calloc(p.ring_cap, sizeof(*p.ring));
+    pt_t p = {0};
     ch_msg_t *msgs = calloc((size_t)batch, sizeof(*msgs));
     size_t pad_len = (size_t)(profile_bytes > risk_bytes ? profile_bytes : risk_bytes);
     unsigned char *pad = malloc(pad_len ? pad_len : 1);
-    if (!p.ring || !msgs || !pad) {
+    if (ch_tracker_new((size_t)inflight, &p.tracker) < 0 || !msgs || !pad) {
         fprintf(stderr, "cohort-passthrough: out of memory\n");
         return 1;
     }
     char err[512];
-    ch_kafka_conf_t pkc = {.keys = ps.keys, .values = ps.vals, .n = ps.n};
-    if (ch_producer_new(&pkc, on_delivery, &p, &p.producer, err, sizeof(err)) < 0) {
+    const char **keys = NULL, **vals = NULL;
+    size_t n_conf = 0;
+    if (ch_kafka_settings_build(CH_KAFKA_PRODUCER, user, n_user, &keys, &vals, &n_conf) < 0) {
+        fprintf(stderr, "cohort-passthrough: out of memory\n");
+        return 1;
+    }
+    ch_kafka_conf_t pkc = {.keys = keys, .values = vals, .n = n_conf};
+    int made = ch_producer_new(&pkc, on_delivery, &p, &p.producer, err, sizeof(err));
+    free(keys);
+    free(vals);
+    if (made < 0) {
         fprintf(stderr, "cohort-passthrough: %s\n", err);
         return 1;
     }
-    ch_kafka_conf_t ckc = {.keys = cs.keys, .values = cs.vals, .n = cs.n};
-    if (ch_consumer_new(&ckc, topic, NULL, &p.consumer, err, sizeof(err)) < 0) {
+    if (ch_kafka_settings_build(CH_KAFKA_CONSUMER, user, n_user, &keys, &vals, &n_conf) < 0) {
+        fprintf(stderr, "cohort-passthrough: out of memory\n");
+        return 1;
+    }
+    ch_kafka_conf_t ckc = {.keys = keys, .values = vals, .n = n_conf};
+    made = ch_consumer_new(&ckc, topic, NULL, &p.consumer, err, sizeof(err));
+    free(keys);
+    free(vals);
+    if (made < 0) {
         fprintf(stderr, "cohort-passthrough: %s\n", err);
         return 1;
     }
@@ -337,14 +264,11 @@ int main(int argc, char **argv) {
     int rc = 0;
     while (!stop_flag) {
         int n = 0;
-        if (p.ring_count < p.ring_cap) {
+        if (ch_tracker_has_room(p.tracker)) {
             n = ch_consumer_drain(p.consumer, msgs, (size_t)batch);
         }
         if (n > 0) {
-            batch_t *b = ring_at(&p, p.ring_count++);
-            b->outstanding = 0;
-            b->sealed = b->failed = false;
-            b->n_parts = 0;
+            ch_tracked_t *b = ch_tracker_open(p.tracker);
             for (int i = 0; i < n && rc == 0; i++) {
                 const ch_msg_t *m = &msgs[i];
                 if (m->err) {
@@ -354,20 +278,20 @@ int main(int argc, char **argv) {
                     continue;
                 }
                 p.consumed++;
-                if (track_offset(b, m->partition, m->offset) < 0 ||
+                if (ch_tracker_consumed(b, m->partition, m->offset) < 0 ||
                     send_one(&p, b, profile_topic, m, (size_t)profile_bytes, pad) < 0 ||
                     send_one(&p, b, risk_topic, m, (size_t)risk_bytes, pad) < 0) {
                     rc = 1;
                 }
             }
-            b->sealed = true;
+            ch_tracker_seal(b);
             if (rc) {
                 break;
             }
         }
         ch_producer_poll(p.producer);
         advance(&p);
-        if (events > 0 && (double)p.consumed >= events && p.ring_count == 0) {
+        if (events > 0 && (double)p.consumed >= events && ch_tracker_inflight(p.tracker) == 0) {
             break;
         }
         if (n < (int)batch) {
@@ -391,10 +315,7 @@ int main(int argc, char **argv) {
     }
     ch_consumer_free(p.consumer);
     ch_producer_free(p.producer);
-    for (size_t i = 0; i < p.ring_cap; i++) {
-        free(p.ring[i].parts);
-    }
-    free(p.ring);
+    ch_tracker_free(p.tracker);
     free(msgs);
     free(pad);
     return rc;
