@@ -31,10 +31,13 @@
 typedef enum key_type {
     K_STR,
     K_PATH,
-    K_INT,
-    K_DURATION,
-    K_ENUM,
-    K_FLOAT,
+    K_INT,      /* long */
+    K_DURATION, /* double, milliseconds */
+    K_ENUM,     /* an enum type, stored as its value */
+    K_FLOAT,    /* double */
+    K_SIZE,     /* size_t (an integer) */
+    K_U64,      /* uint64_t (an integer) */
+    K_FLAG,     /* bool, chosen by name (choices map to 1 and 0) */
 } key_type_t;
 
 typedef struct key_def {
@@ -55,6 +58,12 @@ static const int level_values[] = {3, 4, 5, 6, 7};
 static const char *const formats[] = {"avro", "json", NULL};
 static const char *const transforms[] = {"log1p", "none", NULL};
 static const int transform_values[] = {1, 0};
+
+/* An enum field is written as an int: every enum here must have an int's size. */
+_Static_assert(sizeof(ch_framing_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(ch_emit_policy_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(ch_output_format_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(ch_log_level_t) == sizeof(int), "enum size");
 
 #define OFF(f) offsetof(ch_config_t, f)
 static const key_def_t keys[] = {
@@ -106,22 +115,28 @@ static const key_def_t keys[] = {
      "moves by more than risk.delta, or emit.heartbeat of stream time has passed."},
     {"risk.delta", K_FLOAT, OFF(risk_delta), "0.05", 0, 1, NULL, NULL,
      "With risk.emit = change: the score change that triggers an update."},
-    {"segments.k", K_INT, OFF(segments_k), "16", 0, 1024, NULL, NULL,
+    {"segments.k", K_SIZE, OFF(segments.k), "16", 0, 1024, NULL, NULL,
      "Online segments (mini-batch K-Means clusters); 0 disables segmentation."},
-    {"segments.warmup", K_INT, OFF(segments_warmup), "10000", 1, 10000000, NULL, NULL,
-     "Feature vectors buffered before k-means++ seeding; segments are null until then."},
-    {"segments.half_life", K_DURATION, OFF(segments_half_life_ms), "1d", 1, INFINITY, NULL,
+    {"segments.warmup", K_SIZE, OFF(segments.warmup), "10000", 1, 10000000, NULL, NULL,
+     "Events seen before the segments are seeded; then k-means++ (10 tries, the least "
+     "inertia wins) runs on the current feature vectors of up to this many users in the "
+     "table. Segments are null until then."},
+    {"segments.half_life", K_DURATION, OFF(segments.half_life_ms), "1d", 1, INFINITY, NULL,
      NULL, "Decay of centroid weights by stream time: how fast segments follow drift."},
-    {"segments.stats_half_life", K_DURATION, OFF(segments_stats_half_life_ms), "7d", 1,
+    {"segments.stats_half_life", K_DURATION, OFF(segments.stats_half_life_ms), "7d", 1,
      INFINITY, NULL, NULL, "Decay of the running mean/std of the z-score transform."},
-    {"segments.dead_ratio", K_FLOAT, OFF(segments_dead_ratio), "0.01", 0, 0.49, NULL, NULL,
+    {"segments.dead_ratio", K_FLOAT, OFF(segments.dead_ratio), "0.01", 0, 0.49, NULL, NULL,
      "A segment whose weight falls below this share of the largest is re-seeded (its "
      "segment_generation increases)."},
-    {"segments.hysteresis", K_FLOAT, OFF(segments_hysteresis), "0.05", 0, 0.99, NULL, NULL,
+    {"segments.hysteresis", K_FLOAT, OFF(segments.hysteresis), "0.05", 0, 0.99, NULL, NULL,
      "A user changes segment only if the new centroid is closer by this fraction."},
-    {"segments.transform", K_ENUM, OFF(segments_log1p), "log1p", 0, 0, transforms,
+    {"segments.split_ratio", K_FLOAT, OFF(segments.split_ratio), "2", 0, 1000, NULL, NULL,
+     "A segment that holds two groups is split (the closest other pair merges, the freed "
+     "id takes one half with its generation bumped) when that lowers the inertia by this "
+     "many times what the merge raises it; 0 never, else >= 1."},
+    {"segments.transform", K_FLAG, OFF(segments.log1p), "log1p", 0, 0, transforms,
      transform_values, "Feature transform before the z-score: log1p (signed) or none."},
-    {"segments.seed", K_INT, OFF(segments_seed), "1", 0, 2147483647, NULL, NULL,
+    {"segments.seed", K_U64, OFF(segments.seed), "1", 0, 2147483647, NULL, NULL,
      "Seed of k-means++ and re-seeding (runs are reproducible)."},
     {"segments.state_file", K_PATH, OFF(segments_state_file), "", 0, 0, NULL, NULL,
      "Where centroids and transform statistics are saved at shutdown (and every "
@@ -228,7 +243,9 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
             snprintf(field, CH_CONF_STR, "%s", value);
         }
         return 0;
-    case K_INT: {
+    case K_INT:
+    case K_SIZE:
+    case K_U64: {
         char *end = NULL;
         errno = 0;
         long long v = strtoll(value, &end, 10);
@@ -236,7 +253,13 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
             return fail(errbuf, errlen, -EINVAL, "%s: expected an integer in %.0f..%.0f, got '%s'",
                         k->name, k->min, k->max, value);
         }
-        *(long *)field = (long)v;
+        if (k->type == K_SIZE) {
+            *(size_t *)field = (size_t)v;
+        } else if (k->type == K_U64) {
+            *(uint64_t *)field = (uint64_t)v;
+        } else {
+            *(long *)field = (long)v;
+        }
         return 0;
     }
     case K_FLOAT: {
@@ -261,9 +284,15 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
         return 0;
     }
     case K_ENUM:
+    case K_FLAG:
         for (int i = 0; k->choices[i]; i++) {
             if (strcmp(value, k->choices[i]) == 0) {
-                *(int *)field = k->choice_values ? k->choice_values[i] : i;
+                int v = k->choice_values ? k->choice_values[i] : i;
+                if (k->type == K_FLAG) {
+                    *(bool *)field = v != 0;
+                } else {
+                    *(int *)field = v;
+                }
                 return 0;
             }
         }
@@ -281,7 +310,7 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
 }
 
 static int add_pair(ch_conf_pair_t **arr, size_t *n, const char *key, const char *value,
-                    int scope, const char *where, bool replace) {
+                    ch_kafka_scope_t scope, const char *where, bool replace) {
     if (replace) {
         for (size_t i = 0; i < *n; i++) {
             if ((*arr)[i].scope == scope && strcmp((*arr)[i].key, key) == 0) {
@@ -322,7 +351,7 @@ static int apply(ch_config_t *cfg, const char *key, const char *value, const cha
     int r;
     if (strncmp(key, "kafka.", 6) == 0) {
         const char *prop = key + 6;
-        int scope = CH_KAFKA_BOTH;
+        ch_kafka_scope_t scope = CH_KAFKA_BOTH;
         if (strncmp(prop, "consumer.", 9) == 0) {
             scope = CH_KAFKA_CONSUMER;
             prop += 9;
@@ -346,7 +375,7 @@ static int apply(ch_config_t *cfg, const char *key, const char *value, const cha
                             where, name, cfg->features[i].where);
             }
         }
-        r = add_pair(&cfg->features, &cfg->n_features, name, value, 0, where, true);
+        r = add_pair(&cfg->features, &cfg->n_features, name, value, CH_KAFKA_BOTH, where, true);
         return r < 0 ? fail(errbuf, errlen, r, "%s: out of memory", where) : 0;
     }
     for (size_t i = 0; i < N_KEYS; i++) {
@@ -368,6 +397,8 @@ static int apply(ch_config_t *cfg, const char *key, const char *value, const cha
 
 int ch_config_init(ch_config_t *cfg) {
     memset(cfg, 0, sizeof(*cfg));
+    /* options without a key (e.g. Lloyd passes) keep the segmenter's defaults */
+    ch_kmeans_opts_default(&cfg->segments, 16, 1);
     for (size_t i = 0; i < N_KEYS; i++) {
         int r = set_scalar(cfg, &keys[i], keys[i].dflt, NULL, 0);
         assert(r == 0 && "every default parses");
@@ -460,7 +491,7 @@ int ch_config_set(ch_config_t *cfg, const char *assignment, char *errbuf, size_t
     return apply(cfg, trim(key), trim(value), "--set", errbuf, errlen);
 }
 
-const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, int scope) {
+const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, ch_kafka_scope_t scope) {
     const char *v = NULL;
     for (size_t i = 0; i < cfg->n_kafka; i++) {
         if ((cfg->kafka[i].scope == CH_KAFKA_BOTH || cfg->kafka[i].scope == scope) &&
@@ -493,10 +524,16 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
         (cfg->model_path[0] && strcmp(cfg->input_topic, cfg->risk_topic) == 0)) {
         return fail(errbuf, errlen, -EINVAL, "input.topic must differ from the output topics");
     }
-    if (cfg->segments_k > 0 && cfg->segments_warmup < cfg->segments_k) {
+    if (cfg->segments.k > 0 && cfg->segments.warmup < cfg->segments.k) {
         return fail(errbuf, errlen, -EINVAL,
-                    "segments.warmup (%ld) must be at least segments.k (%ld)",
-                    cfg->segments_warmup, cfg->segments_k);
+                    "segments.warmup (%zu) must be at least segments.k (%zu)",
+                    cfg->segments.warmup, cfg->segments.k);
+    }
+    if (cfg->segments.split_ratio > 0 && cfg->segments.split_ratio < 1) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "segments.split_ratio (%g) must be 0 (off) or >= 1: a smaller ratio would "
+                    "allow a split that raises the inertia",
+                    cfg->segments.split_ratio);
     }
     char host[64], port[16];
     if (strcmp(cfg->http_listen, "off") != 0) {
@@ -536,6 +573,12 @@ static void format_value(const ch_config_t *cfg, const key_def_t *k, char *buf, 
     case K_INT:
         snprintf(buf, len, "%ld", *(const long *)field);
         return;
+    case K_SIZE:
+        snprintf(buf, len, "%zu", *(const size_t *)field);
+        return;
+    case K_U64:
+        snprintf(buf, len, "%llu", (unsigned long long)*(const uint64_t *)field);
+        return;
     case K_FLOAT:
         snprintf(buf, len, "%g", *(const double *)field);
         return;
@@ -554,8 +597,9 @@ static void format_value(const ch_config_t *cfg, const key_def_t *k, char *buf, 
         }
         return;
     }
-    case K_ENUM: {
-        int v = *(const int *)field;
+    case K_ENUM:
+    case K_FLAG: {
+        int v = k->type == K_FLAG ? (*(const bool *)field ? 1 : 0) : *(const int *)field;
         for (int i = 0; k->choices[i]; i++) {
             if ((k->choice_values ? k->choice_values[i] : i) == v) {
                 snprintf(buf, len, "%s", k->choices[i]);
@@ -586,13 +630,13 @@ void ch_config_print(const ch_config_t *cfg, FILE *out) {
 /* The range column of --help-config: "" when the type says it all. */
 static void format_range(const key_def_t *k, char *range, size_t len) {
     range[0] = '\0';
-    if (k->type == K_INT) {
+    if (k->type == K_INT || k->type == K_SIZE || k->type == K_U64) {
         snprintf(range, len, "%.0f..%.0f", k->min, k->max);
     } else if (k->type == K_FLOAT) {
         snprintf(range, len, "%g..%g", k->min, k->max);
     } else if (k->type == K_DURATION) {
         snprintf(range, len, "%s", k->min > 0 ? "> 0" : ">= 0 (0: off)");
-    } else if (k->type == K_ENUM) {
+    } else if (k->type == K_ENUM || k->type == K_FLAG) {
         size_t n = 0;
         for (int c = 0; k->choices[c] && n < len; c++) {
             n += (size_t)snprintf(range + n, len - n, "%s%s", c ? ", " : "", k->choices[c]);
@@ -600,8 +644,8 @@ static void format_range(const key_def_t *k, char *range, size_t len) {
     }
 }
 
-static const char *const type_names[] = {"string", "path", "integer", "duration", "enum",
-                                         "number"};
+static const char *const type_names[] = {"string", "path",    "integer", "duration", "enum",
+                                         "number", "integer", "integer", "enum"};
 
 static const char families_help[] =
     "feature.<name> (feature spec, repeatable, output order)\n"
@@ -633,10 +677,12 @@ void ch_config_print_help(FILE *out, bool markdown) {
             fprintf(out, "| `%s` | %s | `%s` | %s | %s |\n", k->name, type_names[k->type],
                     k->dflt, range, k->help);
         } else {
-            const char *pre = !range[0]                                    ? ""
-                              : k->type == K_ENUM                          ? ", one of "
-                              : k->type == K_INT || k->type == K_FLOAT ? ", range "
-                                                                           : ", ";
+            bool number = k->type == K_INT || k->type == K_SIZE || k->type == K_U64 ||
+                          k->type == K_FLOAT;
+            const char *pre = !range[0]                                  ? ""
+                              : k->type == K_ENUM || k->type == K_FLAG ? ", one of "
+                              : number                                 ? ", range "
+                                                                       : ", ";
             fprintf(out, "%s (%s, default '%s'%s%s)\n    %s\n", k->name, type_names[k->type],
                     k->dflt, pre, range, k->help);
         }
@@ -646,4 +692,28 @@ void ch_config_print_help(FILE *out, bool markdown) {
     } else {
         fputs(families_help, out);
     }
+}
+
+int ch_config_features(const ch_config_t *cfg, ch_features_t **ret_fs, char *errbuf,
+                       size_t errlen) {
+    ch_features_t *fs = NULL;
+    int r = ch_features_new(cfg->features_half_life_ms, &fs);
+    if (r < 0) {
+        return fail(errbuf, errlen, r, "features: %s", strerror(-r));
+    }
+    for (size_t i = 0; i < cfg->n_features; i++) {
+        char why[256];
+        r = ch_features_add(fs, cfg->features[i].key, cfg->features[i].value, why, sizeof(why));
+        if (r < 0) {
+            ch_features_free(fs);
+            return fail(errbuf, errlen, -EINVAL, "%s: feature.%s: %s", cfg->features[i].where,
+                        cfg->features[i].key, why);
+        }
+    }
+    if ((r = ch_features_seal(fs)) < 0) {
+        ch_features_free(fs);
+        return fail(errbuf, errlen, r, "features: %s", strerror(-r));
+    }
+    *ret_fs = fs;
+    return 0;
 }

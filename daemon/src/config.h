@@ -10,6 +10,10 @@
 #include <stdio.h>
 
 #include "ch/codec.h"
+#include "ch/features.h"
+#include "ch/kafka_settings.h"
+#include "ch/kmeans.h"
+#include "log.h"
 
 #define CH_CONF_STR 512
 
@@ -23,16 +27,10 @@ typedef enum ch_output_format {
     CH_FORMAT_JSON,
 } ch_output_format_t;
 
-typedef enum ch_kafka_scope {
-    CH_KAFKA_BOTH,
-    CH_KAFKA_CONSUMER,
-    CH_KAFKA_PRODUCER,
-} ch_kafka_scope_t;
-
 typedef struct ch_conf_pair {
     char *key;   /* for kafka: the librdkafka property; for features: the name */
     char *value;
-    int scope;   /* ch_kafka_scope_t for kafka pairs */
+    ch_kafka_scope_t scope; /* kafka pairs: which client; features: CH_KAFKA_BOTH */
     char where[CH_CONF_STR]; /* "file:line" or "--set" */
 } ch_conf_pair_t;
 
@@ -41,7 +39,7 @@ typedef struct ch_config {
     char base_dir[CH_CONF_STR];
 
     char input_topic[CH_CONF_STR];
-    int input_framing; /* ch_framing_t */
+    ch_framing_t input_framing;
     char schema_dir[CH_CONF_STR];
     char input_schema[CH_CONF_STR];
     char input_writer_schema[CH_CONF_STR];
@@ -49,11 +47,11 @@ typedef struct ch_config {
 
     char profile_topic[CH_CONF_STR];
     char dlq_topic[CH_CONF_STR];
-    int output_framing; /* ch_framing_t */
-    int output_format;  /* ch_output_format_t */
+    ch_framing_t output_framing;
+    ch_output_format_t output_format;
 
     double features_half_life_ms;
-    int emit_policy; /* ch_emit_policy_t */
+    ch_emit_policy_t emit_policy;
     double emit_heartbeat_ms;
 
     char model_path[CH_CONF_STR];
@@ -61,17 +59,12 @@ typedef struct ch_config {
     char risk_topic[CH_CONF_STR];
     double risk_threshold;
     long risk_reasons;
-    int risk_emit; /* ch_emit_policy_t */
+    ch_emit_policy_t risk_emit;
     double risk_delta;
 
-    long segments_k;
-    long segments_warmup;
-    double segments_half_life_ms;
-    double segments_stats_half_life_ms;
-    double segments_dead_ratio;
-    double segments_hysteresis;
-    int segments_log1p; /* 1 log1p, 0 none */
-    long segments_seed;
+    /* segments.*: the key table writes the K-Means options directly; k = 0 turns
+     * segments off; dim and max_batch follow from the features and batch.max_events */
+    ch_kmeans_opts_t segments;
     char segments_state_file[CH_CONF_STR];
 
     long batch_max_events;
@@ -84,7 +77,7 @@ typedef struct ch_config {
     char http_listen[CH_CONF_STR]; /* host:port, "off" */
     long http_max_connections;
 
-    int log_level; /* syslog level: 3 err .. 7 debug */
+    ch_log_level_t log_level;
     double log_stats_interval_ms;
     long log_bad_input_per_min;
     double shutdown_timeout_ms;
@@ -119,7 +112,15 @@ int ch_config_set(ch_config_t *cfg, const char *assignment, char *errbuf, size_t
 int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen);
 
 /** @brief Look up a kafka.* property as finally set. @returns the value or NULL. */
-const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, int scope);
+const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, ch_kafka_scope_t scope);
+
+/**
+ * @brief The declared feature.* lines as a sealed feature set (the one builder that
+ *        --check-config and the pipeline share).
+ * @returns 0, -EINVAL (errbuf: "file:line: feature.NAME: reason"), -ENOMEM.
+ */
+int ch_config_features(const ch_config_t *cfg, ch_features_t **ret_fs, char *errbuf,
+                       size_t errlen);
 
 /** @brief Print the effective settings, secrets masked. */
 void ch_config_print(const ch_config_t *cfg, FILE *out);

@@ -9,7 +9,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-enum { CH_LOG_ERR = 3, CH_LOG_WARNING = 4, CH_LOG_NOTICE = 5, CH_LOG_INFO = 6, CH_LOG_DEBUG = 7 };
+typedef enum ch_log_level {
+    CH_LOG_ERR = 3,
+    CH_LOG_WARNING = 4,
+    CH_LOG_NOTICE = 5,
+    CH_LOG_INFO = 6,
+    CH_LOG_DEBUG = 7,
+} ch_log_level_t;
 
 /** @brief Set the least severe level that is written (default CH_LOG_INFO). */
 void ch_log_set_level(int level);

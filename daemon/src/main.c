@@ -178,7 +178,7 @@ static void on_stats(struct ev_loop *loop, ev_timer *w, int revents) {
            in, out, (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
            (unsigned long long)s.risk_acked, (unsigned long long)s.alerts,
            (unsigned long long)s.bad_total, s.users,
-           d->cfg->segments_k == 0 ? "off" : s.segments_ready ? "online" : "warming up",
+           d->cfg->segments.k == 0 ? "off" : s.segments_ready ? "online" : "warming up",
            s.assigned_partitions, s.inflight_batches);
 }
 
@@ -282,15 +282,7 @@ static void usage(FILE *f) {
 
 static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size_t errlen) {
     ch_features_t *fs = NULL;
-    int r = ch_features_new(cfg->features_half_life_ms, &fs);
-    for (size_t i = 0; r == 0 && i < cfg->n_features; i++) {
-        char why[256];
-        r = ch_features_add(fs, cfg->features[i].key, cfg->features[i].value, why, sizeof(why));
-        if (r < 0) {
-            snprintf(errbuf, errlen, "%s: feature.%s: %s", cfg->features[i].where,
-                     cfg->features[i].key, why);
-        }
-    }
+    int r = ch_config_features(cfg, &fs, errbuf, errlen);
     if (r == 0 && print) {
         printf("# features (output order; profile_update.features[i])\n");
         for (size_t i = 0; i < ch_features_count(fs); i++) {

@@ -184,28 +184,28 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
         (unsigned long long)s.users_evicted_revoke);
 
     /* ---- segments */
-    if (cfg->segments_k > 0) {
+    if (cfg->segments.k > 0) {
         gauge(&o, "cohortd_segments_ready", "1 once k-means++ seeding has run.",
               s.segments_ready ? 1 : 0);
         counter(&o, "cohortd_segment_reseeds_total",
                 "Dead segments re-seeded (their generation increases).", s.segment_reseeds);
         family(&o, "cohortd_segment_users", "gauge", "Users currently in each segment.");
-        for (long j = 0; j < cfg->segments_k; j++) {
+        for (size_t j = 0; j < cfg->segments.k; j++) {
             uint64_t users = 0;
             double w = 0;
             uint32_t gen = 0;
-            if (ch_pipeline_segment(p, (size_t)j, &users, &w, &gen) == 0) {
+            if (ch_pipeline_segment(p, j, &users, &w, &gen) == 0) {
                 put(&o, "cohortd_segment_users{segment=\"%ld\"} %llu\n", j,
                     (unsigned long long)users);
             }
         }
         family(&o, "cohortd_segment_weight", "gauge",
                "Decayed count of recent points assigned to each segment's centroid.");
-        for (long j = 0; j < cfg->segments_k; j++) {
+        for (size_t j = 0; j < cfg->segments.k; j++) {
             uint64_t users = 0;
             double w = 0;
             uint32_t gen = 0;
-            if (ch_pipeline_segment(p, (size_t)j, &users, &w, &gen) == 0) {
+            if (ch_pipeline_segment(p, j, &users, &w, &gen) == 0) {
                 put(&o, "cohortd_segment_weight{segment=\"%ld\"} %.17g\n", j, w);
             }
         }

@@ -1,5 +1,8 @@
 /*
  * pipeline.h - consume, featurize, publish; commit only what is acknowledged.
+ *
+ * The batch path is pipeline.c; publishing and delivery outputs.c; partitions
+ * rebalance.c; the read side pipeline_view.c; construction pipeline_life.c.
  */
 #ifndef CH_PIPELINE_H
 #define CH_PIPELINE_H
@@ -11,19 +14,8 @@
 #include "ch/codec.h"
 #include "ch/kafka.h"
 #include "config.h"
+#include "events.h"
 #include "histogram.h"
-
-typedef enum ch_bad_reason {
-    CH_BAD_DECODE,          /* not decodable as Avro in the expected framing */
-    CH_BAD_SCHEMA,          /* unknown or unresolvable writer schema id */
-    CH_BAD_TOO_MANY_ATTRS,  /* attrs beyond CH_CODEC_MAX_ATTRS */
-    CH_BAD_EMPTY_USER_ID,   /* user_id "" */
-    CH_BAD_USER_ID_TOO_LONG,/* user_id longer than state.key_max_bytes */
-    CH_BAD_NON_FINITE,      /* NaN or Inf in amount or attrs */
-    CH_BAD_TS_NEGATIVE,     /* ts before 1970 */
-    CH_BAD_TS_FUTURE,       /* ts beyond wall clock + input.max_future */
-    CH_BAD_N
-} ch_bad_reason_t;
 
 typedef struct ch_pipeline_stats {
     uint64_t consumed;         /* messages taken from the input topic */

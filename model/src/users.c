@@ -15,17 +15,22 @@
  *   users misses the TLB on nearly every event.
  * - Keys are hashed with SipHash-1-3 under a per-process random key, so user
  *   ids chosen by an attacker cannot degrade the table into long probe chains.
+ * - A record is {header, state_len doubles, the caller's extra area, key}. The
+ *   extra area is the caller's (SQLite's szExtra): the daemon keeps its emit and
+ *   partition fields there, so this table knows nothing of Kafka or outputs.
  * - Invariant: key_len == 0 exactly for free records; count == live records ==
- *   occupied slots.
+ *   occupied slots == hwm - free records; every live key is found by lookup at its
+ *   own record (ch_users_check()).
  */
 #include "ch/users.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+
+#include "errbuf.h"
 
 typedef struct slot {
     uint32_t tag;
@@ -33,7 +38,7 @@ typedef struct slot {
 } slot_t;
 
 struct ch_users {
-    size_t max_users, key_max, state_len, rec_size;
+    size_t max_users, key_max, state_len, extra_len, rec_size;
     unsigned char *slab;
     size_t slab_bytes;
     size_t hwm;      /* records ever handed out */
@@ -110,8 +115,12 @@ static size_t rec_index(const ch_users_t *u, const ch_user_t *rec) {
     return (size_t)((const unsigned char *)rec - u->slab) / u->rec_size;
 }
 
+void *ch_users_extra(const ch_users_t *u, const ch_user_t *rec) {
+    return (void *)(rec->state + u->state_len);
+}
+
 const char *ch_users_key(const ch_users_t *u, const ch_user_t *rec) {
-    return (const char *)(rec->state + u->state_len);
+    return (const char *)(rec->state + u->state_len) + u->extra_len;
 }
 
 /* Ask for transparent huge pages over the 2 MiB-aligned part of [p, p + len); a hint
@@ -130,10 +139,10 @@ static void hint_huge(void *p, size_t len) {
 #endif
 }
 
-int ch_users_new(size_t max_users, size_t key_max_bytes, size_t state_len,
+int ch_users_new(size_t max_users, size_t key_max_bytes, size_t state_len, size_t extra_bytes,
                  ch_users_t **ret_users) {
     if (max_users == 0 || max_users > UINT32_MAX - 1 || key_max_bytes == 0 ||
-        key_max_bytes > 4096 || state_len > 4096) {
+        key_max_bytes > 4096 || state_len > 4096 || extra_bytes > 4096) {
         return -EINVAL;
     }
     ch_users_t *u = calloc(1, sizeof(*u));
@@ -143,7 +152,10 @@ int ch_users_new(size_t max_users, size_t key_max_bytes, size_t state_len,
     u->max_users = max_users;
     u->key_max = key_max_bytes;
     u->state_len = state_len;
-    u->rec_size = (sizeof(ch_user_t) + state_len * sizeof(double) + key_max_bytes + 7) & ~7u;
+    u->extra_len = (extra_bytes + 7) & ~(size_t)7;
+    u->rec_size =
+        (sizeof(ch_user_t) + state_len * sizeof(double) + u->extra_len + key_max_bytes + 7) &
+        ~(size_t)7;
     u->slab_bytes = max_users * u->rec_size;
     u->slab = mmap(NULL, u->slab_bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -322,11 +334,7 @@ int ch_users_upsert(ch_users_t *u, const char *key, size_t key_len, ch_user_t **
     ch_user_t *rec = rec_at(u, r);
     memset(rec, 0, u->rec_size);
     rec->t_ref_ms = INT64_MIN;
-    rec->last_emit_ms = INT64_MIN;
-    rec->last_risk_ms = INT64_MIN;
-    rec->partition = -1;
     rec->segment = -1;
-    rec->last_score = NAN;
     rec->key_len = (uint16_t)key_len;
     memcpy((char *)ch_users_key(u, rec), key, key_len);
     u->slots[i].tag = tag;
@@ -360,16 +368,26 @@ size_t ch_users_evict_idle(ch_users_t *u, int64_t before_ms, size_t budget) {
     return evicted;
 }
 
-size_t ch_users_evict_partition(ch_users_t *u, int32_t partition) {
+size_t ch_users_evict_if(ch_users_t *u, ch_users_pred_fn *pred, void *opaque) {
     size_t evicted = 0;
     for (size_t r = 0; r < u->hwm; r++) {
         ch_user_t *rec = rec_at(u, r);
-        if (rec->key_len && rec->partition == partition) {
+        if (rec->key_len && pred(opaque, rec)) {
             evict_record(u, rec);
             evicted++;
         }
     }
     return evicted;
+}
+
+ch_user_t *ch_users_next(const ch_users_t *u, size_t *cursor) {
+    while (*cursor < u->hwm) {
+        ch_user_t *rec = rec_at(u, (*cursor)++);
+        if (rec->key_len) {
+            return rec;
+        }
+    }
+    return NULL;
 }
 
 void ch_users_set_evict_hook(ch_users_t *u, ch_users_evict_fn *fn, void *opaque) {
@@ -387,4 +405,51 @@ uint64_t ch_users_cap_evictions(const ch_users_t *u) {
 
 size_t ch_users_memory_bytes(const ch_users_t *u) {
     return u->hwm * u->rec_size + u->cap * sizeof(slot_t);
+}
+
+bool ch_users_check(const ch_users_t *u, char *why, size_t len) {
+    size_t live = 0, occupied = 0, free_recs = 0;
+    for (size_t r = 0; r < u->hwm; r++) {
+        const ch_user_t *rec = rec_at(u, r);
+        if (!rec->key_len) {
+            continue;
+        }
+        live++;
+        if (rec->key_len > u->key_max) {
+            fail(why, len, 0, "record %zu has a key of %u bytes > %zu", r,
+                          (unsigned)rec->key_len, u->key_max);
+            return false;
+        }
+        const char *key = ch_users_key(u, rec);
+        size_t i = probe(u, key, rec->key_len, key_tag(u, key, rec->key_len));
+        if (u->slots[i].rec1 != r + 1) {
+            fail(why, len, 0, "record %zu is not found by a lookup of its key", r);
+            return false;
+        }
+    }
+    for (size_t i = 0; i < u->cap; i++) {
+        if (u->slots[i].rec1 == 0) {
+            continue;
+        }
+        occupied++;
+        if (u->slots[i].rec1 > u->hwm || rec_at(u, u->slots[i].rec1 - 1)->key_len == 0) {
+            fail(why, len, 0, "index slot %zu points at a free record", i);
+            return false;
+        }
+    }
+    for (int64_t f = u->free_head; f >= 0 && free_recs <= u->hwm;
+         f = rec_at(u, (size_t)f)->t_ref_ms) {
+        if ((size_t)f >= u->hwm || rec_at(u, (size_t)f)->key_len) {
+            fail(why, len, 0, "free list holds record %lld, which is live or unissued",
+                          (long long)f);
+            return false;
+        }
+        free_recs++;
+    }
+    if (live != u->count || occupied != u->count || u->hwm - free_recs != u->count) {
+        fail(why, len, 0, "count %zu, live records %zu, occupied slots %zu, issued minus free %zu",
+             u->count, live, occupied, u->hwm - free_recs);
+        return false;
+    }
+    return true;
 }

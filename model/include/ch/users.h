@@ -3,7 +3,9 @@
  *
  * Open addressing (linear probing, backward-shift deletion) over fixed-size
  * records in one slab reserved up front (no per-user malloc). A record holds a
- * small header, the feature state and the user id.
+ * small header, the feature state, a caller-sized extra area the table never
+ * interprets (the caller keeps its own per-user fields there, as SQLite's page
+ * cache does with szExtra) and the user id.
  *
  * @locality Not thread-safe. Record pointers stay valid until the record is
  *           evicted (the slab never moves).
@@ -15,17 +17,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The record header is the contract: callers read and write these fields. */
+/* The record header is the contract: callers read and write these fields. They are
+ * model/'s: the features' clock and the K-Means membership (ch_kmeans_update()'s
+ * prev and prev_gen). */
 typedef struct ch_user {
-    int64_t t_ref_ms;     /* the user's stream time; INT64_MIN when fresh */
-    int64_t last_emit_ms; /* stream time of the last profile update; INT64_MIN none */
-    int64_t last_risk_ms; /* stream time of the last risk update; INT64_MIN none */
-    int32_t partition;    /* input partition the user was last seen on */
-    uint16_t key_len;     /* 0 = free record */
-    int16_t segment;      /* current segment, -1 none */
-    uint32_t seg_gen;     /* generation of that segment */
-    float last_score;     /* last published risk score, NaN none */
-    double state[]; /* ch_users_new(state_len) doubles, then key_max bytes of key */
+    int64_t t_ref_ms; /* the user's stream time; INT64_MIN when fresh; idle eviction
+                         and the cap's LRU go by it */
+    uint16_t key_len; /* 0 = free record */
+    int16_t segment;  /* current segment, -1 none */
+    uint32_t seg_gen; /* generation of that segment */
+    double state[];   /* ch_users_new(state_len) doubles, then the extra area (8-byte
+                         aligned), then key_max bytes of key */
 } ch_user_t;
 
 typedef struct ch_users ch_users_t;
@@ -35,11 +37,12 @@ typedef struct ch_users ch_users_t;
  * @param max_users hard cap; inserting beyond it evicts the least recently active of
  *        a small random sample (approximated LRU, by stream time).
  * @param key_max_bytes longest user id accepted (1..4096).
- * @param state_len doubles of state per user.
+ * @param state_len doubles of state per user (0..4096).
+ * @param extra_bytes the caller's area per record (0..4096), zeroed on insert.
  * @param ret_users set on success.
  * @returns 0, -EINVAL (a size out of range), -ENOMEM (address space reservation failed).
  */
-int ch_users_new(size_t max_users, size_t key_max_bytes, size_t state_len,
+int ch_users_new(size_t max_users, size_t key_max_bytes, size_t state_len, size_t extra_bytes,
                  ch_users_t **ret_users);
 
 /** @brief Free the table. Accepts NULL. @returns NULL. */
@@ -50,8 +53,8 @@ ch_user_t *ch_users_find(ch_users_t *u, const char *key, size_t key_len);
 
 /**
  * @brief Find or insert a user.
- * @param ret_user the record; a new record has t_ref_ms = last_emit_ms = INT64_MIN,
- *        partition -1 and zeroed state, which the caller initialises.
+ * @param ret_user the record; a new record has t_ref_ms = INT64_MIN, segment -1, and
+ *        zeroed state and extra area, which the caller initialises.
  * @returns 0 found, 1 created, -E2BIG (key longer than key_max_bytes), -EINVAL (empty
  *          key), -ENOMEM (index growth failed).
  */
@@ -59,6 +62,16 @@ int ch_users_upsert(ch_users_t *u, const char *key, size_t key_len, ch_user_t **
 
 /** @brief The user id stored in a record (not NUL-terminated; rec->key_len bytes). */
 const char *ch_users_key(const ch_users_t *u, const ch_user_t *rec);
+
+/** @brief The caller's extra area of a record (extra_bytes, 8-byte aligned). */
+void *ch_users_extra(const ch_users_t *u, const ch_user_t *rec);
+
+/**
+ * @brief Iterate over the live records in slab order: start with *cursor = 0.
+ * @returns the next record, or NULL at the end. Evicting the returned record (and
+ *          only it) during the iteration is allowed.
+ */
+ch_user_t *ch_users_next(const ch_users_t *u, size_t *cursor);
 
 /** @brief Remove one user. @returns 0, -ENOENT. */
 int ch_users_remove(ch_users_t *u, const char *key, size_t key_len);
@@ -70,8 +83,16 @@ int ch_users_remove(ch_users_t *u, const char *key, size_t key_len);
  */
 size_t ch_users_evict_idle(ch_users_t *u, int64_t before_ms, size_t budget);
 
-/** @brief Evict every user last seen on an input partition. @returns the number evicted. */
-size_t ch_users_evict_partition(ch_users_t *u, int32_t partition);
+/* Whether to evict a record (ch_users_evict_if()). */
+typedef bool(ch_users_pred_fn)(void *opaque, const ch_user_t *rec);
+
+/**
+ * @brief Scan every record and evict those for which pred says so (for example, the
+ *        users of a revoked partition, known from the caller's extra area).
+ * @returns the number evicted.
+ * @remark pred must not call back into the table.
+ */
+size_t ch_users_evict_if(ch_users_t *u, ch_users_pred_fn *pred, void *opaque);
 
 /* Called with a record just before it is evicted or removed (for any reason). */
 typedef void(ch_users_evict_fn)(void *opaque, const ch_user_t *rec);
@@ -88,5 +109,13 @@ size_t ch_users_count(const ch_users_t *u);
 uint64_t ch_users_cap_evictions(const ch_users_t *u);
 /** @brief Bytes of memory in use (records touched plus index). */
 size_t ch_users_memory_bytes(const ch_users_t *u);
+
+/**
+ * @brief Check the invariants: count == live records == occupied index slots ==
+ *        records handed out minus free ones, and every stored key is found by lookup
+ *        at its own record. O(records): for tests and debug builds.
+ * @returns true if they hold; otherwise false with the first violation in why.
+ */
+bool ch_users_check(const ch_users_t *u, char *why, size_t len);
 
 #endif

@@ -104,8 +104,11 @@ static void test_scoring_and_segment_keys(void **st) {
     ch_config_init(&c);
     char err[512] = "";
     assert_true(c.risk_threshold == 0.5);
-    assert_int_equal(c.segments_k, 16);
-    assert_int_equal(c.segments_warmup, 10000);
+    assert_int_equal(c.segments.k, 16);
+    assert_int_equal(c.segments.warmup, 10000);
+    assert_true(c.segments.log1p);
+    assert_true(c.segments.split_ratio == 2);
+    assert_int_equal(c.segments.lloyd_iters, 10); /* no key: the segmenter's default */
     assert_string_equal(c.model_path, ""); /* no model unless configured */
     assert_int_equal(ch_config_set(&c, "risk.threshold=0.125", err, sizeof(err)), 0);
     assert_true(c.risk_threshold == 0.125);
@@ -114,7 +117,21 @@ static void test_scoring_and_segment_keys(void **st) {
     assert_int_equal(ch_config_set(&c, "risk.threshold=nan", err, sizeof(err)), -EINVAL);
     assert_int_equal(ch_config_set(&c, "segments.hysteresis=0.2x", err, sizeof(err)), -EINVAL);
     assert_int_equal(ch_config_set(&c, "segments.transform=none", err, sizeof(err)), 0);
-    assert_int_equal(c.segments_log1p, 0);
+    assert_false(c.segments.log1p);
+    /* the key table writes the K-Means options directly, whatever their C type */
+    assert_int_equal(ch_config_set(&c, "segments.seed=123456789", err, sizeof(err)), 0);
+    assert_true(c.segments.seed == 123456789u);
+    assert_int_equal(ch_config_set(&c, "segments.k=1024", err, sizeof(err)), 0);
+    assert_int_equal(c.segments.k, 1024);
+    assert_int_equal(ch_config_set(&c, "segments.k=1025", err, sizeof(err)), -EINVAL);
+    assert_int_equal(ch_config_set(&c, "segments.split_ratio=0.5", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=b:1", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "feature.n = count", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "segments.split_ratio (0.5) must be 0 (off) or >= 1"));
+    assert_int_equal(ch_config_set(&c, "segments.split_ratio=0", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "segments.k=4", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
     assert_int_equal(ch_config_set(&c, "risk.emit=change", err, sizeof(err)), 0);
     assert_int_equal(c.risk_emit, CH_EMIT_CHANGE);
     assert_int_equal(ch_config_set(&c, "segment.k=4", err, sizeof(err)), -EINVAL);

@@ -5,19 +5,41 @@
 
 #include <cmocka.h>
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "ch/users.h"
 
+/* The caller's per-user fields, kept in the table's extra area. */
+typedef struct mine {
+    int32_t partition;
+    char note[13]; /* an odd size: the table rounds the area up */
+} mine_t;
+
+static mine_t *mine(ch_users_t *u, ch_user_t *rec) {
+    return ch_users_extra(u, rec);
+}
+
 static int key_of(char *buf, size_t len, int i) {
     return snprintf(buf, len, "user-%d", i);
 }
 
+static void assert_sane(const ch_users_t *u) {
+    char why[256] = "";
+    if (!ch_users_check(u, why, sizeof(why))) {
+        fail_msg("invariant: %s", why);
+    }
+}
+
+static bool on_partition(void *opaque, const ch_user_t *rec);
+static ch_users_t *g_table;
+
 static void test_insert_find_grow_remove(void **st) {
     (void)st;
     ch_users_t *u = NULL;
-    assert_int_equal(ch_users_new(200000, 32, 4, &u), 0);
+    assert_int_equal(ch_users_new(200000, 32, 4, sizeof(mine_t), &u), 0);
     char k[32];
     const int n = 100000; /* forces many index doublings */
     for (int i = 0; i < n; i++) {
@@ -25,11 +47,19 @@ static void test_insert_find_grow_remove(void **st) {
         ch_user_t *rec = NULL;
         assert_int_equal(ch_users_upsert(u, k, (size_t)len, &rec), 1);
         assert_int_equal(rec->t_ref_ms, INT64_MIN);
-        assert_int_equal(rec->partition, -1);
+        assert_int_equal(rec->segment, -1);
+        static const mine_t zero;
+        assert_memory_equal(mine(u, rec), &zero, sizeof(zero)); /* zeroed on insert */
         rec->state[0] = i;
+        rec->state[3] = -i;
         rec->t_ref_ms = i;
+        /* the whole extra area is the caller's: filling it touches neither the state
+         * nor the key */
+        memset(mine(u, rec), 0xA5, sizeof(mine_t));
+        mine(u, rec)->partition = i;
     }
     assert_int_equal(ch_users_count(u), n);
+    assert_sane(u);
     /* remove every third user; backward-shift deletion must keep the rest reachable */
     for (int i = 0; i < n; i += 3) {
         int len = key_of(k, sizeof(k), i);
@@ -43,6 +73,8 @@ static void test_insert_find_grow_remove(void **st) {
         } else {
             assert_non_null(rec);
             assert_int_equal((int)rec->state[0], i);
+            assert_int_equal((int)rec->state[3], -i);
+            assert_int_equal(mine(u, rec)->partition, i);
             assert_memory_equal(ch_users_key(u, rec), k, (size_t)len);
         }
     }
@@ -52,13 +84,66 @@ static void test_insert_find_grow_remove(void **st) {
     assert_int_equal((int)rec->state[0], 1);
     assert_int_equal(ch_users_count(u), n - (n + 2) / 3);
     assert_int_equal(ch_users_remove(u, "nobody", 6), -ENOENT);
+    assert_sane(u);
+    ch_users_free(u);
+}
+
+static void test_iteration_visits_each_live_user_once(void **st) {
+    (void)st;
+    ch_users_t *u = NULL;
+    assert_int_equal(ch_users_new(1000, 16, 1, sizeof(mine_t), &u), 0);
+    char k[16];
+    for (int i = 0; i < 300; i++) {
+        int len = key_of(k, sizeof(k), i);
+        ch_user_t *rec = NULL;
+        assert_int_equal(ch_users_upsert(u, k, (size_t)len, &rec), 1);
+        rec->state[0] = i;
+    }
+    for (int i = 0; i < 300; i += 2) {
+        int len = key_of(k, sizeof(k), i);
+        assert_int_equal(ch_users_remove(u, k, (size_t)len), 0);
+    }
+    /* sum of the odd ids 1..299 = 150^2, each seen once; evicting the record just
+     * returned is allowed */
+    size_t cursor = 0, seen = 0;
+    double sum = 0;
+    for (ch_user_t *rec; (rec = ch_users_next(u, &cursor));) {
+        seen++;
+        sum += rec->state[0];
+        if ((int)rec->state[0] % 3 == 0) {
+            assert_int_equal(ch_users_remove(u, ch_users_key(u, rec), rec->key_len), 0);
+        }
+    }
+    assert_int_equal(seen, 150);
+    assert_true(sum == 150.0 * 150.0);
+    assert_int_equal(ch_users_count(u), 100); /* 50 odd multiples of 3 went */
+    assert_sane(u);
+    ch_users_free(u);
+}
+
+static void test_check_finds_a_broken_table(void **st) {
+    (void)st;
+    ch_users_t *u = NULL;
+    assert_int_equal(ch_users_new(100, 16, 1, 0, &u), 0);
+    ch_user_t *rec = NULL;
+    assert_int_equal(ch_users_upsert(u, "alice", 5, &rec), 1);
+    assert_int_equal(ch_users_upsert(u, "bob", 3, &rec), 1);
+    assert_sane(u);
+    /* a stray write over bob's key: the index no longer leads to his record */
+    ((char *)ch_users_key(u, rec))[0] = 'B';
+    char why[256] = "";
+    assert_false(ch_users_check(u, why, sizeof(why)));
+    assert_non_null(strstr(why, "not found by a lookup"));
+    ((char *)ch_users_key(u, rec))[0] = 'b';
+    assert_sane(u);
     ch_users_free(u);
 }
 
 static void test_key_limits(void **st) {
     (void)st;
     ch_users_t *u = NULL;
-    assert_int_equal(ch_users_new(10, 8, 1, &u), 0);
+    assert_int_equal(ch_users_new(10, 8, 1, 0, &u), 0);
+    assert_int_equal(ch_users_new(10, 8, 1, 4097, &u), -EINVAL);
     ch_user_t *rec = NULL;
     assert_int_equal(ch_users_upsert(u, "123456789", 9, &rec), -E2BIG);
     assert_int_equal(ch_users_upsert(u, "", 0, &rec), -EINVAL);
@@ -71,7 +156,7 @@ static void test_key_limits(void **st) {
 static void test_cap_evicts(void **st) {
     (void)st;
     ch_users_t *u = NULL;
-    assert_int_equal(ch_users_new(100, 16, 1, &u), 0);
+    assert_int_equal(ch_users_new(100, 16, 1, 0, &u), 0);
     char k[16];
     for (int i = 0; i < 250; i++) {
         int len = key_of(k, sizeof(k), i);
@@ -83,20 +168,22 @@ static void test_cap_evicts(void **st) {
     assert_int_equal(ch_users_cap_evictions(u), 150);
     /* the newest user is always present */
     assert_non_null(ch_users_find(u, "user-249", 8));
+    assert_sane(u);
     ch_users_free(u);
 }
 
 static void test_idle_and_partition_eviction(void **st) {
     (void)st;
     ch_users_t *u = NULL;
-    assert_int_equal(ch_users_new(1000, 16, 1, &u), 0);
+    assert_int_equal(ch_users_new(1000, 16, 1, sizeof(mine_t), &u), 0);
+    g_table = u;
     char k[16];
     for (int i = 0; i < 100; i++) {
         int len = key_of(k, sizeof(k), i);
         ch_user_t *rec = NULL;
         assert_int_equal(ch_users_upsert(u, k, (size_t)len, &rec), 1);
         rec->t_ref_ms = i * 1000;
-        rec->partition = i % 4;
+        mine(u, rec)->partition = i % 4;
     }
     /* a budget smaller than the table scans only part of it */
     assert_int_equal(ch_users_evict_idle(u, 50000, 10), 10); /* users 0..9 */
@@ -105,7 +192,8 @@ static void test_idle_and_partition_eviction(void **st) {
     assert_null(ch_users_find(u, "user-49", 7));
     assert_non_null(ch_users_find(u, "user-50", 7));
     /* users 50..99 with i % 4 == 2: 50, 54, ..., 98 = 13 users */
-    assert_int_equal(ch_users_evict_partition(u, 2), 13);
+    int32_t two = 2;
+    assert_int_equal(ch_users_evict_if(u, on_partition, &two), 13);
     assert_int_equal(ch_users_count(u), 37);
     assert_null(ch_users_find(u, "user-54", 7));
     assert_non_null(ch_users_find(u, "user-55", 7));
@@ -114,6 +202,7 @@ static void test_idle_and_partition_eviction(void **st) {
     size_t before = ch_users_memory_bytes(u);
     assert_int_equal(ch_users_upsert(u, "fresh", 5, &rec), 1);
     assert_int_equal(ch_users_memory_bytes(u), before);
+    assert_sane(u);
     ch_users_free(u);
 }
 
@@ -123,7 +212,9 @@ typedef struct seen {
     int key_ok;
 } seen_t;
 
-static ch_users_t *g_table;
+static bool on_partition(void *opaque, const ch_user_t *rec) {
+    return mine(g_table, (ch_user_t *)rec)->partition == *(const int32_t *)opaque;
+}
 
 static void on_evict(void *opaque, const ch_user_t *rec) {
     seen_t *s = opaque;
@@ -138,7 +229,7 @@ static void on_evict(void *opaque, const ch_user_t *rec) {
 static void test_evict_hook_sees_every_eviction(void **st) {
     (void)st;
     ch_users_t *u = NULL;
-    assert_int_equal(ch_users_new(50, 16, 1, &u), 0);
+    assert_int_equal(ch_users_new(50, 16, 1, sizeof(mine_t), &u), 0);
     g_table = u;
     seen_t s = {0};
     ch_users_set_evict_hook(u, on_evict, &s);
@@ -148,7 +239,7 @@ static void test_evict_hook_sees_every_eviction(void **st) {
         ch_user_t *rec = NULL;
         assert_int_equal(ch_users_upsert(u, k, (size_t)len, &rec), 1);
         rec->t_ref_ms = i;
-        rec->partition = i % 2;
+        mine(u, rec)->partition = i % 2;
     }
     assert_int_equal(s.n, 10);
     int64_t cap_sum = s.t_sum;
@@ -156,13 +247,14 @@ static void test_evict_hook_sees_every_eviction(void **st) {
     assert_int_equal(s.n, 11);
     assert_int_equal(s.t_sum, cap_sum + 59);
     size_t idle = ch_users_evict_idle(u, 30, 1000);
-    size_t part = ch_users_evict_partition(u, 1);
+    int32_t one = 1, zero = 0;
+    size_t part = ch_users_evict_if(u, on_partition, &one);
     assert_int_equal(s.n, 11 + (int)idle + (int)part);
     assert_int_equal(s.key_ok, s.n);
     assert_int_equal(ch_users_count(u), 59 - 10 - (int)idle - (int)part);
     ch_users_set_evict_hook(u, NULL, NULL);
     size_t left = ch_users_count(u); /* all on partition 0 now */
-    assert_int_equal(ch_users_evict_partition(u, 0), left);
+    assert_int_equal(ch_users_evict_if(u, on_partition, &zero), left);
     assert_int_equal(s.n, 11 + (int)idle + (int)part);
     ch_users_free(u);
 }
@@ -174,6 +266,8 @@ int main(void) {
         cmocka_unit_test(test_cap_evicts),
         cmocka_unit_test(test_idle_and_partition_eviction),
         cmocka_unit_test(test_evict_hook_sees_every_eviction),
+        cmocka_unit_test(test_iteration_visits_each_live_user_once),
+        cmocka_unit_test(test_check_finds_a_broken_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,96 @@
+/*
+ * clients.c - Kafka client construction and client-level errors.
+ *
+ * Design notes
+ * - Settings come from stream/'s ch_kafka_settings_build(): cohortd's defaults
+ *   (the offset discipline the delivery tracker relies on), then the user's kafka.*
+ *   keys in file order. The benchmark's pass-through uses the same builder.
+ * - librdkafka retries transient errors by itself: they are counted and logged
+ *   (rate-limited); a fatal one stops the daemon, and a restart reprocesses from
+ *   the last commit.
+ */
+#include "clients.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void kafka_log(void *opaque, int level, const char *fac, const char *msg) {
+    (void)opaque;
+    /* A connection failure is also reported to the error callback (counted and
+     * rate-limited there): its FAIL log line would say the same thing twice. */
+    if (strcmp(fac, "FAIL") == 0) {
+        level = CH_LOG_DEBUG;
+    }
+    ch_log(level < CH_LOG_ERR ? CH_LOG_ERR : level, "librdkafka %s: %s", fac, msg);
+}
+
+void ch_clients_error(ch_clients_t *c, bool fatal, const char *what, const char *reason) {
+    c->errors++;
+    uint64_t dropped = 0;
+    if (fatal || ch_ratelimit_allow(&c->rl, &dropped)) {
+        ch_log(fatal ? CH_LOG_ERR : CH_LOG_WARNING, "%s: %s%s", what, reason,
+               dropped ? " (similar errors were not logged, see cohortd_kafka_errors_total)" : "");
+    }
+    if (fatal) {
+        c->fatal = true;
+    }
+}
+
+static void kafka_error(void *opaque, bool fatal, const char *reason) {
+    ch_clients_error(opaque, fatal, "kafka", reason);
+}
+
+/* One client's settings as librdkafka pairs. */
+static int settings_for(const ch_config_t *cfg, ch_kafka_scope_t client, ch_clients_t *c,
+                        ch_kafka_conf_t *ret_kc) {
+    ch_kafka_setting_t *user = calloc(cfg->n_kafka ? cfg->n_kafka : 1, sizeof(*user));
+    if (!user) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        user[i] = (ch_kafka_setting_t){cfg->kafka[i].key, cfg->kafka[i].value, cfg->kafka[i].scope};
+    }
+    const char **keys = NULL, **vals = NULL;
+    size_t n = 0;
+    int r = ch_kafka_settings_build(client, user, cfg->n_kafka, &keys, &vals, &n);
+    free(user);
+    if (r < 0) {
+        return r;
+    }
+    *ret_kc = (ch_kafka_conf_t){keys, vals, n, kafka_log, kafka_error, c};
+    return 0;
+}
+
+static void settings_done(ch_kafka_conf_t *kc) {
+    free((void *)kc->keys);
+    free((void *)kc->values);
+}
+
+int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_delivery,
+                    void *delivery_opaque, const ch_rebalance_hooks_t *hooks, char *errbuf,
+                    size_t errlen) {
+    *c = (ch_clients_t){0};
+    ch_ratelimit_init(&c->rl, 10);
+    ch_kafka_conf_t kc;
+    int r = settings_for(cfg, CH_KAFKA_PRODUCER, c, &kc);
+    if (r < 0) {
+        return r;
+    }
+    r = ch_producer_new(&kc, on_delivery, delivery_opaque, &c->producer, errbuf, errlen);
+    settings_done(&kc);
+    if (r < 0) {
+        return r;
+    }
+    if ((r = settings_for(cfg, CH_KAFKA_CONSUMER, c, &kc)) < 0) {
+        return r;
+    }
+    r = ch_consumer_new(&kc, cfg->input_topic, hooks, &c->consumer, errbuf, errlen);
+    settings_done(&kc);
+    return r;
+}
+
+void ch_clients_done(ch_clients_t *c) {
+    c->consumer = ch_consumer_free(c->consumer);
+    c->producer = ch_producer_free(c->producer);
+}

@@ -1,0 +1,57 @@
+/*
+ * events.h - an input message to a validated observation, or to a bad-input reason.
+ */
+#ifndef CH_EVENTS_H
+#define CH_EVENTS_H
+
+#include <stddef.h>
+
+#include "ch/codec.h"
+#include "ch/features.h"
+#include "ch/kafka.h"
+#include "config.h"
+
+typedef enum ch_bad_reason {
+    CH_BAD_DECODE,          /* not decodable as Avro in the expected framing */
+    CH_BAD_SCHEMA,          /* unknown or unresolvable writer schema id */
+    CH_BAD_TOO_MANY_ATTRS,  /* attrs beyond CH_CODEC_MAX_ATTRS */
+    CH_BAD_EMPTY_USER_ID,   /* user_id "" */
+    CH_BAD_USER_ID_TOO_LONG,/* user_id longer than state.key_max_bytes */
+    CH_BAD_NON_FINITE,      /* NaN or Inf in amount or attrs */
+    CH_BAD_TS_NEGATIVE,     /* ts before 1970 */
+    CH_BAD_TS_FUTURE,       /* ts beyond wall clock + input.max_future */
+    CH_BAD_N,
+    CH_BAD_NONE = -1,       /* not bad: a valid event */
+} ch_bad_reason_t;
+
+typedef struct ch_events ch_events_t;
+
+/**
+ * @brief The reader for input.topic: the decoder (schemas from schema.dir, the
+ *        reader schema, the framing) and the map from event fields to the
+ *        features' numeric fields.
+ * @param schemas borrowed; must outlive the reader.
+ * @param fs borrowed, sealed; must outlive the reader.
+ * @returns 0, -EINVAL (errbuf says which schema or setting), -ENOMEM.
+ */
+int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_features_t *fs,
+                  ch_events_t **ret_events, char *errbuf, size_t errlen);
+
+/** @brief Free. Accepts NULL. @returns NULL. */
+ch_events_t *ch_events_free(ch_events_t *e);
+
+/**
+ * @brief Decode and validate one message.
+ * @param now_ms the wall clock (for input.max_future).
+ * @param ret_ev the event's view (borrows from m); ret_obs its observation for the
+ *        features (values borrowed from the reader until the next call).
+ * @returns CH_BAD_NONE, or the reason it is bad input with the detail in why.
+ */
+ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
+                               ch_event_view_t *ret_ev, ch_obs_t *ret_obs, char *why,
+                               size_t len);
+
+/** @brief The metric label of a bad-input reason. */
+const char *ch_events_bad_name(ch_bad_reason_t r);
+
+#endif

@@ -1,0 +1,95 @@
+/*
+ * pipeline_int.h - the pipeline's state, shared by the files that make it up:
+ * pipeline.c (the batch path), outputs.c (publishing and what acknowledgements
+ * release), rebalance.c (partitions coming and going), pipeline_view.c (what the
+ * loop reads between batches) and pipeline_life.c (construction and teardown).
+ * Nothing else includes it.
+ */
+#ifndef CH_PIPELINE_INT_H
+#define CH_PIPELINE_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ch/codec.h"
+#include "ch/features.h"
+#include "ch/json.h"
+#include "ch/kafka.h"
+#include "ch/kmeans.h"
+#include "ch/tracker.h"
+#include "ch/users.h"
+#include "clients.h"
+#include "events.h"
+#include "log.h"
+#include "pipeline.h"
+#include "scorer.h"
+#include "segments.h"
+#include "userrec.h"
+
+/* An event folded into user state in this batch, awaiting scoring and outputs. */
+typedef struct ch_row {
+    ch_user_t *u; /* re-checked against the key before use (a later insert may evict) */
+    const char *uid, *eid;
+    size_t uid_len, eid_len;
+    int64_t ts_ms; /* the user's stream time after the event */
+} ch_row_t;
+
+struct ch_pipeline {
+    const ch_config_t *cfg;
+    ch_features_t *fs;
+    const char **feat_names;
+    size_t n_feats;
+    ch_users_t *users;
+    ch_schemas_t *schemas;
+    ch_events_t *events;
+    ch_scorer_t scorer;
+    ch_segments_t *segs; /* NULL: segments.k = 0 */
+    ch_clients_t clients;
+    ch_tracker_t *tracker;
+    int32_t profile_schema_id, risk_schema_id;
+
+    /* batch scratch: batch.max_events rows */
+    ch_msg_t *msgs;
+    ch_row_t *rows;
+    size_t n_rows;
+    float *X, *scores;
+    int32_t *prev_seg;
+    uint32_t *prev_gen;
+    ch_kmeans_assign_t *assign;
+    ch_reason_t *reasons;
+    double *feats;
+    ch_buf_t out;
+
+    /* per tracker slot: the event and Kafka times of its events, for latency */
+    int64_t *ev_ts, *kafka_ts; /* slots x batch.max_events */
+    size_t *n_ts;
+    bool *observed;
+
+    bool *assigned; /* by partition number */
+    size_t n_assigned_cap;
+
+    bool stopping;
+    bool failed;
+    ch_ratelimit_t bad_rl, out_rl;
+    ch_pipeline_stats_t st;
+};
+
+/** @brief Whether the pipeline must stop (an output failed, or the clients did). */
+bool ch_pipeline_broken(const ch_pipeline_t *p);
+
+/* outputs.c */
+void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);
+void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);
+void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m,
+                            ch_bad_reason_t reason, const char *why);
+void ch_outputs_delivered(void *opaque, void *msg_opaque, int err, const char *errstr);
+void ch_outputs_sealed(ch_pipeline_t *p, ch_tracked_t *b);
+void ch_outputs_release(ch_pipeline_t *p);
+
+/* rebalance.c */
+bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition);
+void ch_rebalance_assigned(void *opaque, const int32_t *parts, size_t n);
+void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool lost);
+
+#endif

@@ -1,0 +1,221 @@
+/*
+ * pipeline_life.c - building the pipeline from a validated config, its shutdown, and
+ * its teardown.
+ *
+ * Design notes
+ * - Construction order follows the data: features, user table (with the daemon's
+ *   record in its extra area), schemas and the event reader, scorer, segments,
+ *   batch scratch and the delivery tracker, then the producer and last the
+ *   consumer, whose subscription starts the flow.
+ * - Shutdown stops consuming, waits (shutdown.timeout) for outputs, releases and
+ *   commits their offsets and leaves the group. Built with CH_CHECK_INVARIANTS (the
+ *   sanitizer build), it then checks the user table's and the segments'
+ *   invariants, so every integration run verifies them.
+ */
+#include "pipeline_int.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Histogram buckets: batch sizes in messages; times in seconds. */
+static const double batch_event_bounds[] = {1,   2,    5,    10,   20,    50,    100,  200,
+                                            500, 1000, 2000, 5000, 10000, 20000, 65536};
+static const double batch_second_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                             0.025,  0.05,    0.1,    0.25,  0.5,    1};
+static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                        1,     2.5,    5,     10,   30,    60,   300, 3600};
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static void on_user_evicted(void *opaque, const ch_user_t *rec) {
+    ch_pipeline_t *p = opaque;
+    if (p->segs) {
+        ch_segments_moved(p->segs, rec->segment, -1);
+    }
+}
+
+/* The id under which an output schema is registered, needed to frame outputs the
+ * Confluent way. */
+static int output_schema_id(const ch_pipeline_t *p, const char *file, const char *when,
+                            int32_t *ret_id, char *errbuf, size_t errlen) {
+    if (p->cfg->output_framing != CH_FRAMING_CONFLUENT ||
+        ch_schemas_id_of(p->schemas, file, ret_id) == 0) {
+        return 0;
+    }
+    snprintf(errbuf, errlen,
+             "%s/ids registers no id for %s (needed by output.framing = confluent%s)",
+             p->cfg->schema_dir, file, when);
+    return -EINVAL;
+}
+
+/* Scratch for one batch (rows) and per tracker slot (latency). */
+static int alloc_scratch(ch_pipeline_t *p) {
+    size_t rows = (size_t)p->cfg->batch_max_events, d = p->n_feats;
+    size_t slots = (size_t)p->cfg->batch_max_inflight;
+    p->feat_names = calloc(d, sizeof(*p->feat_names));
+    p->msgs = calloc(rows, sizeof(*p->msgs));
+    p->rows = calloc(rows, sizeof(*p->rows));
+    p->X = calloc(rows * d, sizeof(float));
+    p->scores = calloc(rows, sizeof(float));
+    p->prev_seg = calloc(rows, sizeof(int32_t));
+    p->prev_gen = calloc(rows, sizeof(uint32_t));
+    p->assign = calloc(rows, sizeof(*p->assign));
+    p->reasons = calloc(d, sizeof(*p->reasons));
+    p->feats = calloc(d, sizeof(*p->feats));
+    p->ev_ts = calloc(slots * rows, sizeof(int64_t));
+    p->kafka_ts = calloc(slots * rows, sizeof(int64_t));
+    p->n_ts = calloc(slots, sizeof(size_t));
+    p->observed = calloc(slots, sizeof(bool));
+    if (!p->feat_names || !p->msgs || !p->rows || !p->X || !p->scores || !p->prev_seg ||
+        !p->prev_gen || !p->assign || !p->reasons || !p->feats || !p->ev_ts || !p->kafka_ts ||
+        !p->n_ts || !p->observed) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < d; i++) {
+        p->feat_names[i] = ch_features_name(p->fs, i);
+    }
+    return 0;
+}
+
+int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *errbuf,
+                    size_t errlen) {
+    ch_pipeline_t *p = calloc(1, sizeof(*p));
+    if (!p) {
+        return -ENOMEM;
+    }
+    p->cfg = cfg;
+    ch_buf_init(&p->out);
+    ch_histogram_init(&p->st.batch_events, batch_event_bounds, N_OF(batch_event_bounds));
+    ch_histogram_init(&p->st.batch_seconds, batch_second_bounds, N_OF(batch_second_bounds));
+    ch_histogram_init(&p->st.latency_event, latency_bounds, N_OF(latency_bounds));
+    ch_histogram_init(&p->st.latency_kafka, latency_bounds, N_OF(latency_bounds));
+    ch_ratelimit_init(&p->bad_rl, (double)cfg->log_bad_input_per_min);
+    ch_ratelimit_init(&p->out_rl, 10);
+    int r = ch_config_features(cfg, &p->fs, errbuf, errlen);
+    if (r < 0) {
+        goto out_fail;
+    }
+    p->n_feats = ch_features_count(p->fs);
+    r = ch_users_new((size_t)cfg->state_max_users, (size_t)cfg->state_key_max_bytes,
+                     ch_features_state_len(p->fs), sizeof(ch_userrec_t), &p->users);
+    if (r < 0) {
+        snprintf(errbuf, errlen,
+                 "cannot reserve the user table for state.max_users = %ld: %s (lower it)",
+                 cfg->state_max_users, strerror(-r));
+        goto out_fail;
+    }
+    ch_users_set_evict_hook(p->users, on_user_evicted, p);
+    if ((r = ch_schemas_load(cfg->schema_dir, &p->schemas, errbuf, errlen)) < 0 ||
+        (r = ch_events_new(cfg, p->schemas, p->fs, &p->events, errbuf, errlen)) < 0 ||
+        (r = output_schema_id(p, "profile_update.avsc", "", &p->profile_schema_id, errbuf,
+                              errlen)) < 0 ||
+        (r = alloc_scratch(p)) < 0) {
+        goto out_fail;
+    }
+    r = ch_scorer_init(&p->scorer, cfg, p->feat_names, p->n_feats, (size_t)cfg->batch_max_events,
+                       errbuf, errlen);
+    if (r < 0 ||
+        (cfg->model_path[0] && (r = output_schema_id(p, "risk_update.avsc", " with model.path set",
+                                                     &p->risk_schema_id, errbuf, errlen)) < 0)) {
+        goto out_fail;
+    }
+    if (cfg->segments.k > 0 && (r = ch_segments_new(cfg, p->n_feats, (size_t)cfg->batch_max_events,
+                                                    &p->segs, errbuf, errlen)) < 0) {
+        goto out_fail;
+    }
+    if ((r = ch_tracker_new((size_t)cfg->batch_max_inflight, &p->tracker)) < 0) {
+        goto out_fail;
+    }
+    ch_rebalance_hooks_t hooks = {ch_rebalance_assigned, ch_rebalance_revoked, p};
+    if ((r = ch_clients_init(&p->clients, cfg, ch_outputs_delivered, p, &hooks, errbuf, errlen)) <
+        0) {
+        goto out_fail;
+    }
+    *ret_pipeline = p;
+    return 0;
+
+out_fail:
+    if (r == -ENOMEM && errbuf && !errbuf[0]) {
+        snprintf(errbuf, errlen, "out of memory");
+    }
+    ch_pipeline_free(p);
+    return r;
+}
+
+/* The invariants of the state, checked when built with CH_CHECK_INVARIANTS. */
+static int check_invariants(const ch_pipeline_t *p) {
+#ifdef CH_CHECK_INVARIANTS
+    char why[256] = "";
+    if (!ch_users_check(p->users, why, sizeof(why)) ||
+        (p->segs && !ch_segments_check(p->segs, p->users, why, sizeof(why)))) {
+        ch_log(CH_LOG_ERR, "invariant broken at shutdown: %s", why);
+        return -EIO;
+    }
+    ch_log(CH_LOG_DEBUG, "invariants hold at shutdown (%zu users)", ch_users_count(p->users));
+#else
+    (void)p;
+#endif
+    return 0;
+}
+
+int ch_pipeline_shutdown(ch_pipeline_t *p) {
+    p->stopping = true;
+    int r = 0;
+    int timeout = (int)fmin(p->cfg->shutdown_timeout_ms, 3600000);
+    if (ch_producer_flush(p->clients.producer, timeout) < 0) {
+        ch_log(CH_LOG_ERR,
+               "%zu output(s) unacknowledged after %d ms; their offsets are not committed and "
+               "will be reprocessed on restart",
+               ch_producer_outstanding(p->clients.producer), timeout);
+        r = -ETIMEDOUT;
+    }
+    ch_outputs_release(p);
+    char err[256];
+    if (ch_consumer_close(p->clients.consumer, timeout, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_ERR, "%s", err);
+        r = r ? r : -EIO;
+    }
+    if (ch_pipeline_broken(p) && r == 0) {
+        r = -EIO;
+    }
+    int c = check_invariants(p);
+    return r ? r : c;
+}
+
+ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
+    if (!p) {
+        return NULL;
+    }
+    ch_clients_done(&p->clients);
+    p->tracker = ch_tracker_free(p->tracker);
+    p->events = ch_events_free(p->events);
+    ch_schemas_free(p->schemas);
+    ch_users_free(p->users);
+    p->segs = ch_segments_free(p->segs);
+    ch_scorer_done(&p->scorer);
+    ch_features_free(p->fs);
+    free(p->feat_names);
+    free(p->msgs);
+    free(p->rows);
+    free(p->X);
+    free(p->scores);
+    free(p->prev_seg);
+    free(p->prev_gen);
+    free(p->assign);
+    free(p->reasons);
+    free(p->feats);
+    free(p->ev_ts);
+    free(p->kafka_ts);
+    free(p->n_ts);
+    free(p->observed);
+    free(p->assigned);
+    ch_buf_done(&p->out);
+    free(p);
+    return NULL;
+}
+
+int ch_pipeline_consumer_fd(const ch_pipeline_t *p) { return ch_consumer_fd(p->clients.consumer); }
+
+int ch_pipeline_producer_fd(const ch_pipeline_t *p) { return ch_producer_fd(p->clients.producer); }

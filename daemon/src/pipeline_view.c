@@ -1,0 +1,136 @@
+/*
+ * pipeline_view.c - what the loop reads and asks between batches: counters, lag,
+ * readiness, segments, one user's state as JSON, and the reload and save requests.
+ *
+ * Design notes
+ * - Everything here runs on the loop thread between two batches, so it sees a
+ *   consistent state and may use the batch scratch (row 0) freely.
+ */
+#include "pipeline_int.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r) { return ch_events_bad_name(r); }
+
+void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
+    *ret_stats = p->st;
+    ret_stats->kafka_errors = p->clients.errors;
+    ret_stats->model_reloads = p->scorer.reloads;
+    ret_stats->model_reload_failures = p->scorer.reload_failures;
+    ret_stats->users = ch_users_count(p->users);
+    ret_stats->users_bytes = ch_users_memory_bytes(p->users);
+    ret_stats->users_evicted_cap = ch_users_cap_evictions(p->users);
+    ret_stats->inflight_batches = ch_tracker_inflight(p->tracker);
+    ret_stats->assigned_partitions = ch_consumer_assigned(p->clients.consumer);
+    ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
+    ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
+}
+
+int ch_pipeline_lag(ch_pipeline_t *p, ch_partition_lag_t *out, size_t cap) {
+    return ch_consumer_lag(p->clients.consumer, out, cap);
+}
+
+bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
+    if (ch_pipeline_broken(p) || p->stopping) {
+        snprintf(why, len, "%s", ch_pipeline_broken(p) ? "failed: stopping" : "stopping");
+        return false;
+    }
+    if (p->cfg->model_path[0] && !p->scorer.model) {
+        snprintf(why, len, "no model loaded");
+        return false;
+    }
+    static ch_partition_lag_t lag[4096]; /* loop thread only */
+    int n = ch_consumer_lag(p->clients.consumer, lag, N_OF(lag));
+    if (n <= 0) {
+        snprintf(why, len, "no partitions of %s assigned%s", p->cfg->input_topic,
+                 n < 0 ? " (assignment unavailable)" : "");
+        return false;
+    }
+    for (int i = 0; i < n && i < (int)N_OF(lag); i++) {
+        if (lag[i].lag < 0) {
+            snprintf(why, len, "lag of %s[%d] not known yet", p->cfg->input_topic,
+                     lag[i].partition);
+            return false;
+        }
+    }
+    return true;
+}
+
+int ch_pipeline_segment(const ch_pipeline_t *p, size_t j, uint64_t *ret_users, double *ret_weight,
+                        uint32_t *ret_generation) {
+    if (!p->segs) {
+        return -ENOENT;
+    }
+    return ch_segments_info(p->segs, j, ret_users, ret_weight, ret_generation);
+}
+
+const char *ch_pipeline_model_version(const ch_pipeline_t *p) {
+    return ch_scorer_version(&p->scorer);
+}
+
+int ch_pipeline_reload_model(ch_pipeline_t *p) { return ch_scorer_reload(&p->scorer); }
+
+int ch_pipeline_save_segments(ch_pipeline_t *p) { return p->segs ? ch_segments_save(p->segs) : 0; }
+
+#define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)
+
+int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_buf_t *out) {
+    ch_user_t *u = ch_users_find(p->users, user_id, len);
+    if (!u) {
+        return -ENOENT;
+    }
+    const ch_userrec_t *ur = ch_userrec(p->users, u);
+    /* Between batches the batch scratch is free: row 0 holds this user's vector. */
+    ch_features_read(p->fs, u->state, u->t_ref_ms, p->feats);
+    for (size_t i = 0; i < p->n_feats; i++) {
+        p->X[i] = (float)p->feats[i];
+    }
+    out->len = 0;
+    int r = LIT(out, "{\"user_id\":");
+    r = r ? r : ch_json_string(out, user_id, len);
+    r = r ? r
+          : ch_buf_printf(out, ",\"partition\":%d,\"ts\":%lld,\"features\":{", (int)ur->partition,
+                          (long long)u->t_ref_ms);
+    for (size_t i = 0; !r && i < p->n_feats; i++) {
+        r = i ? LIT(out, ",") : 0;
+        r = r ? r : ch_json_string(out, p->feat_names[i], strlen(p->feat_names[i]));
+        r = r ? r : LIT(out, ":");
+        r = r ? r : ch_json_float(out, p->X[i]);
+    }
+    r = r ? r : LIT(out, "},\"segment\":");
+    if (!r && u->segment >= 0) {
+        r = ch_buf_printf(out, "%d,\"segment_generation\":%u", (int)u->segment,
+                          (unsigned)u->seg_gen);
+    } else if (!r) {
+        r = LIT(out, "null,\"segment_generation\":null");
+    }
+    r = r ? r : LIT(out, ",\"risk\":");
+    if (!r && p->scorer.model) {
+        ch_onnx_eval(p->scorer.model, p->X, 1, p->scores);
+        float score = p->scores[0];
+        size_t nr = ch_scorer_reasons(&p->scorer, 0, p->reasons);
+        const char *version = ch_scorer_version(&p->scorer);
+        r = LIT(out, "{\"score\":");
+        r = r ? r : ch_json_float(out, score);
+        r = r ? r
+              : ch_buf_printf(out, ",\"alert\":%s,\"threshold\":",
+                              score >= (float)p->cfg->risk_threshold ? "true" : "false");
+        r = r ? r : ch_json_float(out, (float)p->cfg->risk_threshold);
+        r = r ? r : LIT(out, ",\"reasons\":");
+        r = r ? r : ch_json_reasons(out, p->reasons, nr);
+        r = r ? r : LIT(out, ",\"model_version\":");
+        r = r ? r : ch_json_string(out, version, strlen(version));
+        r = r ? r : LIT(out, "}");
+    } else if (!r) {
+        r = LIT(out, "null");
+    }
+    r = r ? r : LIT(out, ",\"last_published_score\":");
+    r = r ? r : ch_json_float(out, ur->last_score);
+    r = r ? r : LIT(out, "}");
+    return r;
+}

@@ -1,0 +1,188 @@
+/*
+ * segments.c - online segments in the daemon (DESIGN.md section 7).
+ *
+ * Design notes
+ * - The segmenter runs with seed_by_caller: during warm-up it only learns the
+ *   transform statistics, and when segments.warmup events have been seen it is
+ *   seeded from the population, i.e. the current vectors of the users in the
+ *   table (every step-th user, at most segments.warmup of them), read at each
+ *   user's stream time like the outputs. Seeding on users' first events instead
+ *   (immature vectors) left the centroids in poor optima.
+ * - Invariant: users[j] == the number of records in the table whose segment is j;
+ *   the batch path reports moves, the table's eviction hook reports departures.
+ */
+#include "segments.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct ch_segments {
+    const ch_config_t *cfg;
+    ch_kmeans_t *km;
+    size_t k, dim;
+    uint64_t *users; /* users currently in each segment */
+};
+
+int ch_segments_new(const ch_config_t *cfg, size_t dim, size_t max_batch,
+                    ch_segments_t **ret_segments, char *errbuf, size_t errlen) {
+    ch_segments_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        return -ENOMEM;
+    }
+    s->cfg = cfg;
+    s->k = cfg->segments.k;
+    s->dim = dim;
+    s->users = calloc(s->k ? s->k : 1, sizeof(*s->users));
+    if (!s->users) {
+        ch_segments_free(s);
+        return -ENOMEM;
+    }
+    ch_kmeans_opts_t o = cfg->segments;
+    o.dim = dim;
+    o.max_batch = max_batch;
+    o.seed_by_caller = true;
+    char why[256];
+    int r = ch_kmeans_new(&o, &s->km, why, sizeof(why));
+    if (r < 0) {
+        snprintf(errbuf, errlen, "segments: %s", why);
+        ch_segments_free(s);
+        return r;
+    }
+    if (cfg->segments_state_file[0]) {
+        r = ch_kmeans_load(s->km, cfg->segments_state_file, why, sizeof(why));
+        if (r == 0) {
+            ch_log(CH_LOG_INFO, "segments restored from %s (%s)", cfg->segments_state_file,
+                   ch_kmeans_ready(s->km) ? "centroids ready" : "still warming up");
+        } else if (r != -ENOENT) {
+            ch_log(CH_LOG_WARNING, "segments: not restoring: %s; starting fresh", why);
+        }
+    }
+    *ret_segments = s;
+    return 0;
+}
+
+ch_segments_t *ch_segments_free(ch_segments_t *s) {
+    if (!s) {
+        return NULL;
+    }
+    ch_kmeans_free(s->km);
+    free(s->users);
+    free(s);
+    return NULL;
+}
+
+/* Seed on the current vectors of up to segments.warmup users of the table. */
+static void seed(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs, int64_t stream_ms) {
+    size_t count = ch_users_count(users), cap = s->cfg->segments.warmup;
+    size_t take = count < cap ? count : cap, step = (count + take - 1) / take;
+    float *x = malloc(take * s->dim * sizeof(float));
+    double *row = malloc(s->dim * sizeof(double));
+    size_t n = 0, seen = 0, cursor = 0;
+    for (ch_user_t *u; x && row && n < take && (u = ch_users_next(users, &cursor)); seen++) {
+        if (seen % step) {
+            continue;
+        }
+        ch_features_read(fs, u->state, u->t_ref_ms, row);
+        for (size_t t = 0; t < s->dim; t++) {
+            x[n * s->dim + t] = (float)row[t];
+        }
+        n++;
+    }
+    int r = x && row ? ch_kmeans_seed(s->km, x, n, stream_ms) : -ENOMEM;
+    if (r == 0) {
+        ch_log(CH_LOG_INFO,
+               "segments seeded: k-means++ on the current features of %zu of %zu "
+               "users",
+               n, count);
+    } else {
+        ch_log(CH_LOG_WARNING, "segments: seeding on %zu users failed (%s); will retry", n,
+               strerror(-r));
+    }
+    free(x);
+    free(row);
+}
+
+void ch_segments_update(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs,
+                        const float *x, size_t n, int64_t stream_ms, const int32_t *prev,
+                        const uint32_t *prev_gen, ch_kmeans_assign_t *ret) {
+    if (ch_kmeans_wants_seed(s->km, n) && ch_users_count(users) >= s->k) {
+        seed(s, users, fs, stream_ms);
+    }
+    ch_kmeans_update(s->km, x, n, stream_ms, prev, prev_gen, ret);
+}
+
+void ch_segments_moved(ch_segments_t *s, int32_t from, int32_t to) {
+    if (from == to) {
+        return;
+    }
+    if (from >= 0 && (size_t)from < s->k) {
+        s->users[from]--;
+    }
+    if (to >= 0 && (size_t)to < s->k) {
+        s->users[to]++;
+    }
+}
+
+int ch_segments_info(const ch_segments_t *s, size_t j, uint64_t *ret_users, double *ret_weight,
+                     uint32_t *ret_generation) {
+    if (j >= s->k) {
+        return -ENOENT;
+    }
+    double w = 0;
+    uint32_t gen = 0;
+    ch_kmeans_centroid(s->km, j, &w, &gen);
+    *ret_users = s->users[j];
+    *ret_weight = w;
+    *ret_generation = gen;
+    return 0;
+}
+
+bool ch_segments_ready(const ch_segments_t *s) { return ch_kmeans_ready(s->km); }
+
+uint64_t ch_segments_reseeds(const ch_segments_t *s) { return ch_kmeans_reseeds(s->km); }
+
+int ch_segments_save(const ch_segments_t *s) {
+    if (!s->cfg->segments_state_file[0]) {
+        return 0;
+    }
+    char err[512];
+    int r = ch_kmeans_save(s->km, s->cfg->segments_state_file, err, sizeof(err));
+    if (r < 0) {
+        ch_log(CH_LOG_WARNING, "segments: cannot save: %s", err);
+    }
+    return r;
+}
+
+bool ch_segments_check(const ch_segments_t *s, const ch_users_t *users, char *why, size_t len) {
+    if (!ch_kmeans_check(s->km, why, len)) {
+        return false;
+    }
+    uint64_t *count = calloc(s->k, sizeof(*count));
+    if (!count) {
+        snprintf(why, len, "out of memory");
+        return false;
+    }
+    size_t cursor = 0;
+    bool ok = true;
+    for (ch_user_t *u; ok && (u = ch_users_next(users, &cursor));) {
+        if (u->segment >= 0 && (size_t)u->segment >= s->k) {
+            snprintf(why, len, "a user is in segment %d of %zu", (int)u->segment, s->k);
+            ok = false;
+        } else if (u->segment >= 0) {
+            count[u->segment]++;
+        }
+    }
+    for (size_t j = 0; ok && j < s->k; j++) {
+        if (count[j] != s->users[j]) {
+            snprintf(why, len, "segment %zu counts %llu users, the table has %llu", j,
+                     (unsigned long long)s->users[j], (unsigned long long)count[j]);
+            ok = false;
+        }
+    }
+    free(count);
+    return ok;
+}
