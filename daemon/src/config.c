@@ -130,10 +130,10 @@ static const key_def_t keys[] = {
      "segment_generation increases)."},
     {"segments.hysteresis", K_FLOAT, OFF(segments.hysteresis), "0.05", 0, 0.99, NULL, NULL,
      "A user changes segment only if the new centroid is closer by this fraction."},
-    {"segments.split_ratio", K_FLOAT, OFF(segments.split_ratio), "2", 0, 1000, NULL, NULL,
-     "A segment that holds two groups is split (the closest other pair merges, the freed "
-     "id takes one half with its generation bumped) when that lowers the inertia by this "
-     "many times what the merge raises it; 0 never, else >= 1."},
+    {"segments.split_ratio", K_FLOAT, OFF(segments.split_ratio), "0", 0, 1000, NULL, NULL,
+     "Experimental, off by default: a segment that holds two groups is split (the closest "
+     "other pair merges, the freed id takes one half with its generation bumped) when that "
+     "lowers the inertia by this many times what the merge raises it; 0 never, else >= 1."},
     {"segments.transform", K_FLAG, OFF(segments.log1p), "log1p", 0, 0, transforms,
      transform_values, "Feature transform before the z-score: log1p (signed) or none."},
     {"segments.seed", K_U64, OFF(segments.seed), "1", 0, 2147483647, NULL, NULL,

@@ -107,7 +107,7 @@ static void test_scoring_and_segment_keys(void **st) {
     assert_int_equal(c.segments.k, 16);
     assert_int_equal(c.segments.warmup, 10000);
     assert_true(c.segments.log1p);
-    assert_true(c.segments.split_ratio == 2);
+    assert_true(c.segments.split_ratio == 0); /* split and merge: opt-in */
     assert_int_equal(c.segments.lloyd_iters, 10); /* no key: the segmenter's default */
     assert_string_equal(c.model_path, ""); /* no model unless configured */
     assert_int_equal(ch_config_set(&c, "risk.threshold=0.125", err, sizeof(err)), 0);
