@@ -78,7 +78,9 @@ ch_segments_t *ch_segments_free(ch_segments_t *s) {
 /* Seed on the current vectors of up to segments.warmup users of the table. */
 static void seed(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs, int64_t stream_ms) {
     size_t count = ch_users_count(users), cap = s->cfg->segments.warmup;
-    size_t take = count < cap ? count : cap, step = (count + take - 1) / take;
+    /* every step-th user with step = floor(count / take) >= 1 reaches take users
+     * (a rounded-up step could stop short of k) */
+    size_t take = count < cap ? count : cap, step = count / take;
     float *x = malloc(take * s->dim * sizeof(float));
     double *row = malloc(s->dim * sizeof(double));
     size_t n = 0, seen = 0, cursor = 0;
