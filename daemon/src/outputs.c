@@ -145,10 +145,21 @@ void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m
     }
 }
 
-static void encode_failed(ch_pipeline_t *p, ch_tracked_t *b, const char *what) {
-    ch_log(CH_LOG_ERR, "out of memory encoding a %s; stopping", what);
-    ch_tracker_fail(b);
-    p->failed = true;
+/* Send the update just encoded into p->out for row r (encoded: the encoder's result). */
+static void publish(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const ch_row_t *r,
+                    int encoded) {
+    bool risk = kind == OUT_RISK;
+    if (encoded < 0) {
+        ch_log(CH_LOG_ERR, "out of memory encoding a %s; stopping",
+               risk ? "risk update" : "profile update");
+        ch_tracker_fail(b);
+        p->failed = true;
+        return;
+    }
+    if (send_out(p, b, kind, risk ? p->cfg->risk_topic : p->cfg->profile_topic, r->uid,
+                 r->uid_len, p->out.data, p->out.len, NULL, 0) == 0) {
+        (*(risk ? &p->st.risk_sent : &p->st.profiles_sent))++;
+    }
 }
 
 void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u) {
@@ -176,17 +187,11 @@ void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *
                          .features = p->X + i * p->n_feats,
                          .n_features = p->n_feats,
                          .model_version = ch_scorer_version(&p->scorer)};
-    if ((p->cfg->output_format == CH_FORMAT_JSON
-             ? ch_json_encode_profile(&p->out, &prof)
-             : ch_encode_profile(&p->out, p->cfg->output_framing, p->profile_schema_id, &prof)) <
-        0) {
-        encode_failed(p, b, "profile update");
-        return;
-    }
-    if (send_out(p, b, OUT_PROFILE, p->cfg->profile_topic, r->uid, r->uid_len, p->out.data,
-                 p->out.len, NULL, 0) == 0) {
-        p->st.profiles_sent++;
-    }
+    publish(p, b, OUT_PROFILE, r,
+            p->cfg->output_format == CH_FORMAT_JSON
+                ? ch_json_encode_profile(&p->out, &prof)
+                : ch_encode_profile(&p->out, p->cfg->output_framing, p->profile_schema_id,
+                                    &prof));
 }
 
 void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u) {
@@ -215,14 +220,8 @@ void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u) 
                     .reasons = p->reasons,
                     .n_reasons = alert ? ch_scorer_reasons(&p->scorer, i, p->reasons) : 0,
                     .model_version = ch_scorer_version(&p->scorer)};
-    if ((p->cfg->output_format == CH_FORMAT_JSON
-             ? ch_json_encode_risk(&p->out, &rk)
-             : ch_encode_risk(&p->out, p->cfg->output_framing, p->risk_schema_id, &rk)) < 0) {
-        encode_failed(p, b, "risk update");
-        return;
-    }
-    if (send_out(p, b, OUT_RISK, p->cfg->risk_topic, r->uid, r->uid_len, p->out.data, p->out.len,
-                 NULL, 0) == 0) {
-        p->st.risk_sent++;
-    }
+    publish(p, b, OUT_RISK, r,
+            p->cfg->output_format == CH_FORMAT_JSON
+                ? ch_json_encode_risk(&p->out, &rk)
+                : ch_encode_risk(&p->out, p->cfg->output_framing, p->risk_schema_id, &rk));
 }

@@ -23,7 +23,7 @@
 #include <math.h>
 #include <string.h>
 
-bool ch_pipeline_broken(const ch_pipeline_t *p) { return p->failed || p->clients.fatal; }
+bool ch_pipeline_failed(const ch_pipeline_t *p) { return p->failed || p->clients.fatal; }
 
 static void fail_batch(ch_pipeline_t *p, ch_tracked_t *b) {
     ch_tracker_fail(b);
@@ -113,7 +113,7 @@ static void finish(ch_pipeline_t *p, ch_tracked_t *b) {
 }
 
 int ch_pipeline_drain(ch_pipeline_t *p) {
-    if (p->stopping || ch_pipeline_broken(p)) {
+    if (p->stopping || ch_pipeline_failed(p)) {
         return 0;
     }
     if (!ch_tracker_has_room(p->tracker)) {
@@ -132,7 +132,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
     double t0 = ch_now_s();
     /* One wall-clock reading per batch bounds ts_in_future (input.max_future is coarse). */
     double now_ms = ch_wall_ms();
-    for (int i = 0; i < n && !ch_pipeline_broken(p); i++) {
+    for (int i = 0; i < n && !ch_pipeline_failed(p); i++) {
         const ch_msg_t *m = &p->msgs[i];
         if (m->err) {
             ch_clients_error(&p->clients, m->err_fatal, "kafka consumer",
@@ -171,4 +171,3 @@ void ch_pipeline_tick(ch_pipeline_t *p) {
     }
 }
 
-bool ch_pipeline_failed(const ch_pipeline_t *p) { return ch_pipeline_broken(p); }

@@ -75,9 +75,6 @@ struct ch_pipeline {
     ch_pipeline_stats_t st;
 };
 
-/** @brief Whether the pipeline must stop (an output failed, or the clients did). */
-bool ch_pipeline_broken(const ch_pipeline_t *p);
-
 /* outputs.c */
 void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);
 void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);

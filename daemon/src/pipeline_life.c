@@ -177,7 +177,7 @@ int ch_pipeline_shutdown(ch_pipeline_t *p) {
         ch_log(CH_LOG_ERR, "%s", err);
         r = r ? r : -EIO;
     }
-    if (ch_pipeline_broken(p) && r == 0) {
+    if (ch_pipeline_failed(p) && r == 0) {
         r = -EIO;
     }
     int c = check_invariants(p);

@@ -36,8 +36,8 @@ int ch_pipeline_lag(ch_pipeline_t *p, ch_partition_lag_t *out, size_t cap) {
 }
 
 bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
-    if (ch_pipeline_broken(p) || p->stopping) {
-        snprintf(why, len, "%s", ch_pipeline_broken(p) ? "failed: stopping" : "stopping");
+    if (ch_pipeline_failed(p) || p->stopping) {
+        snprintf(why, len, "%s", ch_pipeline_failed(p) ? "failed: stopping" : "stopping");
         return false;
     }
     if (p->cfg->model_path[0] && !p->scorer.model) {
