@@ -130,10 +130,11 @@ static const key_def_t keys[] = {
      "segment_generation increases)."},
     {"segments.hysteresis", K_FLOAT, OFF(segments.hysteresis), "0.05", 0, 0.99, NULL, NULL,
      "A user changes segment only if the new centroid is closer by this fraction."},
-    {"segments.split_ratio", K_FLOAT, OFF(segments.split_ratio), "0", 0, 1000, NULL, NULL,
-     "Experimental, off by default: a segment that holds two groups is split (the closest "
-     "other pair merges, the freed id takes one half with its generation bumped) when that "
-     "lowers the inertia by this many times what the merge raises it; 0 never, else >= 1."},
+    {"segments.refresh", K_DURATION, OFF(segments.refresh_ms), "0", 0, INFINITY, NULL, NULL,
+     "Off by default (0). Every this much stream time the segments are refreshed on the "
+     "population (the current vectors of up to segments.warmup users): Lloyd passes from "
+     "the live centroids, and one k-means++ candidate that replaces them (ids matched, "
+     "changed ones get a new generation) if it lowers the inertia by more than 2%."},
     {"segments.transform", K_FLAG, OFF(segments.log1p), "log1p", 0, 0, transforms,
      transform_values, "Feature transform before the z-score: log1p (signed) or none."},
     {"segments.seed", K_U64, OFF(segments.seed), "1", 0, 2147483647, NULL, NULL,
@@ -528,12 +529,6 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
         return fail(errbuf, errlen, -EINVAL,
                     "segments.warmup (%zu) must be at least segments.k (%zu)",
                     cfg->segments.warmup, cfg->segments.k);
-    }
-    if (cfg->segments.split_ratio > 0 && cfg->segments.split_ratio < 1) {
-        return fail(errbuf, errlen, -EINVAL,
-                    "segments.split_ratio (%g) must be 0 (off) or >= 1: a smaller ratio would "
-                    "allow a split that raises the inertia",
-                    cfg->segments.split_ratio);
     }
     char host[64], port[16];
     if (strcmp(cfg->http_listen, "off") != 0) {

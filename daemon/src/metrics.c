@@ -189,6 +189,12 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
               s.segments_ready ? 1 : 0);
         counter(&o, "cohortd_segment_reseeds_total",
                 "Dead segments re-seeded (their generation increases).", s.segment_reseeds);
+        counter(&o, "cohortd_segment_refreshes_total",
+                "Refreshes of the centroids on the population (segments.refresh).",
+                s.segment_refreshes);
+        counter(&o, "cohortd_segment_restarts_total",
+                "Refreshes whose k-means++ candidate replaced the centroids.",
+                s.segment_restarts);
         family(&o, "cohortd_segment_users", "gauge", "Users currently in each segment.");
         for (size_t j = 0; j < cfg->segments.k; j++) {
             uint64_t users = 0;

@@ -29,6 +29,7 @@ typedef struct ch_pipeline_stats {
     uint64_t model_reloads, model_reload_failures;
     bool segments_ready;
     uint64_t segment_reseeds;
+    uint64_t segment_refreshes, segment_restarts;
     uint64_t dlq_sent, dlq_acked;
     uint64_t delivery_failures;
     uint64_t kafka_errors;

@@ -29,6 +29,8 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->assigned_partitions = ch_consumer_assigned(p->clients.consumer);
     ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
+    ret_stats->segment_refreshes =
+        p->segs ? ch_segments_refreshes(p->segs, &ret_stats->segment_restarts) : 0;
 }
 
 int ch_pipeline_lag(ch_pipeline_t *p, ch_partition_lag_t *out, size_t cap) {

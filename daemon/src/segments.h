@@ -31,7 +31,8 @@ ch_segments_t *ch_segments_free(ch_segments_t *s);
 /**
  * @brief Segment a batch of n rows (raw features at stream_ms). Once warm-up has seen
  *        segments.warmup events and the table holds at least k users, the segmenter is
- *        first seeded on the current vectors of (up to segments.warmup of) the users.
+ *        first seeded on the current vectors of (up to segments.warmup of) the users;
+ *        after that they refresh the centroids every segments.refresh of stream time.
  * @param prev, prev_gen the rows' users' current segments (for hysteresis).
  */
 void ch_segments_update(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs,
@@ -45,9 +46,11 @@ void ch_segments_moved(ch_segments_t *s, int32_t from, int32_t to);
 int ch_segments_info(const ch_segments_t *s, size_t j, uint64_t *ret_users, double *ret_weight,
                      uint32_t *ret_generation);
 
-/** @brief Whether seeding has run; re-seeds and splits so far. */
+/** @brief Whether seeding has run; dead segments re-seeded; refreshes on the population,
+ *  and of them the restarts from k-means++ in ret_restarts (may be NULL). */
 bool ch_segments_ready(const ch_segments_t *s);
 uint64_t ch_segments_reseeds(const ch_segments_t *s);
+uint64_t ch_segments_refreshes(const ch_segments_t *s, uint64_t *ret_restarts);
 
 /** @brief Save to segments.state_file (if set); failures are logged. @returns 0, -EIO. */
 int ch_segments_save(const ch_segments_t *s);

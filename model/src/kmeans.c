@@ -20,14 +20,20 @@
  *   A centroid whose weight falls under dead_ratio * max weight is re-seeded at a
  *   batch point drawn by D^2 sampling, with weight 2 * dead_ratio * max weight (so it
  *   is not re-seeded again at once) and its generation bumped.
- * - Split and merge: online updates cannot leave a local optimum where one
- *   centroid holds two groups while two others share one group. So each centroid
- *   also runs a 2-means of its own points (two children, same decayed rule). When
- *   splitting some centroid j into its children would lower the inertia by more
- *   than split_ratio times what merging the closest other pair (a, b) raises it
- *   (both by Ward's criterion, w1 w2 / (w1 + w2) |m1 - m2|^2), a and b merge into
- *   the heavier one's id, and the freed id takes j's second child with its
- *   generation bumped. Every move lowers the inertia, so moves cannot cycle.
+ * - Refresh: an online step moves a centroid m / w of the way to its batch mean, so
+ *   it is one damped Lloyd pass per ~half-life; after a drift the centroids need many
+ *   half-lives to settle, and online steps cannot leave a local optimum where one
+ *   centroid holds two groups while two others share one. So every refresh_ms of
+ *   stream time the caller hands over the population (the users' current vectors):
+ *   Lloyd passes run over it from the live centroids, and one fresh k-means++
+ *   candidate (with its own Lloyd passes) replaces them only if its inertia is lower
+ *   by more than RESTART_GAIN. The candidate's centroids take the ids of the old ones
+ *   they are optimally matched to (Hungarian method, least total squared distance);
+ *   an id whose new centroid is not the one nearest its old one bumps its generation.
+ *   A candidate per refresh, not ten: over refreshes the tries add up, and a refresh
+ *   stays ~2 / 11 of the seeding's cost. Weights keep their total (decayed event
+ *   mass) and are shared out by the population's counts. The daemon leaves it off by
+ *   default (daemon/src/segments.c says why).
  * - Invariants: a centroid's index is its segment id for life; generations only grow;
  *   distances come from one sgemm per pass as |z|^2 - 2 Z C^T + |c|^2, clamped at 0.
  * - Reported assignment uses hysteresis: a point keeps its previous segment (of the
@@ -49,6 +55,7 @@
 #define MIN_STD 1e-6    /* below this a feature is treated as constant */
 #define WARMUP_INITS 4  /* k-means++ restarts at warm-up (buffered points) */
 #define SEED_INITS 10   /* k-means++ restarts when seeding on a population */
+#define RESTART_GAIN 0.02 /* a refresh's k-means++ candidate must lower the inertia by 2% */
 
 struct ch_kmeans {
     ch_kmeans_opts_t o;
@@ -65,18 +72,13 @@ struct ch_kmeans {
     double *w;
     uint32_t *gen;
     int64_t t_ms;
-    /* per centroid: two children (a 2-means of its points), their weights */
-    float *ch, *chsum;
-    double *chw;
-    size_t *chcnt;
-    bool *chset;
-    uint64_t batches;
+    int64_t refreshed_ms; /* stream time of seeding or the last refresh */
     /* scratch */
     float *z, *znorm, *dist, *sum;
     size_t *cnt;
     int32_t *nearest;
     double *d2;
-    uint64_t rng, points, reseeds, splits;
+    uint64_t rng, points, reseeds, refreshes, restarts;
 };
 
 void ch_kmeans_opts_default(ch_kmeans_opts_t *o, size_t k, size_t dim) {
@@ -92,7 +94,7 @@ void ch_kmeans_opts_default(ch_kmeans_opts_t *o, size_t k, size_t dim) {
                             .log1p = true,
                             .seed = 1,
                             .seed_by_caller = false,
-                            .split_ratio = 2};
+                            .refresh_ms = 0};
 }
 
 ch_kmeans_t *ch_kmeans_free(ch_kmeans_t *km) {
@@ -107,11 +109,6 @@ ch_kmeans_t *ch_kmeans_free(ch_kmeans_t *km) {
     free(km->cnorm);
     free(km->w);
     free(km->gen);
-    free(km->ch);
-    free(km->chsum);
-    free(km->chw);
-    free(km->chcnt);
-    free(km->chset);
     free(km->z);
     free(km->znorm);
     free(km->dist);
@@ -147,8 +144,8 @@ int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf,
         return fail(errbuf, errlen, -EINVAL,
                     "dead ratio must be in [0, 0.5) and hysteresis in [0, 1)");
     }
-    if (!(o->split_ratio == 0 || (o->split_ratio >= 1 && isfinite(o->split_ratio)))) {
-        return fail(errbuf, errlen, -EINVAL, "split ratio must be 0 (off) or >= 1");
+    if (!(o->refresh_ms >= 0)) {
+        return fail(errbuf, errlen, -EINVAL, "refresh period must be >= 0 (0: never)");
     }
     ch_kmeans_t *km = calloc(1, sizeof(*km));
     if (!km) {
@@ -172,15 +169,9 @@ int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf,
     size_t held = o->seed_by_caller ? rows : o->warmup + rows;
     km->nearest = malloc(held * sizeof(int32_t));
     km->d2 = malloc(held * sizeof(double));
-    km->ch = calloc(2 * k * d, sizeof(float));
-    km->chsum = calloc(2 * k * d, sizeof(float));
-    km->chw = calloc(2 * k, sizeof(double));
-    km->chcnt = calloc(2 * k, sizeof(size_t));
-    km->chset = calloc(k, sizeof(bool));
     if (!km->mean || !km->m2 || !km->inv_std || (!o->seed_by_caller && !km->wbuf) || !km->c ||
         !km->cnorm || !km->w || !km->gen || !km->z || !km->znorm || !km->dist || !km->sum ||
-        !km->cnt || !km->nearest || !km->d2 || !km->ch || !km->chsum || !km->chw ||
-        !km->chcnt || !km->chset) {
+        !km->cnt || !km->nearest || !km->d2) {
         ch_kmeans_free(km);
         return -ENOMEM;
     }
@@ -189,6 +180,7 @@ int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf,
     }
     km->stats_ms = INT64_MIN;
     km->t_ms = INT64_MIN;
+    km->refreshed_ms = INT64_MIN;
     km->rng = o->seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
     *ret_km = km;
     return 0;
@@ -206,12 +198,20 @@ uint64_t ch_kmeans_reseeds(const ch_kmeans_t *km) {
     return km->reseeds;
 }
 
-uint64_t ch_kmeans_splits(const ch_kmeans_t *km) {
-    return km->splits;
+uint64_t ch_kmeans_refreshes(const ch_kmeans_t *km, uint64_t *ret_restarts) {
+    if (ret_restarts) {
+        *ret_restarts = km->restarts;
+    }
+    return km->refreshes;
 }
 
 bool ch_kmeans_wants_seed(const ch_kmeans_t *km, size_t n) {
     return km->o.seed_by_caller && !km->ready && km->points + n >= km->o.warmup;
+}
+
+bool ch_kmeans_wants_refresh(const ch_kmeans_t *km, int64_t stream_ms) {
+    return km->ready && km->o.refresh_ms > 0 && km->refreshed_ms != INT64_MIN &&
+           (double)stream_ms - (double)km->refreshed_ms >= km->o.refresh_ms;
 }
 
 const float *ch_kmeans_centroid(const ch_kmeans_t *km, size_t j, double *ret_weight,
@@ -412,21 +412,10 @@ static void cluster_sums(ch_kmeans_t *km, const float *z, size_t n, const int32_
     }
 }
 
-/* One k-means++ seeding and Lloyd passes over z (n rows), with n entries of scratch in
- * near and d2; returns the inertia. */
-static double warm_fit(ch_kmeans_t *km, const float *z, size_t n, int32_t *near, double *d2) {
+/* Lloyd passes over z (n rows) from the current centroids (one with no points stays
+ * where it is); near and d2 end with the final assignment. Returns its inertia. */
+static double lloyd(ch_kmeans_t *km, const float *z, size_t n, int32_t *near, double *d2) {
     size_t k = km->o.k, d = km->o.dim;
-    size_t first = (size_t)(unif(km) * (double)n) % n;
-    set_centroid(km, 0, z + first * d);
-    for (size_t i = 0; i < n; i++) {
-        d2[i] = INFINITY;
-    }
-    lower_d2(km, 0, z, n, d2);
-    for (size_t j = 1; j < k; j++) {
-        size_t p = d2_sample(km, d2, n);
-        set_centroid(km, j, z + p * d);
-        lower_d2(km, j, z, n, d2);
-    }
     double inertia = INFINITY;
     for (size_t it = 0; it <= km->o.lloyd_iters; it++) {
         inertia = assign_all(km, z, n, near, d2);
@@ -443,6 +432,25 @@ static double warm_fit(ch_kmeans_t *km, const float *z, size_t n, int32_t *near,
         }
         refresh_cnorm(km);
     }
+    return inertia;
+}
+
+/* One k-means++ seeding and Lloyd passes over z (n rows), with n entries of scratch in
+ * near and d2; returns the inertia, and the points per centroid in w. */
+static double warm_fit(ch_kmeans_t *km, const float *z, size_t n, int32_t *near, double *d2) {
+    size_t k = km->o.k, d = km->o.dim;
+    size_t first = (size_t)(unif(km) * (double)n) % n;
+    set_centroid(km, 0, z + first * d);
+    for (size_t i = 0; i < n; i++) {
+        d2[i] = INFINITY;
+    }
+    lower_d2(km, 0, z, n, d2);
+    for (size_t j = 1; j < k; j++) {
+        size_t p = d2_sample(km, d2, n);
+        set_centroid(km, j, z + p * d);
+        lower_d2(km, j, z, n, d2);
+    }
+    double inertia = lloyd(km, z, n, near, d2);
     for (size_t j = 0; j < k; j++) {
         km->w[j] = 0;
     }
@@ -478,8 +486,8 @@ static void fit_best(ch_kmeans_t *km, const float *z, size_t n, int inits, int32
     free(best_c);
     free(best_w);
     refresh_cnorm(km);
-    memset(km->chset, 0, k * sizeof(bool));
     km->t_ms = stream_ms;
+    km->refreshed_ms = stream_ms;
     km->ready = true;
     km->n_w = 0;
 }
@@ -510,160 +518,170 @@ int ch_kmeans_seed(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms)
     return r;
 }
 
-/* Forget a centroid's children: they re-form from its next points. */
-static void children_reset(ch_kmeans_t *km, size_t j) {
-    km->chset[j] = false;
-    km->chw[2 * j] = km->chw[2 * j + 1] = 0;
+/* ---- refresh on a population ---------------------------------------------- */
+
+/* Least-cost perfect matching of the rows of a k x k cost matrix to its columns
+ * (Hungarian method with potentials, O(k^3)): ret_col[i] is row i's column. */
+static int match_min_cost(const double *cost, size_t k, size_t *ret_col) {
+    double *u = calloc(k + 1, sizeof(double)), *v = calloc(k + 1, sizeof(double));
+    double *minv = malloc((k + 1) * sizeof(double));
+    size_t *p = calloc(k + 1, sizeof(size_t)), *way = calloc(k + 1, sizeof(size_t));
+    bool *used = malloc((k + 1) * sizeof(bool));
+    int r = u && v && minv && p && way && used ? 0 : -ENOMEM;
+    /* 1-based: column 0 and row 0 are the method's sentinel */
+    for (size_t i = 1; r == 0 && i <= k; i++) {
+        p[0] = i;
+        size_t j0 = 0;
+        for (size_t j = 0; j <= k; j++) {
+            minv[j] = INFINITY;
+            used[j] = false;
+        }
+        do {
+            used[j0] = true;
+            size_t i0 = p[j0], j1 = 0;
+            double delta = INFINITY;
+            for (size_t j = 1; j <= k; j++) {
+                if (used[j]) {
+                    continue;
+                }
+                double cur = cost[(i0 - 1) * k + (j - 1)] - u[i0] - v[j];
+                if (cur < minv[j]) {
+                    minv[j] = cur;
+                    way[j] = j0;
+                }
+                if (minv[j] < delta) {
+                    delta = minv[j];
+                    j1 = j;
+                }
+            }
+            if (j1 == 0) { /* only with non-finite costs */
+                r = -EINVAL;
+                break;
+            }
+            for (size_t j = 0; j <= k; j++) {
+                if (used[j]) {
+                    u[p[j]] += delta;
+                    v[j] -= delta;
+                } else {
+                    minv[j] -= delta;
+                }
+            }
+            j0 = j1;
+        } while (p[j0] != 0);
+        for (; r == 0 && j0;) {
+            size_t j1 = way[j0];
+            p[j0] = p[j1];
+            j0 = j1;
+        }
+    }
+    for (size_t j = 1; r == 0 && j <= k; j++) {
+        ret_col[p[j] - 1] = j - 1;
+    }
+    free(u);
+    free(v);
+    free(minv);
+    free(p);
+    free(way);
+    free(used);
+    return r;
 }
 
-/* Start the children of each centroid that has none and at least two points in this
- * batch: its first point, and its point farthest from that one. */
-static void children_start(ch_kmeans_t *km, const float *z, size_t n, const int32_t *near) {
-    size_t d = km->o.dim;
-    for (size_t j = 0; j < km->o.k; j++) {
-        if (km->chset[j] || km->cnt[j] < 2) {
-            continue;
-        }
-        size_t first = n, far = n;
-        double far_d = -1;
-        for (size_t i = 0; i < n; i++) {
-            if ((size_t)near[i] != j) {
-                continue;
-            }
-            if (first == n) {
-                first = i;
-                continue;
-            }
-            double s = 0;
-            for (size_t t = 0; t < d; t++) {
-                double diff = (double)z[i * d + t] - z[first * d + t];
-                s += diff * diff;
-            }
-            if (s > far_d) {
-                far_d = s;
-                far = i;
-            }
-        }
-        memcpy(km->ch + 2 * j * d, z + first * d, d * sizeof(float));
-        memcpy(km->ch + (2 * j + 1) * d, z + far * d, d * sizeof(float));
-        km->chw[2 * j] = km->chw[2 * j + 1] = 0;
-        km->chset[j] = true;
-    }
-}
-
-/* The children's own mini-batch step: each point moves the nearer child of its
- * centroid (weights were decayed with the centroids'). */
-static void children_update(ch_kmeans_t *km, const float *z, size_t n, const int32_t *near) {
-    size_t k = km->o.k, d = km->o.dim;
-    children_start(km, z, n, near);
-    memset(km->chsum, 0, 2 * k * d * sizeof(float));
-    memset(km->chcnt, 0, 2 * k * sizeof(size_t));
-    for (size_t i = 0; i < n; i++) {
-        size_t j = (size_t)near[i];
-        if (!km->chset[j]) {
-            continue;
-        }
-        double da = 0, db = 0;
-        const float *a = km->ch + 2 * j * d, *b = a + d, *x = z + i * d;
-        for (size_t t = 0; t < d; t++) {
-            da += ((double)x[t] - a[t]) * ((double)x[t] - a[t]);
-            db += ((double)x[t] - b[t]) * ((double)x[t] - b[t]);
-        }
-        size_t c = 2 * j + (db < da ? 1 : 0);
-        km->chcnt[c]++;
-        for (size_t t = 0; t < d; t++) {
-            km->chsum[c * d + t] += x[t];
-        }
-    }
-    for (size_t c = 0; c < 2 * k; c++) {
-        if (!km->chcnt[c]) {
-            continue;
-        }
-        double m = (double)km->chcnt[c];
-        km->chw[c] += m;
-        float eta = (float)(m / km->chw[c]);
-        for (size_t t = 0; t < d; t++) {
-            km->ch[c * d + t] =
-                (1 - eta) * km->ch[c * d + t] + eta * (km->chsum[c * d + t] / (float)m);
-        }
-    }
-}
-
-/* Ward's criterion: the inertia two groups of weights w1, w2 and means m1, m2 add when
- * merged (equally, what splitting them apart saves). */
-static double ward(double w1, const float *m1, double w2, const float *m2, size_t d) {
-    if (!(w1 > 0) || !(w2 > 0)) {
-        return 0;
-    }
+static double sqdist(const float *a, const float *b, size_t d) {
     double s = 0;
     for (size_t t = 0; t < d; t++) {
-        double diff = (double)m1[t] - m2[t];
+        double diff = (double)a[t] - b[t];
         s += diff * diff;
     }
-    return w1 * w2 / (w1 + w2) * s;
+    return s;
 }
 
-/* If splitting one centroid into its children saves clearly more than merging the
- * closest other pair costs, do both: the pair merges into the heavier id and the
- * lighter id (generation bumped) takes the split's second child. */
-static void split_merge(ch_kmeans_t *km) {
+/* The candidate in km->c (points per centroid in km->w) takes the ids of the live
+ * centroids it is matched to; an id whose new centroid is not the one nearest its
+ * old one bumps its generation. cnt gets the points per id. */
+static int adopt_candidate(ch_kmeans_t *km, const float *live, float *cand, double *cost,
+                           size_t *col, size_t *cnt, size_t *ret_renewed) {
     size_t k = km->o.k, d = km->o.dim;
-    size_t sj = k;
-    double gain = 0;
+    for (size_t i = 0; i < k; i++) {
+        for (size_t m = 0; m < k; m++) {
+            cost[i * k + m] = sqdist(live + i * d, km->c + m * d, d);
+        }
+    }
+    int r = match_min_cost(cost, k, col);
+    if (r < 0) {
+        return r;
+    }
+    memcpy(cand, km->c, k * d * sizeof(float));
+    *ret_renewed = 0;
+    for (size_t i = 0; i < k; i++) {
+        size_t m = col[i], nearest = m;
+        for (size_t q = 0; q < k; q++) {
+            nearest = cost[i * k + q] < cost[i * k + nearest] ? q : nearest;
+        }
+        memcpy(km->c + i * d, cand + m * d, d * sizeof(float));
+        cnt[i] = (size_t)km->w[m];
+        if (nearest != m) {
+            km->gen[i]++;
+            (*ret_renewed)++;
+        }
+    }
+    return 0;
+}
+
+int ch_kmeans_refresh(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms,
+                      ch_kmeans_refresh_t *ret) {
+    size_t k = km->o.k, d = km->o.dim;
+    if (!km->ready || n < k) {
+        return -EINVAL;
+    }
+    float *z = malloc(n * d * sizeof(float));
+    float *live = malloc(k * d * sizeof(float)), *cand = malloc(k * d * sizeof(float));
+    int32_t *near = malloc(n * sizeof(int32_t));
+    double *d2 = malloc(n * sizeof(double)), *cost = malloc(k * k * sizeof(double));
+    size_t *col = malloc(k * sizeof(size_t)), *cnt = calloc(k, sizeof(size_t));
+    int r = -ENOMEM;
+    if (!z || !live || !cand || !near || !d2 || !cost || !col || !cnt) {
+        goto out;
+    }
+    ch_kmeans_refresh_t info = {.points = n};
+    double mass = 0;
     for (size_t j = 0; j < k; j++) {
-        double wa = km->chw[2 * j], wb = km->chw[2 * j + 1];
-        /* children that have seen less than half the centroid's mass are not yet a
-         * reliable picture of it */
-        if (!km->chset[j] || !(wa + wb >= 0.5 * km->w[j])) {
-            continue;
-        }
-        double g = ward(wa, km->ch + 2 * j * d, wb, km->ch + (2 * j + 1) * d, d);
-        if (g > gain) {
-            gain = g;
-            sj = j;
-        }
+        mass += km->w[j];
     }
-    if (sj == k) {
-        return;
+    ch_kmeans_transform(km, x, n, z);
+    info.inertia_before = assign_all(km, z, n, near, d2);
+    info.inertia_lloyd = lloyd(km, z, n, near, d2);
+    memcpy(live, km->c, k * d * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        cnt[near[i]]++;
     }
-    size_t ma = k, mb = k;
-    double cost = INFINITY;
-    for (size_t a = 0; a < k; a++) {
-        for (size_t b = a + 1; a != sj && b < k; b++) {
-            if (b == sj) {
-                continue;
-            }
-            double c = ward(km->w[a], km->c + a * d, km->w[b], km->c + b * d, d);
-            if (c < cost) {
-                cost = c;
-                ma = a;
-                mb = b;
-            }
-        }
+    info.inertia_restart = warm_fit(km, z, n, near, d2);
+    bool better = info.inertia_restart < (1 - RESTART_GAIN) * info.inertia_lloyd;
+    if (better && adopt_candidate(km, live, cand, cost, col, cnt, &info.renewed) == 0) {
+        info.restarted = true;
+        km->restarts++;
+    } else {
+        memcpy(km->c, live, k * d * sizeof(float));
     }
-    if (ma == k || !(gain > km->o.split_ratio * cost)) {
-        return;
+    for (size_t j = 0; j < k; j++) {
+        km->w[j] = mass > 0 ? mass * (double)cnt[j] / (double)n : (double)cnt[j];
     }
-    size_t keep = km->w[ma] >= km->w[mb] ? ma : mb, gone = keep == ma ? mb : ma;
-    double wk = km->w[keep], wg = km->w[gone], ws = wk + wg;
-    for (size_t t = 0; t < d; t++) {
-        km->c[keep * d + t] =
-            ws > 0 ? (float)((wk * km->c[keep * d + t] + wg * km->c[gone * d + t]) / ws)
-                   : km->c[keep * d + t];
+    refresh_cnorm(km);
+    km->refreshed_ms = stream_ms;
+    km->refreshes++;
+    if (ret) {
+        *ret = info;
     }
-    km->w[keep] = ws;
-    set_centroid(km, keep, km->c + keep * d);
-    double wa = km->chw[2 * sj], wb = km->chw[2 * sj + 1];
-    set_centroid(km, gone, km->ch + (2 * sj + 1) * d);
-    set_centroid(km, sj, km->ch + 2 * sj * d);
-    km->w[sj] = wa;
-    km->w[gone] = wb;
-    km->gen[gone]++;
-    km->reseeds++;
-    km->splits++;
-    children_reset(km, keep);
-    children_reset(km, gone);
-    children_reset(km, sj);
+    r = 0;
+out:
+    free(z);
+    free(live);
+    free(cand);
+    free(near);
+    free(d2);
+    free(cost);
+    free(col);
+    free(cnt);
+    return r;
 }
 
 static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t stream_ms) {
@@ -671,14 +689,9 @@ static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t str
     double f = decay(&km->t_ms, stream_ms, km->o.half_life_ms);
     for (size_t j = 0; j < k; j++) {
         km->w[j] *= f;
-        km->chw[2 * j] *= f;
-        km->chw[2 * j + 1] *= f;
     }
     assign_all(km, z, n, km->nearest, km->d2);
     cluster_sums(km, z, n, km->nearest);
-    if (km->o.split_ratio > 0 && k >= 3) {
-        children_update(km, z, n, km->nearest);
-    }
     double wmax = 0;
     for (size_t j = 0; j < k; j++) {
         if (km->cnt[j]) {
@@ -700,14 +713,8 @@ static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t str
             km->w[j] = 2 * km->o.dead_ratio * wmax;
             km->gen[j]++;
             km->reseeds++;
-            children_reset(km, j);
             lower_d2(km, j, z, n, km->d2);
         }
-    }
-    /* the pair search is O(k^2 d): for large k, look less often */
-    size_t every = 1 + k * k / 4096;
-    if (km->o.split_ratio > 0 && k >= 3 && ++km->batches % every == 0) {
-        split_merge(km);
     }
 }
 
@@ -739,6 +746,9 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
         finish_warmup(km, stream_ms);
         zscore(km, l, n, km->z);
     } else {
+        if (km->refreshed_ms == INT64_MIN) {
+            km->refreshed_ms = stream_ms; /* restored: the refresh clock starts now */
+        }
         zscore(km, l, n, km->z);
         online_update(km, km->z, n, stream_ms);
     }
@@ -798,16 +808,10 @@ bool ch_kmeans_check(const ch_kmeans_t *km, char *why, size_t len) {
             fail(why, len, 0, "segment %zu: cached norm %g, centroid's %g", j, km->cnorm[j], s);
             return false;
         }
-        for (int c = 0; c < 2; c++) {
-            if (!isfinite(km->chw[2 * j + c]) || km->chw[2 * j + c] < 0) {
-                fail(why, len, 0, "segment %zu: child weight %g", j, km->chw[2 * j + c]);
-                return false;
-            }
-        }
     }
-    if (km->splits > km->reseeds) {
-        fail(why, len, 0, "%llu splits but %llu re-seeds", (unsigned long long)km->splits,
-             (unsigned long long)km->reseeds);
+    if (km->restarts > km->refreshes) {
+        fail(why, len, 0, "%llu restarts but %llu refreshes", (unsigned long long)km->restarts,
+             (unsigned long long)km->refreshes);
         return false;
     }
     return true;
@@ -939,7 +943,7 @@ int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errle
         km->ready = true;
         km->n_w = 0;
         refresh_cnorm(km);
-        memset(km->chset, 0, k * sizeof(bool));
+        km->refreshed_ms = INT64_MIN; /* the refresh clock starts at the next batch */
     }
     r = 0;
 out:

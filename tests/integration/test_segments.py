@@ -35,7 +35,7 @@ WARMUP = 60_000  # 21 days of stream time: most vectors have matured 7-day featu
 RECOVERY_EVENTS = 80_000  # 4 x 7 days of stream time
 
 
-def stream(tmp, events, drift_at=None):
+def stream(tmp, events, drift_at=None, extra=()):
     labels = os.path.join(tmp, "labels.csv")
     state = os.path.join(tmp, "segments.state")
     gen = [GEN, "--users", str(USERS), "--events", str(events), "--groups", str(K),
@@ -45,10 +45,11 @@ def stream(tmp, events, drift_at=None):
         gen += ["--drift-at", str(drift_at)]
     with Broker(partitions=8) as broker, \
             Daemon(broker.bootstrap, "emit.policy=every", "model.path=", f"segments.k={K}",
-                   f"segments.state_file={state}", f"segments.warmup={WARMUP}") as d:
+                   f"segments.state_file={state}", f"segments.warmup={WARMUP}", *extra) as d:
         d.wait_assigned()
         run(gen + ["--brokers", broker.bootstrap])
         msgs = consume(broker.bootstrap, "profiles", expect=events, timeout=300)
+        metrics = d.metrics()
         rc = d.stop()
         assert rc == 0, f"cohortd exited {rc}"
         broker.stop()
@@ -66,7 +67,7 @@ def stream(tmp, events, drift_at=None):
         i = int(r["event_id"].rsplit("-", 1)[1])
         rows.append((i, r["user_id"], r["segment"], r["segment_generation"], r["features"]))
     rows.sort()
-    return rows, group, read_state(state)
+    return rows, group, read_state(state), metrics
 
 
 def read_state(path):
@@ -99,23 +100,29 @@ def majority(rows, group):
             for g, c in sorted(votes.items())}
 
 
-def stationary(tmp):
-    events = 160_000
-    rows, group, st = stream(tmp, events)
-    # inertia on the last window, in cohortd's transformed space
+def quality(rows, group, st):
+    """(cohortd's last-window inertia, sklearn's, their ratio, ARI of final segments,
+    users) with the centroids and transform of the saved state."""
     X = np.array([r[4] for r in rows[-WINDOW:]], dtype=np.float64)
     Z = (np.sign(X) * np.log1p(np.abs(X)) - st["mean"]) / st["std"]
     C = np.array([st["centroids"][j][1] for j in range(K)])
     d2 = ((Z[:, None, :] - C[None, :, :]) ** 2).sum(axis=2)
     ours = float(d2.min(axis=1).sum())
     ref = KMeans(n_clusters=K, init="k-means++", n_init=10, random_state=0).fit(Z)
-    ratio = ours / float(ref.inertia_)
     final = {}
     for _, u, s, _, _ in rows:
         if s is not None:
             final[u] = s
     users = sorted(final)
     ari = adjusted_rand_score([group[u] for u in users], [final[u] for u in users])
+    return ours, float(ref.inertia_), ours / float(ref.inertia_), ari, users
+
+
+def stationary(tmp):
+    events = 160_000
+    rows, group, st, _ = stream(tmp, events)
+    # inertia on the last window, in cohortd's transformed space
+    ours, ref_inertia, ratio, ari, users = quality(rows, group, st)
     # Stable ids: from the first window where every group has a segment of its own
     # (>= 90% of the group's updates there), the group -> segment mapping never
     # changes (no permutation, no re-sorting).
@@ -131,7 +138,7 @@ def stationary(tmp):
     moved = [(lo, m) for lo, m, _ in maps[settled:] if m != first]
     gens = Counter(r[3] for r in rows if r[3] is not None)
     log(f"stationary: {events} events, {len(users)} users; last-window inertia cohortd "
-        f"{ours:.1f} vs sklearn KMeans {ref.inertia_:.1f} (ratio {ratio:.4f}); ARI of final "
+        f"{ours:.1f} vs sklearn KMeans {ref_inertia:.1f} (ratio {ratio:.4f}); ARI of final "
         f"segments vs planted groups {ari:.4f}; group->segment {first} from update "
         f"{maps[settled][0]} to the end ({len(maps) - settled} windows); generations seen "
         f"{dict(gens)}")
@@ -143,7 +150,7 @@ def stationary(tmp):
 
 def drift(tmp):
     drift_at, events, win = 120_000, 260_000, 5_000
-    rows, group, _ = stream(tmp, events, drift_at=drift_at)
+    rows, group, _, _ = stream(tmp, events, drift_at=drift_at)
     series = []
     for lo in range(WARMUP + 25_000, events, win):
         series.append((lo, window_ari(rows[lo:lo + win], group)))

@@ -3,8 +3,10 @@
  *
  * Points are raw feature vectors. They are transformed (signed log1p, then z-score
  * with a running mean and variance decayed by stream time) and clustered with
- * Sculley's mini-batch rule plus time decay of the centroid weights. Centroids keep
- * their index (the segment id) for life; a re-seeded centroid bumps its generation.
+ * Sculley's mini-batch rule plus time decay of the centroid weights, and refreshed on
+ * the whole population (Lloyd passes, plus a k-means++ candidate kept when clearly
+ * better) every refresh_ms of stream time. Centroids keep their index (the segment id)
+ * for life; a re-seeded centroid bumps its generation.
  *
  * @locality Not thread-safe.
  */
@@ -31,8 +33,7 @@ typedef struct ch_kmeans_opts {
     bool log1p;              /* signed log1p before the z-score */
     uint64_t seed;           /* k-means++ and D^2 sampling */
     bool seed_by_caller;     /* warm-up ends with ch_kmeans_seed(), not a point buffer */
-    double split_ratio;      /* split a two-group segment when that gains this many
-                                times what merging the closest pair costs (0: never) */
+    double refresh_ms;       /* stream time between population refreshes (0: never) */
 } ch_kmeans_opts_t;
 
 /* One point's result. segment = -1 while warming up. */
@@ -93,10 +94,44 @@ bool ch_kmeans_wants_seed(const ch_kmeans_t *km, size_t n);
  */
 int ch_kmeans_seed(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms);
 
+/** What one refresh did. Inertias are sums of squared distances over the population,
+ *  in the transformed space. */
+typedef struct ch_kmeans_refresh {
+    size_t points;          /* population rows */
+    double inertia_before;  /* of the live centroids */
+    double inertia_lloyd;   /* after Lloyd passes from them */
+    double inertia_restart; /* of this refresh's k-means++ candidate */
+    bool restarted;         /* the candidate won: it took the matched ids */
+    size_t renewed;         /* segments whose generation was bumped by the restart */
+} ch_kmeans_refresh_t;
+
+/** @brief Whether a refresh is due: ready, refresh_ms > 0 and at least refresh_ms of
+ *  stream time since seeding or the last refresh (after a restore: since the first
+ *  batch). */
+bool ch_kmeans_wants_refresh(const ch_kmeans_t *km, int64_t stream_ms);
+
+/**
+ * @brief Refresh the centroids on a population (for example every user's current
+ *        features): Lloyd passes from the live centroids, then one k-means++
+ *        candidate with Lloyd passes, which replaces them only if its inertia is
+ *        lower by more than 2%. A replacing candidate's centroids take the ids of the
+ *        old ones by an optimal matching (least total squared distance); an id whose
+ *        new centroid is not the one nearest its old one bumps its generation. The
+ *        weights keep their total, shared out by the population's counts (a segment
+ *        with no member gets weight 0 and is re-seeded by the next batch).
+ * @param x n rows of dim raw values (finite); n >= k.
+ * @param ret what was done (may be NULL).
+ * @returns 0, -EINVAL (not ready, or fewer than k rows), -ENOMEM (model unchanged).
+ * @remark O(n k d) per Lloyd pass (sgemm), O(k^3) for the matching after a restart;
+ *         allocates scratch for n rows for the duration of the call.
+ */
+int ch_kmeans_refresh(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms,
+                      ch_kmeans_refresh_t *ret);
+
 /**
  * @brief Check the invariants: transform statistics finite, weights (of centroids
  *        and their children) finite and >= 0, centroids finite with their cached
- *        norms current, no more splits than re-seeds.
+ *        norms current, no more restarts than refreshes.
  * @returns true if they hold; otherwise false with the first violation in why.
  */
 bool ch_kmeans_check(const ch_kmeans_t *km, char *why, size_t len);
@@ -111,12 +146,11 @@ void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float 
 const float *ch_kmeans_centroid(const ch_kmeans_t *km, size_t j, double *ret_weight,
                                 uint32_t *ret_generation);
 
-/** @brief Points seen; re-seeds done (dead segments re-seeded, and segments given the
- *  second half of a split); splits done (a two-group segment split, the closest pair
- *  merged). */
+/** @brief Points seen; dead segments re-seeded; refreshes done, and of them the
+ *  restarts (a k-means++ candidate won) in ret_restarts (may be NULL). */
 uint64_t ch_kmeans_points(const ch_kmeans_t *km);
 uint64_t ch_kmeans_reseeds(const ch_kmeans_t *km);
-uint64_t ch_kmeans_splits(const ch_kmeans_t *km);
+uint64_t ch_kmeans_refreshes(const ch_kmeans_t *km, uint64_t *ret_restarts);
 
 /**
  * @brief Write the model (options, transform statistics, centroids) as text.

@@ -107,7 +107,7 @@ static void test_scoring_and_segment_keys(void **st) {
     assert_int_equal(c.segments.k, 16);
     assert_int_equal(c.segments.warmup, 10000);
     assert_true(c.segments.log1p);
-    assert_true(c.segments.split_ratio == 0); /* split and merge: opt-in */
+    assert_true(c.segments.refresh_ms == 0); /* population refresh: opt-in */
     assert_int_equal(c.segments.lloyd_iters, 10); /* no key: the segmenter's default */
     assert_string_equal(c.model_path, ""); /* no model unless configured */
     assert_int_equal(ch_config_set(&c, "risk.threshold=0.125", err, sizeof(err)), 0);
@@ -124,12 +124,11 @@ static void test_scoring_and_segment_keys(void **st) {
     assert_int_equal(ch_config_set(&c, "segments.k=1024", err, sizeof(err)), 0);
     assert_int_equal(c.segments.k, 1024);
     assert_int_equal(ch_config_set(&c, "segments.k=1025", err, sizeof(err)), -EINVAL);
-    assert_int_equal(ch_config_set(&c, "segments.split_ratio=0.5", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "segments.refresh=-1h", err, sizeof(err)), -EINVAL);
+    assert_int_equal(ch_config_set(&c, "segments.refresh=6h", err, sizeof(err)), 0);
+    assert_true(c.segments.refresh_ms == 6 * 3600e3);
     assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=b:1", err, sizeof(err)), 0);
     assert_int_equal(ch_config_set(&c, "feature.n = count", err, sizeof(err)), 0);
-    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
-    assert_non_null(strstr(err, "segments.split_ratio (0.5) must be 0 (off) or >= 1"));
-    assert_int_equal(ch_config_set(&c, "segments.split_ratio=0", err, sizeof(err)), 0);
     assert_int_equal(ch_config_set(&c, "segments.k=4", err, sizeof(err)), 0);
     assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
     assert_int_equal(ch_config_set(&c, "risk.emit=change", err, sizeof(err)), 0);

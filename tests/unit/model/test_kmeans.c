@@ -1,6 +1,7 @@
 /*
  * test_kmeans.c - the mechanics of the online segmenter on hand-built data: warm-up,
- * stable ids, re-seeding with a generation bump, hysteresis, persistence.
+ * stable ids, re-seeding with a generation bump, hysteresis, persistence, refresh on a
+ * population (Lloyd passes, a k-means++ restart with ids matched).
  * (Quality against sklearn is tests/integration/test_segments.py.)
  */
 #include <errno.h>
@@ -252,8 +253,8 @@ static void test_seed_from_a_population(void **state) {
 
 /* A model stuck in the optimum online updates cannot leave: two centroids share blob 0
  * and the third sits between blobs 1 and 2. Transform: identity (mean 0, variance 1,
- * with so much weight that the stream does not move it). */
-static ch_kmeans_t *stuck_model(double split_ratio) {
+ * with so much weight that the stream does not move it), so raw = transformed. */
+static ch_kmeans_t *stuck_model(double half_life_ms) {
     char path[] = "/tmp/test_kmeans_stuck_XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
@@ -268,9 +269,9 @@ static ch_kmeans_t *stuck_model(double split_ratio) {
     o.warmup = 256;
     o.max_batch = 64;
     o.log1p = false;
-    o.half_life_ms = 20000;
+    o.half_life_ms = half_life_ms;
     o.stats_half_life_ms = INFINITY;
-    o.split_ratio = split_ratio;
+    o.refresh_ms = 60000;
     ch_kmeans_t *km = NULL;
     assert_int_equal(ch_kmeans_new(&o, &km, NULL, 0), 0);
     assert_int_equal(ch_kmeans_load(km, path, NULL, 0), 0);
@@ -278,37 +279,182 @@ static ch_kmeans_t *stuck_model(double split_ratio) {
     return km;
 }
 
-static void test_a_segment_holding_two_groups_is_split(void **state) {
+/* n points, in turn from each blob in `which`, shifted by (dx, dy). */
+static void population(float *x, size_t n, unsigned which, float dx, float dy) {
+    int b = 0;
+    for (size_t i = 0; i < n; i++, b++) {
+        while (!(which & (1u << (b % 3)))) {
+            b++;
+        }
+        blob_point(b % 3, x + 2 * i);
+        x[2 * i] += dx;
+        x[2 * i + 1] += dy;
+    }
+}
+
+static double total_weight(const ch_kmeans_t *km, size_t k) {
+    double sum = 0;
+    for (size_t j = 0; j < k; j++) {
+        double w;
+        ch_kmeans_centroid(km, j, &w, NULL);
+        sum += w;
+    }
+    return sum;
+}
+
+static void test_refresh_restarts_a_stuck_model(void **state) {
     (void)state;
-    /* without split and merge the stuck model stays stuck: blobs 1 and 2 share one
-     * segment however long the stream runs (so the next half can fail) */
-    ch_kmeans_t *km = stuck_model(0);
+    /* online steps alone leave the stuck model stuck: blobs 1 and 2 share a segment
+     * however long the stream runs (so the refresh below has something to prove) */
+    ch_kmeans_t *km = stuck_model(20000);
     int64_t t = 0;
     int seg[3];
     feed(km, 200, 7, &t, seg);
     assert_int_equal(seg[1], seg[2]);
-    assert_int_equal(ch_kmeans_splits(km), 0);
+    assert_int_not_equal(seg[0], seg[1]);
     ch_kmeans_free(km);
 
-    km = stuck_model(2);
+    km = stuck_model(20000);
     t = 0;
-    feed(km, 200, 7, &t, seg);
+    feed(km, 1, 7, &t, seg);
+    float pop[90 * 2];
+    population(pop, 90, 7, 0, 0);
+    /* Lloyd passes from the live centroids cannot leave the optimum either; a
+     * k-means++ candidate (one per refresh) wins within a few refreshes */
+    ch_kmeans_refresh_t info = {0};
+    int tries = 0;
+    while (!info.restarted && tries < 10) {
+        t += 60000;
+        assert_true(ch_kmeans_wants_refresh(km, t));
+        assert_int_equal(ch_kmeans_refresh(km, pop, 90, t, &info), 0);
+        assert_false(ch_kmeans_wants_refresh(km, t + 59999));
+        assert_true(info.inertia_lloyd <= info.inertia_before * (1 + 1e-6));
+        tries++;
+    }
+    assert_true(info.restarted);
+    assert_int_equal(info.points, 90);
+    assert_true(info.inertia_restart < 0.98 * info.inertia_lloyd);
+    uint64_t restarts = 0;
+    assert_int_equal(ch_kmeans_refreshes(km, &restarts), (uint64_t)tries);
+    assert_int_equal(restarts, 1);
     assert_sane(km);
+    feed(km, 20, 7, &t, seg);
     assert_true(seg[0] != seg[1] && seg[1] != seg[2] && seg[0] != seg[2]);
-    assert_int_equal(ch_kmeans_splits(km), 1); /* one move, no flapping after it */
-    /* the pair in blob 0 merged into one id; the freed id took a half of the split
-     * segment, with its generation bumped so that downstream sees the change */
-    uint32_t gens = 0;
+    /* ids follow the optimal matching: blob 0 keeps an id it had, with its
+     * generation; the ids that took another group's place get a new generation */
+    assert_true(seg[0] == 0 || seg[0] == 1);
+    uint32_t gens = 0, g0;
     for (size_t j = 0; j < 3; j++) {
         uint32_t g;
         ch_kmeans_centroid(km, j, NULL, &g);
         gens += g;
     }
-    assert_int_equal(gens, 1);
+    ch_kmeans_centroid(km, (size_t)seg[0], NULL, &g0);
+    assert_int_equal(g0, 0);
+    assert_true(info.renewed >= 1);
+    assert_int_equal(gens, info.renewed);
+    /* settled: further refreshes keep the ids and generations */
     int first[3] = {seg[0], seg[1], seg[2]};
-    feed(km, 100, 7, &t, seg);
-    assert_memory_equal(first, seg, sizeof(first)); /* settled: ids stay */
-    assert_int_equal(ch_kmeans_splits(km), 1);
+    for (int r = 0; r < 5; r++) {
+        t += 60000;
+        assert_int_equal(ch_kmeans_refresh(km, pop, 90, t, &info), 0);
+        assert_false(info.restarted);
+    }
+    feed(km, 5, 7, &t, seg);
+    assert_memory_equal(first, seg, sizeof(first));
+    ch_kmeans_free(km);
+}
+
+static void test_refresh_follows_a_moved_population_at_once(void **state) {
+    (void)state;
+    /* no decay: the weights grow with every point, so online steps move the centroids
+     * less and less (Sculley's rule) */
+    ch_kmeans_t *km = make(3, 256, INFINITY);
+    int64_t t = 0;
+    int seg[3];
+    feed(km, 40, 7, &t, seg);
+    int before[3] = {seg[0], seg[1], seg[2]};
+    double mass = total_weight(km, 3);
+    float pop[300 * 2];
+    population(pop, 300, 7, 1.0f, 0.5f); /* every blob moved by (1, 0.5) */
+    ch_kmeans_refresh_t info;
+    assert_int_equal(ch_kmeans_refresh(km, pop, 300, t, &info), 0);
+    assert_false(info.restarted);
+    assert_int_equal(info.renewed, 0);
+    assert_true(info.inertia_lloyd < 0.5 * info.inertia_before);
+    assert_sane(km);
+    /* each centroid is its moved blob's centre, with the same id and generation */
+    for (int b = 0; b < 3; b++) {
+        float moved[2] = {centers[b][0] + 1.0f, centers[b][1] + 0.5f}, z[2];
+        ch_kmeans_transform(km, moved, 1, z);
+        uint32_t gen;
+        const float *c = ch_kmeans_centroid(km, (size_t)before[b], NULL, &gen);
+        assert_double_equal(c[0], z[0], 0.02);
+        assert_double_equal(c[1], z[1], 0.02);
+        assert_int_equal(gen, 0);
+    }
+    /* the decayed event mass is kept, shared by the population's counts */
+    assert_double_equal(total_weight(km, 3), mass, 1e-9 * mass);
+    for (size_t j = 0; j < 3; j++) {
+        double w;
+        ch_kmeans_centroid(km, j, &w, NULL);
+        assert_double_equal(w, mass / 3, 1e-9 * mass);
+    }
+    ch_kmeans_free(km);
+}
+
+static void test_refresh_timing_and_arguments(void **state) {
+    (void)state;
+    ch_kmeans_opts_t o;
+    ch_kmeans_opts_default(&o, 3, 2);
+    o.warmup = 64;
+    o.max_batch = 64;
+    o.log1p = false;
+    o.refresh_ms = 10000;
+    ch_kmeans_t *km = NULL;
+    assert_int_equal(ch_kmeans_new(&o, &km, NULL, 0), 0);
+    float pop[30 * 2];
+    population(pop, 30, 7, 0, 0);
+    assert_false(ch_kmeans_wants_refresh(km, 1000000)); /* not seeded */
+    assert_int_equal(ch_kmeans_refresh(km, pop, 30, 0, NULL), -EINVAL);
+    int64_t t = 0;
+    int seg[3];
+    feed(km, 1, 7, &t, seg); /* warm-up ends at t = 1000 */
+    assert_true(ch_kmeans_ready(km));
+    assert_false(ch_kmeans_wants_refresh(km, 10999));
+    assert_true(ch_kmeans_wants_refresh(km, 11000));
+    assert_int_equal(ch_kmeans_refresh(km, pop, 2, 11000, NULL), -EINVAL); /* n < k */
+    assert_int_equal(ch_kmeans_refresh(km, pop, 30, 11000, NULL), 0);
+    assert_false(ch_kmeans_wants_refresh(km, 20999));
+    assert_true(ch_kmeans_wants_refresh(km, 21000));
+
+    /* restored: the refresh clock starts at the first batch */
+    char path[] = "/tmp/test_kmeans_refresh_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(ch_kmeans_save(km, path, NULL, 0), 0);
+    ch_kmeans_t *back = NULL;
+    assert_int_equal(ch_kmeans_new(&o, &back, NULL, 0), 0);
+    assert_int_equal(ch_kmeans_load(back, path, NULL, 0), 0);
+    unlink(path);
+    assert_false(ch_kmeans_wants_refresh(back, 1000000));
+    t = 500000;
+    feed(back, 1, 7, &t, seg);
+    assert_false(ch_kmeans_wants_refresh(back, t + 9999));
+    assert_true(ch_kmeans_wants_refresh(back, t + 10000));
+    ch_kmeans_free(back);
+
+    o.refresh_ms = 0; /* never */
+    ch_kmeans_t *never = NULL;
+    assert_int_equal(ch_kmeans_new(&o, &never, NULL, 0), 0);
+    t = 0;
+    feed(never, 1, 7, &t, seg);
+    assert_true(ch_kmeans_ready(never));
+    assert_false(ch_kmeans_wants_refresh(never, INT64_MAX / 2));
+    ch_kmeans_free(never);
+    o.refresh_ms = -1;
+    assert_int_equal(ch_kmeans_new(&o, &never, NULL, 0), -EINVAL);
     ch_kmeans_free(km);
 }
 
@@ -321,10 +467,6 @@ static void test_bad_arguments(void **state) {
     assert_int_equal(ch_kmeans_new(&o, &km, err, sizeof(err)), -EINVAL);
     ch_kmeans_opts_default(&o, 8, 2);
     o.warmup = 4;
-    assert_int_equal(ch_kmeans_new(&o, &km, err, sizeof(err)), -EINVAL);
-    assert_null(km);
-    ch_kmeans_opts_default(&o, 8, 2);
-    o.split_ratio = 0.5; /* a "move" that may raise the inertia */
     assert_int_equal(ch_kmeans_new(&o, &km, err, sizeof(err)), -EINVAL);
     assert_null(km);
     km = make(2, 16, INFINITY);
@@ -343,7 +485,9 @@ int main(void) {
         cmocka_unit_test(test_hysteresis_keeps_the_previous_segment_unless_clearly_closer),
         cmocka_unit_test(test_save_and_load_round_trip),
         cmocka_unit_test(test_seed_from_a_population),
-        cmocka_unit_test(test_a_segment_holding_two_groups_is_split),
+        cmocka_unit_test(test_refresh_restarts_a_stuck_model),
+        cmocka_unit_test(test_refresh_follows_a_moved_population_at_once),
+        cmocka_unit_test(test_refresh_timing_and_arguments),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
