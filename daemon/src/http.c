@@ -7,7 +7,11 @@
  *   Anything else gets a precise 4xx/5xx, never a crash or a hang.
  * - Every socket is non-blocking and close-on-exec; a connection lives at most
  *   CONN_TIMEOUT_S, so a slow or stalled client cannot pin a slot. At most
- *   max_conns are open; beyond that a new connection is closed at once.
+ *   max_conns are served; a connection beyond that is answered 503 at once and
+ *   closed like any answer (write side shut, input drained for at most LINGER_S),
+ *   with up to max_conns such refusals lingering; past that it is refused with a
+ *   best-effort 503 and closed at once. (Closing at once was the rule before: a
+ *   client whose request had not arrived yet got a reset, not the 503; seen in CI.)
  * - After the answer, the write side is shut and what the client still sends is
  *   read and discarded until it closes (at most LINGER_S): closing with unread
  *   input would reset the connection and could destroy the answer in flight.
@@ -290,6 +294,20 @@ static void on_conn_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
     conn_close(c);
 }
 
+/* Past every budget: a best-effort 503, with what has arrived read first (closing
+ * with unread input resets the connection), then closed at once. */
+static void refuse_now(int fd) {
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: "
+                               "0\r\nConnection: close\r\n\r\n";
+    char sink[4096];
+    for (int i = 0; i < 16 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++) {
+    }
+    ssize_t sent = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)sent;
+    shutdown(fd, SHUT_WR);
+    close(fd);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
     (void)revents;
     ch_http_t *h = w->data;
@@ -298,13 +316,10 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
         if (fd < 0) {
             return; /* EAGAIN, or a transient error (EMFILE, ECONNABORTED): retry later */
         }
-        conn_t *c = h->n_conns < h->max_conns ? malloc(sizeof(*c)) : NULL;
+        bool busy = h->n_conns >= h->max_conns;
+        conn_t *c = h->n_conns < 2 * h->max_conns ? malloc(sizeof(*c)) : NULL;
         if (!c) {
-            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: "
-                                       "0\r\nConnection: close\r\n\r\n";
-            ssize_t sent = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)sent;
-            close(fd);
+            refuse_now(fd);
             continue;
         }
         c->srv = h;
@@ -324,6 +339,9 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
         ev_timer_init(&c->timer, on_conn_timeout, CONN_TIMEOUT_S, 0);
         ev_io_start(loop, &c->io);
         ev_timer_start(loop, &c->timer);
+        if (busy) {
+            reply_text(c, 503, "too many connections\n", false);
+        }
     }
 }
 
