@@ -158,8 +158,8 @@ static const key_def_t keys[] = {
      "from the event loop; off disables it. Keep it on loopback or a private network: it "
      "has no authentication."},
     {"http.max_connections", K_INT, OFF(http_max_connections), "64", 1, 4096, NULL, NULL,
-     "Concurrent HTTP connections served; a further one is answered 503 and closed (as "
-     "many again may be closing at once; past that, refused at once)."},
+     "Concurrent HTTP connections served; a further one is answered 503 and closed (up "
+     "to 64 such answers in flight; past that, refused at once)."},
     {"log.level", K_ENUM, OFF(log_level), "info", 0, 0, levels, level_values,
      "Least severe level logged."},
     {"log.stats_interval", K_DURATION, OFF(log_stats_interval_ms), "10s", 0, INFINITY, NULL,

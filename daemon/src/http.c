@@ -9,8 +9,8 @@
  *   CONN_TIMEOUT_S, so a slow or stalled client cannot pin a slot. At most
  *   max_conns are served; a connection beyond that is answered 503 at once and
  *   closed like any answer (write side shut, input drained for at most LINGER_S),
- *   with up to max_conns such refusals lingering; past that it is refused with a
- *   best-effort 503 and closed at once. (Closing at once was the rule before: a
+ *   with up to REFUSALS_MAX such refusals lingering; past that it is refused with
+ *   a best-effort 503 and closed at once. (Closing at once was the rule before: a
  *   client whose request had not arrived yet got a reset, not the 503; seen in CI.)
  * - After the answer, the write side is shut and what the client still sends is
  *   read and discarded until it closes (at most LINGER_S): closing with unread
@@ -38,6 +38,7 @@
 #define HEAD_MAX 8192
 #define CONN_TIMEOUT_S 10.0
 #define LINGER_S 2.0
+#define REFUSALS_MAX 64 /* 503s closing at once beyond max_conns (~8 KiB each) */
 
 typedef struct conn conn_t;
 
@@ -317,7 +318,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
             return; /* EAGAIN, or a transient error (EMFILE, ECONNABORTED): retry later */
         }
         bool busy = h->n_conns >= h->max_conns;
-        conn_t *c = h->n_conns < 2 * h->max_conns ? malloc(sizeof(*c)) : NULL;
+        conn_t *c = h->n_conns < h->max_conns + REFUSALS_MAX ? malloc(sizeof(*c)) : NULL;
         if (!c) {
             refuse_now(fd);
             continue;
