@@ -262,18 +262,32 @@ def check_http(d):
         f"{answered} of 300 garbage requests answered with a status line, daemon healthy")
 
 
+def hold_idle(port, n, timeout=60):
+    """n connections the daemon accepted and serves, waiting for a request (none is
+    answered within 0.5 s). A connection answered at once means an earlier one (the
+    readiness probe's) was still closing and took a slot: close them all, try again."""
+    deadline = time.time() + timeout
+    while True:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+        answered = []
+        for s in idle:
+            s.settimeout(0.5)
+            try:
+                answered.append(s.recv(100))
+            except socket.timeout:
+                pass
+        if not answered:
+            return idle
+        for s in idle:
+            s.close()
+        assert all(a.startswith(b"HTTP/1.1 503") for a in answered), answered
+        assert time.time() < deadline, f"connections still answered after {timeout}s"
+
+
 def connection_cap(bootstrap):
     with Daemon(bootstrap, "http.max_connections=2", group="http-cap") as d:
         d.wait_http()
-        time.sleep(0.5)  # the probe's own connection is closed by now
-        idle = [socket.create_connection(("127.0.0.1", d.http_port)) for _ in range(2)]
-        for s in idle:  # both accepted and waiting for a request: no answer yet
-            s.settimeout(0.5)
-            try:
-                got = s.recv(100)
-                raise AssertionError(f"an idle connection was answered or closed: {got!r}")
-            except socket.timeout:
-                pass
+        idle = hold_idle(d.http_port, 2)
         # every connection beyond the cap gets its 503: closing it at once used to
         # reset most of them before the answer was read (283 of 300 lost, ENOTCONN)
         for _ in range(100):
@@ -281,8 +295,10 @@ def connection_cap(bootstrap):
             assert extra.startswith("HTTP/1.1 503"), extra
         for s in idle:
             s.close()
-        time.sleep(0.3)
-        assert d.get("/healthz")[0] == 200
+        deadline = time.time() + 60  # the slots free up once the daemon sees the closes
+        while d.get("/healthz")[0] != 200:
+            assert time.time() < deadline, "/healthz not 200 after the idle connections closed"
+            time.sleep(0.05)
         assert d.stop() == 0
     log("HTTP: connection cap: 100 of 100 connections beyond http.max_connections answered "
         "503, recovers after")
