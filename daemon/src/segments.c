@@ -105,6 +105,10 @@ static float *population(ch_segments_t *s, ch_users_t *users, const ch_features_
         }
         n++;
     }
+    if (!row) { /* no room to read a vector: no population */
+        free(x);
+        x = NULL;
+    }
     free(row);
     *ret_n = n;
     return x;
