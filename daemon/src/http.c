@@ -29,6 +29,7 @@
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +111,17 @@ static const char *status_text(int status) {
 }
 
 static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents);
+
+/* Read and drop what the client sent, at most `reads` times 4 KiB, never blocking.
+ * Returns the last recv() result: 0 the client closed, < 0 (errno) none left or an
+ * error, > 0 the limit was reached. */
+static ssize_t drain(int fd, size_t reads) {
+    char sink[4096];
+    ssize_t n = 1;
+    for (size_t i = 0; i < reads && (n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0; i++) {
+    }
+    return n;
+}
 
 /* Writes what the socket takes; closes when done or on error. */
 static void conn_flush(conn_t *c) {
@@ -249,10 +261,7 @@ static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents) {
         return;
     }
     if (c->lingering) {
-        char sink[4096];
-        ssize_t n;
-        while ((n = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0) {
-        }
+        ssize_t n = drain(c->fd, SIZE_MAX);
         if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
             conn_close(c);
         }
@@ -300,9 +309,7 @@ static void on_conn_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
 static void refuse_now(int fd) {
     static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: "
                                "0\r\nConnection: close\r\n\r\n";
-    char sink[4096];
-    for (int i = 0; i < 16 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++) {
-    }
+    drain(fd, 16);
     ssize_t sent = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)sent;
     shutdown(fd, SHUT_WR);

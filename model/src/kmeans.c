@@ -385,15 +385,21 @@ static void set_centroid(ch_kmeans_t *km, size_t j, const float *src) {
 }
 
 /* Lower d2 with centroid j, row by row (after seeding j). */
+/* Squared Euclidean distance of two d-vectors, in double. */
+static double sqdist(const float *a, const float *b, size_t d) {
+    double s = 0;
+    for (size_t t = 0; t < d; t++) {
+        double diff = (double)a[t] - b[t];
+        s += diff * diff;
+    }
+    return s;
+}
+
 static void lower_d2(const ch_kmeans_t *km, size_t j, const float *z, size_t n, double *d2) {
     size_t d = km->o.dim;
     const float *c = km->c + j * d;
     for (size_t i = 0; i < n; i++) {
-        double s = 0;
-        for (size_t t = 0; t < d; t++) {
-            double diff = (double)z[i * d + t] - c[t];
-            s += diff * diff;
-        }
+        double s = sqdist(z + i * d, c, d);
         d2[i] = s < d2[i] ? s : d2[i];
     }
 }
@@ -584,15 +590,6 @@ static int match_min_cost(const double *cost, size_t k, size_t *ret_col) {
     free(way);
     free(used);
     return r;
-}
-
-static double sqdist(const float *a, const float *b, size_t d) {
-    double s = 0;
-    for (size_t t = 0; t < d; t++) {
-        double diff = (double)a[t] - b[t];
-        s += diff * diff;
-    }
-    return s;
 }
 
 /* The candidate in km->c (points per centroid in km->w) takes the ids of the live
