@@ -287,7 +287,7 @@ int main(int argc, char **argv) {
                 junk[k] = (unsigned char)rnd();
             }
             junk[0] = 0; /* Confluent-looking header, garbage body */
-            if (tool_out_raw(&o, uid, (size_t)ul, junk, sizeof(junk)) < 0) {
+            if (tool_out_raw(&o, uid, (size_t)ul, junk, sizeof(junk), ts) < 0) {
                 rc = 1;
                 break;
             }

@@ -99,11 +99,12 @@ static void pace_and_report(tool_out_t *o) {
     }
 }
 
-int tool_out_raw(tool_out_t *o, const char *key, size_t key_len, const void *value, size_t len) {
+int tool_out_raw(tool_out_t *o, const char *key, size_t key_len, const void *value, size_t len,
+                 int64_t ts_ms) {
     char err[512];
     for (;;) {
         int r = ch_producer_send(o->producer, o->topic, key, key_len, value, len, NULL, 0, NULL,
-                                 err, sizeof(err));
+                                 ts_ms, err, sizeof(err));
         if (r == -ENOBUFS) {
             ch_producer_flush(o->producer, 100);
             continue;
@@ -128,7 +129,7 @@ int tool_out_event(tool_out_t *o, const ch_event_view_t *ev) {
         fprintf(stderr, "%s: cannot encode an event: %s\n", o->name, strerror(-r));
         return r;
     }
-    return tool_out_raw(o, ev->user_id, ev->user_id_len, o->buf.data, o->buf.len);
+    return tool_out_raw(o, ev->user_id, ev->user_id_len, o->buf.data, o->buf.len, ev->ts_ms);
 }
 
 int tool_out_close(tool_out_t *o) {

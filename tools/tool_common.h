@@ -30,11 +30,14 @@ typedef struct tool_out {
 int tool_out_open(tool_out_t *o, const char *name, const char *brokers, const char *topic,
                   const char *framing, int32_t schema_id, double rate, bool quiet);
 
-/** @brief Encode and send one event (paced, progress printed). @returns 0 or -errno. */
+/** @brief Encode and send one event (paced, progress printed), its record timestamp the
+ *  event time, as in a topic written live. @returns 0 or -errno. */
 int tool_out_event(tool_out_t *o, const ch_event_view_t *ev);
 
-/** @brief Send raw bytes (for injected bad input). @returns 0 or -errno. */
-int tool_out_raw(tool_out_t *o, const char *key, size_t key_len, const void *value, size_t len);
+/** @brief Send raw bytes (for injected bad input) with record timestamp ts_ms (0: now).
+ *  @returns 0 or -errno. */
+int tool_out_raw(tool_out_t *o, const char *key, size_t key_len, const void *value, size_t len,
+                 int64_t ts_ms);
 
 /** @brief Flush, print a summary. @returns 0 if every message was delivered, else -EIO. */
 int tool_out_close(tool_out_t *o);

@@ -12,6 +12,8 @@
 #include "clients.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +89,13 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
     }
     r = ch_consumer_new(&kc, cfg->input_topic, hooks, &c->consumer, errbuf, errlen);
     settings_done(&kc);
+    if (r == 0 && cfg->input_max_skew_ms > 0 && isfinite(cfg->input_max_skew_ms)) {
+        r = ch_consumer_align(c->consumer, (int64_t)cfg->input_max_skew_ms,
+                              cfg->input_align_idle_ms / 1000.0);
+        if (r < 0) {
+            snprintf(errbuf, errlen, "input.max_skew: %s", strerror(-r));
+        }
+    }
     return r;
 }
 

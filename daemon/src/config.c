@@ -79,6 +79,13 @@ static const key_def_t keys[] = {
      "Writer schema for plain framing (default: the reader schema)."},
     {"input.max_future", K_DURATION, OFF(input_max_future_ms), "1d", 0, INFINITY, NULL, NULL,
      "Events stamped further than this past the wall clock are bad input (ts_in_future)."},
+    {"input.max_skew", K_DURATION, OFF(input_max_skew_ms), "1h", 0, INFINITY, NULL, NULL,
+     "Timestamp alignment (0: off): a partition's records wait while another partition that "
+     "still has records on the broker is more than this behind, by record timestamp, so a "
+     "backlog is processed in about the order it happened (as live traffic is)."},
+    {"input.align_idle", K_DURATION, OFF(input_align_idle_ms), "5s", 1, INFINITY, NULL, NULL,
+     "A partition that delivers nothing for this long (wall clock) stops holding the others "
+     "back under input.max_skew."},
     {"output.profile_topic", K_STR, OFF(profile_topic), "profiles", 0, 0, NULL, NULL,
      "Topic for profile updates (profile_update.avsc), keyed by user_id."},
     {"output.dlq_topic", K_STR, OFF(dlq_topic), "cohortd-dlq", 0, 0, NULL, NULL,

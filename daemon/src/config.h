@@ -44,6 +44,8 @@ typedef struct ch_config {
     char input_schema[CH_CONF_STR];
     char input_writer_schema[CH_CONF_STR];
     double input_max_future_ms;
+    double input_max_skew_ms;   /* 0: no timestamp alignment */
+    double input_align_idle_ms;
 
     char profile_topic[CH_CONF_STR];
     char dlq_topic[CH_CONF_STR];

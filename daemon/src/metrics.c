@@ -168,6 +168,20 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
     }
     gauge(&o, "cohortd_stream_time_seconds", "Latest event time seen (Unix seconds).",
           (double)s.stream_time_ms / 1000.0);
+    if (cfg->input_max_skew_ms > 0 && isfinite(cfg->input_max_skew_ms)) {
+        gauge(&o, "cohortd_input_held_records",
+              "Records consumed and waiting for slower partitions (input.max_skew).",
+              (double)s.align.held);
+        gauge(&o, "cohortd_input_paused_partitions",
+              "Partitions paused because they ran ahead of the others (input.max_skew).",
+              (double)s.align.paused);
+        counter(&o, "cohortd_input_pauses_total",
+                "Times a partition was paused for running ahead (input.max_skew).",
+                s.align.pauses);
+        counter(&o, "cohortd_input_forced_releases_total",
+                "Records handed over past input.max_skew because the alignment buffer was full.",
+                s.align.forced);
+    }
 
     /* ---- users */
     gauge(&o, "cohortd_users", "Users held in memory.", (double)s.users);

@@ -100,7 +100,7 @@ static int send_out(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const cha
     void *tagged = (void *)((uintptr_t)b | kind);
     for (;;) {
         int r = ch_producer_send(p->clients.producer, topic, key, key_len, value, value_len, h, n_h,
-                                 tagged, err, sizeof(err));
+                                 tagged, 0, err, sizeof(err));
         if (r == -ENOBUFS) {
             /* The local queue is full: wait for acknowledgements (rare; the tracker
              * bounds what is in flight). */

@@ -40,6 +40,7 @@ typedef struct ch_pipeline_stats {
     size_t inflight_batches;
     size_t assigned_partitions;
     int64_t stream_time_ms;
+    ch_consumer_align_stats_t align; /* timestamp alignment (input.max_skew), zero if off */
     ch_histogram_t batch_events;   /* messages per batch */
     ch_histogram_t batch_seconds;  /* decode to enqueue of a batch's outputs */
     ch_histogram_t latency_event;  /* event ts -> outputs acknowledged, seconds */

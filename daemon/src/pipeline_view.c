@@ -27,6 +27,7 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->users_evicted_cap = ch_users_cap_evictions(p->users);
     ret_stats->inflight_batches = ch_tracker_inflight(p->tracker);
     ret_stats->assigned_partitions = ch_consumer_assigned(p->clients.consumer);
+    ch_consumer_align_stats(p->clients.consumer, &ret_stats->align);
     ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
     ret_stats->segment_refreshes =

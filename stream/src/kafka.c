@@ -17,6 +17,7 @@
  *   drain (or close), so the caller sees borrowed views.
  */
 #include "ch/kafka.h"
+#include "ch/align.h"
 #include "errbuf.h"
 
 #include <errno.h>
@@ -30,6 +31,9 @@
 #include <unistd.h>
 
 #define MAX_BATCH 65536
+#define PULL_CHUNK 4096
+#define ALIGN_MAX_HELD 262144 /* records buffered by the aligner before it gives way */
+#define ALIGN_PAUSE_LEN 16384 /* a partition ahead is paused with this many buffered */
 
 
 const char *ch_kafka_version(void) {
@@ -132,7 +136,38 @@ struct ch_consumer {
     bool reset_latest;   /* auto.offset.reset = latest/end/largest */
     int64_t *start;      /* per partition: where consumption began on assignment, -1 unknown */
     size_t n_start;
+    /* timestamp alignment (NULL: off): records pulled from the queue wait here */
+    ch_align_t *align;
+    rd_kafka_message_t **pull;  /* PULL_CHUNK */
+    rd_kafka_message_t **errq;  /* error events pulled, handed out first */
+    size_t n_errq, cap_errq;
+    bool align_failed; /* out of memory buffering: every drain reports a fatal error */
 };
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void destroy_msg(void *m) {
+    rd_kafka_message_destroy(m);
+}
+
+/* Pause or resume one partition of the subscribed topic, as the aligner asks. */
+static void set_paused(ch_consumer_t *c, int32_t partition, bool pause) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, c->topic, partition);
+    rd_kafka_resp_err_t re =
+        pause ? rd_kafka_pause_partitions(c->rk, l) : rd_kafka_resume_partitions(c->rk, l);
+    if (re || l->elems[0].err) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s %s[%d]: %s", pause ? "pause" : "resume", c->topic,
+                 partition, rd_kafka_err2str(re ? re : l->elems[0].err));
+        log_trampoline(c->rk, 4, "ALIGN", msg);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
 
 /* Where each newly assigned partition starts: its committed offset, or where
  * auto.offset.reset puts a group without one. Lag is measured from here until a
@@ -220,10 +255,27 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         c->n_assigned = cooperative ? c->n_assigned + (size_t)parts->cnt : (size_t)parts->cnt;
         record_start(c, parts);
+        for (int i = 0; c->align && i < parts->cnt; i++) {
+            int32_t p = parts->elems[i].partition;
+            if (strcmp(parts->elems[i].topic, c->topic) == 0 &&
+                ch_align_assign(c->align, p,
+                                p >= 0 && (size_t)p < c->n_start ? c->start[p] : -1,
+                                mono_s()) < 0) {
+                log_trampoline(rk, 3, "ALIGN", "out of memory: partition not aligned");
+            }
+        }
         call_hook(c, parts, false, false);
     } else {
         bool lost = err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS || rd_kafka_assignment_lost(rk);
         call_hook(c, parts, true, lost);
+        for (int i = 0; c->align && i < parts->cnt; i++) {
+            /* records buffered and not handed out go unprocessed: the next owner
+             * reads them from the committed offset */
+            if (strcmp(parts->elems[i].topic, c->topic) == 0 &&
+                ch_align_revoke(c->align, parts->elems[i].partition, destroy_msg)) {
+                set_paused(c, parts->elems[i].partition, false);
+            }
+        }
         if (cooperative) {
             rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
             if (e) {
@@ -344,6 +396,11 @@ int ch_consumer_close(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t err
         }
     }
     rd_kafka_queue_destroy(q);
+    for (size_t i = 0; i < c->n_errq; i++) {
+        rd_kafka_message_destroy(c->errq[i]);
+    }
+    c->n_errq = 0;
+    c->align = ch_align_free(c->align, destroy_msg); /* messages go before the handle */
     return r;
 }
 
@@ -361,6 +418,8 @@ ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
     }
     close_pipe(c->pipe);
     free(c->held);
+    free(c->pull);
+    free(c->errq);
     free(c->topic);
     free(c->start);
     free(c);
@@ -369,6 +428,78 @@ ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
 
 int ch_consumer_fd(const ch_consumer_t *c) {
     return c->pipe[0];
+}
+
+static int64_t high_watermark(void *opaque, int32_t partition) {
+    ch_consumer_t *c = opaque;
+    int64_t lo = -1, hi = -1;
+    if (rd_kafka_get_watermark_offsets(c->rk, c->topic, partition, &lo, &hi)) {
+        return -1;
+    }
+    return hi;
+}
+
+static int push_err(ch_consumer_t *c, rd_kafka_message_t *m) {
+    if (c->n_errq == c->cap_errq) {
+        size_t cap = c->cap_errq ? 2 * c->cap_errq : 16;
+        rd_kafka_message_t **nq = realloc(c->errq, cap * sizeof(*nq));
+        if (!nq) {
+            return -ENOMEM;
+        }
+        c->errq = nq;
+        c->cap_errq = cap;
+    }
+    c->errq[c->n_errq++] = m;
+    return 0;
+}
+
+/* Pull everything the queue has (up to the aligner's cap) into the aligner, then
+ * hand out pending error events and the records the aligner releases. */
+static size_t drain_aligned(ch_consumer_t *c, size_t budget) {
+    double now = mono_s();
+    ch_align_stats_t st;
+    for (ch_align_stats(c->align, &st); st.held < ALIGN_MAX_HELD; ch_align_stats(c->align, &st)) {
+        ssize_t got = rd_kafka_consume_batch_queue(c->queue, 0, c->pull, PULL_CHUNK);
+        if (got <= 0 || c->closed || !c->align) {
+            break;
+        }
+        for (ssize_t i = 0; i < got; i++) {
+            rd_kafka_message_t *m = c->pull[i];
+            rd_kafka_timestamp_type_t tt;
+            int64_t ts = m->err ? -1 : rd_kafka_message_timestamp(m, &tt);
+            int r = m->err || !m->rkt ? push_err(c, m)
+                                      : ch_align_push(c->align, m->partition, m->offset, ts, m,
+                                                      now);
+            if (r < 0) {
+                /* Cannot keep it, and handing it over out of its partition's order
+                 * could commit past records still buffered: fail (drain reports a
+                 * fatal error; nothing after the last commit is acknowledged). */
+                rd_kafka_message_destroy(m);
+                c->align_failed = true;
+            }
+        }
+        if (got < PULL_CHUNK) {
+            break;
+        }
+    }
+    size_t n = c->n_held, k = 0;
+    while (k < c->n_errq && n < budget) {
+        c->held[n++] = c->errq[k++];
+    }
+    if (k > 0) {
+        memmove(c->errq, c->errq + k, (c->n_errq - k) * sizeof(*c->errq));
+        c->n_errq -= k;
+    }
+    ch_align_refresh(c->align, high_watermark, c);
+    n += ch_align_pop(c->align, (void **)(c->held + n), budget - n, now);
+    ch_align_change_t ch[64];
+    size_t m;
+    while ((m = ch_align_changes(c->align, ch, 64)) > 0) {
+        for (size_t i = 0; i < m; i++) {
+            set_paused(c, ch[i].partition, ch[i].pause);
+        }
+    }
+    return n;
 }
 
 int ch_consumer_drain(ch_consumer_t *c, ch_msg_t *out, size_t budget) {
@@ -380,7 +511,21 @@ int ch_consumer_drain(ch_consumer_t *c, ch_msg_t *out, size_t budget) {
     if (budget > MAX_BATCH) {
         budget = MAX_BATCH;
     }
-    ssize_t n = rd_kafka_consume_batch_queue(c->queue, 0, c->held, budget);
+    ssize_t n = 0;
+    if (c->align && !c->align_failed) {
+        n = (ssize_t)drain_aligned(c, budget);
+    }
+    if (c->align_failed) {
+        c->n_held = (size_t)n; /* nothing may be processed past the failure */
+        release_held(c);
+        out[0] = (ch_msg_t){.topic = c->topic, .partition = -1, .offset = -1,
+                            .timestamp_ms = -1, .err = -ENOMEM, .err_fatal = true,
+                            .errstr = "out of memory buffering records for timestamp alignment"};
+        return 1;
+    }
+    if (!c->align) {
+        n = rd_kafka_consume_batch_queue(c->queue, 0, c->held, budget);
+    }
     if (n < 0) {
         return 0;
     }
@@ -435,6 +580,30 @@ size_t ch_consumer_assigned(const ch_consumer_t *c) {
     return c->n_assigned;
 }
 
+int ch_consumer_align(ch_consumer_t *c, int64_t max_skew_ms, double idle_s) {
+    if (c->align || c->n_assigned || c->closed) {
+        return -EBUSY;
+    }
+    ch_align_opts_t o = {.max_skew_ms = max_skew_ms, .idle_s = idle_s,
+                         .max_held = ALIGN_MAX_HELD, .pause_len = ALIGN_PAUSE_LEN};
+    c->pull = c->pull ? c->pull : calloc(PULL_CHUNK, sizeof(*c->pull));
+    if (!c->pull) {
+        return -ENOMEM;
+    }
+    return ch_align_new(&o, &c->align);
+}
+
+bool ch_consumer_align_stats(const ch_consumer_t *c, ch_consumer_align_stats_t *ret) {
+    *ret = (ch_consumer_align_stats_t){0};
+    if (!c->align) {
+        return false;
+    }
+    ch_align_stats_t st;
+    ch_align_stats(c->align, &st);
+    *ret = (ch_consumer_align_stats_t){st.held, st.paused, st.forced, st.pauses};
+    return true;
+}
+
 int ch_consumer_lag(ch_consumer_t *c, ch_partition_lag_t *out, size_t cap) {
     if (c->closed) {
         return 0;
@@ -457,7 +626,9 @@ int ch_consumer_lag(ch_consumer_t *c, ch_partition_lag_t *out, size_t cap) {
                 hi < 0) {
                 hi = -1;
             }
-            int64_t next = e->offset >= 0 ? e->offset
+            int64_t held = c->align ? ch_align_next(c->align, e->partition) : -1;
+            int64_t next = held >= 0        ? held
+                           : e->offset >= 0 ? e->offset
                            : e->partition >= 0 && (size_t)e->partition < c->n_start
                                ? c->start[e->partition]
                                : -1;
@@ -547,7 +718,8 @@ int ch_producer_fd(const ch_producer_t *p) {
 
 int ch_producer_send(ch_producer_t *p, const char *topic, const void *key, size_t key_len,
                      const void *value, size_t value_len, const ch_header_t *headers,
-                     size_t n_headers, void *msg_opaque, char *errbuf, size_t errlen) {
+                     size_t n_headers, void *msg_opaque, int64_t timestamp_ms, char *errbuf,
+                     size_t errlen) {
     rd_kafka_headers_t *hdrs = NULL;
     if (n_headers) {
         hdrs = rd_kafka_headers_new(n_headers);
@@ -559,7 +731,8 @@ int ch_producer_send(ch_producer_t *p, const char *topic, const void *key, size_
     rd_kafka_resp_err_t re = rd_kafka_producev(
         p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
         RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+        RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_HEADERS(hdrs),
+        RD_KAFKA_V_TIMESTAMP(timestamp_ms > 0 ? timestamp_ms : 0), RD_KAFKA_V_END);
     if (re) {
         if (hdrs) {
             rd_kafka_headers_destroy(hdrs); /* ownership moves only on success */

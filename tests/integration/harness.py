@@ -196,9 +196,10 @@ def run(cmd, timeout=300):
     return r
 
 
-def consume(bootstrap, topic, expect, timeout=120, idle=5.0):
+def consume(bootstrap, topic, expect, timeout=120, idle=5.0, timestamps=False):
     """Reads a topic from the start until `expect` messages (or `idle` s without any once
-    `expect` is reached or exceeded). Returns [(partition, offset, key, value, headers)]."""
+    `expect` is reached or exceeded). Returns [(partition, offset, key, value, headers)],
+    with the record timestamp (ms) appended to each if `timestamps`."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe([topic])
@@ -214,7 +215,8 @@ def consume(bootstrap, topic, expect, timeout=120, idle=5.0):
                 continue
             if m.error():
                 continue
-            out.append((m.partition(), m.offset(), m.key(), m.value(), m.headers() or []))
+            row = (m.partition(), m.offset(), m.key(), m.value(), m.headers() or [])
+            out.append(row + (m.timestamp()[1],) if timestamps else row)
             last = time.time()
     finally:
         c.close()

@@ -101,6 +101,24 @@ int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen);
 /** @brief Number of partitions currently assigned. */
 size_t ch_consumer_assigned(const ch_consumer_t *c);
 
+/**
+ * @brief Hand records over across partitions in record-timestamp order (ch/align.h):
+ *        none more than max_skew_ms ahead of a partition that still has records on
+ *        the broker and delivered within idle_s. Call before the first drain.
+ * @returns 0, -EINVAL, -ENOMEM, -EBUSY (already on, or partitions already assigned).
+ */
+int ch_consumer_align(ch_consumer_t *c, int64_t max_skew_ms, double idle_s);
+
+typedef struct ch_consumer_align_stats {
+    size_t held;     /* records waiting for slower partitions */
+    size_t paused;   /* partitions paused because they ran ahead */
+    uint64_t forced; /* records released past the skew because the buffer was full */
+    uint64_t pauses; /* partitions paused so far */
+} ch_consumer_align_stats_t;
+
+/** @brief The aligner's figures. @returns false (all zero) when alignment is off. */
+bool ch_consumer_align_stats(const ch_consumer_t *c, ch_consumer_align_stats_t *ret);
+
 /* Consumer lag of one assigned partition, from cached values (no broker round trip). */
 typedef struct ch_partition_lag {
     int32_t partition;
@@ -142,12 +160,13 @@ ch_producer_t *ch_producer_free(ch_producer_t *p);
 int ch_producer_fd(const ch_producer_t *p);
 
 /**
- * @brief Enqueue one message (copied).
+ * @brief Enqueue one message (copied) with record timestamp timestamp_ms (<= 0: now).
  * @returns 0; -ENOBUFS (local queue full: poll and retry); -EIO (errbuf says why).
  */
 int ch_producer_send(ch_producer_t *p, const char *topic, const void *key, size_t key_len,
                      const void *value, size_t value_len, const ch_header_t *headers,
-                     size_t n_headers, void *msg_opaque, char *errbuf, size_t errlen);
+                     size_t n_headers, void *msg_opaque, int64_t timestamp_ms, char *errbuf,
+                     size_t errlen);
 
 /** @brief Serve delivery reports without blocking. @returns how many were served. */
 int ch_producer_poll(ch_producer_t *p);
