@@ -5,9 +5,9 @@ stream time per event, warm-up 60,000) with segments.refresh = 1d: every day of 
 time the centroids are refreshed on the users' current vectors (Lloyd passes, and a
 k-means++ candidate kept only if it lowers the inertia by more than 2%).
 - the refreshes happen and are counted: at least one, and at most one per day of
-  stream time after the seeding. (How many depends on how the partitions are read:
-  stream time is the largest event time seen, and a partition read ahead of the
-  others moves it on by days in one batch, with one refresh at most.)
+  stream time after the seeding. (Stream time is the largest event time seen; with
+  input.max_skew = 0 a partition read ahead of the others moved it on by days in
+  one batch, with one refresh at most; aligned, it advances about evenly.)
 - the stationary bounds hold with them: the inertia of the final centroids on the
   last 10,000 updates <= 1.02 x sklearn KMeans(n_init=10) on the same vectors, and the
   ARI of the users' final segments vs their planted groups >= 0.9.
