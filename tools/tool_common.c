@@ -103,7 +103,7 @@ int tool_out_raw(tool_out_t *o, const char *key, size_t key_len, const void *val
                  int64_t ts_ms) {
     char err[512];
     for (;;) {
-        int r = ch_producer_send(o->producer, o->topic, key, key_len, value, len, NULL, 0, NULL,
+        int r = ch_producer_send(o->producer, o->topic, -1, key, key_len, value, len, NULL, 0, NULL,
                                  ts_ms, err, sizeof(err));
         if (r == -ENOBUFS) {
             ch_producer_flush(o->producer, 100);

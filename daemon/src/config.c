@@ -38,6 +38,7 @@ typedef enum key_type {
     K_SIZE,     /* size_t (an integer) */
     K_U64,      /* uint64_t (an integer) */
     K_FLAG,     /* bool, chosen by name (choices map to 1 and 0) */
+    K_OPTSTR,   /* a string that may be empty (empty: the feature is off) */
 } key_type_t;
 
 typedef struct key_def {
@@ -160,6 +161,12 @@ static const key_def_t keys[] = {
      "Longest user_id kept; longer ids are bad input (user_id_too_long)."},
     {"state.idle_evict", K_DURATION, OFF(state_idle_evict_ms), "30d", 0, INFINITY, NULL, NULL,
      "Forget users idle this long in stream time (0: never)."},
+    {"state.changelog", K_OPTSTR, OFF(state_changelog), "", 0, 0, NULL, NULL,
+     "Topic that records every user's state (empty: none). It must exist with the input's "
+     "partition count (cleanup.policy=compact); cohortd refuses to start otherwise."},
+    {"commit.interval", K_DURATION, OFF(commit_interval_ms), "100ms", 1, 60000, NULL, NULL,
+     "With state.changelog: a user changed many times within this interval is written once; "
+     "offsets are committed only after the changelog records of their events are acknowledged."},
     {"http.listen", K_STR, OFF(http_listen), "127.0.0.1:9180", 0, 0, NULL, NULL,
      "HOST:PORT of the HTTP endpoint (/healthz, /readyz, /metrics, /users/<id>), served "
      "from the event loop; off disables it. Keep it on loopback or a private network: it "
@@ -235,6 +242,7 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
     void *field = (char *)cfg + k->off;
     switch (k->type) {
     case K_STR:
+    case K_OPTSTR:
     case K_PATH:
         if (strlen(value) >= CH_CONF_STR) {
             return fail(errbuf, errlen, -EINVAL, "%s: value longer than %d bytes", k->name,
@@ -533,6 +541,14 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
         (cfg->model_path[0] && strcmp(cfg->input_topic, cfg->risk_topic) == 0)) {
         return fail(errbuf, errlen, -EINVAL, "input.topic must differ from the output topics");
     }
+    if (cfg->state_changelog[0] &&
+        (strcmp(cfg->state_changelog, cfg->input_topic) == 0 ||
+         strcmp(cfg->state_changelog, cfg->profile_topic) == 0 ||
+         strcmp(cfg->state_changelog, cfg->dlq_topic) == 0 ||
+         (cfg->model_path[0] && strcmp(cfg->state_changelog, cfg->risk_topic) == 0))) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "state.changelog must differ from the input and output topics");
+    }
     if (cfg->segments.k > 0 && cfg->segments.warmup < cfg->segments.k) {
         return fail(errbuf, errlen, -EINVAL,
                     "segments.warmup (%zu) must be at least segments.k (%zu)",
@@ -570,6 +586,7 @@ static void format_value(const ch_config_t *cfg, const key_def_t *k, char *buf, 
     const void *field = (const char *)cfg + k->off;
     switch (k->type) {
     case K_STR:
+    case K_OPTSTR:
     case K_PATH:
         snprintf(buf, len, "%s", (const char *)field);
         return;
@@ -647,8 +664,8 @@ static void format_range(const key_def_t *k, char *range, size_t len) {
     }
 }
 
-static const char *const type_names[] = {"string", "path",    "integer", "duration", "enum",
-                                         "number", "integer", "integer", "enum"};
+static const char *const type_names[] = {"string",  "path",    "integer", "duration", "enum",
+                                         "number",  "integer", "integer", "enum",     "string"};
 
 static const char families_help[] =
     "feature.<name> (feature spec, repeatable, output order)\n"

@@ -75,6 +75,8 @@ typedef struct ch_config {
     long state_max_users;
     long state_key_max_bytes;
     double state_idle_evict_ms;
+    char state_changelog[CH_CONF_STR]; /* "": no changelog */
+    double commit_interval_ms; /* changelog write-combining interval */
 
     char http_listen[CH_CONF_STR]; /* host:port, "off" */
     long http_max_connections;

@@ -117,19 +117,27 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
             "Kafka client errors (consumer errors and client-level errors).", s.kafka_errors);
 
     /* ---- outputs */
-    static const char *const kinds[] = {"profile", "risk", "dead_letter"};
-    const uint64_t sent[] = {s.profiles_sent, s.risk_sent, s.dlq_sent};
-    const uint64_t acked[] = {s.profiles_acked, s.risk_acked, s.dlq_acked};
+    static const char *const kinds[] = {"profile", "risk", "dead_letter", "changelog"};
+    const uint64_t sent[] = {s.profiles_sent, s.risk_sent, s.dlq_sent, s.changelog_sent};
+    const uint64_t acked[] = {s.profiles_acked, s.risk_acked, s.dlq_acked, s.changelog_acked};
+    int n_kinds = cfg->state_changelog[0] ? 4 : 3;
     family(&o, "cohortd_outputs_sent_total", "counter", "Messages handed to the producer.");
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < n_kinds; i++) {
         put(&o, "cohortd_outputs_sent_total{output=\"%s\"} %llu\n", kinds[i],
             (unsigned long long)sent[i]);
     }
     family(&o, "cohortd_outputs_acked_total", "counter",
            "Messages acknowledged by the brokers (durable).");
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < n_kinds; i++) {
         put(&o, "cohortd_outputs_acked_total{output=\"%s\"} %llu\n", kinds[i],
             (unsigned long long)acked[i]);
+    }
+    if (cfg->state_changelog[0]) {
+        counter(&o, "cohortd_changelog_flushes_total",
+                "Changelog flushes (each writes every user changed since the last once).",
+                s.changelog_flushes);
+        counter(&o, "cohortd_changelog_bytes_total", "Bytes of state records handed to the "
+                "producer (values only).", s.changelog_bytes);
     }
     counter(&o, "cohortd_delivery_failures_total",
             "Outputs that could not be delivered (the daemon stops; nothing is committed past "

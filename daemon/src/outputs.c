@@ -21,9 +21,6 @@
 
 #include "emit.h"
 
-#define OUT_PROFILE ((uintptr_t)0)
-#define OUT_DLQ ((uintptr_t)1)
-#define OUT_RISK ((uintptr_t)2)
 #define OUT_MASK ((uintptr_t)3)
 
 /* End-to-end latency of a complete batch's events. Clock skew between producers and
@@ -54,6 +51,8 @@ void ch_outputs_delivered(void *opaque, void *msg_opaque, int err, const char *e
     if (!err) {
         if (kind == OUT_DLQ) {
             p->st.dlq_acked++;
+        } else if (kind == OUT_CHANGELOG) {
+            p->st.changelog_acked++;
         } else if (kind == OUT_RISK) {
             p->st.risk_acked++;
         } else {
@@ -93,13 +92,14 @@ static void store(void *opaque, int32_t partition, int64_t next_offset) {
 
 void ch_outputs_release(ch_pipeline_t *p) { ch_tracker_advance(p->tracker, store, p); }
 
-static int send_out(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
-                    const void *key, size_t key_len, const void *value, size_t value_len,
-                    const ch_header_t *h, size_t n_h) {
+int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
+                    int32_t partition, const void *key, size_t key_len, const void *value,
+                    size_t value_len, const ch_header_t *h, size_t n_h) {
     char err[512];
     void *tagged = (void *)((uintptr_t)b | kind);
     for (;;) {
-        int r = ch_producer_send(p->clients.producer, topic, key, key_len, value, value_len, h, n_h,
+        int r = ch_producer_send(p->clients.producer, topic, partition, key, key_len, value,
+                                 value_len, h, n_h,
                                  tagged, 0, err, sizeof(err));
         if (r == -ENOBUFS) {
             /* The local queue is full: wait for acknowledgements (rare; the tracker
@@ -139,8 +139,8 @@ void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m
         {"cohortd.source.partition", part, strlen(part)},
         {"cohortd.source.offset", off, strlen(off)},
     };
-    if (send_out(p, b, OUT_DLQ, p->cfg->dlq_topic, m->key, m->key_len, m->value, m->value_len, h,
-                 5) == 0) {
+    if (ch_outputs_send(p, b, OUT_DLQ, p->cfg->dlq_topic, -1, m->key, m->key_len, m->value,
+                        m->value_len, h, 5) == 0) {
         p->st.dlq_sent++;
     }
 }
@@ -156,8 +156,8 @@ static void publish(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const ch_
         p->failed = true;
         return;
     }
-    if (send_out(p, b, kind, risk ? p->cfg->risk_topic : p->cfg->profile_topic, r->uid,
-                 r->uid_len, p->out.data, p->out.len, NULL, 0) == 0) {
+    if (ch_outputs_send(p, b, kind, risk ? p->cfg->risk_topic : p->cfg->profile_topic, -1,
+                        r->uid, r->uid_len, p->out.data, p->out.len, NULL, 0) == 0) {
         (*(risk ? &p->st.risk_sent : &p->st.profiles_sent))++;
     }
 }

@@ -54,6 +54,7 @@ static void process(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m, double
     }
     ur->partition = m->partition;
     ch_features_update(p->fs, u->state, &u->t_ref_ms, &obs);
+    ch_changelog_touch(p, u, m->offset);
     if (ev.ts_ms > p->st.stream_time_ms) {
         p->st.stream_time_ms = ev.ts_ms;
     }
@@ -116,6 +117,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
     if (p->stopping || ch_pipeline_failed(p)) {
         return 0;
     }
+    ch_changelog_flush(p, false); /* due, or the tracker is full */
     if (!ch_tracker_has_room(p->tracker)) {
         return -EAGAIN;
     }
@@ -151,7 +153,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
         process(p, b, m, now_ms);
     }
     finish(p, b);
-    ch_outputs_sealed(p, b);
+    ch_changelog_batch_done(p, b); /* sealed now, or with the next changelog flush */
     ch_histogram_observe(&p->st.batch_seconds, ch_now_s() - t0);
     ch_producer_poll(p->clients.producer);
     ch_outputs_release(p);

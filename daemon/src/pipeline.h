@@ -31,6 +31,7 @@ typedef struct ch_pipeline_stats {
     uint64_t segment_reseeds;
     uint64_t segment_refreshes, segment_restarts;
     uint64_t dlq_sent, dlq_acked;
+    uint64_t changelog_sent, changelog_acked, changelog_bytes, changelog_flushes;
     uint64_t delivery_failures;
     uint64_t kafka_errors;
     uint64_t batches;

@@ -27,6 +27,28 @@
 #include "segments.h"
 #include "userrec.h"
 
+/* A user changed since the last changelog flush, and the input offset of its latest
+ * event (the state the record will reflect). */
+typedef struct ch_dirty {
+    ch_user_t *u; /* NULL: evicted since */
+    int64_t offset;
+} ch_dirty_t;
+
+/* The state changelog (changelog.c): users changed since the last flush, and the
+ * batches whose offsets wait for that flush. */
+typedef struct ch_changelog {
+    bool on;
+    uint64_t layout;
+    ch_dirty_t *dirty;
+    size_t n_dirty, cap_dirty;
+    uint32_t *idx; /* open addressing over record pointers: 0 empty, else dirty index + 1 */
+    size_t idx_cap;
+    ch_tracked_t **pending; /* batch.max_inflight */
+    size_t n_pending;
+    double flushed_s;
+    unsigned char *rec;
+} ch_changelog_t;
+
 /* An event folded into user state in this batch, awaiting scoring and outputs. */
 typedef struct ch_row {
     ch_user_t *u; /* re-checked against the key before use (a later insert may evict) */
@@ -69,6 +91,8 @@ struct ch_pipeline {
     bool *assigned; /* by partition number */
     size_t n_assigned_cap;
 
+    ch_changelog_t cl;
+
     bool stopping;
     bool failed;
     ch_ratelimit_t bad_rl, out_rl;
@@ -83,6 +107,23 @@ void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m
 void ch_outputs_delivered(void *opaque, void *msg_opaque, int err, const char *errstr);
 void ch_outputs_sealed(ch_pipeline_t *p, ch_tracked_t *b);
 void ch_outputs_release(ch_pipeline_t *p);
+
+/* outputs.c: one output of batch b (kind OUT_*), to partition (-1: by key) */
+#define OUT_PROFILE ((uintptr_t)0)
+#define OUT_DLQ ((uintptr_t)1)
+#define OUT_RISK ((uintptr_t)2)
+#define OUT_CHANGELOG ((uintptr_t)3)
+int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
+                    int32_t partition, const void *key, size_t key_len, const void *value,
+                    size_t value_len, const ch_header_t *h, size_t n_h);
+
+/* changelog.c */
+int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen);
+void ch_changelog_done(ch_pipeline_t *p);
+void ch_changelog_touch(ch_pipeline_t *p, ch_user_t *u, int64_t offset);
+void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u);
+void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b);
+int ch_changelog_flush(ch_pipeline_t *p, bool force);
 
 /* rebalance.c */
 bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition);

@@ -34,6 +34,7 @@ static void on_user_evicted(void *opaque, const ch_user_t *rec) {
     if (p->segs) {
         ch_segments_moved(p->segs, rec->segment, -1);
     }
+    ch_changelog_forget(p, rec);
 }
 
 /* The id under which an output schema is registered, needed to frame outputs the
@@ -130,7 +131,8 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     }
     ch_rebalance_hooks_t hooks = {ch_rebalance_assigned, ch_rebalance_revoked, p};
     if ((r = ch_clients_init(&p->clients, cfg, ch_outputs_delivered, p, &hooks, errbuf, errlen)) <
-        0) {
+            0 ||
+        (r = ch_changelog_init(p, errbuf, errlen)) < 0) {
         goto out_fail;
     }
     *ret_pipeline = p;
@@ -161,8 +163,11 @@ static int check_invariants(const ch_pipeline_t *p) {
 }
 
 int ch_pipeline_shutdown(ch_pipeline_t *p) {
-    p->stopping = true;
     int r = 0;
+    if (!ch_pipeline_failed(p)) {
+        ch_changelog_flush(p, true); /* the state of everything processed, before the commit */
+    }
+    p->stopping = true;
     int timeout = (int)fmin(p->cfg->shutdown_timeout_ms, 3600000);
     if (ch_producer_flush(p->clients.producer, timeout) < 0) {
         ch_log(CH_LOG_ERR,
@@ -189,6 +194,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
         return NULL;
     }
     ch_clients_done(&p->clients);
+    ch_changelog_done(p);
     p->tracker = ch_tracker_free(p->tracker);
     p->events = ch_events_free(p->events);
     ch_schemas_free(p->schemas);

@@ -58,9 +58,14 @@ static bool user_on_partition(void *opaque, const ch_user_t *u) {
 void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool lost) {
     ch_pipeline_t *p = opaque;
     if (!lost) {
-        /* Everything consumed so far has been processed; wait for its outputs so the
-         * offsets can be committed before the partitions move. (On shutdown the close
-         * itself commits the stored offsets, so no extra synchronous commit.) */
+        /* Everything consumed so far has been processed; write the changelog and wait
+         * for every output so the offsets can be committed before the partitions move.
+         * (On shutdown the close itself commits the stored offsets, so no extra
+         * synchronous commit.) When lost, the new owner may already be writing their
+         * state: nothing more of theirs is written here. */
+        if (!ch_pipeline_failed(p)) {
+            ch_changelog_flush(p, true);
+        }
         if (ch_producer_flush(p->clients.producer, (int)fmin(p->cfg->shutdown_timeout_ms, 600000)) <
             0) {
             ch_log(CH_LOG_WARNING,

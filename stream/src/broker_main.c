@@ -27,7 +27,7 @@ static void usage(FILE *f) {
             "SIGINT/SIGTERM.\n\n"
             "  -b, --brokers N        number of brokers (default 1)\n"
             "  -p, --partitions P     partitions per topic (default 4)\n"
-            "  -t, --topics a,b,...   topics to create (default\n"
+            "  -t, --topics a,b:N,... topics to create, b with N partitions (default\n"
             "                         events,profiles,risk,cohortd-dlq)\n"
             "  -h, --help             this help\n\n"
             "Limits: keeps only the last 5 MiB per partition, no compaction, no\n"
@@ -109,7 +109,14 @@ int main(int argc, char **argv) {
     int rc = 0;
     char *list = strdup(topics);
     for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        rd_kafka_resp_err_t re = rd_kafka_mock_topic_create(mc, t, partitions, 1);
+        int n = partitions; /* name:N gives one topic its own partition count */
+        char *colon = strchr(t, ':');
+        if (colon) {
+            *colon = '\0';
+            n = atoi(colon + 1);
+        }
+        rd_kafka_resp_err_t re = n > 0 ? rd_kafka_mock_topic_create(mc, t, n, 1)
+                                       : RD_KAFKA_RESP_ERR__INVALID_ARG;
         if (re) {
             fprintf(stderr, "cohort-broker: create topic %s: %s\n", t, rd_kafka_err2str(re));
             rc = 1;

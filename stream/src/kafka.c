@@ -580,6 +580,36 @@ size_t ch_consumer_assigned(const ch_consumer_t *c) {
     return c->n_assigned;
 }
 
+int ch_consumer_partition_count(ch_consumer_t *c, const char *topic, int timeout_ms,
+                                char *errbuf, size_t errlen) {
+    /* All topics: a request naming the topic would have a broker with
+     * auto.create.topics.enable (and the embedded one) create it. */
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t re = rd_kafka_metadata(c->rk, 1, NULL, &md, timeout_ms);
+    if (re == RD_KAFKA_RESP_ERR__TIMED_OUT) {
+        return fail(errbuf, errlen, -ETIMEDOUT, "metadata: no answer within %d ms", timeout_ms);
+    }
+    if (re) {
+        return fail(errbuf, errlen, -EIO, "metadata: %s", rd_kafka_err2str(re));
+    }
+    int r = fail(errbuf, errlen, -ENOENT, "topic %s does not exist", topic);
+    for (int i = 0; i < md->topic_cnt; i++) {
+        const rd_kafka_metadata_topic_t *t = &md->topics[i];
+        if (strcmp(t->topic, topic) != 0) {
+            continue;
+        }
+        if (t->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || (!t->err && !t->partition_cnt)) {
+            break;
+        }
+        r = t->err ? fail(errbuf, errlen, -EIO, "metadata of %s: %s", topic,
+                          rd_kafka_err2str(t->err))
+                   : t->partition_cnt;
+        break;
+    }
+    rd_kafka_metadata_destroy(md);
+    return r;
+}
+
 int ch_consumer_align(ch_consumer_t *c, int64_t max_skew_ms, double idle_s) {
     if (c->align || c->n_assigned || c->closed) {
         return -EBUSY;
@@ -716,7 +746,8 @@ int ch_producer_fd(const ch_producer_t *p) {
     return p->pipe[0];
 }
 
-int ch_producer_send(ch_producer_t *p, const char *topic, const void *key, size_t key_len,
+int ch_producer_send(ch_producer_t *p, const char *topic, int32_t partition, const void *key,
+                     size_t key_len,
                      const void *value, size_t value_len, const ch_header_t *headers,
                      size_t n_headers, void *msg_opaque, int64_t timestamp_ms, char *errbuf,
                      size_t errlen) {
@@ -729,7 +760,9 @@ int ch_producer_send(ch_producer_t *p, const char *topic, const void *key, size_
         }
     }
     rd_kafka_resp_err_t re = rd_kafka_producev(
-        p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
+        p->rk, RD_KAFKA_V_TOPIC(topic),
+        RD_KAFKA_V_PARTITION(partition >= 0 ? partition : RD_KAFKA_PARTITION_UA),
+        RD_KAFKA_V_KEY(key, key_len),
         RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_HEADERS(hdrs),
         RD_KAFKA_V_TIMESTAMP(timestamp_ms > 0 ? timestamp_ms : 0), RD_KAFKA_V_END);

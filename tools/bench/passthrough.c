@@ -88,7 +88,7 @@ static int send_one(pt_t *p, ch_tracked_t *b, const char *topic, const ch_msg_t 
     }
     char err[256];
     for (;;) {
-        int r = ch_producer_send(p->producer, topic, m->key, m->key_len, value, len, NULL, 0, b,
+        int r = ch_producer_send(p->producer, topic, -1, m->key, m->key_len, value, len, NULL, 0, b,
                                  0, err, sizeof(err));
         if (r == -ENOBUFS) { /* local queue full: serve acknowledgements, then retry */
             ch_producer_flush(p->producer, 10);

@@ -102,6 +102,15 @@ int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen);
 size_t ch_consumer_assigned(const ch_consumer_t *c);
 
 /**
+ * @brief How many partitions a topic has, from a metadata request for all topics (one
+ *        naming the topic could have the broker create it). Blocks up to timeout_ms: for
+ *        start-up.
+ * @returns the count (> 0), -ENOENT (no such topic), -ETIMEDOUT, -EIO (errbuf says why).
+ */
+int ch_consumer_partition_count(ch_consumer_t *c, const char *topic, int timeout_ms,
+                                char *errbuf, size_t errlen);
+
+/**
  * @brief Hand records over across partitions in record-timestamp order (ch/align.h):
  *        none more than max_skew_ms ahead of a partition that still has records on
  *        the broker and delivered within idle_s. Call before the first drain.
@@ -160,10 +169,13 @@ ch_producer_t *ch_producer_free(ch_producer_t *p);
 int ch_producer_fd(const ch_producer_t *p);
 
 /**
- * @brief Enqueue one message (copied) with record timestamp timestamp_ms (<= 0: now).
+ * @brief Enqueue one message (copied) to partition (-1: the partitioner's choice by
+ *        key) with record timestamp timestamp_ms (<= 0: now). A NULL value with
+ *        value_len 0 is a tombstone.
  * @returns 0; -ENOBUFS (local queue full: poll and retry); -EIO (errbuf says why).
  */
-int ch_producer_send(ch_producer_t *p, const char *topic, const void *key, size_t key_len,
+int ch_producer_send(ch_producer_t *p, const char *topic, int32_t partition, const void *key,
+                     size_t key_len,
                      const void *value, size_t value_len, const ch_header_t *headers,
                      size_t n_headers, void *msg_opaque, int64_t timestamp_ms, char *errbuf,
                      size_t errlen);

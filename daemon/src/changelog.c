@@ -1,0 +1,220 @@
+/*
+ * changelog.c - the state changelog: every user's whole state, written once per
+ * commit.interval, to the partition of the input it came from (DESIGN.md section 9).
+ *
+ * Design notes
+ * - Write-combining: a user touched in a batch joins the dirty set (record pointer ->
+ *   the input offset of its latest event); a flush encodes each dirty user once
+ *   (staterec.h: the record says which input offset it reflects).
+ * - Offsets wait for the flush: with the changelog on, a batch is not sealed when it
+ *   is processed but joins the pending list. A flush attaches its records to the
+ *   OLDEST pending batch and then seals them all. The tracker releases in order, so
+ *   no offset of any pending batch is stored before every record of the flush is
+ *   acknowledged: a committed input offset never runs ahead of the changelog.
+ * - A flush happens when commit.interval has passed since the last (checked on every
+ *   drain, and by the loop's 100 ms safety timer when idle), when the tracker is full,
+ *   before partitions are revoked and at shutdown.
+ * - An evicted record leaves the dirty set (its pointer may be reused by the next
+ *   insert, which touches it again). Evictions are not tombstoned yet: a restore
+ *   would bring such a user back, and idle eviction drops it again.
+ * - The topic must exist with the input's partition count (record partition = input
+ *   partition); cohortd does not create it (the embedded broker has no CreateTopics;
+ *   a production topic wants cleanup.policy=compact, set by whoever creates it).
+ */
+#include "pipeline_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "staterec.h"
+
+#define METADATA_TIMEOUT_MS 10000
+
+static size_t slot_of(const ch_changelog_t *cl, const ch_user_t *u) {
+    uint64_t h = (uint64_t)(uintptr_t)u * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 20) & (cl->idx_cap - 1);
+}
+
+/* The index slot holding u, or the empty slot where it belongs. */
+static size_t find(const ch_changelog_t *cl, const ch_user_t *u) {
+    size_t i = slot_of(cl, u);
+    while (cl->idx[i] && cl->dirty[cl->idx[i] - 1].u != u) {
+        i = (i + 1) & (cl->idx_cap - 1);
+    }
+    return i;
+}
+
+static int grow(ch_changelog_t *cl) {
+    size_t cap = cl->cap_dirty ? 2 * cl->cap_dirty : 1024;
+    ch_dirty_t *nd = realloc(cl->dirty, cap * sizeof(*nd));
+    if (!nd) {
+        return -ENOMEM;
+    }
+    cl->dirty = nd;
+    cl->cap_dirty = cap;
+    uint32_t *ni = calloc(2 * cap, sizeof(*ni));
+    if (!ni) {
+        return -ENOMEM;
+    }
+    free(cl->idx);
+    cl->idx = ni;
+    cl->idx_cap = 2 * cap;
+    for (size_t k = 0; k < cl->n_dirty; k++) {
+        if (cl->dirty[k].u) {
+            cl->idx[find(cl, cl->dirty[k].u)] = (uint32_t)(k + 1);
+        }
+    }
+    return 0;
+}
+
+int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
+    ch_changelog_t *cl = &p->cl;
+    memset(cl, 0, sizeof(*cl));
+    const ch_config_t *cfg = p->cfg;
+    if (!cfg->state_changelog[0]) {
+        return 0;
+    }
+    char why[512];
+    int in = ch_consumer_partition_count(p->clients.consumer, cfg->input_topic, METADATA_TIMEOUT_MS,
+                                         why, sizeof(why));
+    if (in < 0) {
+        snprintf(errbuf, errlen, "state.changelog: cannot tell the partitions of input %s: %s",
+                 cfg->input_topic, why);
+        return in == -ENOENT ? -ENOENT : -EIO;
+    }
+    int n = ch_consumer_partition_count(p->clients.consumer, cfg->state_changelog,
+                                        METADATA_TIMEOUT_MS, why, sizeof(why));
+    if (n == -ENOENT || (n > 0 && n != in)) {
+        char have[64] = "does not exist";
+        if (n > 0) {
+            snprintf(have, sizeof(have), "has %d partition%s", n, n == 1 ? "" : "s");
+        }
+        snprintf(errbuf, errlen,
+                 "state.changelog: topic %s %s; it needs %d, as many as %s (each user's state "
+                 "goes to its input partition). Create it, e.g. kafka-topics.sh --create "
+                 "--topic %s --partitions %d --config cleanup.policy=compact",
+                 cfg->state_changelog, have, in, cfg->input_topic, cfg->state_changelog, in);
+        return -ENOENT;
+    }
+    if (n < 0) {
+        snprintf(errbuf, errlen, "state.changelog: %s", why);
+        return -EIO;
+    }
+    if (ch_staterec_layout(p->fs, cfg->features_half_life_ms, &cl->layout) < 0) {
+        snprintf(errbuf, errlen, "state.changelog: cannot fingerprint the feature layout");
+        return -EIO;
+    }
+    cl->pending = calloc((size_t)cfg->batch_max_inflight, sizeof(*cl->pending));
+    cl->rec = malloc(ch_staterec_size(ch_features_state_len(p->fs)));
+    if (!cl->pending || !cl->rec || grow(cl) < 0) {
+        return -ENOMEM;
+    }
+    cl->on = true;
+    cl->flushed_s = ch_now_s();
+    return 0;
+}
+
+void ch_changelog_done(ch_pipeline_t *p) {
+    free(p->cl.dirty);
+    free(p->cl.idx);
+    free(p->cl.pending);
+    free(p->cl.rec);
+    memset(&p->cl, 0, sizeof(p->cl));
+}
+
+void ch_changelog_touch(ch_pipeline_t *p, ch_user_t *u, int64_t offset) {
+    ch_changelog_t *cl = &p->cl;
+    if (!cl->on) {
+        return;
+    }
+    if (cl->n_dirty == cl->cap_dirty && grow(cl) < 0) {
+        ch_log(CH_LOG_ERR, "out of memory tracking changed users; stopping");
+        p->failed = true;
+        return;
+    }
+    size_t i = find(cl, u);
+    if (cl->idx[i]) {
+        cl->dirty[cl->idx[i] - 1].offset = offset;
+        return;
+    }
+    cl->dirty[cl->n_dirty] = (ch_dirty_t){u, offset};
+    cl->idx[i] = (uint32_t)++cl->n_dirty;
+}
+
+void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u) {
+    ch_changelog_t *cl = &p->cl;
+    if (!cl->on || cl->n_dirty == 0) {
+        return;
+    }
+    size_t i = find(cl, u);
+    if (cl->idx[i]) {
+        /* keep the index slot (probe chains stay intact); the entry no longer has a user */
+        cl->dirty[cl->idx[i] - 1].u = NULL;
+        cl->idx[i] = 0;
+        /* re-insert the rest of the cluster so lookups past the hole still succeed */
+        for (size_t j = (i + 1) & (cl->idx_cap - 1); cl->idx[j]; j = (j + 1) & (cl->idx_cap - 1)) {
+            uint32_t v = cl->idx[j];
+            cl->idx[j] = 0;
+            cl->idx[find(cl, cl->dirty[v - 1].u)] = v;
+        }
+    }
+}
+
+void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b) {
+    ch_changelog_t *cl = &p->cl;
+    if (!cl->on) {
+        ch_outputs_sealed(p, b);
+        return;
+    }
+    cl->pending[cl->n_pending++] = b;
+    ch_changelog_flush(p, false);
+}
+
+int ch_changelog_flush(ch_pipeline_t *p, bool force) {
+    ch_changelog_t *cl = &p->cl;
+    if (!cl->on || (cl->n_pending == 0 && cl->n_dirty == 0)) {
+        return 0;
+    }
+    double now = ch_now_s();
+    bool full = !ch_tracker_has_room(p->tracker);
+    if (!force && !full && (now - cl->flushed_s) * 1000.0 < p->cfg->commit_interval_ms) {
+        return 0;
+    }
+    ch_tracked_t *b = cl->n_pending ? cl->pending[0] : NULL;
+    if (!b) { /* changes without a batch of their own (none today): give them one */
+        if (full || !(b = ch_tracker_open(p->tracker))) {
+            return -EAGAIN;
+        }
+        size_t slot = ch_tracker_slot(p->tracker, b);
+        p->n_ts[slot] = 0;
+        p->observed[slot] = false;
+        cl->pending[cl->n_pending++] = b;
+    }
+    size_t state_len = ch_features_state_len(p->fs), size = ch_staterec_size(state_len);
+    for (size_t k = 0; k < cl->n_dirty && !p->failed; k++) {
+        const ch_dirty_t *d = &cl->dirty[k];
+        if (!d->u) {
+            continue;
+        }
+        const ch_userrec_t *ur = ch_userrec(p->users, d->u);
+        ch_staterec_encode(cl->layout, d->offset, d->u, state_len, ur, cl->rec);
+        if (ch_outputs_send(p, b, OUT_CHANGELOG, p->cfg->state_changelog, ur->partition,
+                            ch_users_key(p->users, d->u), d->u->key_len, cl->rec, size, NULL,
+                            0) == 0) {
+            p->st.changelog_sent++;
+            p->st.changelog_bytes += size;
+        }
+    }
+    memset(cl->idx, 0, cl->idx_cap * sizeof(*cl->idx));
+    cl->n_dirty = 0;
+    for (size_t k = 0; k < cl->n_pending; k++) {
+        ch_outputs_sealed(p, cl->pending[k]);
+    }
+    cl->n_pending = 0;
+    cl->flushed_s = now;
+    p->st.changelog_flushes++;
+    ch_outputs_release(p);
+    return 0;
+}

@@ -1,0 +1,193 @@
+"""The state changelog (state.changelog): one record of a user's whole state per commit
+interval, on the user's input partition, tagged with the input offset it reflects; no
+input offset committed before the changelog records of its events are durable.
+
+- start: a changelog topic that is missing, or has another partition count than the
+  input, stops cohortd at start (exit 2) with the command that creates it, before
+  anything is processed.
+- clean run (20,000 events of 300 users, SIGTERM at the end): every record decodes
+  (version 1, 64 + 8 x state_len bytes, one layout fingerprint), lies on its user's
+  input partition, and a user's records reflect non-decreasing offsets; each user's
+  last record reflects exactly the user's last event (its offset and time) and the
+  segment and emit time of its last profile update; fewer records than events
+  (write-combining); the committed offsets are the ends of the input.
+- kill -9 mid-stream with commit.interval = 2s (the consumer commits every 1 s): for
+  every input partition, every user with an event below the committed offset has a
+  changelog record reflecting that event or a later one.
+"""
+import math
+import struct
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+from confluent_kafka import Consumer, TopicPartition
+
+from harness import (GEN, Broker, Daemon, avro_reader, consume, decode_confluent, log, metric,
+                     run, ts_ms)
+
+PARTS = 4
+TOPICS = "events,profiles,risk,cohortd-dlq,changelog"
+INT64_MIN = -(1 << 63)
+
+
+def start_refused(topics, expect):
+    with Broker(partitions=PARTS, topics=topics) as broker:
+        d = Daemon(broker.bootstrap, "state.changelog=changelog", "model.path=")
+        rc = d.proc.wait(timeout=60)
+        text = d.log_text()
+        assert rc == 2, f"cohortd exited {rc} with {expect}:\n{text}"
+        assert expect in text and f"--partitions {PARTS}" in text, text
+        assert not consume(broker.bootstrap, "profiles", expect=0, timeout=5, idle=2), \
+            "profile updates from a daemon that refused to start"
+
+
+def decode_record(key, value):
+    assert len(value) >= 64, f"record of {len(value)} bytes"
+    version, state_len = value[0], struct.unpack_from("<H", value, 2)[0]
+    assert version == 1, f"version {version}"
+    assert len(value) == 64 + 8 * state_len, f"{len(value)} bytes for state_len {state_len}"
+    layout, off, t_ref, seg, gen, emit, risk, score = struct.unpack_from("<QqqhxxIqqf", value, 8)
+    return {"user": key.decode(), "layout": layout, "offset": off, "t_ref": t_ref,
+            "segment": seg, "gen": gen, "emit": emit, "risk": risk, "score": score}
+
+
+def read_changelog(bootstrap, expect):
+    out = []
+    for part, off, key, value, _ in consume(bootstrap, "changelog", expect=expect, timeout=120):
+        r = decode_record(key, value)
+        r["partition"], r["at"] = part, off
+        out.append(r)
+    out.sort(key=lambda r: (r["partition"], r["at"]))
+    return out
+
+
+def read_events(bootstrap, n):
+    reader = avro_reader("user_event.avsc")
+    events = []
+    for part, off, _, value, _ in consume(bootstrap, "events", expect=n, timeout=120):
+        _, e = decode_confluent(reader, value)
+        events.append((part, off, e["user_id"], ts_ms(e["ts"])))
+    return events
+
+
+def committed(bootstrap):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "cohortd-it"})
+    try:
+        tps = c.committed([TopicPartition("events", p) for p in range(PARTS)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        c.close()
+
+
+def clean_run():
+    n = 20_000
+    with Broker(partitions=PARTS, topics=TOPICS) as broker:
+        with Daemon(broker.bootstrap, "state.changelog=changelog", "model.path=",
+                    "emit.policy=every") as d:
+            d.wait_assigned()
+            run([GEN, "--brokers", broker.bootstrap, "--users", "300", "--events", str(n),
+                 "--step-ms", "1000", "--seed", "5", "--quiet"])
+            consume(broker.bootstrap, "profiles", expect=n, timeout=300)
+            m = d.metrics()
+            assert d.stop() == 0, "cohortd exited non-zero"
+        events = read_events(broker.bootstrap, n)
+        records = read_changelog(broker.bootstrap, 1)
+        reader = avro_reader("profile_update.avsc")
+        last_profile = {}
+        for part, off, _, value, _ in sorted(consume(broker.bootstrap, "profiles", expect=n,
+                                                    timeout=120), key=lambda x: (x[0], x[1])):
+            _, r = decode_confluent(reader, value)
+            last_profile[r["user_id"]] = r
+        ends = committed(broker.bootstrap)
+    last_event, home, count = {}, {}, defaultdict(int)
+    for part, off, user, ts in events:
+        count[user] += 1
+        home[user] = part
+        if user not in last_event or off > last_event[user][0]:
+            last_event[user] = (off, ts)
+    per_user = defaultdict(list)
+    for r in records:
+        per_user[r["user"]].append(r)
+    layouts = {r["layout"] for r in records}
+    assert len(layouts) == 1, f"{len(layouts)} layout fingerprints"
+    assert set(per_user) == set(last_event), \
+        f"{len(per_user)} users in the changelog, {len(last_event)} in the input"
+    for user, rs in per_user.items():
+        assert all(r["partition"] == home[user] for r in rs), f"{user}: wrong partition"
+        offs = [r["offset"] for r in rs]
+        assert offs == sorted(offs), f"{user}: reflected offsets go back: {offs}"
+        assert len(rs) <= count[user], f"{user}: {len(rs)} records for {count[user]} events"
+        last, prof = rs[-1], last_profile[user]
+        assert (last["offset"], last["t_ref"]) == last_event[user], \
+            f"{user}: last record reflects {last['offset']}@{last['t_ref']}, last event " \
+            f"{last_event[user]}"
+        seg = prof["segment"] if prof["segment"] is not None else -1
+        assert last["segment"] == seg, f"{user}: segment {last['segment']} vs profile {seg}"
+        if prof["segment"] is not None:
+            assert last["gen"] == prof["segment_generation"], f"{user}: generation"
+        assert last["emit"] == ts_ms(prof["ts"]), f"{user}: last emit {last['emit']}"
+        assert last["risk"] == INT64_MIN and math.isnan(last["score"]), f"{user}: risk fields"
+    assert len(records) < n, f"{len(records)} records for {n} events: no write-combining"
+    acked = metric(m, "cohortd_outputs_acked_total", output="changelog")
+    assert 0 < acked <= len(records), f"{acked} acknowledged before the stop, {len(records)} read"
+    end = defaultdict(int)
+    for part, off, _, _ in events:
+        end[part] = max(end[part], off + 1)
+    assert ends == dict(end), f"committed {ends}, input ends {dict(end)}"
+    log(f"clean run: {n} events of {len(per_user)} users -> {len(records)} changelog records "
+        f"({metric(m, 'cohortd_changelog_flushes_total'):.0f} flushes before the stop); every "
+        f"user's last record reflects its last event; committed = input ends")
+
+
+def crash_run():
+    n = 60_000
+    with Broker(partitions=PARTS, topics=TOPICS) as broker:
+        d = Daemon(broker.bootstrap, "state.changelog=changelog", "model.path=",
+                   "commit.interval=2s")
+        gen = None
+        try:
+            d.wait_assigned()
+            gen = subprocess.Popen([GEN, "--brokers", broker.bootstrap, "--users", "2000",
+                                    "--events", str(n), "--rate", "5000", "--step-ms", "1000",
+                                    "--seed", "6", "--quiet"])
+            deadline = time.time() + 120
+            while sum(max(o, 0) for o in committed(broker.bootstrap).values()) < 15_000:
+                assert time.time() < deadline, "no commits of 15,000 events within 120 s"
+                assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
+                time.sleep(0.2)
+            d.proc.kill()
+            d.proc.wait(timeout=30)
+            gen.wait(timeout=120)
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
+            if gen and gen.poll() is None:
+                gen.kill()
+        at = committed(broker.bootstrap)
+        events = read_events(broker.bootstrap, n)
+        records = read_changelog(broker.bootstrap, 1)
+    covered = defaultdict(lambda: -1)
+    for r in records:
+        covered[r["user"]] = max(covered[r["user"]], r["offset"])
+    need = {}
+    for part, off, user, _ in events:
+        if off < at.get(part, -1):
+            need[user] = max(need.get(user, -1), off)
+    missing = [(u, o, covered[u]) for u, o in need.items() if covered[u] < o]
+    assert not missing, f"{len(missing)} users with committed events past their changelog " \
+                        f"records (user, event offset, record offset): {missing[:5]}"
+    log(f"kill -9 after {sum(at.values())} committed events: {len(records)} changelog records "
+        f"cover every committed event of all {len(need)} users")
+
+
+def main():
+    start_refused("events,profiles,risk,cohortd-dlq", "topic changelog does not exist")
+    start_refused(f"{TOPICS}:3", "topic changelog has 3 partitions; it needs 4")
+    clean_run()
+    crash_run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
