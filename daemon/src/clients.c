@@ -89,8 +89,10 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
     }
     r = ch_consumer_new(&kc, cfg->input_topic, hooks, &c->consumer, errbuf, errlen);
     settings_done(&kc);
-    if (r == 0 && cfg->input_max_skew_ms > 0 && isfinite(cfg->input_max_skew_ms)) {
-        r = ch_consumer_align(c->consumer, (int64_t)cfg->input_max_skew_ms,
+    bool align = cfg->input_max_skew_ms > 0 && isfinite(cfg->input_max_skew_ms);
+    if (r == 0 && (align || cfg->state_changelog[0])) {
+        /* without alignment, the aligner still holds partitions while they restore */
+        r = ch_consumer_align(c->consumer, align ? (int64_t)cfg->input_max_skew_ms : 0,
                               cfg->input_align_idle_ms / 1000.0);
         if (r < 0) {
             snprintf(errbuf, errlen, "input.max_skew: %s", strerror(-r));
@@ -99,7 +101,20 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
     return r;
 }
 
+int ch_clients_reader(ch_clients_t *c, const ch_config_t *cfg, const char *topic, char *errbuf,
+                      size_t errlen) {
+    ch_kafka_conf_t kc;
+    int r = settings_for(cfg, CH_KAFKA_CONSUMER, c, &kc);
+    if (r < 0) {
+        return r;
+    }
+    r = ch_reader_new(&kc, topic, &c->reader, errbuf, errlen);
+    settings_done(&kc);
+    return r;
+}
+
 void ch_clients_done(ch_clients_t *c) {
+    c->reader = ch_reader_free(c->reader);
     c->consumer = ch_consumer_free(c->consumer);
     c->producer = ch_producer_free(c->producer);
 }

@@ -15,6 +15,7 @@
 typedef struct ch_clients {
     ch_producer_t *producer;
     ch_consumer_t *consumer;
+    ch_reader_t *reader; /* state.changelog: restores partitions' users; else NULL */
     uint64_t errors;   /* client-level errors seen (callbacks and error events) */
     bool fatal;        /* a fatal error: the clients cannot continue */
     ch_ratelimit_t rl; /* their log lines */
@@ -32,7 +33,14 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
                     void *delivery_opaque, const ch_rebalance_hooks_t *hooks, char *errbuf,
                     size_t errlen);
 
-/** @brief Free both clients (the consumer closes if it was not closed). */
+/**
+ * @brief Build the reader of topic (consumer settings) into c->reader.
+ * @returns 0, -EINVAL, -EIO, -ENOMEM.
+ */
+int ch_clients_reader(ch_clients_t *c, const ch_config_t *cfg, const char *topic, char *errbuf,
+                      size_t errlen);
+
+/** @brief Free the clients (the consumer closes if it was not closed). */
 void ch_clients_done(ch_clients_t *c);
 
 /**

@@ -162,8 +162,9 @@ static const key_def_t keys[] = {
     {"state.idle_evict", K_DURATION, OFF(state_idle_evict_ms), "30d", 0, INFINITY, NULL, NULL,
      "Forget users idle this long in stream time (0: never)."},
     {"state.changelog", K_OPTSTR, OFF(state_changelog), "", 0, 0, NULL, NULL,
-     "Topic that records every user's state (empty: none). It must exist with the input's "
-     "partition count (cleanup.policy=compact); cohortd refuses to start otherwise."},
+     "Topic that records every user's state (empty: none), from which a partition gained "
+     "is restored before it is processed. It must exist with the input's partition count "
+     "(cleanup.policy=compact); cohortd refuses to start otherwise."},
     {"commit.interval", K_DURATION, OFF(commit_interval_ms), "100ms", 1, 60000, NULL, NULL,
      "With state.changelog: a user changed many times within this interval is written once; "
      "offsets are committed only after the changelog records of their events are acknowledged."},

@@ -29,6 +29,7 @@
 #include <ev.h>
 #include <getopt.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,8 +51,8 @@ typedef struct daemon_ctx {
     struct ev_loop *loop;
     ch_pipeline_t *pipe;
     const ch_config_t *cfg;
-    ev_io consumer_io, producer_io;
-    ev_idle drain_idle;
+    ev_io consumer_io, producer_io, reader_io;
+    ev_idle drain_idle, restore_idle;
     ev_timer safety, stats, housekeeping, watchdog, status;
     ev_signal sigterm, sigint, sighup;
     ev_stat model_watch;
@@ -92,6 +93,27 @@ static void on_drain_idle(struct ev_loop *loop, ev_idle *w, int revents) {
     drain_once(w->data);
 }
 
+/* One budget of changelog records per loop iteration while a restore has more. */
+static void restore_once(daemon_ctx_t *d) {
+    if (ch_pipeline_restore(d->pipe)) {
+        ev_idle_start(d->loop, &d->restore_idle);
+    } else {
+        ev_idle_stop(d->loop, &d->restore_idle);
+    }
+}
+
+static void on_restore_idle(struct ev_loop *loop, ev_idle *w, int revents) {
+    (void)loop;
+    (void)revents;
+    restore_once(w->data);
+}
+
+static void on_reader_io(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    restore_once(w->data);
+}
+
 static void on_consumer_io(struct ev_loop *loop, ev_io *w, int revents) {
     (void)loop;
     (void)revents;
@@ -116,6 +138,9 @@ static void on_safety(struct ev_loop *loop, ev_timer *w, int revents) {
     daemon_ctx_t *d = w->data;
     ch_pipeline_poll_producer(d->pipe);
     drain_once(d);
+    if (ch_pipeline_reader_fd(d->pipe) >= 0) {
+        restore_once(d); /* belt and braces, as for the consumer */
+    }
 }
 
 static void on_housekeeping(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -401,6 +426,16 @@ int main(int argc, char **argv) {
     }
     ch_log_set_level(cfg.log_level);
 
+    /* A stop signal during start-up (topic checks, broker round trips) waits until the
+     * loop's handlers exist, then stops cleanly; librdkafka's threads, created from
+     * here on, inherit the mask and never take these signals. */
+    sigset_t stop_signals, before;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, &before);
+
     daemon_ctx_t d = {.cfg = &cfg};
     r = ch_pipeline_new(&cfg, &d.pipe, err, sizeof(err));
     if (r < 0) {
@@ -418,6 +453,12 @@ int main(int argc, char **argv) {
     ev_io_init(&d.consumer_io, on_consumer_io, ch_pipeline_consumer_fd(d.pipe), EV_READ);
     ev_io_init(&d.producer_io, on_producer_io, ch_pipeline_producer_fd(d.pipe), EV_READ);
     ev_idle_init(&d.drain_idle, on_drain_idle);
+    ev_idle_init(&d.restore_idle, on_restore_idle);
+    d.reader_io.data = d.restore_idle.data = &d;
+    if (ch_pipeline_reader_fd(d.pipe) >= 0) {
+        ev_io_init(&d.reader_io, on_reader_io, ch_pipeline_reader_fd(d.pipe), EV_READ);
+        ev_io_start(d.loop, &d.reader_io);
+    }
     ev_timer_init(&d.safety, on_safety, 0.1, 0.1);
     ev_timer_init(&d.housekeeping, on_housekeeping, 1.0, 1.0);
     ev_signal_init(&d.sigterm, on_stop_signal, SIGTERM);
@@ -438,6 +479,7 @@ int main(int argc, char **argv) {
     ev_signal_start(d.loop, &d.sigterm);
     ev_signal_start(d.loop, &d.sigint);
     ev_signal_start(d.loop, &d.sighup);
+    pthread_sigmask(SIG_SETMASK, &before, NULL); /* pending ones are delivered now */
     if (cfg.model_path[0] && cfg.model_watch_ms > 0 && isfinite(cfg.model_watch_ms)) {
         ev_stat_init(&d.model_watch, on_model_change, cfg.model_path,
                      cfg.model_watch_ms / 1000.0);

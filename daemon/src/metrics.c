@@ -138,6 +138,26 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
                 s.changelog_flushes);
         counter(&o, "cohortd_changelog_bytes_total", "Bytes of state records handed to the "
                 "producer (values only).", s.changelog_bytes);
+        gauge(&o, "cohortd_restoring_partitions",
+              "Partitions whose users are being restored from the changelog (held meanwhile).",
+              (double)s.restoring);
+        counter(&o, "cohortd_restored_partitions_total", "Partitions restored.",
+                s.restored_partitions);
+        counter(&o, "cohortd_restore_records_total", "Changelog records read by restores.",
+                s.restore_records);
+        counter(&o, "cohortd_restore_bytes_total", "Bytes (keys and values) read by restores.",
+                s.restore_bytes);
+        family(&o, "cohortd_restore_skipped_total", "counter",
+               "Records not applied: uncommitted (they reflect input past the committed offset, "
+               "which is reprocessed instead), refused (damaged, or another feature layout).");
+        put(&o, "cohortd_restore_skipped_total{reason=\"uncommitted\"} %llu\n",
+            (unsigned long long)s.restore_uncommitted);
+        put(&o, "cohortd_restore_skipped_total{reason=\"refused\"} %llu\n",
+            (unsigned long long)s.restore_refused);
+        counter(&o, "cohortd_restore_applied_total", "Records applied by restores.",
+                s.restore_applied);
+        gauge(&o, "cohortd_restore_seconds", "Seconds spent in finished restores (sum).",
+              s.restore_seconds);
     }
     counter(&o, "cohortd_delivery_failures_total",
             "Outputs that could not be delivered (the daemon stops; nothing is committed past "

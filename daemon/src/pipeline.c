@@ -136,6 +136,9 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
     double now_ms = ch_wall_ms();
     for (int i = 0; i < n && !ch_pipeline_failed(p); i++) {
         const ch_msg_t *m = &p->msgs[i];
+        if (m->eof) {
+            continue; /* kafka.enable.partition.eof set: an end, not a record */
+        }
         if (m->err) {
             ch_clients_error(&p->clients, m->err_fatal, "kafka consumer",
                              m->errstr ? m->errstr : "error");

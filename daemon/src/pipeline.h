@@ -32,6 +32,10 @@ typedef struct ch_pipeline_stats {
     uint64_t segment_refreshes, segment_restarts;
     uint64_t dlq_sent, dlq_acked;
     uint64_t changelog_sent, changelog_acked, changelog_bytes, changelog_flushes;
+    size_t restoring;            /* partitions being restored now */
+    uint64_t restored_partitions, restore_records, restore_bytes, restore_applied;
+    uint64_t restore_uncommitted, restore_refused;
+    double restore_seconds;
     uint64_t delivery_failures;
     uint64_t kafka_errors;
     uint64_t batches;
@@ -62,6 +66,12 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
 ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p);
 
 int ch_pipeline_consumer_fd(const ch_pipeline_t *p);
+
+/** @brief The changelog reader's fd (readable when restore records wait), -1 if none. */
+int ch_pipeline_reader_fd(const ch_pipeline_t *p);
+
+/** @brief Restore one budget of changelog records. @returns 1 if more may be waiting. */
+int ch_pipeline_restore(ch_pipeline_t *p);
 int ch_pipeline_producer_fd(const ch_pipeline_t *p);
 
 /**

@@ -49,6 +49,23 @@ typedef struct ch_changelog {
     unsigned char *rec;
 } ch_changelog_t;
 
+/* Restoring one partition's users from the changelog (restore.c). */
+typedef struct ch_restore_part {
+    bool on;
+    int64_t upto; /* apply records reflecting offsets below this (the committed offset) */
+    double t0;
+    uint64_t read, applied, uncommitted, refused;
+} ch_restore_part_t;
+
+typedef struct ch_restore {
+    ch_restore_part_t *parts; /* by partition */
+    size_t n_parts;
+    size_t active; /* partitions restoring now */
+    uint64_t partitions, records, bytes, applied, uncommitted, refused;
+    double seconds;
+    ch_msg_t *msgs;
+} ch_restore_t;
+
 /* An event folded into user state in this batch, awaiting scoring and outputs. */
 typedef struct ch_row {
     ch_user_t *u; /* re-checked against the key before use (a later insert may evict) */
@@ -92,6 +109,7 @@ struct ch_pipeline {
     size_t n_assigned_cap;
 
     ch_changelog_t cl;
+    ch_restore_t rs;
 
     bool stopping;
     bool failed;
@@ -124,6 +142,14 @@ void ch_changelog_touch(ch_pipeline_t *p, ch_user_t *u, int64_t offset);
 void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u);
 void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b);
 int ch_changelog_flush(ch_pipeline_t *p, bool force);
+
+/* restore.c */
+int ch_restore_init(ch_pipeline_t *p, char *errbuf, size_t errlen);
+void ch_restore_done(ch_pipeline_t *p);
+void ch_restore_begin(ch_pipeline_t *p, int32_t partition);
+void ch_restore_cancel(ch_pipeline_t *p, int32_t partition);
+int ch_restore_drain(ch_pipeline_t *p);
+int ch_restore_budget(void);
 
 /* rebalance.c */
 bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition);

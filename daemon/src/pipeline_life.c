@@ -132,7 +132,8 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     ch_rebalance_hooks_t hooks = {ch_rebalance_assigned, ch_rebalance_revoked, p};
     if ((r = ch_clients_init(&p->clients, cfg, ch_outputs_delivered, p, &hooks, errbuf, errlen)) <
             0 ||
-        (r = ch_changelog_init(p, errbuf, errlen)) < 0) {
+        (r = ch_changelog_init(p, errbuf, errlen)) < 0 ||
+        (r = ch_restore_init(p, errbuf, errlen)) < 0) {
         goto out_fail;
     }
     *ret_pipeline = p;
@@ -195,6 +196,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     }
     ch_clients_done(&p->clients);
     ch_changelog_done(p);
+    ch_restore_done(p);
     p->tracker = ch_tracker_free(p->tracker);
     p->events = ch_events_free(p->events);
     ch_schemas_free(p->schemas);
@@ -223,5 +225,14 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
 }
 
 int ch_pipeline_consumer_fd(const ch_pipeline_t *p) { return ch_consumer_fd(p->clients.consumer); }
+
+int ch_pipeline_reader_fd(const ch_pipeline_t *p) {
+    return p->clients.reader ? ch_reader_fd(p->clients.reader) : -1;
+}
+
+int ch_pipeline_restore(ch_pipeline_t *p) {
+    int n = ch_restore_drain(p);
+    return n >= ch_restore_budget() ? 1 : 0;
+}
 
 int ch_pipeline_producer_fd(const ch_pipeline_t *p) { return ch_producer_fd(p->clients.producer); }

@@ -28,6 +28,14 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->inflight_batches = ch_tracker_inflight(p->tracker);
     ret_stats->assigned_partitions = ch_consumer_assigned(p->clients.consumer);
     ch_consumer_align_stats(p->clients.consumer, &ret_stats->align);
+    ret_stats->restoring = p->rs.active;
+    ret_stats->restored_partitions = p->rs.partitions;
+    ret_stats->restore_records = p->rs.records;
+    ret_stats->restore_bytes = p->rs.bytes;
+    ret_stats->restore_applied = p->rs.applied;
+    ret_stats->restore_uncommitted = p->rs.uncommitted;
+    ret_stats->restore_refused = p->rs.refused;
+    ret_stats->restore_seconds = p->rs.seconds;
     ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
     ret_stats->segment_refreshes =
@@ -45,6 +53,11 @@ bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
     }
     if (p->cfg->model_path[0] && !p->scorer.model) {
         snprintf(why, len, "no model loaded");
+        return false;
+    }
+    if (p->rs.active > 0) {
+        snprintf(why, len, "restoring %zu partition(s) from %s: %llu record(s) read so far",
+                 p->rs.active, p->cfg->state_changelog, (unsigned long long)p->rs.records);
         return false;
     }
     static ch_partition_lag_t lag[4096]; /* loop thread only */

@@ -40,6 +40,7 @@ void ch_rebalance_assigned(void *opaque, const int32_t *parts, size_t n) {
             p->n_assigned_cap = cap;
         }
         p->assigned[parts[i]] = true;
+        ch_restore_begin(p, parts[i]);
     }
     ch_log(CH_LOG_INFO, "assigned %zu partition(s) of %s (now %zu)", n, p->cfg->input_topic,
            ch_consumer_assigned(p->clients.consumer));
@@ -85,6 +86,7 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
             p->assigned[parts[i]] = false;
         }
         ch_tracker_revoke(p->tracker, parts[i]);
+        ch_restore_cancel(p, parts[i]);
         on_part_t op = {p->users, parts[i]};
         dropped += ch_users_evict_if(p->users, user_on_partition, &op);
     }

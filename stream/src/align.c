@@ -29,7 +29,7 @@ typedef struct item {
 } item_t;
 
 typedef struct part {
-    bool assigned, paused, more;
+    bool assigned, paused, more, held;
     item_t *q;
     size_t cap, head, len;
     int64_t last_ts;  /* largest timestamp pushed, INT64_MIN none */
@@ -47,7 +47,7 @@ struct ch_align {
 };
 
 int ch_align_new(const ch_align_opts_t *o, ch_align_t **ret_align) {
-    if (!o || o->max_skew_ms <= 0 || !(o->idle_s > 0) || o->max_held == 0 || o->pause_len < 2) {
+    if (!o || o->max_skew_ms < 0 || !(o->idle_s > 0) || o->max_held == 0 || o->pause_len < 2) {
         return -EINVAL;
     }
     ch_align_t *a = calloc(1, sizeof(*a));
@@ -186,8 +186,8 @@ static int64_t floor_ts(const ch_align_t *a) {
     int64_t f = INT64_MAX;
     for (size_t i = 0; i < a->n_parts; i++) {
         const part_t *p = &a->parts[i];
-        if (!p->assigned) {
-            continue;
+        if (!p->assigned || p->held) {
+            continue; /* a held partition holds nobody back */
         }
         int64_t v;
         if (p->len > 0) {
@@ -214,6 +214,9 @@ static int64_t add_sat(int64_t x, int64_t d) {
 
 static size_t release(ch_align_t *a, part_t *p, int64_t limit, void **out, size_t max) {
     size_t n = 0;
+    if (p->held) {
+        return 0;
+    }
     while (p->len > 0 && n < max && (head_ts(p) < 0 || head_ts(p) <= limit)) {
         out[n++] = p->q[p->head].p;
         p->head = (p->head + 1) % p->cap;
@@ -227,7 +230,7 @@ size_t ch_align_pop(ch_align_t *a, void **out, size_t max, double now_s) {
     a->now_s = now_s;
     size_t n = 0;
     while (n < max && a->held > 0) {
-        int64_t limit = add_sat(floor_ts(a), a->o.max_skew_ms);
+        int64_t limit = a->o.max_skew_ms ? add_sat(floor_ts(a), a->o.max_skew_ms) : INT64_MAX;
         size_t got = 0;
         for (size_t k = 0; k < a->n_parts && n + got < max; k++) {
             part_t *p = &a->parts[(a->rr + k) % a->n_parts];
@@ -242,7 +245,7 @@ size_t ch_align_pop(ch_align_t *a, void **out, size_t max, double now_s) {
         part_t *oldest = NULL;
         for (size_t i = 0; i < a->n_parts; i++) {
             part_t *p = &a->parts[i];
-            if (p->len > 0 && (!oldest || head_ts(p) < head_ts(oldest))) {
+            if (!p->held && p->len > 0 && (!oldest || head_ts(p) < head_ts(oldest))) {
                 oldest = p;
             }
         }
@@ -259,21 +262,22 @@ size_t ch_align_pop(ch_align_t *a, void **out, size_t max, double now_s) {
 
 size_t ch_align_changes(ch_align_t *a, ch_align_change_t *out, size_t cap) {
     int64_t f = floor_ts(a);
-    bool finite = f != INT64_MIN && f != INT64_MAX;
+    bool finite = a->o.max_skew_ms > 0 && f != INT64_MIN && f != INT64_MAX;
     size_t n = 0;
     for (size_t i = 0; i < a->n_parts && n < cap; i++) {
         part_t *p = &a->parts[i];
         if (!p->assigned) {
             continue;
         }
-        if (!p->paused && finite && p->len >= a->o.pause_len &&
-            p->last_ts > add_sat(f, 2 * a->o.max_skew_ms)) {
+        if (!p->paused && p->len >= a->o.pause_len &&
+            (p->held || (finite && p->last_ts > add_sat(f, 2 * a->o.max_skew_ms)))) {
             p->paused = true;
             a->paused++;
             a->pauses++;
             out[n++] = (ch_align_change_t){(int32_t)i, true};
-        } else if (p->paused && (p->len < a->o.pause_len / 2 ||
-                                 (finite && p->last_ts <= add_sat(f, a->o.max_skew_ms)))) {
+        } else if (p->paused && !p->held &&
+                   (p->len < a->o.pause_len / 2 ||
+                    (finite && p->last_ts <= add_sat(f, a->o.max_skew_ms)))) {
             p->paused = false;
             p->last_s = a->now_s; /* the fetch starts again: it may hold the floor */
             a->paused--;
@@ -281,6 +285,18 @@ size_t ch_align_changes(ch_align_t *a, ch_align_change_t *out, size_t cap) {
         }
     }
     return n;
+}
+
+void ch_align_hold(ch_align_t *a, int32_t partition, bool hold, double now_s) {
+    part_t *p = part_at(a, partition);
+    if (p && p->assigned) {
+        p->held = hold;
+        p->last_s = now_s; /* released: it may hold the floor again from now on */
+    }
+}
+
+bool ch_align_paused(const ch_align_t *a, int32_t partition) {
+    return partition >= 0 && (size_t)partition < a->n_parts && a->parts[partition].paused;
 }
 
 int64_t ch_align_next(const ch_align_t *a, int32_t partition) {

@@ -34,7 +34,7 @@
 typedef struct ch_align ch_align_t;
 
 typedef struct ch_align_opts {
-    int64_t max_skew_ms; /* > 0 */
+    int64_t max_skew_ms; /* > 0; 0: no alignment, only holds (see ch_align_hold) */
     double idle_s;       /* > 0: a partition silent this long stops holding the floor */
     size_t max_held;     /* > 0: beyond this many buffered records, release anyway */
     size_t pause_len;    /* >= 2: pause a partition ahead of the floor with this many buffered */
@@ -98,6 +98,14 @@ size_t ch_align_pop(ch_align_t *a, void **out, size_t max, double now_s);
  *        considers them applied. @returns the number written.
  */
 size_t ch_align_changes(ch_align_t *a, ch_align_change_t *out, size_t cap);
+
+/** @brief Hold a partition (e.g. while its state is restored): its records are buffered
+ *  but none is released (not even when the buffer is full), it holds nobody back, and
+ *  with pause_len buffered it is paused until released. */
+void ch_align_hold(ch_align_t *a, int32_t partition, bool hold, double now_s);
+
+/** @brief Whether the aligner has the partition paused. */
+bool ch_align_paused(const ch_align_t *a, int32_t partition);
 
 /** @brief The next offset to hand over for a partition: its oldest buffered record,
  *  else -1 (nothing buffered). */

@@ -44,6 +44,7 @@ typedef struct ch_msg {
     int err;              /* 0, or -EIO: an error event; errstr says what */
     const char *errstr;
     bool err_fatal;
+    bool eof; /* ch_reader_drain(): the partition's end is reached (no record) */
 } ch_msg_t;
 
 typedef struct ch_header {
@@ -101,6 +102,20 @@ int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen);
 /** @brief Number of partitions currently assigned. */
 size_t ch_consumer_assigned(const ch_consumer_t *c);
 
+/** @brief Where consumption of an assigned partition begins: its committed offset, or
+ *  where auto.offset.reset puts it without one (known before the assign hook runs);
+ *  -1 unknown. */
+int64_t ch_consumer_start_offset(const ch_consumer_t *c, int32_t partition);
+
+/**
+ * @brief Hold or release an assigned partition for the caller's own reasons (e.g. while
+ *        its state is restored): its records are buffered by the aligner and none is
+ *        handed out until released (with enough buffered, it is paused); a revoke ends
+ *        the hold. Call from the assign hook to receive nothing of it before release.
+ * @returns 0, -EINVAL, -ENOTSUP (no aligner: ch_consumer_align() was not called).
+ */
+int ch_consumer_hold(ch_consumer_t *c, int32_t partition, bool hold);
+
 /**
  * @brief How many partitions a topic has, from a metadata request for all topics (one
  *        naming the topic could have the broker create it). Blocks up to timeout_ms: for
@@ -113,7 +128,8 @@ int ch_consumer_partition_count(ch_consumer_t *c, const char *topic, int timeout
 /**
  * @brief Hand records over across partitions in record-timestamp order (ch/align.h):
  *        none more than max_skew_ms ahead of a partition that still has records on
- *        the broker and delivered within idle_s. Call before the first drain.
+ *        the broker and delivered within idle_s (max_skew_ms 0: no alignment, only
+ *        the holds of ch_consumer_hold()). Call before the first drain.
  * @returns 0, -EINVAL, -ENOMEM, -EBUSY (already on, or partitions already assigned).
  */
 int ch_consumer_align(ch_consumer_t *c, int64_t max_skew_ms, double idle_s);
@@ -191,5 +207,33 @@ size_t ch_producer_outstanding(const ch_producer_t *p);
 
 /** @brief librdkafka's version string. */
 const char *ch_kafka_version(void);
+
+/* ---------------------------------------------------------------- reader */
+
+/* A reader of chosen partitions of one topic from their beginning, outside any group
+ * (it never commits): how state is restored from a changelog. */
+typedef struct ch_reader ch_reader_t;
+
+/** @brief Create a reader (conf: consumer settings; group and commit settings are
+ *  overridden). @returns 0, -EINVAL, -EIO, -ENOMEM. */
+int ch_reader_new(const ch_kafka_conf_t *conf, const char *topic, ch_reader_t **ret_reader,
+                  char *errbuf, size_t errlen);
+
+/** @brief Free. Accepts NULL. @returns NULL. */
+ch_reader_t *ch_reader_free(ch_reader_t *r);
+
+/** @brief A non-blocking fd that turns readable when there are records. */
+int ch_reader_fd(const ch_reader_t *r);
+
+/** @brief Read a partition from its beginning; its end is reported once as an entry with
+ *  eof set. @returns 0, -EIO. */
+int ch_reader_start(ch_reader_t *r, int32_t partition, char *errbuf, size_t errlen);
+
+/** @brief Stop reading a partition. @returns 0, -EIO. */
+int ch_reader_stop(ch_reader_t *r, int32_t partition, char *errbuf, size_t errlen);
+
+/** @brief Up to budget records or end-of-partition entries, without blocking; views
+ *  valid until the next drain. @returns the number of entries. */
+int ch_reader_drain(ch_reader_t *r, ch_msg_t *out, size_t budget);
 
 #endif

@@ -67,7 +67,7 @@ static size_t pop(ch_align_t *a, rec_t **out, size_t max, double now) {
 static void test_options_checked(void **state) {
     (void)state;
     ch_align_t *a = NULL;
-    ch_align_opts_t o = {.max_skew_ms = 0, .idle_s = 1, .max_held = 10, .pause_len = 4};
+    ch_align_opts_t o = {.max_skew_ms = -1, .idle_s = 1, .max_held = 10, .pause_len = 4};
     assert_int_equal(ch_align_new(&o, &a), -EINVAL);
     o.max_skew_ms = H;
     o.idle_s = 0;
@@ -260,6 +260,79 @@ static void test_revoke_drops_and_reports_pause(void **state) {
     ch_align_free(a, drop);
 }
 
+/* A held partition (restoring) releases nothing and holds nobody back; with pause_len
+ * buffered it is paused and stays paused until released; then its records go first. */
+static void test_hold_buffers_and_holds_nobody_back(void **state) {
+    (void)state;
+    ch_align_t *a = make(H, 60, 1000, 4);
+    ch_align_assign(a, 0, 0, 0);
+    ch_align_assign(a, 1, 0, 0);
+    ch_align_hold(a, 0, true, 0);
+    for (int64_t i = 0; i < 6; i++) {
+        push(a, 0, i, i * H, 0);
+    }
+    push(a, 1, 0, 50 * H, 0);
+    hw[0] = 100; /* more to fetch for both */
+    hw[1] = 100;
+    rec_t *out[16];
+    size_t n = pop(a, out, 16, 1);
+    assert_int_equal(n, 1); /* partition 1 is not held back by the held partition 0 */
+    assert_int_equal(out[0]->part, 1);
+    ch_align_change_t ch[4];
+    assert_int_equal(ch_align_changes(a, ch, 4), 1);
+    assert_int_equal(ch[0].partition, 0);
+    assert_true(ch[0].pause);
+    assert_int_equal(ch_align_changes(a, ch, 4), 0); /* stays paused while held */
+    ch_align_stats_t st;
+    ch_align_stats(a, &st);
+    assert_int_equal(st.held, 6);
+    /* released: its six records go (they are behind), and it is resumed */
+    ch_align_hold(a, 0, false, 2);
+    n = pop(a, out, 16, 2);
+    assert_int_equal(n, 6);
+    assert_int_equal(out[0]->part, 0);
+    assert_int_equal(ch_align_changes(a, ch, 4), 1);
+    assert_false(ch[0].pause);
+    ch_align_free(a, drop);
+}
+
+/* Even a full buffer does not release a held partition. */
+static void test_full_buffer_never_releases_held(void **state) {
+    (void)state;
+    ch_align_t *b = make(H, 60, 2, 100);
+    ch_align_assign(b, 0, 0, 0);
+    ch_align_hold(b, 0, true, 0);
+    push(b, 0, 0, 0, 0);
+    push(b, 0, 1, 1, 0);
+    hw[0] = 2;
+    rec_t *out[4];
+    assert_int_equal(pop(b, out, 4, 0), 0);
+    ch_align_stats_t st;
+    ch_align_stats(b, &st);
+    assert_int_equal(st.forced, 0);
+    ch_align_free(b, drop);
+    assert_int_equal(dropped, 2);
+}
+
+/* max_skew 0: no alignment (everything released at once), holds still work. */
+static void test_no_skew_only_holds(void **state) {
+    (void)state;
+    ch_align_t *a = make(0, 60, 1000, 1000);
+    ch_align_assign(a, 0, 0, 0);
+    ch_align_assign(a, 1, 0, 0);
+    push(a, 0, 0, 0, 0);
+    push(a, 1, 0, 1000 * H, 0);
+    hw[0] = hw[1] = 100;
+    rec_t *out[4];
+    assert_int_equal(pop(a, out, 4, 0), 2);
+    ch_align_hold(a, 1, true, 0);
+    push(a, 1, 1, 1001 * H, 0);
+    assert_int_equal(pop(a, out, 4, 0), 0);
+    ch_align_hold(a, 1, false, 0);
+    assert_int_equal(pop(a, out, 4, 0), 1);
+    ch_align_free(a, drop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_options_checked),
@@ -269,6 +342,9 @@ int main(void) {
         cmocka_unit_test(test_pause_ahead_and_resume),
         cmocka_unit_test(test_full_buffer_releases_oldest),
         cmocka_unit_test(test_revoke_drops_and_reports_pause),
+        cmocka_unit_test(test_hold_buffers_and_holds_nobody_back),
+        cmocka_unit_test(test_full_buffer_never_releases_held),
+        cmocka_unit_test(test_no_skew_only_holds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
