@@ -46,18 +46,21 @@ static size_t find(const ch_changelog_t *cl, const ch_user_t *u) {
     return i;
 }
 
+/* Both arrays or neither: a dirty array grown past its index's half would let the
+ * index fill up, and find() would never stop. */
 static int grow(ch_changelog_t *cl) {
     size_t cap = cl->cap_dirty ? 2 * cl->cap_dirty : 1024;
-    ch_dirty_t *nd = realloc(cl->dirty, cap * sizeof(*nd));
-    if (!nd) {
-        return -ENOMEM;
-    }
-    cl->dirty = nd;
-    cl->cap_dirty = cap;
     uint32_t *ni = calloc(2 * cap, sizeof(*ni));
     if (!ni) {
         return -ENOMEM;
     }
+    ch_dirty_t *nd = realloc(cl->dirty, cap * sizeof(*nd));
+    if (!nd) {
+        free(ni);
+        return -ENOMEM;
+    }
+    cl->dirty = nd;
+    cl->cap_dirty = cap;
     free(cl->idx);
     cl->idx = ni;
     cl->idx_cap = 2 * cap;
@@ -150,10 +153,10 @@ void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u) {
     }
     size_t i = find(cl, u);
     if (cl->idx[i]) {
-        /* keep the index slot (probe chains stay intact); the entry no longer has a user */
+        /* the dense entry stays (its user is gone); the index slot is emptied and the
+         * rest of its cluster re-inserted, so lookups past the hole still succeed */
         cl->dirty[cl->idx[i] - 1].u = NULL;
         cl->idx[i] = 0;
-        /* re-insert the rest of the cluster so lookups past the hole still succeed */
         for (size_t j = (i + 1) & (cl->idx_cap - 1); cl->idx[j]; j = (j + 1) & (cl->idx_cap - 1)) {
             uint32_t v = cl->idx[j];
             cl->idx[j] = 0;
@@ -172,26 +175,19 @@ void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b) {
     ch_changelog_flush(p, false);
 }
 
-int ch_changelog_flush(ch_pipeline_t *p, bool force) {
+void ch_changelog_flush(ch_pipeline_t *p, bool force) {
     ch_changelog_t *cl = &p->cl;
-    if (!cl->on || (cl->n_pending == 0 && cl->n_dirty == 0)) {
-        return 0;
+    /* Every change is made inside a batch that joins the pending list before any flush
+     * can run, so with no pending batch there is nothing to write. */
+    if (!cl->on || cl->n_pending == 0) {
+        return;
     }
     double now = ch_now_s();
     bool full = !ch_tracker_has_room(p->tracker);
     if (!force && !full && (now - cl->flushed_s) * 1000.0 < p->cfg->commit_interval_ms) {
-        return 0;
+        return;
     }
-    ch_tracked_t *b = cl->n_pending ? cl->pending[0] : NULL;
-    if (!b) { /* changes without a batch of their own (none today): give them one */
-        if (full || !(b = ch_tracker_open(p->tracker))) {
-            return -EAGAIN;
-        }
-        size_t slot = ch_tracker_slot(p->tracker, b);
-        p->n_ts[slot] = 0;
-        p->observed[slot] = false;
-        cl->pending[cl->n_pending++] = b;
-    }
+    ch_tracked_t *b = cl->pending[0];
     size_t state_len = ch_features_state_len(p->fs), size = ch_staterec_size(state_len);
     for (size_t k = 0; k < cl->n_dirty && !p->failed; k++) {
         const ch_dirty_t *d = &cl->dirty[k];
@@ -216,5 +212,4 @@ int ch_changelog_flush(ch_pipeline_t *p, bool force) {
     cl->flushed_s = now;
     p->st.changelog_flushes++;
     ch_outputs_release(p);
-    return 0;
 }

@@ -141,15 +141,14 @@ void ch_changelog_done(ch_pipeline_t *p);
 void ch_changelog_touch(ch_pipeline_t *p, ch_user_t *u, int64_t offset);
 void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u);
 void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b);
-int ch_changelog_flush(ch_pipeline_t *p, bool force);
+void ch_changelog_flush(ch_pipeline_t *p, bool force);
 
 /* restore.c */
 int ch_restore_init(ch_pipeline_t *p, char *errbuf, size_t errlen);
 void ch_restore_done(ch_pipeline_t *p);
 void ch_restore_begin(ch_pipeline_t *p, int32_t partition);
 void ch_restore_cancel(ch_pipeline_t *p, int32_t partition);
-int ch_restore_drain(ch_pipeline_t *p);
-int ch_restore_budget(void);
+bool ch_restore_drain(ch_pipeline_t *p); /* one budget; true if more may be waiting */
 
 /* rebalance.c */
 bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition);

@@ -230,9 +230,6 @@ int ch_pipeline_reader_fd(const ch_pipeline_t *p) {
     return p->clients.reader ? ch_reader_fd(p->clients.reader) : -1;
 }
 
-int ch_pipeline_restore(ch_pipeline_t *p) {
-    int n = ch_restore_drain(p);
-    return n >= ch_restore_budget() ? 1 : 0;
-}
+int ch_pipeline_restore(ch_pipeline_t *p) { return ch_restore_drain(p) ? 1 : 0; }
 
 int ch_pipeline_producer_fd(const ch_pipeline_t *p) { return ch_producer_fd(p->clients.producer); }

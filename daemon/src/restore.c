@@ -191,10 +191,10 @@ static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
     rs->applied++;
 }
 
-int ch_restore_drain(ch_pipeline_t *p) {
+bool ch_restore_drain(ch_pipeline_t *p) {
     ch_restore_t *rs = &p->rs;
     if (!p->clients.reader || p->stopping || ch_pipeline_failed(p)) {
-        return 0;
+        return false;
     }
     int n = ch_reader_drain(p->clients.reader, rs->msgs, RESTORE_BUDGET);
     for (int i = 0; i < n; i++) {
@@ -214,7 +214,5 @@ int ch_restore_drain(ch_pipeline_t *p) {
             apply(p, m, rp);
         }
     }
-    return n;
+    return n >= RESTORE_BUDGET; /* more may be waiting */
 }
-
-int ch_restore_budget(void) { return RESTORE_BUDGET; }
