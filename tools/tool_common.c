@@ -32,7 +32,10 @@ double tool_now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void on_delivery(void *opaque, void *msg_opaque, int err, const char *errstr) {
+static void on_delivery(void *opaque, void *msg_opaque, int32_t partition, int64_t offset, int err,
+                        const char *errstr) {
+    (void)partition;
+    (void)offset;
     tool_out_t *o = opaque;
     (void)msg_opaque;
     if (err) {

@@ -3,9 +3,9 @@
  * commit.interval, to the partition of the input it came from (DESIGN.md section 9).
  *
  * Design notes
- * - Write-combining: a user touched in a batch joins the dirty set (record pointer ->
- *   the input offset of its latest event); a flush encodes each dirty user once
- *   (staterec.h: the record says which input offset it reflects).
+ * - Write-combining: a user touched in a batch joins the dirty set (record pointers;
+ *   the user's record keeps the input offset of its latest event); a flush encodes
+ *   each dirty user once (staterec.h: the record says which input offset it reflects).
  * - Offsets wait for the flush: with the changelog on, a batch is not sealed when it
  *   is processed but joins the pending list. A flush attaches its records to the
  *   OLDEST pending batch and then seals them all. The tracker releases in order, so
@@ -114,6 +114,7 @@ int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
     if (!cl->pending || !cl->rec || grow(cl) < 0) {
         return -ENOMEM;
     }
+    cl->partitions = in;
     cl->on = true;
     cl->flushed_s = ch_now_s();
     return 0;
@@ -137,12 +138,12 @@ void ch_changelog_touch(ch_pipeline_t *p, ch_user_t *u, int64_t offset) {
         p->failed = true;
         return;
     }
+    ch_userrec(p->users, u)->offset = offset;
     size_t i = find(cl, u);
     if (cl->idx[i]) {
-        cl->dirty[cl->idx[i] - 1].offset = offset;
         return;
     }
-    cl->dirty[cl->n_dirty] = (ch_dirty_t){u, offset};
+    cl->dirty[cl->n_dirty] = (ch_dirty_t){u};
     cl->idx[i] = (uint32_t)++cl->n_dirty;
 }
 
@@ -195,7 +196,7 @@ void ch_changelog_flush(ch_pipeline_t *p, bool force) {
             continue;
         }
         const ch_userrec_t *ur = ch_userrec(p->users, d->u);
-        ch_staterec_encode(cl->layout, d->offset, d->u, state_len, ur, cl->rec);
+        ch_staterec_encode(cl->layout, ur->offset, d->u, state_len, ur, cl->rec);
         if (ch_outputs_send(p, b, OUT_CHANGELOG, p->cfg->state_changelog, ur->partition,
                             ch_users_key(p->users, d->u), d->u->key_len, cl->rec, size, NULL,
                             0) == 0) {

@@ -168,6 +168,15 @@ static const key_def_t keys[] = {
     {"commit.interval", K_DURATION, OFF(commit_interval_ms), "100ms", 1, 60000, NULL, NULL,
      "With state.changelog: a user changed many times within this interval is written once; "
      "offsets are committed only after the changelog records of their events are acknowledged."},
+    {"state.dir", K_PATH, OFF(state_dir), "", 0, 0, NULL, NULL,
+     "Directory of local snapshots, one file per input partition (needs state.changelog; "
+     "created if missing). A partition gained loads its snapshot and replays only the "
+     "changelog after it; a damaged or stale snapshot is ignored with a log line. Empty: "
+     "none (restore reads the whole changelog)."},
+    {"state.snapshot_interval", K_DURATION, OFF(state_snapshot_interval_ms), "5m", 0, INFINITY,
+     NULL, NULL,
+     "With state.dir: how often snapshots are written while running (in budgeted steps on "
+     "the loop), besides at shutdown; 0: at shutdown only."},
     {"http.listen", K_STR, OFF(http_listen), "127.0.0.1:9180", 0, 0, NULL, NULL,
      "HOST:PORT of the HTTP endpoint (/healthz, /readyz, /metrics, /users/<id>), served "
      "from the event loop; off disables it. Keep it on loopback or a private network: it "
@@ -549,6 +558,11 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
          (cfg->model_path[0] && strcmp(cfg->state_changelog, cfg->risk_topic) == 0))) {
         return fail(errbuf, errlen, -EINVAL,
                     "state.changelog must differ from the input and output topics");
+    }
+    if (cfg->state_dir[0] && !cfg->state_changelog[0]) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "state.dir needs state.changelog (a snapshot is completed by the changelog "
+                    "written after it)");
     }
     if (cfg->segments.k > 0 && cfg->segments.warmup < cfg->segments.k) {
         return fail(errbuf, errlen, -EINVAL,

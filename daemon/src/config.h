@@ -77,6 +77,8 @@ typedef struct ch_config {
     double state_idle_evict_ms;
     char state_changelog[CH_CONF_STR]; /* "": no changelog */
     double commit_interval_ms; /* changelog write-combining interval */
+    char state_dir[CH_CONF_STR]; /* "": no local snapshots */
+    double state_snapshot_interval_ms; /* 0: at shutdown only */
 
     char http_listen[CH_CONF_STR]; /* host:port, "off" */
     long http_max_connections;

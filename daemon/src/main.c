@@ -93,9 +93,10 @@ static void on_drain_idle(struct ev_loop *loop, ev_idle *w, int revents) {
     drain_once(w->data);
 }
 
-/* One budget of changelog records per loop iteration while a restore has more. */
-static void restore_once(daemon_ctx_t *d) {
-    if (ch_pipeline_restore(d->pipe)) {
+/* One budget of background work (restoring, writing a snapshot) per loop iteration
+ * while there is more. */
+static void background_once(daemon_ctx_t *d) {
+    if (ch_pipeline_background(d->pipe)) {
         ev_idle_start(d->loop, &d->restore_idle);
     } else {
         ev_idle_stop(d->loop, &d->restore_idle);
@@ -105,13 +106,13 @@ static void restore_once(daemon_ctx_t *d) {
 static void on_restore_idle(struct ev_loop *loop, ev_idle *w, int revents) {
     (void)loop;
     (void)revents;
-    restore_once(w->data);
+    background_once(w->data);
 }
 
 static void on_reader_io(struct ev_loop *loop, ev_io *w, int revents) {
     (void)loop;
     (void)revents;
-    restore_once(w->data);
+    background_once(w->data);
 }
 
 static void on_consumer_io(struct ev_loop *loop, ev_io *w, int revents) {
@@ -139,7 +140,7 @@ static void on_safety(struct ev_loop *loop, ev_timer *w, int revents) {
     ch_pipeline_poll_producer(d->pipe);
     drain_once(d);
     if (ch_pipeline_reader_fd(d->pipe) >= 0) {
-        restore_once(d); /* belt and braces, as for the consumer */
+        background_once(d); /* belt and braces, as for the consumer */
     }
 }
 
@@ -148,6 +149,7 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     daemon_ctx_t *d = w->data;
     ch_pipeline_tick(d->pipe);
+    background_once(d); /* starts a snapshot when one is due */
     double now = ch_now_s();
     if (now - d->last_save_s >= 60) { /* bounded loss of segment state on a crash */
         ch_pipeline_save_segments(d->pipe);

@@ -158,6 +158,28 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
                 s.restore_applied);
         gauge(&o, "cohortd_restore_seconds", "Seconds spent in finished restores (sum).",
               s.restore_seconds);
+        family(&o, "cohortd_restore_snapshots_total", "counter",
+               "Local snapshots (state.dir) a restore started from: used, or ignored (missing "
+               "ones are not counted; the log says why each was ignored).");
+        put(&o, "cohortd_restore_snapshots_total{result=\"used\"} %llu\n",
+            (unsigned long long)s.restore_snapshots);
+        put(&o, "cohortd_restore_snapshots_total{result=\"ignored\"} %llu\n",
+            (unsigned long long)s.restore_snapshots_ignored);
+        counter(&o, "cohortd_restore_snapshot_users_total", "Users loaded from snapshots.",
+                s.restore_snapshot_users);
+    }
+    if (cfg->state_dir[0]) {
+        counter(&o, "cohortd_snapshot_files_total",
+                "Partition snapshots written (each atomically: write, fsync, rename).",
+                s.snapshot_files);
+        counter(&o, "cohortd_snapshot_users_total", "Users written to snapshots.",
+                s.snapshot_users);
+        counter(&o, "cohortd_snapshot_failures_total",
+                "Partition snapshots not written (the log says why; the previous one stays).",
+                s.snapshot_failures);
+        gauge(&o, "cohortd_snapshot_last_seconds",
+              "Seconds the last snapshot took, from its start to its last file's rename.",
+              s.snapshot_last_seconds);
     }
     counter(&o, "cohortd_delivery_failures_total",
             "Outputs that could not be delivered (the daemon stops; nothing is committed past "

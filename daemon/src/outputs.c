@@ -43,7 +43,8 @@ static void observe(ch_pipeline_t *p, ch_tracked_t *b) {
     }
 }
 
-void ch_outputs_delivered(void *opaque, void *msg_opaque, int err, const char *errstr) {
+void ch_outputs_delivered(void *opaque, void *msg_opaque, int32_t partition, int64_t offset,
+                          int err, const char *errstr) {
     ch_pipeline_t *p = opaque;
     uintptr_t kind = (uintptr_t)msg_opaque & OUT_MASK;
     ch_tracked_t *b = (ch_tracked_t *)((uintptr_t)msg_opaque & ~OUT_MASK);
@@ -53,6 +54,7 @@ void ch_outputs_delivered(void *opaque, void *msg_opaque, int err, const char *e
             p->st.dlq_acked++;
         } else if (kind == OUT_CHANGELOG) {
             p->st.changelog_acked++;
+            ch_snapshot_durable(p, partition, offset + 1);
         } else if (kind == OUT_RISK) {
             p->st.risk_acked++;
         } else {
@@ -87,7 +89,9 @@ static void store(void *opaque, int32_t partition, int64_t next_offset) {
         /* The partition was revoked; its new owner reprocesses from the last
          * commit, so nothing is lost. */
         ch_log(CH_LOG_DEBUG, "not storing offset: %s", err);
+        return;
     }
+    ch_snapshot_stored(p, partition, next_offset);
 }
 
 void ch_outputs_release(ch_pipeline_t *p) { ch_tracker_advance(p->tracker, store, p); }

@@ -35,7 +35,10 @@ typedef struct ch_pipeline_stats {
     size_t restoring;            /* partitions being restored now */
     uint64_t restored_partitions, restore_records, restore_bytes, restore_applied;
     uint64_t restore_uncommitted, restore_refused;
+    uint64_t restore_snapshots, restore_snapshots_ignored, restore_snapshot_users;
     double restore_seconds;
+    uint64_t snapshot_files, snapshot_users, snapshot_failures; /* written by this process */
+    double snapshot_last_seconds;
     uint64_t delivery_failures;
     uint64_t kafka_errors;
     uint64_t batches;
@@ -70,8 +73,9 @@ int ch_pipeline_consumer_fd(const ch_pipeline_t *p);
 /** @brief The changelog reader's fd (readable when restore records wait), -1 if none. */
 int ch_pipeline_reader_fd(const ch_pipeline_t *p);
 
-/** @brief Restore one budget of changelog records. @returns 1 if more may be waiting. */
-int ch_pipeline_restore(ch_pipeline_t *p);
+/** @brief One budget of background work: restoring partitions (snapshot users, changelog
+ *  records), writing a snapshot when one is due. @returns 1 if more may be waiting. */
+int ch_pipeline_background(ch_pipeline_t *p);
 int ch_pipeline_producer_fd(const ch_pipeline_t *p);
 
 /**

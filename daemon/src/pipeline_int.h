@@ -25,13 +25,13 @@
 #include "pipeline.h"
 #include "scorer.h"
 #include "segments.h"
+#include "snapfile.h"
 #include "userrec.h"
 
-/* A user changed since the last changelog flush, and the input offset of its latest
- * event (the state the record will reflect). */
+/* A user changed since the last changelog flush (its record says the input offset of
+ * its latest event). */
 typedef struct ch_dirty {
     ch_user_t *u; /* NULL: evicted since */
-    int64_t offset;
 } ch_dirty_t;
 
 /* The state changelog (changelog.c): users changed since the last flush, and the
@@ -39,6 +39,7 @@ typedef struct ch_dirty {
 typedef struct ch_changelog {
     bool on;
     uint64_t layout;
+    int32_t partitions; /* of the input (and the changelog) at start */
     ch_dirty_t *dirty;
     size_t n_dirty, cap_dirty;
     uint32_t *idx; /* open addressing over record pointers: 0 empty, else dirty index + 1 */
@@ -53,8 +54,10 @@ typedef struct ch_changelog {
 typedef struct ch_restore_part {
     bool on;
     int64_t upto; /* apply records reflecting offsets below this (the committed offset) */
+    ch_snapr_t *snap; /* loading the partition's snapshot first; NULL: reading the changelog */
+    int64_t from;     /* the changelog offset reading starts at */
     double t0;
-    uint64_t read, applied, uncommitted, refused;
+    uint64_t read, applied, uncommitted, refused, from_snapshot;
 } ch_restore_part_t;
 
 typedef struct ch_restore {
@@ -62,9 +65,24 @@ typedef struct ch_restore {
     size_t n_parts;
     size_t active; /* partitions restoring now */
     uint64_t partitions, records, bytes, applied, uncommitted, refused;
+    uint64_t snap_loaded, snap_ignored, snap_users; /* snapshots used, ignored; users from them */
     double seconds;
     ch_msg_t *msgs;
 } ch_restore_t;
+
+/* Local snapshots (snapshot.c); arrays by input partition, 0 .. cl.partitions - 1. */
+typedef struct ch_snapshot {
+    bool on;
+    int64_t *cl_next; /* changelog offset past the last record known durable; -1 unknown */
+    int64_t *stored;  /* input offset stored for commit (all before it processed); -1 unknown */
+    ch_snapw_t **w;   /* the file being written; NULL none */
+    size_t writing;   /* files open */
+    bool sealed;      /* every user visited: the files wait for their input to be committed */
+    size_t cursor;    /* user-table position of the snapshot being written */
+    double next_s, t0, sealed_s;
+    uint64_t files, users, failures; /* written (committed), users in them, failed files */
+    double last_seconds;
+} ch_snapshot_t;
 
 /* An event folded into user state in this batch, awaiting scoring and outputs. */
 typedef struct ch_row {
@@ -110,6 +128,7 @@ struct ch_pipeline {
 
     ch_changelog_t cl;
     ch_restore_t rs;
+    ch_snapshot_t sn;
 
     bool stopping;
     bool failed;
@@ -122,7 +141,8 @@ void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *
 void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);
 void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m,
                             ch_bad_reason_t reason, const char *why);
-void ch_outputs_delivered(void *opaque, void *msg_opaque, int err, const char *errstr);
+void ch_outputs_delivered(void *opaque, void *msg_opaque, int32_t partition, int64_t offset,
+                          int err, const char *errstr);
 void ch_outputs_sealed(ch_pipeline_t *p, ch_tracked_t *b);
 void ch_outputs_release(ch_pipeline_t *p);
 
@@ -150,9 +170,20 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition);
 void ch_restore_cancel(ch_pipeline_t *p, int32_t partition);
 bool ch_restore_drain(ch_pipeline_t *p); /* one budget; true if more may be waiting */
 
+/* snapshot.c */
+int ch_snapshot_init(ch_pipeline_t *p, char *errbuf, size_t errlen);
+void ch_snapshot_done(ch_pipeline_t *p);
+void ch_snapshot_name(const ch_pipeline_t *p, int32_t partition, char *buf, size_t len);
+void ch_snapshot_durable(ch_pipeline_t *p, int32_t partition, int64_t next); /* cl_next */
+void ch_snapshot_stored(ch_pipeline_t *p, int32_t partition, int64_t next);  /* stored */
+void ch_snapshot_forget(ch_pipeline_t *p, int32_t partition); /* revoked or restoring */
+bool ch_snapshot_step(ch_pipeline_t *p); /* one budget; true if more waits */
+void ch_snapshot_now(ch_pipeline_t *p);  /* a whole snapshot at once (shutdown) */
+
 /* rebalance.c */
 bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition);
 void ch_rebalance_assigned(void *opaque, const int32_t *parts, size_t n);
 void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool lost);
+size_t ch_rebalance_drop(ch_pipeline_t *p, int32_t partition); /* its users; how many */
 
 #endif

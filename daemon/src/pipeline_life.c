@@ -133,7 +133,8 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     if ((r = ch_clients_init(&p->clients, cfg, ch_outputs_delivered, p, &hooks, errbuf, errlen)) <
             0 ||
         (r = ch_changelog_init(p, errbuf, errlen)) < 0 ||
-        (r = ch_restore_init(p, errbuf, errlen)) < 0) {
+        (r = ch_restore_init(p, errbuf, errlen)) < 0 ||
+        (r = ch_snapshot_init(p, errbuf, errlen)) < 0) {
         goto out_fail;
     }
     *ret_pipeline = p;
@@ -195,6 +196,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
         return NULL;
     }
     ch_clients_done(&p->clients);
+    ch_snapshot_done(p);
     ch_changelog_done(p);
     ch_restore_done(p);
     p->tracker = ch_tracker_free(p->tracker);
@@ -230,6 +232,10 @@ int ch_pipeline_reader_fd(const ch_pipeline_t *p) {
     return p->clients.reader ? ch_reader_fd(p->clients.reader) : -1;
 }
 
-int ch_pipeline_restore(ch_pipeline_t *p) { return ch_restore_drain(p) ? 1 : 0; }
+int ch_pipeline_background(ch_pipeline_t *p) {
+    bool more = ch_restore_drain(p);
+    more = ch_snapshot_step(p) || more;
+    return more ? 1 : 0;
+}
 
 int ch_pipeline_producer_fd(const ch_pipeline_t *p) { return ch_producer_fd(p->clients.producer); }

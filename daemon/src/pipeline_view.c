@@ -36,6 +36,13 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->restore_uncommitted = p->rs.uncommitted;
     ret_stats->restore_refused = p->rs.refused;
     ret_stats->restore_seconds = p->rs.seconds;
+    ret_stats->restore_snapshots = p->rs.snap_loaded;
+    ret_stats->restore_snapshots_ignored = p->rs.snap_ignored;
+    ret_stats->restore_snapshot_users = p->rs.snap_users;
+    ret_stats->snapshot_files = p->sn.files;
+    ret_stats->snapshot_users = p->sn.users;
+    ret_stats->snapshot_failures = p->sn.failures;
+    ret_stats->snapshot_last_seconds = p->sn.last_seconds;
     ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
     ret_stats->segment_refreshes =
@@ -56,8 +63,15 @@ bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
         return false;
     }
     if (p->rs.active > 0) {
-        snprintf(why, len, "restoring %zu partition(s) from %s: %llu record(s) read so far",
-                 p->rs.active, p->cfg->state_changelog, (unsigned long long)p->rs.records);
+        uint64_t from_snapshots = p->rs.snap_users;
+        for (size_t i = 0; i < p->rs.n_parts; i++) {
+            from_snapshots += p->rs.parts[i].on ? p->rs.parts[i].from_snapshot : 0;
+        }
+        snprintf(why, len,
+                 "restoring %zu partition(s): %llu user(s) loaded from snapshots, %llu "
+                 "record(s) read from %s so far",
+                 p->rs.active, (unsigned long long)from_snapshots,
+                 (unsigned long long)p->rs.records, p->cfg->state_changelog);
         return false;
     }
     static ch_partition_lag_t lag[4096]; /* loop thread only */

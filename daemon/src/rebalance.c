@@ -8,6 +8,8 @@
  *   forgets the partitions, so an offset of a partition that moved is never stored
  *   here. When they were lost (session timeout), committing is futile: only the
  *   dropping happens.
+ * - Leaving the group at shutdown, with every output acknowledged, the users are
+ *   written to local snapshots (state.dir) before they are dropped.
  * - Messages of partitions no longer assigned may still be in the fetch queue: the
  *   batch path skips them (ch_rebalance_owns()).
  */
@@ -56,6 +58,11 @@ static bool user_on_partition(void *opaque, const ch_user_t *u) {
     return ch_userrec(op->users, u)->partition == op->partition;
 }
 
+size_t ch_rebalance_drop(ch_pipeline_t *p, int32_t partition) {
+    on_part_t op = {p->users, partition};
+    return ch_users_evict_if(p->users, user_on_partition, &op);
+}
+
 void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool lost) {
     ch_pipeline_t *p = opaque;
     if (!lost) {
@@ -67,8 +74,9 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
         if (!ch_pipeline_failed(p)) {
             ch_changelog_flush(p, true);
         }
-        if (ch_producer_flush(p->clients.producer, (int)fmin(p->cfg->shutdown_timeout_ms, 600000)) <
-            0) {
+        bool acked = ch_producer_flush(p->clients.producer,
+                                       (int)fmin(p->cfg->shutdown_timeout_ms, 600000)) == 0;
+        if (!acked) {
             ch_log(CH_LOG_WARNING,
                    "revoke: outputs still unacknowledged after %.0f ms; the new "
                    "owner will reprocess them",
@@ -79,6 +87,11 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
         if (!p->stopping && ch_consumer_commit_sync(p->clients.consumer, err, sizeof(err)) < 0) {
             ch_log(CH_LOG_WARNING, "revoke: %s", err);
         }
+        if (p->stopping && acked && !ch_pipeline_failed(p)) {
+            /* leaving: every output is acknowledged and the close commits right after;
+             * a snapshot now lets the next start skip the changelog */
+            ch_snapshot_now(p);
+        }
     }
     size_t dropped = 0;
     for (size_t i = 0; i < n; i++) {
@@ -87,8 +100,8 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
         }
         ch_tracker_revoke(p->tracker, parts[i]);
         ch_restore_cancel(p, parts[i]);
-        on_part_t op = {p->users, parts[i]};
-        dropped += ch_users_evict_if(p->users, user_on_partition, &op);
+        ch_snapshot_forget(p, parts[i]);
+        dropped += ch_rebalance_drop(p, parts[i]);
     }
     p->st.users_evicted_revoke += dropped;
     ch_log(CH_LOG_INFO, "%s %zu partition(s) of %s; dropped the state of %zu user(s)",

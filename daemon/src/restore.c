@@ -17,6 +17,14 @@
  *   dropped with the partition's others.
  * - Records of another layout (another feature configuration) or damaged ones are
  *   counted and skipped: those users start empty, and the log says so.
+ * - With state.dir, the partition's snapshot (snapshot.c) is loaded first, in budgeted
+ *   steps, and the changelog is read from the offset it names. It is ignored, with a
+ *   log line, and the whole changelog read instead, when it is missing, damaged or
+ *   truncated (checked at open, and by its checksum at its end: users already loaded
+ *   from it are dropped), of another partition count or feature layout, when it
+ *   reflects input past the committed offset (written after work that was never
+ *   committed), or when the changelog no longer holds the offset it names (retention
+ *   deleted part of the tail; a compacted changelog from its start is complete).
  */
 #include "pipeline_int.h"
 
@@ -27,6 +35,7 @@
 #include "staterec.h"
 
 #define RESTORE_BUDGET 4096
+#define LOG_START_TIMEOUT_MS 10000
 
 int ch_restore_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
     ch_restore_t *rs = &p->rs;
@@ -42,6 +51,9 @@ int ch_restore_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
 }
 
 void ch_restore_done(ch_pipeline_t *p) {
+    for (size_t i = 0; i < p->rs.n_parts; i++) {
+        ch_snapr_close(p->rs.parts[i].snap);
+    }
     free(p->rs.msgs);
     free(p->rs.parts);
     memset(&p->rs, 0, sizeof(p->rs));
@@ -68,6 +80,59 @@ static ch_restore_part_t *part(ch_pipeline_t *p, int32_t partition, bool grow) {
     return &rs->parts[partition];
 }
 
+/* The partition's snapshot if it can be used, else NULL (the log says why). */
+static ch_snapr_t *open_snapshot(ch_pipeline_t *p, int32_t partition, int64_t upto,
+                                 int64_t *ret_from) {
+    if (!p->sn.on) {
+        return NULL;
+    }
+    char name[600], why[600] = "";
+    ch_snapshot_name(p, partition, name, sizeof(name));
+    ch_snaphdr_t want = {.partition = partition,
+                         .partitions = p->cl.partitions,
+                         .state_len = (uint32_t)ch_features_state_len(p->fs),
+                         .layout = p->cl.layout},
+                 got;
+    uint64_t users = 0;
+    int64_t max_offset = -1, log_start = -1;
+    ch_snapr_t *r = NULL;
+    int rc = ch_snapr_open(p->cfg->state_dir, name, &want, &r, &got, &users, &max_offset, why,
+                           sizeof(why));
+    if (rc == -ENOENT) {
+        ch_log(CH_LOG_INFO, "restore of partition %d: no snapshot in %s; reading the changelog",
+               partition, p->cfg->state_dir);
+        return NULL;
+    }
+    if (rc == 0 && max_offset >= upto) {
+        snprintf(why, sizeof(why),
+                 "it reflects input offset %lld, past the committed offset %lld (written after "
+                 "work that was never committed)",
+                 (long long)max_offset, (long long)upto);
+        rc = -ESTALE;
+    }
+    if (rc == 0 && ch_reader_log_start(p->clients.reader, partition, LOG_START_TIMEOUT_MS,
+                                       &log_start, why, sizeof(why)) < 0) {
+        rc = -EIO;
+    }
+    if (rc == 0 && log_start > got.changelog_from) {
+        snprintf(why, sizeof(why),
+                 "the changelog now starts at offset %lld, past offset %lld the snapshot "
+                 "continues from",
+                 (long long)log_start, (long long)got.changelog_from);
+        rc = -ESTALE;
+    }
+    if (rc < 0) {
+        p->rs.snap_ignored++;
+        ch_log(CH_LOG_WARNING,
+               "restore of partition %d: snapshot %s/%s ignored: %s; reading the whole changelog",
+               partition, p->cfg->state_dir, name, why[0] ? why : strerror(-rc));
+        ch_snapr_close(r);
+        return NULL;
+    }
+    *ret_from = got.changelog_from;
+    return r;
+}
+
 void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
     if (!p->clients.reader) {
         return;
@@ -79,11 +144,7 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
         p->failed = true;
         return;
     }
-    if (ch_reader_start(p->clients.reader, partition, err, sizeof(err)) < 0) {
-        ch_log(CH_LOG_ERR, "restore: %s; stopping", err);
-        p->failed = true;
-        return;
-    }
+    ch_snapshot_forget(p, partition);
     int64_t upto = ch_consumer_start_offset(p->clients.consumer, partition);
     if (upto < 0) {
         ch_log(CH_LOG_WARNING,
@@ -92,8 +153,17 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
                p->cfg->input_topic, partition);
         upto = 0;
     }
-    *rp = (ch_restore_part_t){.on = true, .upto = upto, .t0 = ch_now_s()};
+    ch_snapshot_stored(p, partition, upto); /* what it resumes from is committed */
+    ch_snapr_close(rp->snap);
+    *rp =
+        (ch_restore_part_t){.on = true, .upto = upto, .from = CH_READ_BEGINNING, .t0 = ch_now_s()};
+    rp->snap = open_snapshot(p, partition, upto, &rp->from);
     p->rs.active++;
+    if (!rp->snap &&
+        ch_reader_start(p->clients.reader, partition, rp->from, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_ERR, "restore: %s; stopping", err);
+        p->failed = true;
+    }
 }
 
 void ch_restore_cancel(ch_pipeline_t *p, int32_t partition) {
@@ -102,7 +172,9 @@ void ch_restore_cancel(ch_pipeline_t *p, int32_t partition) {
         return;
     }
     char err[512];
-    if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
+    if (rp->snap) {
+        rp->snap = ch_snapr_close(rp->snap);
+    } else if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "restore: %s", err);
     }
     rp->on = false;
@@ -111,7 +183,7 @@ void ch_restore_cancel(ch_pipeline_t *p, int32_t partition) {
            p->cfg->state_changelog, partition);
 }
 
-static void finish(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp) {
+static void finish(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp, int64_t end) {
     char err[512];
     if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "restore: %s", err);
@@ -121,13 +193,39 @@ static void finish(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp) {
     p->rs.active--;
     p->rs.partitions++;
     p->rs.seconds += dt;
+    ch_snapshot_durable(p, partition, end); /* the changelog holds nothing of it past end */
     ch_consumer_hold(p->clients.consumer, partition, false);
+    char from[96] = "";
+    if (rp->from != CH_READ_BEGINNING) {
+        snprintf(from, sizeof(from), "%llu user(s) from the snapshot, then from offset %lld ",
+                 (unsigned long long)rp->from_snapshot, (long long)rp->from);
+    }
     ch_log(CH_LOG_INFO,
-           "restored %s[%d]: %llu record(s) read, %llu applied, %llu past the committed "
+           "restored %s[%d]: %s%llu record(s) read, %llu applied, %llu past the committed "
            "offset %lld, %llu refused, in %.3f s",
-           p->cfg->state_changelog, partition, (unsigned long long)rp->read,
+           p->cfg->state_changelog, partition, from, (unsigned long long)rp->read,
            (unsigned long long)rp->applied, (unsigned long long)rp->uncommitted,
            (long long)rp->upto, (unsigned long long)rp->refused, dt);
+}
+
+/* Make a user's state the record's. @returns false if the table refused the key. */
+static bool put(ch_pipeline_t *p, const char *key, size_t key_len, const ch_staterec_t *s,
+                int32_t partition) {
+    ch_user_t *u = NULL;
+    int r = ch_users_upsert(p->users, key, key_len, &u);
+    if (r < 0) {
+        return false;
+    }
+    int32_t before = r == 1 ? -1 : u->segment;
+    ch_staterec_apply(s, u, ch_userrec(p->users, u), partition);
+    if (!p->segs || u->segment < 0 || (size_t)u->segment >= p->cfg->segments.k) {
+        u->segment = -1; /* segments off, or fewer of them now: assigned on its next event */
+        u->seg_gen = 0;
+    }
+    if (p->segs) {
+        ch_segments_moved(p->segs, before, u->segment);
+    }
+    return true;
 }
 
 static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
@@ -171,24 +269,70 @@ static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
         rs->uncommitted++;
         return;
     }
-    ch_user_t *u = NULL;
-    r = ch_users_upsert(p->users, m->key, m->key_len, &u);
-    if (r < 0) {
+    if (put(p, m->key, m->key_len, &s, m->partition)) {
+        rp->applied++;
+        rs->applied++;
+    } else {
         rp->refused++;
         rs->refused++;
-        return;
     }
-    int32_t before = r == 1 ? -1 : u->segment;
-    ch_staterec_apply(&s, u, ch_userrec(p->users, u), m->partition);
-    if (!p->segs || u->segment < 0 || (size_t)u->segment >= p->cfg->segments.k) {
-        u->segment = -1; /* segments off, or fewer of them now: assigned on its next event */
-        u->seg_gen = 0;
+}
+
+/* Load up to budget users of a partition's snapshot; at its end, read the changelog
+ * from where it says (or, if it proved damaged, drop what it gave and read it all).
+ * @returns users loaded. */
+static size_t load_snapshot(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp,
+                            size_t budget) {
+    size_t state_len = ch_features_state_len(p->fs), n = 0;
+    int r = 1;
+    const char *why = NULL;
+    while (n < budget) {
+        const char *key;
+        const unsigned char *rec;
+        size_t key_len, rec_len;
+        ch_staterec_t s;
+        r = ch_snapr_next(rp->snap, &key, &key_len, &rec, &rec_len);
+        if (r <= 0) {
+            break;
+        }
+        n++;
+        /* a record that does not fit refuses the whole snapshot (the checksum is only
+         * known at its end) */
+        why = ch_staterec_decode(rec, rec_len, p->cl.layout, state_len, &s) < 0
+                  ? "damaged: a state record does not decode"
+              : s.input_offset >= rp->upto ? "a record reflects input past the committed offset"
+              : !put(p, key, key_len, &s, partition) ? "the user table refused a user"
+                                                     : NULL;
+        if (why) {
+            r = -EINVAL;
+            break;
+        }
+        rp->from_snapshot++;
     }
-    if (p->segs) {
-        ch_segments_moved(p->segs, before, u->segment);
+    if (r > 0) {
+        return n;
     }
-    rp->applied++;
-    rs->applied++;
+    char name[600], err[512];
+    ch_snapshot_name(p, partition, name, sizeof(name));
+    if (r < 0) {
+        size_t dropped = ch_rebalance_drop(p, partition);
+        p->rs.snap_ignored++;
+        ch_log(CH_LOG_WARNING,
+               "restore of partition %d: snapshot %s/%s ignored: %s; dropped the %zu user(s) "
+               "loaded from it, reading the whole changelog",
+               partition, p->cfg->state_dir, name, why ? why : ch_snapr_why(rp->snap), dropped);
+        rp->from = CH_READ_BEGINNING;
+        rp->from_snapshot = 0;
+    } else {
+        p->rs.snap_loaded++;
+        p->rs.snap_users += rp->from_snapshot;
+    }
+    rp->snap = ch_snapr_close(rp->snap);
+    if (ch_reader_start(p->clients.reader, partition, rp->from, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_ERR, "restore: %s; stopping", err);
+        p->failed = true;
+    }
+    return n;
 }
 
 bool ch_restore_drain(ch_pipeline_t *p) {
@@ -196,6 +340,13 @@ bool ch_restore_drain(ch_pipeline_t *p) {
     if (!p->clients.reader || p->stopping || ch_pipeline_failed(p)) {
         return false;
     }
+    size_t loaded = 0;
+    for (size_t i = 0; i < rs->n_parts && loaded < RESTORE_BUDGET; i++) {
+        if (rs->parts[i].on && rs->parts[i].snap) {
+            loaded += load_snapshot(p, (int32_t)i, &rs->parts[i], RESTORE_BUDGET - loaded);
+        }
+    }
+    bool more = loaded >= RESTORE_BUDGET;
     int n = ch_reader_drain(p->clients.reader, rs->msgs, RESTORE_BUDGET);
     for (int i = 0; i < n; i++) {
         const ch_msg_t *m = &rs->msgs[i];
@@ -208,11 +359,14 @@ bool ch_restore_drain(ch_pipeline_t *p) {
         if (!rp || !rp->on) {
             continue; /* read before a cancel */
         }
+        if (rp->snap) {
+            continue; /* read before a cancel and a new assignment; reading restarts */
+        }
         if (m->eof) {
-            finish(p, m->partition, rp);
+            finish(p, m->partition, rp, m->offset);
         } else {
             apply(p, m, rp);
         }
     }
-    return n >= RESTORE_BUDGET; /* more may be waiting */
+    return more || n >= RESTORE_BUDGET; /* more may be waiting */
 }

@@ -11,44 +11,12 @@
  */
 #include "staterec.h"
 
-#include <endian.h>
 #include <errno.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 
-static void put64(unsigned char *p, uint64_t v) {
-    v = htole64(v);
-    memcpy(p, &v, 8);
-}
-
-static uint64_t get64(const unsigned char *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return le64toh(v);
-}
-
-static void put32(unsigned char *p, uint32_t v) {
-    v = htole32(v);
-    memcpy(p, &v, 4);
-}
-
-static uint32_t get32(const unsigned char *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return le32toh(v);
-}
-
-static void put16(unsigned char *p, uint16_t v) {
-    v = htole16(v);
-    memcpy(p, &v, 2);
-}
-
-static uint16_t get16(const unsigned char *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return le16toh(v);
-}
+#include "le.h"
 
 static uint64_t f64_bits(double d) {
     uint64_t v;
@@ -93,19 +61,19 @@ void ch_staterec_encode(uint64_t layout, int64_t input_offset, const ch_user_t *
                         const ch_userrec_t *r, unsigned char *buf) {
     memset(buf, 0, CH_STATEREC_HEADER);
     buf[0] = CH_STATEREC_VERSION;
-    put16(buf + 2, (uint16_t)state_len);
-    put64(buf + 8, layout);
-    put64(buf + 16, (uint64_t)input_offset);
-    put64(buf + 24, (uint64_t)u->t_ref_ms);
-    put16(buf + 32, (uint16_t)u->segment);
-    put32(buf + 36, u->seg_gen);
-    put64(buf + 40, (uint64_t)r->last_emit_ms);
-    put64(buf + 48, (uint64_t)r->last_risk_ms);
+    ch_put16(buf + 2, (uint16_t)state_len);
+    ch_put64(buf + 8, layout);
+    ch_put64(buf + 16, (uint64_t)input_offset);
+    ch_put64(buf + 24, (uint64_t)u->t_ref_ms);
+    ch_put16(buf + 32, (uint16_t)u->segment);
+    ch_put32(buf + 36, u->seg_gen);
+    ch_put64(buf + 40, (uint64_t)r->last_emit_ms);
+    ch_put64(buf + 48, (uint64_t)r->last_risk_ms);
     uint32_t score;
     memcpy(&score, &r->last_score, 4);
-    put32(buf + 56, score);
+    ch_put32(buf + 56, score);
     for (size_t i = 0; i < state_len; i++) {
-        put64(buf + CH_STATEREC_HEADER + 8 * i, f64_bits(u->state[i]));
+        ch_put64(buf + CH_STATEREC_HEADER + 8 * i, f64_bits(u->state[i]));
     }
 }
 
@@ -113,19 +81,19 @@ int ch_staterec_decode(const void *buf, size_t len, uint64_t layout, size_t stat
                        ch_staterec_t *ret) {
     const unsigned char *b = buf;
     if (!b || len < CH_STATEREC_HEADER || b[0] != CH_STATEREC_VERSION ||
-        len != ch_staterec_size(get16(b + 2))) {
+        len != ch_staterec_size(ch_get16(b + 2))) {
         return -EINVAL;
     }
-    if (get16(b + 2) != state_len || get64(b + 8) != layout) {
+    if (ch_get16(b + 2) != state_len || ch_get64(b + 8) != layout) {
         return -ESTALE;
     }
-    uint32_t score = get32(b + 56);
-    *ret = (ch_staterec_t){.input_offset = (int64_t)get64(b + 16),
-                           .t_ref_ms = (int64_t)get64(b + 24),
-                           .segment = (int16_t)get16(b + 32),
-                           .seg_gen = get32(b + 36),
-                           .last_emit_ms = (int64_t)get64(b + 40),
-                           .last_risk_ms = (int64_t)get64(b + 48),
+    uint32_t score = ch_get32(b + 56);
+    *ret = (ch_staterec_t){.input_offset = (int64_t)ch_get64(b + 16),
+                           .t_ref_ms = (int64_t)ch_get64(b + 24),
+                           .segment = (int16_t)ch_get16(b + 32),
+                           .seg_gen = ch_get32(b + 36),
+                           .last_emit_ms = (int64_t)ch_get64(b + 40),
+                           .last_risk_ms = (int64_t)ch_get64(b + 48),
                            .state = b + CH_STATEREC_HEADER,
                            .state_len = state_len};
     memcpy(&ret->last_score, &score, 4);
@@ -137,10 +105,11 @@ void ch_staterec_apply(const ch_staterec_t *s, ch_user_t *u, ch_userrec_t *r, in
     u->segment = s->segment;
     u->seg_gen = s->seg_gen;
     for (size_t i = 0; i < s->state_len; i++) {
-        u->state[i] = bits_f64(get64(s->state + 8 * i));
+        u->state[i] = bits_f64(ch_get64(s->state + 8 * i));
     }
     r->last_emit_ms = s->last_emit_ms;
     r->last_risk_ms = s->last_risk_ms;
     r->last_score = s->last_score;
+    r->offset = s->input_offset;
     r->partition = partition;
 }

@@ -721,8 +721,8 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     (void)rk;
     ch_producer_t *p = ((handle_ctx_t *)opaque)->owner;
     if (p->on_delivery) {
-        p->on_delivery(p->opaque, m->_private, m->err ? -EIO : 0,
-                       m->err ? rd_kafka_err2str(m->err) : NULL);
+        p->on_delivery(p->opaque, m->_private, m->partition, m->err ? -1 : m->offset,
+                       m->err ? -EIO : 0, m->err ? rd_kafka_err2str(m->err) : NULL);
     }
 }
 
@@ -917,11 +917,11 @@ int ch_reader_fd(const ch_reader_t *r) {
     return r->pipe[0];
 }
 
-static int reader_assign(ch_reader_t *r, int32_t partition, bool add, char *errbuf,
-                         size_t errlen) {
+static int reader_assign(ch_reader_t *r, int32_t partition, bool add, int64_t from,
+                         char *errbuf, size_t errlen) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, r->topic, partition)->offset =
-        RD_KAFKA_OFFSET_BEGINNING;
+        from == CH_READ_BEGINNING ? RD_KAFKA_OFFSET_BEGINNING : from;
     rd_kafka_error_t *e =
         add ? rd_kafka_incremental_assign(r->rk, l) : rd_kafka_incremental_unassign(r->rk, l);
     rd_kafka_topic_partition_list_destroy(l);
@@ -934,12 +934,26 @@ static int reader_assign(ch_reader_t *r, int32_t partition, bool add, char *errb
     return 0;
 }
 
-int ch_reader_start(ch_reader_t *r, int32_t partition, char *errbuf, size_t errlen) {
-    return reader_assign(r, partition, true, errbuf, errlen);
+int ch_reader_start(ch_reader_t *r, int32_t partition, int64_t from, char *errbuf,
+                    size_t errlen) {
+    return reader_assign(r, partition, true, from, errbuf, errlen);
 }
 
 int ch_reader_stop(ch_reader_t *r, int32_t partition, char *errbuf, size_t errlen) {
-    return reader_assign(r, partition, false, errbuf, errlen);
+    return reader_assign(r, partition, false, CH_READ_BEGINNING, errbuf, errlen);
+}
+
+int ch_reader_log_start(ch_reader_t *r, int32_t partition, int timeout_ms, int64_t *ret,
+                        char *errbuf, size_t errlen) {
+    int64_t lo = -1, hi = -1;
+    rd_kafka_resp_err_t e =
+        rd_kafka_query_watermark_offsets(r->rk, r->topic, partition, &lo, &hi, timeout_ms);
+    if (e) {
+        return fail(errbuf, errlen, -EIO, "log start of %s[%d]: %s", r->topic, partition,
+                    rd_kafka_err2str(e));
+    }
+    *ret = lo;
+    return 0;
 }
 
 int ch_reader_drain(ch_reader_t *r, ch_msg_t *out, size_t budget) {

@@ -342,3 +342,58 @@ def sparkov_events(path=None):
         users.setdefault(r["user_id"], []).append((r["ts"], "payment", r["fields"]))
         ids.append((r["event_id"], r["user_id"]))
     return users, ids
+
+
+def final_states(bootstrap, topic="changelog"):
+    """user -> (offset reflected, t_ref, state doubles) of its last state record in the
+    changelog topic (staterec.h's layout)."""
+    last = {}
+    for part, off, key, value, _ in sorted(consume(bootstrap, topic, expect=1,
+                                                   timeout=120), key=lambda m: (m[0], m[1])):
+        n = struct.unpack_from("<H", value, 2)[0]
+        offset, t_ref = struct.unpack_from("<qq", value, 16)
+        last[key.decode()] = (offset, t_ref, struct.unpack_from(f"<{n}d", value, 64))
+    return last
+
+
+def compare_states(ref, got, what):
+    """Assert two final_states() are equal (clocks exactly, state to 1e-9 relative);
+    returns the worst relative difference."""
+    assert set(ref) == set(got), f"{what}: users differ ({len(ref)} vs {len(got)})"
+    worst = 0.0
+    for u, (off, t_ref, s) in ref.items():
+        off2, t_ref2, s2 = got[u]
+        assert t_ref == t_ref2, f"{what}: {u} clock {t_ref2} vs {t_ref}"
+        for a, b in zip(s, s2):
+            if a == b:  # also infinities (a max over nothing yet is -inf)
+                continue
+            rel = abs(a - b) / max(abs(a), abs(b), 1e-300)
+            worst = max(worst, rel)
+            assert rel <= 1e-9, f"{what}: {u} state {b!r} vs {a!r} (relative {rel:.2e})"
+    return worst
+
+
+def committed(bootstrap, partitions, topic="events", group="cohortd-it"):
+    """partition -> the group's committed offset of topic (negative: none)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        c.close()
+
+
+def committed_sum(bootstrap, partitions, topic="events", group="cohortd-it"):
+    """Events of topic the group has committed, over all partitions."""
+    return sum(max(o, 0) for o in committed(bootstrap, partitions, topic, group).values())
+
+
+def reference_states(partitions, topics, gen_args, sets, events):
+    """final_states() of one uninterrupted cohortd over cohort-gen's gen_args input."""
+    with Broker(partitions=partitions, topics=topics) as broker:
+        run([GEN, "--brokers", broker.bootstrap, *gen_args])
+        with Daemon(broker.bootstrap, *sets) as d:
+            d.wait_assigned()
+            consume(broker.bootstrap, "profiles", expect=events, timeout=300)
+            assert d.stop() == 0
+        return final_states(broker.bootstrap)

@@ -22,10 +22,8 @@ import sys
 import time
 from collections import defaultdict
 
-from confluent_kafka import Consumer, TopicPartition
-
-from harness import (GEN, Broker, Daemon, avro_reader, consume, decode_confluent, log, metric,
-                     run, ts_ms)
+from harness import (GEN, Broker, Daemon, avro_reader, committed, consume, decode_confluent, log,
+                     metric, run, ts_ms)
 
 PARTS = 4
 TOPICS = "events,profiles,risk,cohortd-dlq,changelog"
@@ -72,15 +70,6 @@ def read_events(bootstrap, n):
     return events
 
 
-def committed(bootstrap):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "cohortd-it"})
-    try:
-        tps = c.committed([TopicPartition("events", p) for p in range(PARTS)], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
-    finally:
-        c.close()
-
-
 def clean_run():
     n = 20_000
     with Broker(partitions=PARTS, topics=TOPICS) as broker:
@@ -100,7 +89,7 @@ def clean_run():
                                                     timeout=120), key=lambda x: (x[0], x[1])):
             _, r = decode_confluent(reader, value)
             last_profile[r["user_id"]] = r
-        ends = committed(broker.bootstrap)
+        ends = committed(broker.bootstrap, PARTS)
     last_event, home, count = {}, {}, defaultdict(int)
     for part, off, user, ts in events:
         count[user] += 1
@@ -153,7 +142,7 @@ def crash_run():
                                     "--events", str(n), "--rate", "5000", "--step-ms", "1000",
                                     "--seed", "6", "--quiet"])
             deadline = time.time() + 120
-            while sum(max(o, 0) for o in committed(broker.bootstrap).values()) < 15_000:
+            while sum(max(o, 0) for o in committed(broker.bootstrap, PARTS).values()) < 15_000:
                 assert time.time() < deadline, "no commits of 15,000 events within 120 s"
                 assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
                 time.sleep(0.2)
@@ -165,7 +154,7 @@ def crash_run():
                 d.proc.kill()
             if gen and gen.poll() is None:
                 gen.kill()
-        at = committed(broker.bootstrap)
+        at = committed(broker.bootstrap, PARTS)
         events = read_events(broker.bootstrap, n)
         records = read_changelog(broker.bootstrap, 1)
     covered = defaultdict(lambda: -1)

@@ -10,22 +10,24 @@ answers), else once a random number
 cohortd has processed and committed all of it. (Killing on output counts instead
 had most runs die before their first commit, every run reprocessed the input from
 the same old commit, and the embedded broker, which keeps the last 5 MiB of a
-partition, dropped the first runs' profile updates.) Each restart restores the partitions' users from the changelog up to
-the committed input offset and reprocesses the rest. At the end, each user's final
+partition, dropped the first runs' profile updates.) Each restart restores the
+partitions' users from their local snapshots (state.dir, published every second once
+their input is committed, and at shutdown) and the changelog after them, or from the
+whole changelog where there is no snapshot yet, up to the committed input offset, and
+reprocesses the rest. At the end, each user's final
 changelog record (its whole state: decayed sums and clock) equals the reference run's
 to 1e-9 relative, and no event of the input lacks its profile update.
 """
 import random
+import shutil
 import signal
-import struct
 import subprocess
 import sys
+import tempfile
 import time
 
-from confluent_kafka import Consumer, TopicPartition
-
-from harness import (GEN, Broker, Daemon, consume, decode_confluent, avro_reader, log, metric,
-                     metric_sum, run)
+from harness import (GEN, Broker, Daemon, avro_reader, committed_sum, compare_states, consume,
+                     decode_confluent, final_states, log, metric, metric_sum, reference_states)
 
 PARTS = 4
 TOPICS = "events,profiles,risk,cohortd-dlq,changelog"
@@ -37,34 +39,8 @@ SETS = ("state.changelog=changelog", "model.path=", "emit.policy=every", "segmen
 RESTARTS = 20
 
 
-def final_states(bootstrap):
-    """user -> (offset reflected, t_ref, state doubles) of its last changelog record."""
-    last = {}
-    for part, off, key, value, _ in sorted(consume(bootstrap, "changelog", expect=1,
-                                                   timeout=120), key=lambda m: (m[0], m[1])):
-        n = struct.unpack_from("<H", value, 2)[0]
-        offset, t_ref = struct.unpack_from("<qq", value, 16)
-        last[key.decode()] = (offset, t_ref, struct.unpack_from(f"<{n}d", value, 64))
-    return last
-
-
-def committed_sum(bootstrap):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "cohortd-it"})
-    try:
-        tps = c.committed([TopicPartition("events", p) for p in range(PARTS)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        c.close()
-
-
 def reference():
-    with Broker(partitions=PARTS, topics=TOPICS) as broker:
-        run([GEN, "--brokers", broker.bootstrap, *GEN_ARGS])
-        with Daemon(broker.bootstrap, *SETS) as d:
-            d.wait_assigned()
-            consume(broker.bootstrap, "profiles", expect=EVENTS, timeout=300)
-            assert d.stop() == 0
-        return final_states(broker.bootstrap)
+    return reference_states(PARTS, TOPICS, GEN_ARGS, SETS, EVENTS)
 
 
 def wait_http(d):
@@ -89,24 +65,25 @@ def caught_up(d, gen, bs):
         return False
     return metric(m, "cohortd_restoring_partitions") == 0 and \
         metric_sum(m, "cohortd_consumer_lag") == 0 and metric(m, "cohortd_ready") == 1 and \
-        committed_sum(bs) >= EVENTS
+        committed_sum(bs, PARTS) >= EVENTS
 
 
-def interrupted(sig, rng):
+def interrupted(sig, rng, sdir):
+    sets = SETS + (f"state.dir={sdir}", "state.snapshot_interval=1s")
     with Broker(partitions=PARTS, topics=TOPICS) as broker:
         bs = broker.bootstrap
         gen = subprocess.Popen([GEN, "--brokers", bs, "--rate", "600", *GEN_ARGS])
-        skipped, restored = 0, 0
+        skipped, restored, snaps = 0, 0, 0
         try:
             for i in range(RESTARTS):
-                d = Daemon(bs, *SETS)
+                d = Daemon(bs, *sets)
                 try:
                     if sig == signal.SIGTERM:  # a TERM before main() runs kills any program
                         wait_http(d)
-                    start = committed_sum(bs)
+                    start = committed_sum(bs, PARTS)
                     k = 0 if rng.random() < 0.2 else rng.randint(1, 3000)
                     deadline = time.time() + 300
-                    while committed_sum(bs) - start < k and not caught_up(d, gen, bs):
+                    while committed_sum(bs, PARTS) - start < k and not caught_up(d, gen, bs):
                         assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
                         assert time.time() < deadline, f"restart {i}: no progress in 300 s"
                         time.sleep(0.1)
@@ -114,6 +91,7 @@ def interrupted(sig, rng):
                         m = d.metrics()
                         skipped += metric(m, "cohortd_restore_skipped_total", reason="uncommitted")
                         restored += metric(m, "cohortd_restore_applied_total")
+                        snaps += metric(m, "cohortd_restore_snapshots_total", result="used")
                     except OSError:
                         pass
                     d.proc.send_signal(sig)
@@ -128,7 +106,7 @@ def interrupted(sig, rng):
             if gen.poll() is None:
                 gen.kill()
         # the last run: restore, process the rest, stop cleanly
-        with Daemon(bs, *SETS) as d:
+        with Daemon(bs, *sets) as d:
             deadline = time.time() + 300
             while not caught_up(d, gen, bs):
                 assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
@@ -140,33 +118,24 @@ def interrupted(sig, rng):
         for _, _, _, value, _ in consume(bs, "profiles", expect=EVENTS, timeout=300):
             ids.add(decode_confluent(reader, value)[1]["event_id"])
         assert len(ids) == EVENTS, f"{EVENTS - len(ids)} events without a profile update"
-        return final_states(bs), skipped, restored
-
-
-def compare(ref, got, what):
-    assert set(ref) == set(got), f"{what}: users differ ({len(ref)} vs {len(got)})"
-    worst = 0.0
-    for u, (off, t_ref, s) in ref.items():
-        off2, t_ref2, s2 = got[u]
-        assert t_ref == t_ref2, f"{what}: {u} clock {t_ref2} vs {t_ref}"
-        for a, b in zip(s, s2):
-            if a == b:  # also infinities (a max over nothing yet is -inf)
-                continue
-            rel = abs(a - b) / max(abs(a), abs(b), 1e-300)
-            worst = max(worst, rel)
-            assert rel <= 1e-9, f"{what}: {u} state {b!r} vs {a!r} (relative {rel:.2e})"
-    return worst
+        return final_states(bs), skipped, restored, snaps
 
 
 def main():
     ref = reference()
     rng = random.Random(12)
     for sig, name in ((signal.SIGKILL, "kill -9"), (signal.SIGTERM, "SIGTERM")):
-        got, skipped, restored = interrupted(sig, rng)
-        worst = compare(ref, got, name)
+        sdir = tempfile.mkdtemp(prefix="cohortd-restore-")
+        try:
+            got, skipped, restored, snaps = interrupted(sig, rng, sdir)
+        finally:
+            shutil.rmtree(sdir, ignore_errors=True)
+        worst = compare_states(ref, got, name)
+        assert sig != signal.SIGTERM or snaps > 0, "no restore started from a snapshot"
         log(f"{name} x {RESTARTS} while {EVENTS} events streamed: all {len(ref)} users' final "
             f"state equals the uninterrupted run (worst relative difference {worst:.1e}); "
-            f"restores applied {restored:.0f} records and skipped {skipped:.0f} that reflected "
+            f"{snaps:.0f} partition restores started from a snapshot; restores applied "
+            f"{restored:.0f} changelog records and skipped {skipped:.0f} that reflected "
             f"uncommitted input; every event has its profile update")
 
 

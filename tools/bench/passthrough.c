@@ -50,7 +50,10 @@ static void on_signal(int sig) {
     stop_flag = 1;
 }
 
-static void on_delivery(void *opaque, void *msg_opaque, int err, const char *errstr) {
+static void on_delivery(void *opaque, void *msg_opaque, int32_t partition, int64_t offset, int err,
+                        const char *errstr) {
+    (void)partition;
+    (void)offset;
     pt_t *p = opaque;
     ch_tracker_acked(msg_opaque, !err);
     if (err) {

@@ -167,8 +167,10 @@ int ch_consumer_lag(ch_consumer_t *c, ch_partition_lag_t *out, size_t cap);
  */
 int ch_consumer_close(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t errlen);
 
-/* Delivery report: err is 0 or -EIO (errstr says why). */
-typedef void(ch_delivery_fn)(void *opaque, void *msg_opaque, int err, const char *errstr);
+/* Delivery report: err is 0 (the message is at offset of partition) or -EIO (errstr
+ * says why; offset -1). */
+typedef void(ch_delivery_fn)(void *opaque, void *msg_opaque, int32_t partition, int64_t offset,
+                             int err, const char *errstr);
 
 /**
  * @brief Create an idempotent producer.
@@ -225,9 +227,15 @@ ch_reader_t *ch_reader_free(ch_reader_t *r);
 /** @brief A non-blocking fd that turns readable when there are records. */
 int ch_reader_fd(const ch_reader_t *r);
 
-/** @brief Read a partition from its beginning; its end is reported once as an entry with
- *  eof set. @returns 0, -EIO. */
-int ch_reader_start(ch_reader_t *r, int32_t partition, char *errbuf, size_t errlen);
+/** @brief Read a partition from offset from (CH_READ_BEGINNING: its first record); its end
+ *  is reported once as an entry with eof set (offset: the end). @returns 0, -EIO. */
+#define CH_READ_BEGINNING ((int64_t)-2)
+int ch_reader_start(ch_reader_t *r, int32_t partition, int64_t from, char *errbuf, size_t errlen);
+
+/** @brief The first offset a partition still holds (its log start), asking the broker
+ *  (blocks up to timeout_ms). @returns 0, -EIO. */
+int ch_reader_log_start(ch_reader_t *r, int32_t partition, int timeout_ms, int64_t *ret,
+                        char *errbuf, size_t errlen);
 
 /** @brief Stop reading a partition. @returns 0, -EIO. */
 int ch_reader_stop(ch_reader_t *r, int32_t partition, char *errbuf, size_t errlen);

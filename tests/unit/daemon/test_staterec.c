@@ -40,7 +40,7 @@ static void test_round_trip_is_exact(void **state) {
     u->segment = -1;
     u->seg_gen = 0xdeadbeef;
     ch_userrec_t *r = ch_userrec(users, u);
-    *r = (ch_userrec_t){INT64_MIN, 42, 7, NAN};
+    *r = (ch_userrec_t){INT64_MIN, 42, 99, 7, NAN};
     uint64_t layout = 0;
     assert_int_equal(ch_staterec_layout(fs, 3600e3, &layout), 0);
     unsigned char buf[1024];
@@ -68,6 +68,7 @@ static void test_round_trip_is_exact(void **state) {
     assert_int_equal(rv->last_risk_ms, 42);
     assert_true(isnan(rv->last_score));
     assert_int_equal(rv->partition, 3);
+    assert_int_equal(rv->offset, 123456789012LL); /* what the record reflects */
     ch_users_free(users);
     ch_features_free(fs);
 }
