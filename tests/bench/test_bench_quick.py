@@ -5,7 +5,8 @@ Every phase runs on the embedded broker with small sizes; this test checks that 
 harness works and reports what it should, never how fast anything is (speed is read
 from the full run's report, not asserted): every system processed every event, the
 Python baseline computed cohortd's features and scores, latency histograms are filled,
-the memory phase saw the users it created, and the Markdown, JSON and plots exist.
+the memory phase saw the users it created, the restore phase brought every user back
+from the snapshot and from the changelog, and the Markdown, JSON and plots exist.
 """
 import json
 import os
@@ -57,10 +58,24 @@ def main():
     for e in sc["features"] + sc["segments"]:
         assert e["events_per_s"] > 0, e
 
+    rs = r["restore"]
+    assert [e["users"] for e in rs] == [10_000, 50_000], [e["users"] for e in rs]
+    for e in rs:
+        # every user came back: from the snapshot without reading the changelog, and from
+        # the changelog alone once the snapshot was gone
+        assert e["snapshot"]["from_snapshot"] == e["users"], e
+        assert e["snapshot"]["changelog_records"] == 0, e
+        assert e["changelog"]["from_snapshot"] == 0, e
+        assert e["changelog"]["changelog_records"] >= e["users"], e
+        for source in ("snapshot", "changelog"):
+            x = e[source]
+            assert 0 < x["assigned_to_ready_s"] <= x["start_to_ready_s"], e
+
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
     for heading in ("## Against the targets", "## Throughput", "## Latency",
-                    "## Memory and users", "## Scaling", "## The baseline is the same job"):
+                    "## Memory and users", "## Scaling", "## The baseline is the same job",
+                    "## Restore"):
         assert heading in md, heading
     for png in ("throughput.png", "latency.png", "memory.png", "scaling.png"):
         with open(os.path.join(out, png), "rb") as f:

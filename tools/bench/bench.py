@@ -15,6 +15,8 @@ Phases, in order (--only takes a comma list):
   memory      one cohortd grown to 100k, 1M (and 10M) users: RSS, state bytes per
               user, events/s and CPU per event on a table of that size
   scaling     events/s with d = 8, 16, 32, 128 features and k = 4, 16, 64 segments
+  restore     users/s restored from a local snapshot and from the changelog alone, and
+              start-to-ready time, at 100k and 1M users (d = 4)
 
 Writes OUT_DIR/report.md, report.json and *.png. Rates are measured by an outside
 observer (the output topics' high watermarks, sampled every 50 ms) between 10% and 90%
@@ -197,7 +199,7 @@ class Bench:
 
     # ------------------------------------------------------------ configs and models
 
-    def config(self, name, d=16, k=16, **overrides):
+    def config(self, name, d=16, k=16, model=True, **overrides):
         """A cohortd config: the shipped one with absolute paths, d features (the shipped
         16, cut or extended with generated ones) and k segments."""
         lines, feats = [], []
@@ -212,7 +214,7 @@ class Bench:
         feats = (feats + extra_features(d - len(feats)))[:d]
         names = [f.split("=", 1)[0].strip()[len("feature."):] for f in feats]
         lines.append(f"segments.k = {k}")
-        lines.append(f"model.path = {self.model(names)}")
+        lines.append(f"model.path = {self.model(names) if model else ''}")
         lines.append("model.watch = 0")
         for key, v in overrides.items():
             lines.append(f"{key.replace('__', '.')} = {v}")
@@ -426,6 +428,78 @@ class Bench:
             res["segments"].append(r)
         self.r["scaling"] = res
 
+    def phase_restore(self):
+        """State restore at each user count: cohortd processes one event per user with
+        the changelog on and stops (writing its shutdown snapshot); then it is started
+        from the snapshot (state.dir) and from the changelog alone, and the time from the
+        partitions' assignment to /readyz 200 gives users/s; start to ready includes the
+        process start and the group join."""
+        levels = [10_000, 50_000] if self.quick else [100_000, 1_000_000]
+        parts = 8 if self.quick else 32  # the changelog must fit the broker's 5 MiB/partition
+        res = []
+        for users in levels:
+            broker = self.start([self.bin("stream", "cohort-broker"), "--partitions", str(parts),
+                                 "--topics", "events,profiles,risk,cohortd-dlq,changelog"],
+                                "broker", stdout=subprocess.PIPE, text=True)
+            bs = broker.stdout.readline().strip()
+            sdir = os.path.join(self.work, f"state-{users}")
+            conf = self.config(f"restore{users}", d=4, k=0, model=False,
+                               state__max_users=users + users // 4)
+            sets = ("state.changelog=changelog", f"state.dir={sdir}",
+                    "state.snapshot_interval=0", "log.level=info")
+            try:
+                self.gen(bs, users, users, 13, "--cover")
+                p = self.cohortd(bs, conf, "bench-restore", *sets)
+                wait_metric(p, lambda m: m.get("cohortd_events_processed_total", 0) >= users, 1800)
+                rc = self.stop(p, timeout=600)
+                if rc != 0:
+                    raise RuntimeError(f"cohortd exited {rc}:\n{self.tail(p)}")
+                written = re.findall(r"snapshot: (\d+) partition\(s\), (\d+) user\(s\) written "
+                                     r"to .* in ([0-9.]+) s", open(p.logpath).read())
+                entry = {"users": users, "partitions": parts,
+                         "snapshot_write_s": float(written[-1][2]) if written else None}
+                for source in ("snapshot", "changelog"):
+                    if source == "changelog":
+                        shutil.rmtree(sdir)
+                    t0 = time.monotonic()
+                    p = self.cohortd(bs, conf, "bench-restore", *sets)
+                    t_assigned, t_ready, m = None, None, {}
+                    deadline = time.time() + 1800
+                    while t_ready is None:
+                        if p.poll() is not None or time.time() > deadline:
+                            raise RuntimeError(f"cohortd ({source}) not ready:\n{self.tail(p)}")
+                        try:
+                            m = scrape(p.http)
+                            if t_assigned is None and m.get("cohortd_assigned_partitions", 0) > 0:
+                                t_assigned = time.monotonic()
+                            if m.get("cohortd_ready") == 1:
+                                t_ready = time.monotonic()
+                        except OSError:
+                            pass
+                        time.sleep(0.02)
+                    restored = m.get("cohortd_restore_snapshot_users_total", 0) + m.get(
+                        "cohortd_restore_applied_total", 0)
+                    if m.get("cohortd_users") != users or restored < users:
+                        raise RuntimeError(f"restore from the {source}: {m.get('cohortd_users')} "
+                                           f"users held, {restored} restored, of {users}")
+                    dt = t_ready - t_assigned
+                    entry[source] = {
+                        "start_to_ready_s": round(t_ready - t0, 3),
+                        "assigned_to_ready_s": round(dt, 3),
+                        "users_per_s": round(users / max(dt, 1e-3)),
+                        "changelog_records": int(m.get("cohortd_restore_records_total", 0)),
+                        "from_snapshot": int(m.get("cohortd_restore_snapshot_users_total", 0))}
+                    log(f"restore {users:,} users from the {source}: ready {t_ready - t0:.2f} s "
+                        f"after start, {dt:.2f} s after assignment ({users / max(dt, 1e-3):,.0f} "
+                        f"users/s)")
+                    rc = self.stop(p, timeout=600)
+                    if rc != 0:
+                        raise RuntimeError(f"cohortd exited {rc}:\n{self.tail(p)}")
+                res.append(entry)
+            finally:
+                self.stop(broker)
+        self.r["restore"] = res
+
     def phase_parity(self):
         """The baseline must be the same job: on one input, its features and scores equal
         cohortd's (features exactly as float32, scores to 1e-5)."""
@@ -533,6 +607,22 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_metric(p, cond, timeout):
+    """Poll p's /metrics until cond(metrics) holds."""
+    deadline = time.time() + timeout
+    while True:
+        if p.poll() is not None:
+            raise RuntimeError(f"{p.name} exited {p.returncode}")
+        try:
+            if cond(scrape(p.http)):
+                return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"{p.name}: condition not met within {timeout} s")
+        time.sleep(0.1)
+
+
 def scrape(port):
     """Unlabelled samples of cohortd's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -634,7 +724,7 @@ def main():
     ap.add_argument("--build", required=True, help="a cohortd build directory")
     ap.add_argument("--out", required=True, help="where report.md/json and plots go")
     ap.add_argument("--quick", action="store_true", help="small sizes (the ctest bench label)")
-    ap.add_argument("--only", default="parity,throughput,latency,memory,scaling")
+    ap.add_argument("--only", default="parity,throughput,latency,memory,scaling,restore")
     ap.add_argument("--max-users", type=int, default=None,
                     help="largest user count of the memory phase (default: 10M if the "
                          "machine has the memory, else 1M)")
