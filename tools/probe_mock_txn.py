@@ -10,7 +10,7 @@ exactly-once processing needs? Prints what it observes and exits 0 only if both 
 Usage: /usr/bin/python3 tools/probe_mock_txn.py [BUILD_DIR]   (default build-rel)
 With librdkafka 2.0.2 both fail: the mock's TxnOffsetCommit answers without storing the
 offsets, and InitProducerId hands a second producer a new id without bumping the first's
-epoch. cohortd's processing.guarantee = exactly_once waits for a broker that does both.
+epoch. cohortd's exactly-once processing waits for a test broker that does both.
 """
 import os
 import subprocess

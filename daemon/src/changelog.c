@@ -15,8 +15,12 @@
  *   drain, and by the loop's 100 ms safety timer when idle), when the tracker is full,
  *   before partitions are revoked and at shutdown.
  * - An evicted record leaves the dirty set (its pointer may be reused by the next
- *   insert, which touches it again). Evictions are not tombstoned yet: a restore
- *   would bring such a user back, and idle eviction drops it again.
+ *   insert, which touches it again), and the user is tombstoned by the next flush (a
+ *   null value, so a compacted changelog forgets it; header cohortd-offset: the input
+ *   offset of its last event, so a restore applies it only if that is committed, like
+ *   any record). A flush writes its tombstones before its states: a user evicted and
+ *   seen again within one interval ends with its new state. Users dropped because
+ *   their partition moved (or by a restore) are not tombstoned: their state lives on.
  * - The topic must exist with the input's partition count (record partition = input
  *   partition); cohortd does not create it (the embedded broker has no CreateTopics;
  *   a production topic wants cleanup.policy=compact, set by whoever creates it).
@@ -28,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "le.h"
 #include "staterec.h"
 
 #define METADATA_TIMEOUT_MS 10000
@@ -121,6 +126,7 @@ int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
 }
 
 void ch_changelog_done(ch_pipeline_t *p) {
+    free(p->cl.tomb);
     free(p->cl.dirty);
     free(p->cl.idx);
     free(p->cl.pending);
@@ -166,6 +172,74 @@ void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u) {
     }
 }
 
+void ch_changelog_evicted(ch_pipeline_t *p, const ch_user_t *u) {
+    ch_changelog_t *cl = &p->cl;
+    ch_changelog_forget(p, u);
+    if (!cl->on || p->dropping) {
+        return;
+    }
+    const ch_userrec_t *ur = ch_userrec(p->users, u);
+    size_t need = 14 + u->key_len;
+    if (cl->tomb_len + need > cl->tomb_cap) {
+        size_t cap = cl->tomb_cap ? 2 * cl->tomb_cap : 4096;
+        while (cap < cl->tomb_len + need) {
+            cap *= 2;
+        }
+        unsigned char *nt = realloc(cl->tomb, cap);
+        if (!nt) {
+            ch_log(CH_LOG_ERR, "out of memory recording an evicted user; stopping");
+            p->failed = true;
+            return;
+        }
+        cl->tomb = nt;
+        cl->tomb_cap = cap;
+    }
+    unsigned char *t = cl->tomb + cl->tomb_len;
+    ch_put32(t, (uint32_t)ur->partition);
+    ch_put64(t + 4, (uint64_t)ur->offset);
+    ch_put16(t + 12, u->key_len);
+    memcpy(t + 14, ch_users_key(p->users, u), u->key_len);
+    cl->tomb_len += need;
+    cl->n_tomb++;
+}
+
+void ch_changelog_revoked(ch_pipeline_t *p, int32_t partition) {
+    /* a lost partition's new owner may be writing its users already: a tombstone from
+     * here, landing after their new state, would delete them */
+    ch_changelog_t *cl = &p->cl;
+    size_t out = 0;
+    for (size_t at = 0; at < cl->tomb_len;) {
+        size_t len = 14 + ch_get16(cl->tomb + at + 12);
+        if ((int32_t)ch_get32(cl->tomb + at) != partition) {
+            memmove(cl->tomb + out, cl->tomb + at, len);
+            out += len;
+        } else {
+            cl->n_tomb--;
+        }
+        at += len;
+    }
+    cl->tomb_len = out;
+}
+
+/* The tombstones of the users evicted since the last flush, into batch b. */
+static void write_tombstones(ch_pipeline_t *p, ch_tracked_t *b) {
+    ch_changelog_t *cl = &p->cl;
+    for (size_t at = 0; at < cl->tomb_len && !p->failed;) {
+        const unsigned char *t = cl->tomb + at;
+        int32_t partition = (int32_t)ch_get32(t);
+        size_t key_len = ch_get16(t + 12);
+        ch_header_t h = {CH_TOMBSTONE_OFFSET_HEADER, t + 4, 8};
+        if (partition >= 0 &&
+            ch_outputs_send(p, b, OUT_CHANGELOG, p->cfg->state_changelog, partition, t + 14,
+                            key_len, NULL, 0, &h, 1) == 0) {
+            p->st.changelog_tombstones++;
+            p->st.changelog_sent++;
+        }
+        at += 14 + key_len;
+    }
+    cl->tomb_len = cl->n_tomb = 0;
+}
+
 void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b) {
     ch_changelog_t *cl = &p->cl;
     if (!cl->on) {
@@ -179,8 +253,9 @@ void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b) {
 void ch_changelog_flush(ch_pipeline_t *p, bool force) {
     ch_changelog_t *cl = &p->cl;
     /* Every change is made inside a batch that joins the pending list before any flush
-     * can run, so with no pending batch there is nothing to write. */
-    if (!cl->on || cl->n_pending == 0) {
+     * can run, so with no pending batch there is nothing to write but the tombstones of
+     * idle evictions, which happen without input. */
+    if (!cl->on || (cl->n_pending == 0 && cl->n_tomb == 0)) {
         return;
     }
     double now = ch_now_s();
@@ -188,7 +263,15 @@ void ch_changelog_flush(ch_pipeline_t *p, bool force) {
     if (!force && !full && (now - cl->flushed_s) * 1000.0 < p->cfg->commit_interval_ms) {
         return;
     }
+    if (cl->n_pending == 0) { /* an empty batch carries them */
+        ch_tracked_t *e = full ? NULL : ch_tracker_open(p->tracker);
+        if (!e) {
+            return; /* the next flush takes them */
+        }
+        cl->pending[cl->n_pending++] = e;
+    }
     ch_tracked_t *b = cl->pending[0];
+    write_tombstones(p, b);
     size_t state_len = ch_features_state_len(p->fs), size = ch_staterec_size(state_len);
     for (size_t k = 0; k < cl->n_dirty && !p->failed; k++) {
         const ch_dirty_t *d = &cl->dirty[k];

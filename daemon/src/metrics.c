@@ -138,6 +138,9 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
                 s.changelog_flushes);
         counter(&o, "cohortd_changelog_bytes_total", "Bytes of state records handed to the "
                 "producer (values only).", s.changelog_bytes);
+        counter(&o, "cohortd_changelog_tombstones_total",
+                "Tombstones of evicted users handed to the producer (idle or over the cap).",
+                s.changelog_tombstones);
         gauge(&o, "cohortd_restoring_partitions",
               "Partitions whose users are being restored from the changelog (held meanwhile).",
               (double)s.restoring);

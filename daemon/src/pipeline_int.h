@@ -48,6 +48,10 @@ typedef struct ch_changelog {
     size_t n_pending;
     double flushed_s;
     unsigned char *rec;
+    /* users evicted since the last flush, tombstoned by it: i32 partition, i64 input
+     * offset of the user's last event, u16 key length, key */
+    unsigned char *tomb;
+    size_t tomb_len, tomb_cap, n_tomb;
 } ch_changelog_t;
 
 /* Restoring one partition's users from the changelog (restore.c). */
@@ -132,6 +136,7 @@ struct ch_pipeline {
 
     bool stopping;
     bool failed;
+    bool dropping; /* users dropped for a reason other than eviction: no tombstones */
     ch_ratelimit_t bad_rl, out_rl;
     ch_pipeline_stats_t st;
 };
@@ -151,6 +156,7 @@ void ch_outputs_release(ch_pipeline_t *p);
 #define OUT_DLQ ((uintptr_t)1)
 #define OUT_RISK ((uintptr_t)2)
 #define OUT_CHANGELOG ((uintptr_t)3)
+#define CH_TOMBSTONE_OFFSET_HEADER "cohortd-offset" /* i64 LE: the user's last event */
 int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
                     int32_t partition, const void *key, size_t key_len, const void *value,
                     size_t value_len, const ch_header_t *h, size_t n_h);
@@ -160,6 +166,8 @@ int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen);
 void ch_changelog_done(ch_pipeline_t *p);
 void ch_changelog_touch(ch_pipeline_t *p, ch_user_t *u, int64_t offset);
 void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u);
+void ch_changelog_evicted(ch_pipeline_t *p, const ch_user_t *u); /* forget, tombstone */
+void ch_changelog_revoked(ch_pipeline_t *p, int32_t partition);   /* its tombstones go */
 void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b);
 void ch_changelog_flush(ch_pipeline_t *p, bool force);
 

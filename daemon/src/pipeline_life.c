@@ -34,7 +34,7 @@ static void on_user_evicted(void *opaque, const ch_user_t *rec) {
     if (p->segs) {
         ch_segments_moved(p->segs, rec->segment, -1);
     }
-    ch_changelog_forget(p, rec);
+    ch_changelog_evicted(p, rec);
 }
 
 /* The id under which an output schema is registered, needed to frame outputs the

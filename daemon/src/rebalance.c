@@ -60,7 +60,10 @@ static bool user_on_partition(void *opaque, const ch_user_t *u) {
 
 size_t ch_rebalance_drop(ch_pipeline_t *p, int32_t partition) {
     on_part_t op = {p->users, partition};
-    return ch_users_evict_if(p->users, user_on_partition, &op);
+    p->dropping = true; /* the state moves to the partition's next owner: not deleted */
+    size_t n = ch_users_evict_if(p->users, user_on_partition, &op);
+    p->dropping = false;
+    return n;
 }
 
 void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool lost) {
@@ -101,6 +104,7 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
         ch_tracker_revoke(p->tracker, parts[i]);
         ch_restore_cancel(p, parts[i]);
         ch_snapshot_forget(p, parts[i]);
+        ch_changelog_revoked(p, parts[i]);
         dropped += ch_rebalance_drop(p, parts[i]);
     }
     p->st.users_evicted_revoke += dropped;

@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "le.h"
 #include "staterec.h"
 
 #define RESTORE_BUDGET 4096
@@ -238,16 +239,20 @@ static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
         rs->refused++;
         return;
     }
-    if (!m->value) { /* tombstone: the user was dropped for good */
-        ch_user_t *gone = ch_users_find(p->users, m->key, m->key_len);
-        if (gone) {
-            if (p->segs) {
-                ch_segments_moved(p->segs, gone->segment, -1);
-            }
-            ch_changelog_forget(p, gone);
-            ch_users_remove(p->users, m->key, m->key_len);
+    if (!m->value) { /* tombstone: the user was evicted for good */
+        const void *v = NULL;
+        size_t len = 0;
+        if (ch_msg_header(m, CH_TOMBSTONE_OFFSET_HEADER, &v, &len) == 0 && v && len == 8 &&
+            (int64_t)ch_get64(v) >= rp->upto) {
+            rp->uncommitted++; /* evicted after input that was never committed */
+            rs->uncommitted++;
+            return;
         }
+        p->dropping = true; /* the eviction hook keeps the segment counts */
+        ch_users_remove(p->users, m->key, m->key_len);
+        p->dropping = false;
         rp->applied++;
+        rs->applied++;
         return;
     }
     ch_staterec_t s;

@@ -376,6 +376,7 @@ static void to_msg(const rd_kafka_message_t *m, ch_msg_t *o) {
     o->value_len = m->len;
     rd_kafka_timestamp_type_t tt;
     o->timestamp_ms = rd_kafka_message_timestamp(m, &tt);
+    o->raw = m;
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
         o->eof = true;
     } else if (m->err) {
@@ -383,6 +384,15 @@ static void to_msg(const rd_kafka_message_t *m, ch_msg_t *o) {
         o->errstr = rd_kafka_message_errstr(m);
         o->err_fatal = m->err == RD_KAFKA_RESP_ERR__FATAL;
     }
+}
+
+int ch_msg_header(const ch_msg_t *m, const char *name, const void **value, size_t *value_len) {
+    rd_kafka_headers_t *h = NULL;
+    if (!m->raw || rd_kafka_message_headers(m->raw, &h) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(h, name, value, value_len) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        return -ENOENT;
+    }
+    return 0;
 }
 
 int ch_consumer_close(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t errlen) {

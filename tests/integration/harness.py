@@ -350,6 +350,9 @@ def final_states(bootstrap, topic="changelog"):
     last = {}
     for part, off, key, value, _ in sorted(consume(bootstrap, topic, expect=1,
                                                    timeout=120), key=lambda m: (m[0], m[1])):
+        if value is None:  # a tombstone: the user was evicted
+            last.pop(key.decode(), None)
+            continue
         n = struct.unpack_from("<H", value, 2)[0]
         offset, t_ref = struct.unpack_from("<qq", value, 16)
         last[key.decode()] = (offset, t_ref, struct.unpack_from(f"<{n}d", value, 64))

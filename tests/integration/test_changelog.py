@@ -171,11 +171,70 @@ def crash_run():
         f"cover every committed event of all {len(need)} users")
 
 
+def evict_run():
+    """Users evicted for idleness are tombstoned (each after its last state, tagged with
+    its last event's offset), and a restart does not bring them back."""
+    first, later = 200, 100
+    sets = ("state.changelog=changelog", "model.path=", "state.idle_evict=1h")
+    with Broker(partitions=PARTS, topics=TOPICS) as broker:
+        bs = broker.bootstrap
+        common = ["--brokers", bs, "--cover", "--step-ms", "1000", "--anomalous", "0", "--quiet"]
+        run([GEN, *common, "--users", str(first), "--events", str(first), "--seed", "3"])
+        # three hours of event time later, other users: the first ones are idle past 1h
+        run([GEN, *common, "--users", str(later), "--events", str(later), "--seed", "4",
+             "--user-base", str(first), "--start-ts", str(1767225600000 + 3 * 3600 * 1000)])
+        with Daemon(bs, *sets) as d:
+            d.wait_http()
+            deadline = time.time() + 120
+            while True:
+                m = d.metrics()
+                if metric(m, "cohortd_changelog_tombstones_total") >= first and \
+                        metric(m, "cohortd_outputs_acked_total", output="changelog") == \
+                        metric(m, "cohortd_outputs_sent_total", output="changelog"):
+                    break
+                assert time.time() < deadline, \
+                    f"tombstones: {[(k, v) for k, v in m.items() if 'changelog' in k[0]]}"
+                time.sleep(0.2)
+            evicted = metric(m, "cohortd_users_evicted_total", reason="idle")
+            assert d.stop() == 0
+        assert evicted == first, f"{evicted} idle evictions, expected {first}"
+        last_state, tombs = {}, {}
+        for part, off, key, value, headers in sorted(
+                consume(bs, "changelog", expect=first + later + first), key=lambda x: x[:2]):
+            user = key.decode()
+            if value is None:
+                h = dict(headers)
+                assert user in last_state and user not in tombs, f"{user}: tombstone order"
+                tombs[user] = struct.unpack("<q", h["cohortd-offset"])[0]
+                assert tombs[user] == last_state[user], \
+                    f"{user}: tombstone reflects {tombs[user]}, last state {last_state[user]}"
+            else:
+                assert user not in tombs, f"{user}: a state after its tombstone"
+                last_state[user] = decode_record(key, value)["offset"]
+        want = {f"u{i}" for i in range(first)}
+        assert set(tombs) == want, f"tombstones for {len(tombs)} users, not the first {first}"
+        with Daemon(bs, *sets) as d:
+            d.wait_http()
+            deadline = time.time() + 120
+            while True:
+                m = d.metrics()
+                if metric(m, "cohortd_restored_partitions_total") == PARTS:
+                    break
+                assert time.time() < deadline, f"restore: {d.log_text()[-2000:]}"
+                time.sleep(0.2)
+            held = metric(m, "cohortd_users")
+            assert d.stop() == 0
+        assert held == later, f"{held} users after the restore, expected {later}"
+    log(f"idle eviction: {first} users tombstoned after their last state (each tagged with "
+        f"its last event's offset); a restart restores the {later} others only")
+
+
 def main():
     start_refused("events,profiles,risk,cohortd-dlq", "topic changelog does not exist")
     start_refused(f"{TOPICS}:3", "topic changelog has 3 partitions; it needs 4")
     clean_run()
     crash_run()
+    evict_run()
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def write_report(r, out):
                          f"{_fmt(e.get('snapshot_write_s'), 2) if source == 'snapshot' else ''} |")
         L += ["", "Exactly-once against at-least-once throughput is not measured: the embedded "
               "broker (librdkafka 2.0.2's mock) discards transactional offset commits, so "
-              "`processing.guarantee = exactly_once` cannot run on it (see the README).", ""]
+              "exactly-once is not built yet (see the README).", ""]
     L += ["Raw numbers: report.json."]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(L) + "\n")

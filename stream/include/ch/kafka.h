@@ -45,6 +45,7 @@ typedef struct ch_msg {
     const char *errstr;
     bool err_fatal;
     bool eof; /* ch_reader_drain(): the partition's end is reached (no record) */
+    const void *raw; /* the client's message (ch_msg_header()) */
 } ch_msg_t;
 
 typedef struct ch_header {
@@ -52,6 +53,10 @@ typedef struct ch_header {
     const void *value;
     size_t value_len;
 } ch_header_t;
+
+/** @brief The last header called name of a consumed message (value may be NULL).
+ *  @returns 0, -ENOENT. */
+int ch_msg_header(const ch_msg_t *m, const char *name, const void **value, size_t *value_len);
 
 /* Rebalance hooks: partitions of the subscribed topic. on_revoke runs before the
  * partitions are given up, so the caller can flush outputs and commit. lost is true
