@@ -296,4 +296,5 @@ void ch_changelog_flush(ch_pipeline_t *p, bool force) {
     cl->flushed_s = now;
     p->st.changelog_flushes++;
     ch_outputs_release(p);
+    ch_txn_commit(p); /* exactly_once: everything since the last flush, with its offsets */
 }

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void kafka_log(void *opaque, int level, const char *fac, const char *msg) {
     (void)opaque;
@@ -43,19 +44,60 @@ static void kafka_error(void *opaque, bool fatal, const char *reason) {
     ch_clients_error(opaque, fatal, "kafka", reason);
 }
 
-/* One client's settings as librdkafka pairs. */
+#define TXN_INIT_TIMEOUT_MS 30000
+
+/* The last value of a kafka.* key given by the user, or NULL. */
+static const char *user_value(const ch_config_t *cfg, const char *key) {
+    const char *v = NULL;
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        if (strcmp(cfg->kafka[i].key, key) == 0) {
+            v = cfg->kafka[i].value;
+        }
+    }
+    return v;
+}
+
+void ch_clients_transactional_id(const ch_config_t *cfg, char *buf, size_t len) {
+    const char *id = user_value(cfg, "transactional.id");
+    if (id) {
+        snprintf(buf, len, "%s", id);
+        return;
+    }
+    const char *group = user_value(cfg, "group.id");
+    if (!group) {
+        group = ch_kafka_settings_default(CH_KAFKA_CONSUMER, "group.id");
+    }
+    char host[256] = "localhost";
+    if (gethostname(host, sizeof(host)) < 0) {
+        snprintf(host, sizeof(host), "localhost");
+    }
+    host[sizeof(host) - 1] = '\0';
+    snprintf(buf, len, "cohortd-%s-%s", group ? group : "cohortd", host);
+}
+
+/* One client's settings as librdkafka pairs: with exactly_once, the producer is
+ * transactional and the consumer commits only through transactions. */
 static int settings_for(const ch_config_t *cfg, ch_kafka_scope_t client, ch_clients_t *c,
                         ch_kafka_conf_t *ret_kc) {
-    ch_kafka_setting_t *user = calloc(cfg->n_kafka ? cfg->n_kafka : 1, sizeof(*user));
+    ch_kafka_setting_t *user = calloc(cfg->n_kafka + 1, sizeof(*user));
     if (!user) {
         return -ENOMEM;
     }
+    size_t n_user = 0;
     for (size_t i = 0; i < cfg->n_kafka; i++) {
-        user[i] = (ch_kafka_setting_t){cfg->kafka[i].key, cfg->kafka[i].value, cfg->kafka[i].scope};
+        user[n_user++] =
+            (ch_kafka_setting_t){cfg->kafka[i].key, cfg->kafka[i].value, cfg->kafka[i].scope};
+    }
+    bool eos = cfg->processing_guarantee == CH_EXACTLY_ONCE;
+    if (eos && client == CH_KAFKA_PRODUCER) {
+        ch_clients_transactional_id(cfg, c->txn_id, sizeof(c->txn_id));
+        user[n_user++] = (ch_kafka_setting_t){"transactional.id", c->txn_id, CH_KAFKA_PRODUCER};
+    } else if (eos && client == CH_KAFKA_CONSUMER) {
+        user[n_user++] = (ch_kafka_setting_t){"enable.auto.commit", "false", CH_KAFKA_CONSUMER};
     }
     const char **keys = NULL, **vals = NULL;
     size_t n = 0;
-    int r = ch_kafka_settings_build(client, user, cfg->n_kafka, &keys, &vals, &n);
+    int r = ch_kafka_settings_build(client, user, n_user, &keys, &vals, &n);
     free(user);
     if (r < 0) {
         return r;
@@ -83,6 +125,14 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
     settings_done(&kc);
     if (r < 0) {
         return r;
+    }
+    if (cfg->processing_guarantee == CH_EXACTLY_ONCE) {
+        char why[512];
+        r = ch_producer_txn_init(c->producer, TXN_INIT_TIMEOUT_MS, why, sizeof(why));
+        if (r < 0) {
+            snprintf(errbuf, errlen, "exactly_once: transactional.id %s: %s", c->txn_id, why);
+            return -EIO;
+        }
     }
     if ((r = settings_for(cfg, CH_KAFKA_CONSUMER, c, &kc)) < 0) {
         return r;

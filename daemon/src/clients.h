@@ -19,7 +19,12 @@ typedef struct ch_clients {
     uint64_t errors;   /* client-level errors seen (callbacks and error events) */
     bool fatal;        /* a fatal error: the clients cannot continue */
     ch_ratelimit_t rl; /* their log lines */
+    char txn_id[512];  /* processing.guarantee = exactly_once: the transactional.id */
 } ch_clients_t;
+
+/** @brief The transactional.id exactly_once uses: kafka.producer.transactional.id, or
+ *  cohortd-<group.id>-<host name>. */
+void ch_clients_transactional_id(const ch_config_t *cfg, char *buf, size_t len);
 
 /**
  * @brief Build the producer, then the consumer subscribed to input.topic, each with

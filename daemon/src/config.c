@@ -54,6 +54,7 @@ typedef struct key_def {
 
 static const char *const framings[] = {"confluent", "plain", NULL};
 static const char *const policies[] = {"every", "change", NULL};
+static const char *const guarantees[] = {"at_least_once", "exactly_once", NULL};
 static const char *const levels[] = {"err", "warning", "notice", "info", "debug", NULL};
 static const int level_values[] = {3, 4, 5, 6, 7};
 static const char *const formats[] = {"avro", "json", NULL};
@@ -65,6 +66,7 @@ _Static_assert(sizeof(ch_framing_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(ch_emit_policy_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(ch_output_format_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(ch_log_level_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(ch_guarantee_t) == sizeof(int), "enum size");
 
 #define OFF(f) offsetof(ch_config_t, f)
 static const key_def_t keys[] = {
@@ -168,6 +170,14 @@ static const key_def_t keys[] = {
     {"commit.interval", K_DURATION, OFF(commit_interval_ms), "100ms", 1, 60000, NULL, NULL,
      "With state.changelog: a user changed many times within this interval is written once; "
      "offsets are committed only after the changelog records of their events are acknowledged."},
+    {"processing.guarantee", K_ENUM, OFF(processing_guarantee), "at_least_once", 0, 0, guarantees,
+     NULL,
+     "at_least_once: after a crash, outputs since the last commit may appear twice. "
+     "exactly_once (needs state.changelog): outputs, dead letters, changelog records and "
+     "input offsets commit in one Kafka transaction per commit.interval; consumers of the "
+     "outputs must read with isolation.level=read_committed. The producer's "
+     "kafka.producer.transactional.id defaults to cohortd-<group.id>-<host name>: give "
+     "each instance its own, stable across its restarts."},
     {"state.dir", K_PATH, OFF(state_dir), "", 0, 0, NULL, NULL,
      "Directory of local snapshots, one file per input partition (needs state.changelog; "
      "created if missing). A partition gained loads its snapshot and replays only the "
@@ -558,6 +568,20 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
          (cfg->model_path[0] && strcmp(cfg->state_changelog, cfg->risk_topic) == 0))) {
         return fail(errbuf, errlen, -EINVAL,
                     "state.changelog must differ from the input and output topics");
+    }
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        if (strcmp(cfg->kafka[i].key, "transactional.id") == 0 &&
+            cfg->processing_guarantee != CH_EXACTLY_ONCE) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "kafka.producer.transactional.id is set but processing.guarantee is "
+                        "at_least_once (outputs are not sent in transactions): set "
+                        "processing.guarantee = exactly_once, or remove it");
+        }
+    }
+    if (cfg->processing_guarantee == CH_EXACTLY_ONCE && !cfg->state_changelog[0]) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "processing.guarantee = exactly_once needs state.changelog (state must "
+                    "commit with the outputs it produced)");
     }
     if (cfg->state_dir[0] && !cfg->state_changelog[0]) {
         return fail(errbuf, errlen, -EINVAL,

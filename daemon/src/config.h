@@ -22,6 +22,11 @@ typedef enum ch_emit_policy {
     CH_EMIT_CHANGE,
 } ch_emit_policy_t;
 
+typedef enum ch_guarantee {
+    CH_AT_LEAST_ONCE,
+    CH_EXACTLY_ONCE,
+} ch_guarantee_t;
+
 typedef enum ch_output_format {
     CH_FORMAT_AVRO,
     CH_FORMAT_JSON,
@@ -77,6 +82,7 @@ typedef struct ch_config {
     double state_idle_evict_ms;
     char state_changelog[CH_CONF_STR]; /* "": no changelog */
     double commit_interval_ms; /* changelog write-combining interval */
+    ch_guarantee_t processing_guarantee;
     char state_dir[CH_CONF_STR]; /* "": no local snapshots */
     double state_snapshot_interval_ms; /* 0: at shutdown only */
 

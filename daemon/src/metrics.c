@@ -171,6 +171,18 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
         counter(&o, "cohortd_restore_snapshot_users_total", "Users loaded from snapshots.",
                 s.restore_snapshot_users);
     }
+    if (cfg->processing_guarantee == CH_EXACTLY_ONCE) {
+        family(&o, "cohortd_transactions_total", "counter",
+               "Kafka transactions (outputs, changelog and input offsets of one commit "
+               "interval) committed or aborted.");
+        put(&o, "cohortd_transactions_total{result=\"committed\"} %llu\n",
+            (unsigned long long)s.txn_commits);
+        put(&o, "cohortd_transactions_total{result=\"aborted\"} %llu\n",
+            (unsigned long long)s.txn_aborts);
+        family(&o, "cohortd_transaction_commit_seconds_total", "counter",
+               "Seconds spent in transaction commits (they block the loop).");
+        put(&o, "cohortd_transaction_commit_seconds_total %.6f\n", s.txn_seconds);
+    }
     if (cfg->state_dir[0]) {
         counter(&o, "cohortd_snapshot_files_total",
                 "Partition snapshots written (each atomically: write, fsync, rename).",

@@ -84,6 +84,9 @@ void ch_outputs_sealed(ch_pipeline_t *p, ch_tracked_t *b) {
 
 static void store(void *opaque, int32_t partition, int64_t next_offset) {
     ch_pipeline_t *p = opaque;
+    if (p->txn.on) {
+        return; /* exactly_once: offsets commit with their transaction (txn.c) */
+    }
     char err[256];
     if (ch_consumer_store(p->clients.consumer, partition, next_offset, err, sizeof(err)) < 0) {
         /* The partition was revoked; its new owner reprocesses from the last
@@ -101,6 +104,10 @@ int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const cha
                     size_t value_len, const ch_header_t *h, size_t n_h) {
     char err[512];
     void *tagged = (void *)((uintptr_t)b | kind);
+    if (ch_txn_ensure(p) < 0) {
+        ch_tracker_fail(b);
+        return -EIO;
+    }
     for (;;) {
         int r = ch_producer_send(p->clients.producer, topic, partition, key, key_len, value,
                                  value_len, h, n_h,

@@ -153,6 +153,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
             fail_batch(p, b);
             break;
         }
+        ch_txn_consumed(p, m->partition, m->offset);
         process(p, b, m, now_ms);
     }
     finish(p, b);

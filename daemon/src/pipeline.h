@@ -33,6 +33,8 @@ typedef struct ch_pipeline_stats {
     uint64_t dlq_sent, dlq_acked;
     uint64_t changelog_sent, changelog_acked, changelog_bytes, changelog_flushes;
     uint64_t changelog_tombstones; /* of evicted users, handed to the producer */
+    uint64_t txn_commits, txn_aborts; /* processing.guarantee = exactly_once */
+    double txn_seconds;               /* spent committing transactions */
     size_t restoring;            /* partitions being restored now */
     uint64_t restored_partitions, restore_records, restore_bytes, restore_applied;
     uint64_t restore_uncommitted, restore_refused;

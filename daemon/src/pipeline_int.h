@@ -88,6 +88,16 @@ typedef struct ch_snapshot {
     double last_seconds;
 } ch_snapshot_t;
 
+/* processing.guarantee = exactly_once (txn.c): the open transaction and the input
+ * offsets it will commit. */
+typedef struct ch_txn {
+    bool on, open;
+    int64_t *next;          /* by input partition: past the last message processed in it; -1 none */
+    ch_next_offset_t *offs; /* scratch for a commit */
+    uint64_t commits, aborts;
+    double seconds; /* in commit calls */
+} ch_txn_t;
+
 /* An event folded into user state in this batch, awaiting scoring and outputs. */
 typedef struct ch_row {
     ch_user_t *u; /* re-checked against the key before use (a later insert may evict) */
@@ -133,6 +143,7 @@ struct ch_pipeline {
     ch_changelog_t cl;
     ch_restore_t rs;
     ch_snapshot_t sn;
+    ch_txn_t txn;
 
     bool stopping;
     bool failed;
@@ -187,6 +198,15 @@ void ch_snapshot_stored(ch_pipeline_t *p, int32_t partition, int64_t next);  /* 
 void ch_snapshot_forget(ch_pipeline_t *p, int32_t partition); /* revoked or restoring */
 bool ch_snapshot_step(ch_pipeline_t *p); /* one budget; true if more waits */
 void ch_snapshot_now(ch_pipeline_t *p);  /* a whole snapshot at once (shutdown) */
+
+/* txn.c */
+int ch_txn_init(ch_pipeline_t *p, char *errbuf, size_t errlen);
+void ch_txn_done(ch_pipeline_t *p);
+void ch_txn_consumed(ch_pipeline_t *p, int32_t partition, int64_t offset);
+int ch_txn_ensure(ch_pipeline_t *p);                  /* begin one if none is open */
+void ch_txn_commit(ch_pipeline_t *p);                 /* failure: p->failed */
+void ch_txn_abort(ch_pipeline_t *p, const char *why); /* and p->failed */
+void ch_txn_revoked(ch_pipeline_t *p, int32_t partition);
 
 /* rebalance.c */
 bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition);

@@ -134,7 +134,7 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
             0 ||
         (r = ch_changelog_init(p, errbuf, errlen)) < 0 ||
         (r = ch_restore_init(p, errbuf, errlen)) < 0 ||
-        (r = ch_snapshot_init(p, errbuf, errlen)) < 0) {
+        (r = ch_snapshot_init(p, errbuf, errlen)) < 0 || (r = ch_txn_init(p, errbuf, errlen)) < 0) {
         goto out_fail;
     }
     *ret_pipeline = p;
@@ -169,6 +169,9 @@ int ch_pipeline_shutdown(ch_pipeline_t *p) {
     if (!ch_pipeline_failed(p)) {
         ch_changelog_flush(p, true); /* the state of everything processed, before the commit */
     }
+    if (p->txn.open) { /* failed before its commit: nothing of it may become visible */
+        ch_txn_abort(p, "stopping after a failure");
+    }
     p->stopping = true;
     int timeout = (int)fmin(p->cfg->shutdown_timeout_ms, 3600000);
     if (ch_producer_flush(p->clients.producer, timeout) < 0) {
@@ -197,6 +200,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     }
     ch_clients_done(&p->clients);
     ch_snapshot_done(p);
+    ch_txn_done(p);
     ch_changelog_done(p);
     ch_restore_done(p);
     p->tracker = ch_tracker_free(p->tracker);

@@ -36,6 +36,9 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->restore_uncommitted = p->rs.uncommitted;
     ret_stats->restore_refused = p->rs.refused;
     ret_stats->restore_seconds = p->rs.seconds;
+    ret_stats->txn_commits = p->txn.commits;
+    ret_stats->txn_aborts = p->txn.aborts;
+    ret_stats->txn_seconds = p->txn.seconds;
     ret_stats->restore_snapshots = p->rs.snap_loaded;
     ret_stats->restore_snapshots_ignored = p->rs.snap_ignored;
     ret_stats->restore_snapshot_users = p->rs.snap_users;

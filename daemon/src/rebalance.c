@@ -95,6 +95,8 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
              * a snapshot now lets the next start skip the changelog */
             ch_snapshot_now(p);
         }
+    } else if (p->txn.open) {
+        ch_txn_abort(p, "partitions were lost (session timeout) with the transaction open");
     }
     size_t dropped = 0;
     for (size_t i = 0; i < n; i++) {
@@ -105,6 +107,7 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
         ch_restore_cancel(p, parts[i]);
         ch_snapshot_forget(p, parts[i]);
         ch_changelog_revoked(p, parts[i]);
+        ch_txn_revoked(p, parts[i]);
         dropped += ch_rebalance_drop(p, parts[i]);
     }
     p->st.users_evicted_revoke += dropped;

@@ -849,6 +849,56 @@ struct ch_reader {
     size_t n_held;
 };
 
+/* ------------------------------------------------------------ transactions */
+
+static int txn_error(rd_kafka_error_t *e, const char *what, char *errbuf, size_t errlen) {
+    if (!e) {
+        return 0;
+    }
+    int rc = rd_kafka_error_is_fatal(e)             ? -EPERM
+             : rd_kafka_error_txn_requires_abort(e) ? -ECANCELED
+             : rd_kafka_error_is_retriable(e)       ? -ETIMEDOUT
+                                                    : -ECANCELED;
+    fail(errbuf, errlen, rc, "%s: %s", what, rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+    return rc;
+}
+
+int ch_producer_txn_init(ch_producer_t *p, int timeout_ms, char *errbuf, size_t errlen) {
+    return txn_error(rd_kafka_init_transactions(p->rk, timeout_ms), "init transactions", errbuf,
+                     errlen);
+}
+
+int ch_producer_txn_begin(ch_producer_t *p, char *errbuf, size_t errlen) {
+    return txn_error(rd_kafka_begin_transaction(p->rk), "begin transaction", errbuf, errlen);
+}
+
+int ch_producer_txn_commit(ch_producer_t *p, ch_consumer_t *c, const ch_next_offset_t *offsets,
+                           size_t n, int timeout_ms, char *errbuf, size_t errlen) {
+    if (n > 0) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
+        for (size_t i = 0; i < n; i++) {
+            rd_kafka_topic_partition_list_add(l, c->topic, offsets[i].partition)->offset =
+                offsets[i].next;
+        }
+        rd_kafka_consumer_group_metadata_t *md = rd_kafka_consumer_group_metadata(c->rk);
+        rd_kafka_error_t *e = rd_kafka_send_offsets_to_transaction(p->rk, l, md, timeout_ms);
+        rd_kafka_consumer_group_metadata_destroy(md);
+        rd_kafka_topic_partition_list_destroy(l);
+        int rc = txn_error(e, "send offsets to transaction", errbuf, errlen);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return txn_error(rd_kafka_commit_transaction(p->rk, timeout_ms), "commit transaction", errbuf,
+                     errlen);
+}
+
+int ch_producer_txn_abort(ch_producer_t *p, int timeout_ms, char *errbuf, size_t errlen) {
+    return txn_error(rd_kafka_abort_transaction(p->rk, timeout_ms), "abort transaction", errbuf,
+                     errlen);
+}
+
 int ch_reader_new(const ch_kafka_conf_t *conf, const char *topic, ch_reader_t **ret_reader,
                   char *errbuf, size_t errlen) {
     ch_reader_t *r = calloc(1, sizeof(*r));

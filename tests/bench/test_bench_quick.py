@@ -6,7 +6,8 @@ harness works and reports what it should, never how fast anything is (speed is r
 from the full run's report, not asserted): every system processed every event, the
 Python baseline computed cohortd's features and scores, latency histograms are filled,
 the memory phase saw the users it created, the restore phase brought every user back
-from the snapshot and from the changelog, and the Markdown, JSON and plots exist.
+from the snapshot and from the changelog, the exactly-once phase ran both guarantees,
+and the Markdown, JSON and plots exist.
 """
 import json
 import os
@@ -71,11 +72,16 @@ def main():
             x = e[source]
             assert 0 < x["assigned_to_ready_s"] <= x["start_to_ready_s"], e
 
+    eos = r["eos"]
+    for g in ("at_least_once", "exactly_once"):
+        assert eos[g]["events_per_s"] > 0, eos
+    assert eos["ratio"] > 0, eos
+
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
     for heading in ("## Against the targets", "## Throughput", "## Latency",
                     "## Memory and users", "## Scaling", "## The baseline is the same job",
-                    "## Restore"):
+                    "## Restore", "## Exactly-once"):
         assert heading in md, heading
     for png in ("throughput.png", "latency.png", "memory.png", "scaling.png"):
         with open(os.path.join(out, png), "rb") as f:

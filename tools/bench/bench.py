@@ -17,6 +17,7 @@ Phases, in order (--only takes a comma list):
   scaling     events/s with d = 8, 16, 32, 128 features and k = 4, 16, 64 segments
   restore     users/s restored from a local snapshot and from the changelog alone, and
               start-to-ready time, at 100k and 1M users (d = 4)
+  eos         events/s with processing.guarantee = exactly_once against at_least_once
 
 Writes OUT_DIR/report.md, report.json and *.png. Rates are measured by an outside
 observer (the output topics' high watermarks, sampled every 50 ms) between 10% and 90%
@@ -46,7 +47,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = "/usr/bin/python3"
-TOPICS = "events,profiles,risk,cohortd-dlq,py-profiles,py-risk"
+TOPICS = "events,profiles,risk,cohortd-dlq,py-profiles,py-risk,changelog"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Client settings shared by every system under test (cohortd's kafka.* keys, the
@@ -428,6 +429,52 @@ class Bench:
             res["segments"].append(r)
         self.r["scaling"] = res
 
+    def phase_eos(self):
+        """Throughput with processing.guarantee = exactly_once against at_least_once, both
+        with the state changelog, on the same pre-loaded input, reps times each (median).
+        Rates come from cohortd's own events_processed_total (sampled every 50 ms,
+        between 10% and 90%): under transactions the output topics' high watermarks
+        also count the commit markers."""
+        n = self.n_events // 2 if self.quick else self.n_events
+        runs = {"at_least_once": [], "exactly_once": []}
+        for i in range(self.reps):
+            for g in runs:
+                conf = self.config(f"eos-{g}", state__changelog="changelog",
+                                   processing__guarantee=g)
+                broker, bs = self.broker()
+                try:
+                    self.gen(bs, n, self.n_users, 1)
+                    p = self.cohortd(bs, conf, f"bench-{g}-{i}")
+                    samples, deadline = [], time.time() + 1800
+                    while not samples or samples[-1][1] < n:
+                        if p.poll() is not None or time.time() > deadline:
+                            raise RuntimeError(f"cohortd ({g}) stopped:\n{self.tail(p)}")
+                        try:
+                            m = scrape(p.http)
+                            samples.append((time.monotonic(),
+                                            m.get("cohortd_events_processed_total", 0),
+                                            proc_cpu(p.pid)))
+                        except OSError:
+                            pass
+                        time.sleep(0.05)
+                    r = window(samples, n)
+                    m = scrape(p.http)
+                    r["txn_commit_s"] = m.get("cohortd_transaction_commit_seconds_total")
+                    rc = self.stop(p)
+                    if rc != 0:
+                        raise RuntimeError(f"cohortd exited {rc}:\n{self.tail(p)}")
+                    runs[g].append(r)
+                    log(f"{g}: {r['events_per_s']:,.0f} events/s")
+                finally:
+                    self.stop(broker)
+        res = {g: dict(median_run(v), runs=[round(x["events_per_s"]) for x in v])
+               for g, v in runs.items()}
+        res["events"] = n
+        res["ratio"] = (res["exactly_once"]["events_per_s"] /
+                        res["at_least_once"]["events_per_s"])
+        self.r["eos"] = res
+        log(f"exactly_once / at_least_once throughput = {res['ratio']:.2f}")
+
     def phase_restore(self):
         """State restore at each user count: cohortd processes one event per user with
         the changelog on and stops (writing its shutdown snapshot); then it is started
@@ -724,7 +771,7 @@ def main():
     ap.add_argument("--build", required=True, help="a cohortd build directory")
     ap.add_argument("--out", required=True, help="where report.md/json and plots go")
     ap.add_argument("--quick", action="store_true", help="small sizes (the ctest bench label)")
-    ap.add_argument("--only", default="parity,throughput,latency,memory,scaling,restore")
+    ap.add_argument("--only", default="parity,throughput,latency,memory,scaling,restore,eos")
     ap.add_argument("--max-users", type=int, default=None,
                     help="largest user count of the memory phase (default: 10M if the "
                          "machine has the memory, else 1M)")

@@ -203,6 +203,38 @@ int ch_producer_send(ch_producer_t *p, const char *topic, int32_t partition, con
                      size_t n_headers, void *msg_opaque, int64_t timestamp_ms, char *errbuf,
                      size_t errlen);
 
+/* Transactions (a producer made with transactional.id set). Each call blocks up to
+ * timeout_ms. Errors: -ECANCELED (abortable: call ch_producer_txn_abort(), then the
+ * work of the transaction must be redone), -EPERM (fatal, e.g. fenced by a newer
+ * producer with the same transactional.id: the producer is unusable), -ETIMEDOUT
+ * (retriable: the call may be repeated); errbuf says why. */
+
+/** @brief Register the transactional.id (aborting what a previous incarnation left
+ *  open). @returns 0 or an error above. */
+int ch_producer_txn_init(ch_producer_t *p, int timeout_ms, char *errbuf, size_t errlen);
+
+/** @brief Begin a transaction. @returns 0 or an error above. */
+int ch_producer_txn_begin(ch_producer_t *p, char *errbuf, size_t errlen);
+
+/** @brief The next input offset of a partition, for ch_producer_txn_commit(). */
+typedef struct ch_next_offset {
+    int32_t partition;
+    int64_t next;
+} ch_next_offset_t;
+
+/**
+ * @brief Commit the transaction with the consumer group's input offsets in it (sent
+ *        with c's group metadata, so a consumer that lost the partitions in a
+ *        rebalance is fenced: KIP-447), after every message in it is delivered.
+ * @returns 0 or an error above.
+ */
+int ch_producer_txn_commit(ch_producer_t *p, ch_consumer_t *c, const ch_next_offset_t *offsets,
+                           size_t n, int timeout_ms, char *errbuf, size_t errlen);
+
+/** @brief Abort the transaction (its messages are never shown to read_committed
+ *  consumers). @returns 0 or an error above. */
+int ch_producer_txn_abort(ch_producer_t *p, int timeout_ms, char *errbuf, size_t errlen);
+
 /** @brief Serve delivery reports without blocking. @returns how many were served. */
 int ch_producer_poll(ch_producer_t *p);
 

@@ -98,6 +98,28 @@ static void test_overrides_and_validation(void **st) {
     ch_config_done(&c);
 }
 
+static void test_guarantee_keys(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "";
+    assert_int_equal(ch_config_set(&c, "feature.n=count", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=a:1", err, sizeof(err)), 0);
+    assert_int_equal(c.processing_guarantee, CH_AT_LEAST_ONCE);
+    assert_int_equal(ch_config_set(&c, "processing.guarantee=exactly_once", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "exactly_once needs state.changelog"));
+    assert_int_equal(ch_config_set(&c, "state.changelog=cl", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.producer.transactional.id=t1", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "processing.guarantee=at_least_once", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "transactional.id is set but processing.guarantee"));
+    assert_int_equal(ch_config_set(&c, "processing.guarantee=once", err, sizeof(err)), -EINVAL);
+    ch_config_done(&c);
+}
+
 static void test_scoring_and_segment_keys(void **st) {
     (void)st;
     ch_config_t c;
@@ -203,6 +225,7 @@ int main(void) {
         cmocka_unit_test(test_defaults_and_paths),
         cmocka_unit_test(test_errors_name_file_and_line),
         cmocka_unit_test(test_overrides_and_validation),
+        cmocka_unit_test(test_guarantee_keys),
         cmocka_unit_test(test_scoring_and_segment_keys),
         cmocka_unit_test(test_operations_keys),
         cmocka_unit_test(test_secrets_never_printed),
