@@ -73,7 +73,7 @@ def main():
             assert 0 < x["assigned_to_ready_s"] <= x["start_to_ready_s"], e
 
     eos = r["eos"]
-    for g in ("at_least_once", "exactly_once"):
+    for g in ("at_least_once", "exactly_once", "exactly_once_1s"):
         assert eos[g]["events_per_s"] > 0, eos
     assert eos["ratio"] > 0, eos
 

@@ -144,8 +144,9 @@ def write_report(r, out):
                             _verdict(g <= TARGETS["per_event_cost_growth"])))
     eos = r.get("eos")
     if eos:
-        summary.append(("exactly_once / at_least_once throughput", f"{eos['ratio']:.2f}",
-                        f">= {TARGETS['eos_ratio']}", _verdict(eos["ratio"] >= TARGETS["eos_ratio"])))
+        ok = eos["ratio"] >= TARGETS["eos_ratio"]
+        summary.append(("exactly_once / at_least_once throughput (100ms)", f"{eos['ratio']:.2f}",
+                        f">= {TARGETS['eos_ratio']}", _verdict(ok)))
     rs = r.get("restore")
     if rs:
         big = rs[-1]
@@ -244,12 +245,17 @@ def write_report(r, out):
               "`events_processed_total` (transaction markers inflate the topics' watermarks).",
               "", "| guarantee | events/s (median) | runs | CPU s per million events | "
               "seconds in commits |", "|---|---:|---|---:|---:|"]
-        for g in ("at_least_once", "exactly_once"):
+        for g, name in (("at_least_once", "at_least_once"),
+                        ("exactly_once", "exactly_once (commit.interval 100ms)"),
+                        ("exactly_once_1s", "exactly_once (commit.interval 1s)")):
             e = eos[g]
-            L.append(f"| {g} | {_fmt(e['events_per_s'])} | "
+            L.append(f"| {name} | {_fmt(e['events_per_s'])} | "
                      f"{', '.join(f'{x:,}' for x in e['runs'])} | "
                      f"{e['cpu_s_per_m_events']:.2f} | {_fmt(e.get('txn_commit_s'), 2)} |")
-        L += ["", f"Ratio {eos['ratio']:.2f}.", ""]
+        L += ["", f"Ratio {eos['ratio']:.2f} at the default commit.interval, "
+              f"{eos['ratio_1s']:.2f} at 1 s. Each commit blocks the loop; on the embedded "
+              "broker most of it is librdkafka registering the changelog partitions, first "
+              "written at the flush, with the transaction before their records go out.", ""]
     L += ["Raw numbers: report.json."]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(L) + "\n")
