@@ -81,7 +81,8 @@ static const key_def_t keys[] = {
     {"input.writer_schema", K_PATH, OFF(input_writer_schema), "", 0, 0, NULL, NULL,
      "Writer schema for plain framing (default: the reader schema)."},
     {"input.max_future", K_DURATION, OFF(input_max_future_ms), "1d", 0, INFINITY, NULL, NULL,
-     "Events stamped further than this past the wall clock are bad input (ts_in_future)."},
+     "Events stamped further than this past the wall clock are bad input (ts_in_future); "
+     "0: no limit."},
     {"input.max_skew", K_DURATION, OFF(input_max_skew_ms), "1h", 0, INFINITY, NULL, NULL,
      "Timestamp alignment (0: off): a partition's records wait while another partition that "
      "still has records on the broker is more than this behind, by record timestamp, so a "

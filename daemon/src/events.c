@@ -130,7 +130,8 @@ static ch_bad_reason_t validate(const ch_events_t *e, const ch_event_view_t *ev,
         snprintf(why, len, "ts %lld is before 1970", (long long)ev->ts_ms);
         return CH_BAD_TS_NEGATIVE;
     }
-    if ((double)ev->ts_ms > now_ms + e->cfg->input_max_future_ms) {
+    if (e->cfg->input_max_future_ms > 0 &&
+        (double)ev->ts_ms > now_ms + e->cfg->input_max_future_ms) {
         snprintf(why, len, "ts %lld is %.0f s in the future (input.max_future)",
                  (long long)ev->ts_ms, ((double)ev->ts_ms - now_ms) / 1000.0);
         return CH_BAD_TS_FUTURE;

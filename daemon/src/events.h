@@ -19,7 +19,7 @@ typedef enum ch_bad_reason {
     CH_BAD_USER_ID_TOO_LONG,/* user_id longer than state.key_max_bytes */
     CH_BAD_NON_FINITE,      /* NaN or Inf in amount or attrs */
     CH_BAD_TS_NEGATIVE,     /* ts before 1970 */
-    CH_BAD_TS_FUTURE,       /* ts beyond wall clock + input.max_future */
+    CH_BAD_TS_FUTURE,       /* ts beyond wall clock + input.max_future (0: no limit) */
     CH_BAD_N,
     CH_BAD_NONE = -1,       /* not bad: a valid event */
 } ch_bad_reason_t;

@@ -12,7 +12,7 @@ import time
 from confluent_kafka import Producer
 
 from harness import (REPLAY, SRC, Broker, Daemon, avro_reader, consume, decode_confluent,
-                     encode_confluent, log, run, DATA)
+                     encode_confluent, log, metric, metric_sum, run, DATA)
 
 TEST_SCHEMAS = os.path.join(SRC, "tests", "data", "schemas")
 
@@ -102,5 +102,34 @@ def main():
         f"profiles; {text.count('bad input')} bad-input log lines (limit 5/min)")
 
 
+def max_future_off():
+    """input.max_future = 0 is no limit (it once rejected every event stamped after the
+    current time): an event three days ahead is processed, nothing is dead-lettered."""
+    with open(os.path.join(TEST_SCHEMAS, "user_event.avsc")) as f:
+        v1 = f.read()
+    later = int(time.time() * 1000) + 3 * 86400000
+    with Broker(partitions=4) as broker, Daemon(broker.bootstrap, f"schema.dir={TEST_SCHEMAS}",
+                                                "input.max_future=0") as d:
+        d.wait_assigned()
+        d.wait_http()
+        p = Producer({"bootstrap.servers": broker.bootstrap})
+        p.produce("events", key=b"u-later",
+                  value=encode_confluent(v1, 1, event("u-later", "later-1", later)))
+        assert p.flush(30) == 0
+        deadline = time.time() + 60
+        while metric(d.metrics(), "cohortd_events_consumed_total") < 1:
+            assert time.time() < deadline, "the event was not consumed within 60 s"
+            time.sleep(0.1)
+        m = d.metrics()
+        processed = metric(m, "cohortd_events_processed_total")
+        bad = metric_sum(m, "cohortd_events_bad_total")
+        assert (processed, bad) == (1, 0), f"processed {processed}, bad input {bad}"
+        profiles = consume(broker.bootstrap, "profiles", expect=1)
+        assert d.stop() == 0
+    assert len(profiles) == 1, f"{len(profiles)} profiles"
+    log("input.max_future = 0: an event 3 days ahead is processed (no limit)")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    max_future_off()
