@@ -400,3 +400,30 @@ def reference_states(partitions, topics, gen_args, sets, events):
             consume(broker.bootstrap, "profiles", expect=events, timeout=300)
             assert d.stop() == 0
         return final_states(broker.bootstrap)
+
+
+def wait_for(what, cond, daemons, timeout=300, step=0.2):
+    """Poll cond() until it holds; fails when a daemon dies or timeout s pass. An OSError
+    from cond (an HTTP endpoint not up yet) counts as not yet."""
+    deadline = time.time() + timeout
+    while True:
+        for d in daemons:
+            assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()[-3000:]}"
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        assert time.time() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(step)
+
+
+def caught_up(d, bootstrap, partitions, events, gen=None):
+    """Whether gen (if any) is done and cohortd has restored, processed and committed all
+    `events` of the input."""
+    if gen is not None and gen.poll() is None:
+        return False
+    m = d.metrics()
+    return metric(m, "cohortd_restoring_partitions") == 0 and \
+        metric_sum(m, "cohortd_consumer_lag") == 0 and metric(m, "cohortd_ready") == 1 and \
+        committed_sum(bootstrap, partitions) >= events

@@ -17,11 +17,10 @@ to read_committed readers, which a production broker hides):
 import random
 import subprocess
 import sys
-import time
 from collections import defaultdict
 
-from harness import (GEN, Broker, Daemon, avro_reader, committed_sum, compare_states, consume,
-                     decode_confluent, final_states, log, metric, metric_sum, run)
+from harness import (GEN, Broker, Daemon, avro_reader, caught_up, committed_sum, compare_states,
+                     consume, decode_confluent, final_states, log, metric, run, wait_for)
 
 PARTS = 4
 TOPICS = "events,profiles,risk,cohortd-dlq,changelog"
@@ -47,27 +46,12 @@ def outputs(bs):
     return prof, risk
 
 
-def caught_up(d, gen, bs):
-    if gen.poll() is None:
-        return False
-    try:
-        m = d.metrics()
-    except OSError:
-        return False
-    return metric(m, "cohortd_restoring_partitions") == 0 and \
-        metric_sum(m, "cohortd_consumer_lag") == 0 and committed_sum(bs, PARTS) >= EVENTS
-
-
 def main():
     with Broker(partitions=PARTS, topics=TOPICS) as broker:
         bs = broker.bootstrap
         run([GEN, "--brokers", bs, *GEN_ARGS])
         with Daemon(bs, *SETS) as d:
-            d.wait_http()
-            deadline = time.time() + 300
-            while committed_sum(bs, PARTS) < EVENTS:
-                assert d.proc.poll() is None and time.time() < deadline, d.log_text()[-3000:]
-                time.sleep(0.2)
+            wait_for("the input committed", lambda: committed_sum(bs, PARTS) >= EVENTS, [d])
             m = d.metrics()
             assert d.stop() == 0
         commits = metric(m, "cohortd_transactions_total", result="committed")
@@ -90,11 +74,9 @@ def main():
                     d.wait_http()
                     start = committed_sum(bs, PARTS)
                     k = rng.randint(1, 2000)
-                    deadline = time.time() + 300
-                    while committed_sum(bs, PARTS) - start < k and not caught_up(d, gen, bs):
-                        assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
-                        assert time.time() < deadline, f"kill {i}: no progress in 300 s"
-                        time.sleep(0.05)
+                    wait_for(f"kill {i}: {k} more events committed",
+                             lambda: committed_sum(bs, PARTS) - start >= k or
+                             caught_up(d, bs, PARTS, EVENTS, gen), [d], step=0.05)
                     d.proc.kill()
                     d.proc.wait()
                 finally:
@@ -106,11 +88,7 @@ def main():
             if gen.poll() is None:
                 gen.kill()
         with Daemon(bs, *SETS) as d:
-            deadline = time.time() + 300
-            while not caught_up(d, gen, bs):
-                assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
-                assert time.time() < deadline, "the last run did not catch up in 300 s"
-                time.sleep(0.2)
+            wait_for("the last run catching up", lambda: caught_up(d, bs, PARTS, EVENTS), [d])
             assert d.stop() == 0
         prof, risk = outputs(bs)
         missing = EVENTS - len(prof), EVENTS - len(risk)

@@ -24,10 +24,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
-from harness import (GEN, Broker, Daemon, avro_reader, committed_sum, compare_states, consume,
-                     decode_confluent, final_states, log, metric, metric_sum, reference_states)
+from harness import (GEN, Broker, Daemon, avro_reader, caught_up, committed_sum, compare_states,
+                     consume, decode_confluent, final_states, log, metric, reference_states,
+                     wait_for)
 
 PARTS = 4
 TOPICS = "events,profiles,risk,cohortd-dlq,changelog"
@@ -43,31 +43,6 @@ def reference():
     return reference_states(PARTS, TOPICS, GEN_ARGS, SETS, EVENTS)
 
 
-def wait_http(d):
-    deadline = time.time() + 60
-    while True:
-        try:
-            d.get("/healthz", timeout=2)
-            return
-        except OSError:
-            assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
-            assert time.time() < deadline, "cohortd did not serve /healthz within 60 s"
-            time.sleep(0.05)
-
-
-def caught_up(d, gen, bs):
-    """The generator is done and cohortd has processed and committed all of it."""
-    if gen.poll() is None:
-        return False
-    try:
-        m = d.metrics()
-    except OSError:
-        return False
-    return metric(m, "cohortd_restoring_partitions") == 0 and \
-        metric_sum(m, "cohortd_consumer_lag") == 0 and metric(m, "cohortd_ready") == 1 and \
-        committed_sum(bs, PARTS) >= EVENTS
-
-
 def interrupted(sig, rng, sdir):
     sets = SETS + (f"state.dir={sdir}", "state.snapshot_interval=1s")
     with Broker(partitions=PARTS, topics=TOPICS) as broker:
@@ -79,14 +54,12 @@ def interrupted(sig, rng, sdir):
                 d = Daemon(bs, *sets)
                 try:
                     if sig == signal.SIGTERM:  # a TERM before main() runs kills any program
-                        wait_http(d)
+                        d.wait_http(timeout=60)
                     start = committed_sum(bs, PARTS)
                     k = 0 if rng.random() < 0.2 else rng.randint(1, 3000)
-                    deadline = time.time() + 300
-                    while committed_sum(bs, PARTS) - start < k and not caught_up(d, gen, bs):
-                        assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
-                        assert time.time() < deadline, f"restart {i}: no progress in 300 s"
-                        time.sleep(0.1)
+                    wait_for(f"restart {i}: {k} more events committed",
+                             lambda: committed_sum(bs, PARTS) - start >= k or
+                             caught_up(d, bs, PARTS, EVENTS, gen), [d], step=0.1)
                     try:
                         m = d.metrics()
                         skipped += metric(m, "cohortd_restore_skipped_total", reason="uncommitted")
@@ -107,11 +80,7 @@ def interrupted(sig, rng, sdir):
                 gen.kill()
         # the last run: restore, process the rest, stop cleanly
         with Daemon(bs, *sets) as d:
-            deadline = time.time() + 300
-            while not caught_up(d, gen, bs):
-                assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
-                assert time.time() < deadline, "the last run did not catch up in 300 s"
-                time.sleep(0.2)
+            wait_for("the last run catching up", lambda: caught_up(d, bs, PARTS, EVENTS), [d])
             assert d.stop() == 0
         reader = avro_reader("profile_update.avsc")
         ids = set()

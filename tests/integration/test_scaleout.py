@@ -16,10 +16,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 from harness import (GEN, Broker, Daemon, avro_reader, committed_sum, compare_states, consume,
-                     decode_confluent, final_states, log, metric, metric_sum, reference_states)
+                     decode_confluent, final_states, log, metric, metric_sum, reference_states,
+                     wait_for)
 
 PARTS = 6
 TOPICS = "events,profiles,risk,cohortd-dlq,changelog"
@@ -29,20 +29,6 @@ GEN_ARGS = ["--users", str(USERS), "--events", str(EVENTS), "--step-ms", "1000",
             "--anomalous", "0", "--quiet"]
 SETS = ("state.changelog=changelog", "model.path=", "emit.policy=every", "segments.k=0",
         "state.snapshot_interval=2s")
-
-
-def wait(what, cond, ds, timeout=300):
-    deadline = time.time() + timeout
-    while True:
-        for d in ds:
-            assert d.proc.poll() is None, f"an instance died:\n{d.log_text()[-3000:]}"
-        try:
-            if cond():
-                return
-        except OSError:
-            pass
-        assert time.time() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.2)
 
 
 def main():
@@ -62,23 +48,23 @@ def main():
                 def consumed(d):
                     return metric(d.metrics(), "cohortd_events_processed_total")
 
-                wait("three instances sharing the partitions",
+                wait_for("three instances sharing the partitions",
                      lambda: all(assigned(d) > 0 for d in ds) and
                      sum(assigned(d) for d in ds) == PARTS, ds)
-                wait("every instance processing", lambda: all(consumed(d) > 0 for d in ds), ds)
+                wait_for("every instance processing", lambda: all(consumed(d) > 0 for d in ds), ds)
                 victim = ds[1]
                 lost = assigned(victim)
                 victim.proc.kill()
                 victim.proc.wait()
                 live = [ds[0], ds[2]]
-                wait("the survivors owning every partition",
+                wait_for("the survivors owning every partition",
                      lambda: sum(assigned(d) for d in live) == PARTS, live)
                 log(f"killed one of three instances (kill -9) owning {lost:.0f} partitions; "
                     f"the other two took them over at {committed_sum(bs, PARTS)} committed events")
                 joiner = Daemon(bs, *SETS, f"state.dir={dirs[3]}")
                 ds.append(joiner)
                 live.append(joiner)
-                wait("the fourth instance owning partitions",
+                wait_for("the fourth instance owning partitions",
                      lambda: assigned(joiner) > 0 and
                      sum(assigned(d) for d in live) == PARTS, live)
                 log(f"a fourth joined and took {assigned(joiner):.0f} partitions at "
@@ -91,7 +77,7 @@ def main():
                                metric_sum(m, "cohortd_consumer_lag") == 0 for m in ms) and \
                         committed_sum(bs, PARTS) >= EVENTS
 
-                wait("the input processed and committed", caught_up, live)
+                wait_for("the input processed and committed", caught_up, live)
                 restored = sum(metric(d.metrics(), "cohortd_restored_partitions_total")
                                for d in live)
                 for d in live:

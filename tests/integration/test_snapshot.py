@@ -30,8 +30,8 @@ import time
 
 from confluent_kafka import Producer
 
-from harness import (GEN, Broker, Daemon, committed, committed_sum, compare_states, consume,
-                     final_states, log, metric, metric_sum, run)
+from harness import (GEN, Broker, Daemon, caught_up, committed, compare_states, consume,
+                     final_states, log, metric, run, wait_for)
 
 PARTS = 4
 TOPICS = "events,profiles,risk,cohortd-dlq,changelog"
@@ -50,19 +50,9 @@ def gen(bs, i):
 
 def settle(d, bs, total):
     """Wait until cohortd has restored, processed and committed all `total` events."""
-    deadline = time.time() + 300
-    while True:
-        assert d.proc.poll() is None, f"cohortd died:\n{d.log_text()}"
-        assert time.time() < deadline, f"not caught up in 300 s:\n{d.log_text()[-3000:]}"
-        try:
-            m = d.metrics()
-            if metric(m, "cohortd_restoring_partitions") == 0 and \
-                    metric_sum(m, "cohortd_consumer_lag") == 0 and \
-                    committed_sum(bs, PARTS) >= total:
-                return m
-        except OSError:
-            pass
-        time.sleep(0.2)
+    wait_for(f"{total} events processed and committed", lambda: caught_up(d, bs, PARTS, total),
+             [d])
+    return d.metrics()
 
 
 def stop(d):
