@@ -65,7 +65,7 @@ typedef struct ch_restore_part {
 } ch_restore_part_t;
 
 typedef struct ch_restore {
-    ch_restore_part_t *parts; /* by partition */
+    ch_restore_part_t *parts; /* by partition: as many as the changelog has */
     size_t n_parts;
     size_t active; /* partitions restoring now */
     uint64_t partitions, records, bytes, applied, uncommitted, refused;

@@ -45,9 +45,11 @@ int ch_restore_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
         return 0;
     }
     rs->msgs = calloc(RESTORE_BUDGET, sizeof(*rs->msgs));
-    if (!rs->msgs) {
+    rs->parts = calloc((size_t)p->cl.partitions, sizeof(*rs->parts)); /* one per changelog's */
+    if (!rs->msgs || !rs->parts) {
         return -ENOMEM;
     }
+    rs->n_parts = (size_t)p->cl.partitions;
     return ch_clients_reader(&p->clients, p->cfg, p->cfg->state_changelog, errbuf, errlen);
 }
 
@@ -60,25 +62,9 @@ void ch_restore_done(ch_pipeline_t *p) {
     memset(&p->rs, 0, sizeof(p->rs));
 }
 
-static ch_restore_part_t *part(ch_pipeline_t *p, int32_t partition, bool grow) {
-    ch_restore_t *rs = &p->rs;
-    if (partition < 0) {
-        return NULL;
-    }
-    if ((size_t)partition >= rs->n_parts) {
-        if (!grow) {
-            return NULL;
-        }
-        size_t cap = (size_t)partition + 64;
-        ch_restore_part_t *np = realloc(rs->parts, cap * sizeof(*np));
-        if (!np) {
-            return NULL;
-        }
-        memset(np + rs->n_parts, 0, (cap - rs->n_parts) * sizeof(*np));
-        rs->parts = np;
-        rs->n_parts = cap;
-    }
-    return &rs->parts[partition];
+/* A partition's restore, or NULL: the changelog has no partition of that number. */
+static ch_restore_part_t *part(ch_pipeline_t *p, int32_t partition) {
+    return partition >= 0 && (size_t)partition < p->rs.n_parts ? &p->rs.parts[partition] : NULL;
 }
 
 /* The partition's snapshot if it can be used, else NULL (the log says why). */
@@ -138,9 +124,17 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
     if (!p->clients.reader) {
         return;
     }
-    ch_restore_part_t *rp = part(p, partition, true);
+    ch_restore_part_t *rp = part(p, partition);
     char err[512];
-    if (!rp || ch_consumer_hold(p->clients.consumer, partition, true) < 0) {
+    if (!rp) {
+        ch_log(CH_LOG_ERR,
+               "restore: %s[%d] has no changelog partition (%s has %d; did the input gain "
+               "partitions?); stopping",
+               p->cfg->input_topic, partition, p->cfg->state_changelog, p->cl.partitions);
+        p->failed = true;
+        return;
+    }
+    if (ch_consumer_hold(p->clients.consumer, partition, true) < 0) {
         ch_log(CH_LOG_ERR, "out of memory restoring partition %d; stopping", partition);
         p->failed = true;
         return;
@@ -168,7 +162,7 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
 }
 
 void ch_restore_cancel(ch_pipeline_t *p, int32_t partition) {
-    ch_restore_part_t *rp = part(p, partition, false);
+    ch_restore_part_t *rp = part(p, partition);
     if (!rp || !rp->on) {
         return;
     }
@@ -360,7 +354,7 @@ bool ch_restore_drain(ch_pipeline_t *p) {
                              m->errstr ? m->errstr : "error");
             continue;
         }
-        ch_restore_part_t *rp = part(p, m->partition, false);
+        ch_restore_part_t *rp = part(p, m->partition);
         if (!rp || !rp->on) {
             continue; /* read before a cancel */
         }
