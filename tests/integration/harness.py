@@ -41,13 +41,25 @@ def log(*a):
 class Broker:
     """cohort-broker on 127.0.0.1, stopped with SIGTERM."""
 
-    def __init__(self, partitions=4, topics="events,profiles,risk,cohortd-dlq"):
-        self.proc = subprocess.Popen([BROKER, "--partitions", str(partitions), "--topics", topics],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    def __init__(self, partitions=4, topics="events,profiles,risk,cohortd-dlq", brokers=1):
+        """brokers > 1: a cluster whose leaders and coordinators can be moved. Faults are
+        injected with fault() (cohort-broker --control)."""
+        self.proc = subprocess.Popen([BROKER, "--partitions", str(partitions), "--topics", topics,
+                                      "--brokers", str(brokers), "--control"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline().strip()
         if not line:
             raise RuntimeError("cohort-broker printed no bootstrap servers")
         self.bootstrap = line
+
+    def fault(self, command):
+        """Run one fault command (cohort-broker --help lists them); fails unless ok."""
+        log(f"broker fault: {command}")
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        assert answer == "ok", f"cohort-broker: {command}: {answer}"
 
     def stop(self):
         if self.proc.poll() is None:
