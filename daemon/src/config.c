@@ -80,6 +80,9 @@ static const key_def_t keys[] = {
      "Reader schema for events (default: <schema.dir>/user_event.avsc)."},
     {"input.writer_schema", K_PATH, OFF(input_writer_schema), "", 0, 0, NULL, NULL,
      "Writer schema for plain framing (default: the reader schema)."},
+    {"input.event_id_max_bytes", K_INT, OFF(input_event_id_max_bytes), "128", 1, 4096, NULL, NULL,
+     "Longest event_id accepted (it is copied into every output); longer ids are bad input "
+     "(event_id_too_long)."},
     {"input.max_future", K_DURATION, OFF(input_max_future_ms), "1d", 0, INFINITY, NULL, NULL,
      "Events stamped further than this past the wall clock are bad input (ts_in_future); "
      "0: no limit."},
@@ -132,10 +135,10 @@ static const key_def_t keys[] = {
      "Events seen before the segments are seeded; then k-means++ (10 tries, the least "
      "inertia wins) runs on the current feature vectors of up to this many users in the "
      "table. Segments are null until then."},
-    {"segments.half_life", K_DURATION, OFF(segments.half_life_ms), "1d", 1, INFINITY, NULL,
-     NULL, "Decay of centroid weights by stream time: how fast segments follow drift."},
-    {"segments.stats_half_life", K_DURATION, OFF(segments.stats_half_life_ms), "7d", 1,
-     INFINITY, NULL, NULL, "Decay of the running mean/std of the z-score transform."},
+    {"segments.half_life", K_DURATION, OFF(segments.half_life_ms), "1d", 1, INFINITY, NULL, NULL,
+     "Decay of centroid weights by stream time: how fast segments follow drift."},
+    {"segments.stats_half_life", K_DURATION, OFF(segments.stats_half_life_ms), "7d", 1, INFINITY,
+     NULL, NULL, "Decay of the running mean/std of the z-score transform."},
     {"segments.dead_ratio", K_FLOAT, OFF(segments.dead_ratio), "0.01", 0, 0.49, NULL, NULL,
      "A segment whose weight falls below this share of the largest is re-seeded (its "
      "segment_generation increases)."},
@@ -146,8 +149,8 @@ static const key_def_t keys[] = {
      "population (the current vectors of up to segments.warmup users): Lloyd passes from "
      "the live centroids, and one k-means++ candidate that replaces them (ids matched, "
      "changed ones get a new generation) if it lowers the inertia by more than 2%."},
-    {"segments.transform", K_FLAG, OFF(segments.log1p), "log1p", 0, 0, transforms,
-     transform_values, "Feature transform before the z-score: log1p (signed) or none."},
+    {"segments.transform", K_FLAG, OFF(segments.log1p), "log1p", 0, 0, transforms, transform_values,
+     "Feature transform before the z-score: log1p (signed) or none."},
     {"segments.seed", K_U64, OFF(segments.seed), "1", 0, 2147483647, NULL, NULL,
      "Seed of k-means++ and re-seeding (runs are reproducible)."},
     {"segments.state_file", K_PATH, OFF(segments_state_file), "", 0, 0, NULL, NULL,
@@ -193,16 +196,20 @@ static const key_def_t keys[] = {
      "from the event loop; off disables it. Keep it on loopback or a private network: it "
      "has no authentication."},
     {"http.max_connections", K_INT, OFF(http_max_connections), "64", 1, 4096, NULL, NULL,
-     "Concurrent HTTP connections served; a further one is answered 503 and closed (up "
-     "to 64 such answers in flight; past that, refused at once)."},
+     "Concurrent HTTP connections served. A further one takes the slot of the oldest "
+     "connection still waiting for its request (each has 2 s to send it), so slow or idle "
+     "clients cannot starve the probes; if every slot is answering, it is answered 503."},
     {"log.level", K_ENUM, OFF(log_level), "info", 0, 0, levels, level_values,
      "Least severe level logged."},
-    {"log.stats_interval", K_DURATION, OFF(log_stats_interval_ms), "10s", 0, INFINITY, NULL,
-     NULL, "Interval of the progress line (events/s in and out, users, bad input); 0: off."},
+    {"log.stats_interval", K_DURATION, OFF(log_stats_interval_ms), "10s", 0, INFINITY, NULL, NULL,
+     "Interval of the progress line (events/s in and out, users, bad input); 0: off."},
     {"log.bad_input_per_min", K_INT, OFF(log_bad_input_per_min), "10", 0, 1000000, NULL, NULL,
      "Bad-input log lines per minute; the rest are counted, not logged."},
     {"shutdown.timeout", K_DURATION, OFF(shutdown_timeout_ms), "30s", 0, INFINITY, NULL, NULL,
-     "On SIGTERM, how long to wait for outputs to be acknowledged before giving up."},
+     "The whole budget from SIGTERM to exit: outputs acknowledged, the final commit, "
+     "leaving the group, freeing the Kafka clients, whatever the broker does. What is not "
+     "done by then is given up; the last log line says what was not committed, and then "
+     "the exit status is 1. 0: do not wait."},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 

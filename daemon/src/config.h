@@ -48,6 +48,7 @@ typedef struct ch_config {
     char schema_dir[CH_CONF_STR];
     char input_schema[CH_CONF_STR];
     char input_writer_schema[CH_CONF_STR];
+    long input_event_id_max_bytes;
     double input_max_future_ms;
     double input_max_skew_ms;   /* 0: no timestamp alignment */
     double input_align_idle_ms;

@@ -3,8 +3,8 @@
  *
  * Design notes
  * - Decoding borrows from the Kafka message (no copy, no allocation per event);
- *   validation rejects what must never reach the state: empty or over-long ids,
- *   non-finite numbers, times before 1970 or too far in the future.
+ *   validation rejects what must never reach the state or an output: empty or
+ *   over-long ids, non-finite numbers, times before 1970 or too far in the future.
  * - The field map is resolved once from the feature set: each numeric field a
  *   feature reads is either the amount or one attrs key.
  */
@@ -42,6 +42,7 @@ static const char *const bad_names[CH_BAD_N] = {
     [CH_BAD_TOO_MANY_ATTRS] = "too_many_attrs",
     [CH_BAD_EMPTY_USER_ID] = "empty_user_id",
     [CH_BAD_USER_ID_TOO_LONG] = "user_id_too_long",
+    [CH_BAD_EVENT_ID_TOO_LONG] = "event_id_too_long",
     [CH_BAD_NON_FINITE] = "non_finite",
     [CH_BAD_TS_NEGATIVE] = "ts_negative",
     [CH_BAD_TS_FUTURE] = "ts_in_future",
@@ -114,6 +115,11 @@ static ch_bad_reason_t validate(const ch_events_t *e, const ch_event_view_t *ev,
         snprintf(why, len, "user_id of %zu bytes exceeds state.key_max_bytes = %ld",
                  ev->user_id_len, e->cfg->state_key_max_bytes);
         return CH_BAD_USER_ID_TOO_LONG;
+    }
+    if (ev->event_id_len > (size_t)e->cfg->input_event_id_max_bytes) {
+        snprintf(why, len, "event_id of %zu bytes exceeds input.event_id_max_bytes = %ld",
+                 ev->event_id_len, e->cfg->input_event_id_max_bytes);
+        return CH_BAD_EVENT_ID_TOO_LONG;
     }
     if (ev->has_amount && !isfinite(ev->amount)) {
         snprintf(why, len, "amount is %f", ev->amount);

@@ -12,16 +12,17 @@
 #include "config.h"
 
 typedef enum ch_bad_reason {
-    CH_BAD_DECODE,          /* not decodable as Avro in the expected framing */
-    CH_BAD_SCHEMA,          /* unknown or unresolvable writer schema id */
-    CH_BAD_TOO_MANY_ATTRS,  /* attrs beyond CH_CODEC_MAX_ATTRS */
-    CH_BAD_EMPTY_USER_ID,   /* user_id "" */
-    CH_BAD_USER_ID_TOO_LONG,/* user_id longer than state.key_max_bytes */
-    CH_BAD_NON_FINITE,      /* NaN or Inf in amount or attrs */
-    CH_BAD_TS_NEGATIVE,     /* ts before 1970 */
-    CH_BAD_TS_FUTURE,       /* ts beyond wall clock + input.max_future (0: no limit) */
+    CH_BAD_DECODE,            /* not decodable as Avro in the expected framing */
+    CH_BAD_SCHEMA,            /* unknown or unresolvable writer schema id */
+    CH_BAD_TOO_MANY_ATTRS,    /* attrs beyond CH_CODEC_MAX_ATTRS */
+    CH_BAD_EMPTY_USER_ID,     /* user_id "" */
+    CH_BAD_USER_ID_TOO_LONG,  /* user_id longer than state.key_max_bytes */
+    CH_BAD_EVENT_ID_TOO_LONG, /* event_id longer than input.event_id_max_bytes */
+    CH_BAD_NON_FINITE,        /* NaN or Inf in amount or attrs */
+    CH_BAD_TS_NEGATIVE,       /* ts before 1970 */
+    CH_BAD_TS_FUTURE,         /* ts beyond wall clock + input.max_future (0: no limit) */
     CH_BAD_N,
-    CH_BAD_NONE = -1,       /* not bad: a valid event */
+    CH_BAD_NONE = -1, /* not bad: a valid event */
 } ch_bad_reason_t;
 
 typedef struct ch_events ch_events_t;

@@ -5,13 +5,16 @@
  * - Scope: health probes, Prometheus scrapes and curl. GET and HEAD, one request
  *   per connection ("Connection: close"), request head at most 8 KiB, no body.
  *   Anything else gets a precise 4xx/5xx, never a crash or a hang.
- * - Every socket is non-blocking and close-on-exec; a connection lives at most
- *   CONN_TIMEOUT_S, so a slow or stalled client cannot pin a slot. At most
- *   max_conns are served; a connection beyond that is answered 503 at once and
- *   closed like any answer (write side shut, input drained for at most LINGER_S),
- *   with up to REFUSALS_MAX such refusals lingering; past that it is refused with
- *   a best-effort 503 and closed at once. (Closing at once was the rule before: a
- *   client whose request had not arrived yet got a reset, not the 503; seen in CI.)
+ * - Probes first: slow or idle clients cannot starve /healthz and /readyz. A
+ *   connection must deliver its whole request head within HEAD_TIMEOUT_S (a probe
+ *   sends it at once) and lives at most CONN_TIMEOUT_S. At max_conns, a new
+ *   connection takes the slot of the oldest one still waiting for its request
+ *   head, which is closed: a prober, whose request follows its connect at once,
+ *   is served, and a flood of slow or idle clients only evicts itself (measured in
+ *   tests/integration/test_probes.py). Only when every slot is busy answering is a
+ *   new connection answered 503 and closed like any answer (write side shut, input
+ *   drained for at most LINGER_S), with up to REFUSALS_MAX such refusals
+ *   lingering; past that it is refused with a best-effort 503 and closed at once.
  * - After the answer, the write side is shut and what the client still sends is
  *   read and discarded until it closes (at most LINGER_S): closing with unread
  *   input would reset the connection and could destroy the answer in flight.
@@ -37,6 +40,7 @@
 #include <unistd.h>
 
 #define HEAD_MAX 8192
+#define HEAD_TIMEOUT_S 2.0 /* to receive the whole request head */
 #define CONN_TIMEOUT_S 10.0
 #define LINGER_S 2.0
 #define REFUSALS_MAX 64 /* 503s closing at once beyond max_conns (~8 KiB each) */
@@ -50,7 +54,8 @@ struct ch_http {
     ch_http_handler_fn *handler;
     void *opaque;
     size_t max_conns, n_conns;
-    conn_t *conns; /* doubly linked */
+    conn_t *conns, *oldest; /* doubly linked, newest first */
+    uint64_t evicted;
     ch_buf_t body;
     uint64_t requests;
     char address[128];
@@ -64,6 +69,7 @@ struct conn {
     size_t in_len;
     ch_buf_t out;
     size_t out_off;
+    bool answering; /* the request head is in (or it is refused): answering or lingering */
     bool lingering; /* answered; draining input until the client closes */
     conn_t *prev, *next;
     char in[HEAD_MAX];
@@ -81,6 +87,8 @@ static void conn_close(conn_t *c) {
     }
     if (c->next) {
         c->next->prev = c->prev;
+    } else {
+        h->oldest = c->prev;
     }
     h->n_conns--;
     ch_buf_done(&c->out);
@@ -166,6 +174,10 @@ static void conn_reply(conn_t *c, int status, const char *ctype, const void *bod
         return;
     }
     h->requests++;
+    c->answering = true;
+    ev_timer_stop(h->loop, &c->timer); /* the rest of CONN_TIMEOUT_S to answer */
+    ev_timer_set(&c->timer, CONN_TIMEOUT_S - HEAD_TIMEOUT_S, 0);
+    ev_timer_start(h->loop, &c->timer);
     c->out_off = 0;
     ev_io_stop(h->loop, &c->io);
     ev_io_set(&c->io, c->fd, EV_WRITE);
@@ -316,15 +328,31 @@ static void refuse_now(int fd) {
     close(fd);
 }
 
+/* At capacity: close the oldest connection still waiting for its request head, so the
+ * new one gets its slot. @returns false if every connection is answering. */
+static bool evict_waiting(ch_http_t *h) {
+    for (conn_t *c = h->oldest; c; c = c->prev) {
+        if (!c->answering) {
+            conn_close(c);
+            h->evicted++;
+            return true;
+        }
+    }
+    return false;
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
     (void)revents;
     ch_http_t *h = w->data;
-    for (int i = 0; i < 64; i++) {
+    /* A quarter of the slots per loop iteration at most: a connection accepted here
+     * has its request read in the next iteration before newer ones could evict it. */
+    size_t batch = h->max_conns / 4 < 1 ? 1 : h->max_conns / 4 > 64 ? 64 : h->max_conns / 4;
+    for (size_t i = 0; i < batch; i++) {
         int fd = accept4(h->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             return; /* EAGAIN, or a transient error (EMFILE, ECONNABORTED): retry later */
         }
-        bool busy = h->n_conns >= h->max_conns;
+        bool busy = h->n_conns >= h->max_conns && !evict_waiting(h);
         conn_t *c = h->n_conns < h->max_conns + REFUSALS_MAX ? malloc(sizeof(*c)) : NULL;
         if (!c) {
             refuse_now(fd);
@@ -334,17 +362,20 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
         c->fd = fd;
         c->in_len = 0;
         c->out_off = 0;
+        c->answering = false;
         c->lingering = false;
         ch_buf_init(&c->out);
         c->prev = NULL;
         c->next = h->conns;
         if (h->conns) {
             h->conns->prev = c;
+        } else {
+            h->oldest = c;
         }
         h->conns = c;
         h->n_conns++;
         ev_io_init(&c->io, on_conn_io, fd, EV_READ);
-        ev_timer_init(&c->timer, on_conn_timeout, CONN_TIMEOUT_S, 0);
+        ev_timer_init(&c->timer, on_conn_timeout, HEAD_TIMEOUT_S, 0);
         ev_io_start(loop, &c->io);
         ev_timer_start(loop, &c->timer);
         if (busy) {
@@ -410,7 +441,7 @@ int ch_http_new(struct ev_loop *loop, const char *address, size_t max_conns,
     h->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1, r = 0;
     if (h->fd < 0 || setsockopt(h->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        bind(h->fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(h->fd, 64) < 0) {
+        bind(h->fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(h->fd, 1024) < 0) {
         int e = errno;
         r = fail(errbuf, errlen, e == EADDRINUSE || e == EACCES ? -e : -EIO,
                  "http.listen: cannot listen on %s: %s", address, strerror(e));
@@ -465,3 +496,5 @@ const char *ch_http_address(const ch_http_t *h) {
 uint64_t ch_http_requests(const ch_http_t *h) {
     return h->requests;
 }
+
+uint64_t ch_http_evicted(const ch_http_t *h) { return h->evicted; }

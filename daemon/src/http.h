@@ -37,7 +37,8 @@ int ch_http_split_address(const char *address, char *host, size_t hlen, char *po
 
 /**
  * @brief Listen on "HOST:PORT" ("[v6]:PORT" for IPv6; port 0 picks a free port).
- * @param max_conns connections served at once; more are accepted and closed at once.
+ * @param max_conns connections served at once; a further one takes the slot of the
+ *        oldest still waiting for its request (or is answered 503 if none is).
  * @returns 0, -EINVAL (unparsable address; errbuf says why), -EADDRINUSE, -EACCES,
  *          -EIO (other socket errors), -ENOMEM.
  */
@@ -53,5 +54,9 @@ const char *ch_http_address(const ch_http_t *h);
 
 /** @brief Requests answered so far. */
 uint64_t ch_http_requests(const ch_http_t *h);
+
+/** @brief Connections closed before their request arrived, to give their slot to a
+ *  newer one. */
+uint64_t ch_http_evicted(const ch_http_t *h);
 
 #endif

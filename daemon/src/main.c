@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ch/features.h"
@@ -57,6 +58,7 @@ typedef struct daemon_ctx {
     ev_signal sigterm, sigint, sighup;
     ev_stat model_watch;
     double last_save_s;
+    double stop_s; /* when the stop began (ch_now_s clock), 0 before */
     int exit_code;
     ch_http_t *http;
     double start_time_s; /* Unix time */
@@ -70,7 +72,66 @@ typedef struct daemon_ctx {
 
 static void stop_loop(daemon_ctx_t *d, int code) {
     d->exit_code = code;
+    if (d->stop_s == 0) {
+        d->stop_s = ch_now_s(); /* shutdown.timeout counts from here */
+    }
     ev_break(d->loop, EVBREAK_ALL);
+}
+
+/* The stop's backstop. shutdown.timeout is the budget from SIGTERM to exit: every
+ * blocking step of the stop is bounded by it, but freeing librdkafka's handles is not
+ * (rd_kafka_destroy waits for its threads, which may wait on a broker that vanished).
+ * This thread watches that last part: if the deadline passes, it logs the stop's
+ * verdict (what was and was not committed, known by then) and ends the process with
+ * its exit status. */
+typedef struct reaper {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    double deadline_s; /* ch_now_s() clock (CLOCK_MONOTONIC) */
+    char verdict[768];
+    int code;
+} reaper_t;
+
+static void *reap(void *arg) {
+    reaper_t *r = arg;
+    struct timespec ts = {.tv_sec = (time_t)r->deadline_s,
+                          .tv_nsec = (long)((r->deadline_s - floor(r->deadline_s)) * 1e9)};
+    pthread_mutex_lock(&r->mu);
+    while (!r->done) {
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT && !r->done) {
+            ch_log(r->code ? CH_LOG_ERR : CH_LOG_NOTICE,
+                   "%s; shutdown.timeout reached while freeing the Kafka clients: exiting now",
+                   r->verdict);
+            _exit(r->code); /* no destructors: another thread may be inside librdkafka */
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+static bool reaper_start(reaper_t *r, double deadline_s, const char *verdict, int code) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    r->deadline_s = deadline_s;
+    r->code = code;
+    snprintf(r->verdict, sizeof(r->verdict), "%s", verdict);
+    return pthread_create(&r->thread, NULL, reap, r) == 0;
+}
+
+static void reaper_stop(reaper_t *r) {
+    pthread_mutex_lock(&r->mu);
+    r->done = true;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->thread, NULL);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
 }
 
 static void drain_once(daemon_ctx_t *d) {
@@ -257,7 +318,8 @@ static void http_handler(void *opaque, const char *path, size_t len, ch_http_rep
         rep->status = ready ? 200 : 503;
         ch_buf_printf(b, "%s\n", ready ? "ready" : why);
     } else if (IS("/metrics")) {
-        ch_metrics_ctx_t mc = {d->start_time_s, ch_http_requests(d->http)};
+        ch_metrics_ctx_t mc = {d->start_time_s, ch_http_requests(d->http),
+                               ch_http_evicted(d->http)};
         rep->status = ch_metrics_render(d->pipe, d->cfg, &mc, b) == 0 ? 200 : 500;
         rep->content_type = "text/plain; version=0.0.4; charset=utf-8";
     } else if (len > 7 && memcmp(path, "/users/", 7) == 0) {
@@ -524,23 +586,47 @@ int main(int argc, char **argv) {
 
     ev_run(d.loop, 0);
 
+    if (d.stop_s == 0) {
+        d.stop_s = ch_now_s();
+    }
+    double deadline = d.stop_s + fmin(cfg.shutdown_timeout_ms, 1e9) / 1000.0;
     d.http = ch_http_free(d.http);
-    r = ch_pipeline_shutdown(d.pipe);
-    ch_pipeline_save_segments(d.pipe);
+    ch_pipeline_stop_t st;
+    r = ch_pipeline_shutdown(d.pipe, deadline, &st); /* each blocking step ends by deadline */
     ch_pipeline_stats_t s;
     ch_pipeline_stats(d.pipe, &s);
-    ch_log(CH_LOG_NOTICE,
-           "stopped: %llu consumed, %llu profiles, %llu risk updates (%llu alerts), %llu dead "
-           "letters, %llu delivery failures%s",
-           (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
-           (unsigned long long)s.risk_acked, (unsigned long long)s.alerts,
-           (unsigned long long)s.dlq_acked, (unsigned long long)s.delivery_failures,
-           r == 0 ? "; offsets committed" : "");
-    d.pipe = ch_pipeline_free(d.pipe);
-    ev_loop_destroy(d.loop);
-    ch_config_done(&cfg);
     if (d.exit_code == 0 && r < 0) {
         d.exit_code = 1;
     }
+    char verdict[768], what[256];
+    if (st.uncommitted_parts) {
+        snprintf(what, sizeof(what),
+                 "; NOT committed: the offsets of %zu partition(s) (%lld event(s) whose outputs "
+                 "were acknowledged): they will be reprocessed on restart",
+                 st.uncommitted_parts, (long long)st.uncommitted_records);
+    } else if (d.exit_code == 0) {
+        snprintf(what, sizeof(what), "; offsets committed");
+    } else {
+        snprintf(what, sizeof(what), "; acknowledged events committed%s",
+                 st.unacked ? ", those of unacknowledged outputs not" : "");
+    }
+    snprintf(verdict, sizeof(verdict),
+             "stopped: %llu consumed, %llu profiles, %llu risk updates (%llu alerts), %llu dead "
+             "letters, %llu delivery failures%s (exit %d)",
+             (unsigned long long)s.consumed, (unsigned long long)s.profiles_acked,
+             (unsigned long long)s.risk_acked, (unsigned long long)s.alerts,
+             (unsigned long long)s.dlq_acked, (unsigned long long)s.delivery_failures, what,
+             d.exit_code);
+    reaper_t reaper = {.done = false};
+    bool reaping =
+        isfinite(cfg.shutdown_timeout_ms) && reaper_start(&reaper, deadline, verdict, d.exit_code);
+    ch_pipeline_save_segments(d.pipe);
+    d.pipe = ch_pipeline_free(d.pipe);
+    if (reaping) {
+        reaper_stop(&reaper);
+    }
+    ch_log(d.exit_code ? CH_LOG_ERR : CH_LOG_NOTICE, "%s", verdict);
+    ev_loop_destroy(d.loop);
+    ch_config_done(&cfg);
     return d.exit_code;
 }

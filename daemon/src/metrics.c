@@ -196,6 +196,14 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
               "Seconds the last snapshot took, from its start to its last file's rename.",
               s.snapshot_last_seconds);
     }
+    counter(&o, "cohortd_dead_letters_truncated_total",
+            "Dead letters cut to fit the producer's message.max.bytes (headers give the "
+            "original size and SHA-256).",
+            s.dlq_truncated);
+    counter(&o, "cohortd_outputs_refused_total",
+            "Records refused by the broker for themselves (too large, invalid), replaced by a "
+            "reduced dead letter so their partition moves on.",
+            s.outputs_refused);
     counter(&o, "cohortd_delivery_failures_total",
             "Outputs that could not be delivered (the daemon stops; nothing is committed past "
             "them).",
@@ -314,5 +322,9 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
                 s.model_reload_failures);
     }
     counter(&o, "cohortd_http_requests_total", "HTTP requests answered.", ctx->http_requests);
+    counter(&o, "cohortd_http_connections_evicted_total",
+            "HTTP connections closed before their request arrived, to serve a newer one "
+            "(http.max_connections reached).",
+            ctx->http_evicted);
     return o.err;
 }

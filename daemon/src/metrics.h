@@ -13,6 +13,7 @@
 typedef struct ch_metrics_ctx {
     double start_time_s; /* Unix time the process started */
     uint64_t http_requests;
+    uint64_t http_evicted;
 } ch_metrics_ctx_t;
 
 /**

@@ -11,17 +11,85 @@
  *   complete batches in order, and they are stored for librdkafka's commit.
  * - A failed delivery freezes the tracker (nothing after it is committed) and
  *   stops the daemon non-zero, so a restart reprocesses from the last commit.
+ * - No record can stall a partition. Every output is bounded: ids copied from input
+ *   are capped (events.c), and a dead letter larger than the producer's
+ *   message.max.bytes is cut to fit, with headers giving the original size and
+ *   SHA-256. A record the broker refuses for itself (too large for the topic,
+ *   invalid) is replaced by a reduced dead letter (1 KiB of key and value, the same
+ *   headers, the refusal) in the same batch, so its offsets commit once that lands.
+ *   Refusals of changelog records, of a reduced dead letter, and any refusal under
+ *   exactly_once (the transaction is already doomed) keep the stop rule, as do
+ *   broker-side failures.
  */
 #include "pipeline_int.h"
 
 #include <errno.h>
 #include <math.h>
+#include <openssl/evp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "emit.h"
 
 #define OUT_MASK ((uintptr_t)3)
+#define REDUCED_BYTES 1024 /* of key and of value kept in a reduced dead letter */
+#define FRAMING_BYTES 512  /* kept free of message.max.bytes for the record's framing */
+#define MAX_HEADERS 12
+
+/* A dead letter's headers, with room for the values they point to. */
+typedef struct dl_headers {
+    ch_header_t h[MAX_HEADERS];
+    size_t n;
+    char part[16], off[24], size[24], key_size[24], sha[2 * EVP_MAX_MD_SIZE + 1];
+} dl_headers_t;
+
+/* A reduced dead letter that replaces a refused record, sent outside the delivery
+ * callback (ch_outputs_release) under the refused record's batch. */
+typedef struct ch_refused {
+    ch_tracked_t *b;
+    size_t key_len, value_len;
+    char key[REDUCED_BYTES], value[REDUCED_BYTES];
+    char topic[256], detail[1024], src[3][256];
+    dl_headers_t dh;
+} refused_t;
+
+static void add(dl_headers_t *d, const char *name, const void *value, size_t len) {
+    if (d->n < MAX_HEADERS) {
+        d->h[d->n++] = (ch_header_t){name, value, len};
+    }
+}
+
+static void add_str(dl_headers_t *d, const char *name, const char *value) {
+    add(d, name, value, strlen(value));
+}
+
+static size_t headers_size(const dl_headers_t *d) {
+    size_t n = 0;
+    for (size_t i = 0; i < d->n; i++) {
+        n += strlen(d->h[i].name) + d->h[i].value_len + 12; /* two lengths, two varints */
+    }
+    return n;
+}
+
+/* The truncation headers: original sizes and the SHA-256 of the original value. */
+static void add_cut(dl_headers_t *d, size_t key_len, const void *value, size_t value_len) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!EVP_Digest(value, value_len, md, &n, EVP_sha256(), NULL)) {
+        n = 0;
+    }
+    for (unsigned int i = 0; i < n; i++) {
+        snprintf(d->sha + 2 * i, 3, "%02x", md[i]);
+    }
+    d->sha[2 * n] = '\0';
+    snprintf(d->size, sizeof(d->size), "%zu", value_len);
+    snprintf(d->key_size, sizeof(d->key_size), "%zu", key_len);
+    add_str(d, "cohortd.truncated", "true");
+    add_str(d, "cohortd.original.size", d->size);
+    add_str(d, "cohortd.original.key_size", d->key_size);
+    add_str(d, "cohortd.original.sha256", d->sha);
+}
 
 /* End-to-end latency of a complete batch's events. Clock skew between producers and
  * this host can make a latency negative: it is counted as 0. */
@@ -43,11 +111,99 @@ static void observe(ch_pipeline_t *p, ch_tracked_t *b) {
     }
 }
 
+static void advance(ch_pipeline_t *p);
+
+/* The reduced dead letter that replaces record m (refused by the broker or the
+ * producer: why), or NULL (out of memory). */
+static refused_t *reduce(ch_tracked_t *b, const ch_msg_t *m, const char *why) {
+    refused_t *r = calloc(1, sizeof(*r));
+    if (!r) {
+        return NULL;
+    }
+    r->b = b;
+    r->key_len = m->key_len < REDUCED_BYTES ? m->key_len : REDUCED_BYTES;
+    r->value_len = m->value_len < REDUCED_BYTES ? m->value_len : REDUCED_BYTES;
+    if (r->key_len) {
+        memcpy(r->key, m->key, r->key_len);
+    }
+    if (r->value_len) {
+        memcpy(r->value, m->value, r->value_len);
+    }
+    snprintf(r->topic, sizeof(r->topic), "%s", m->topic);
+    /* a refused dead letter keeps its reason and source */
+    const void *v = NULL;
+    size_t n = 0;
+    const char *reason = "", *sep = "";
+    char was[256] = "";
+    if (ch_msg_header(m, "cohortd.error.reason", &v, &n) == 0 && v) {
+        snprintf(was, sizeof(was), "%.*s", (int)n, (const char *)v);
+        reason = was;
+        sep = "; it was a dead letter: ";
+    }
+    snprintf(r->detail, sizeof(r->detail), "%s refused a record of %zu bytes for %s%s%s", r->topic,
+             m->key_len + m->value_len, why, sep, reason);
+    dl_headers_t *d = &r->dh;
+    add_str(d, "cohortd.error.reason", "record_refused");
+    add_str(d, "cohortd.error.detail", r->detail);
+    add_str(d, "cohortd.original.topic", r->topic);
+    static const char *const src[3] = {"cohortd.source.topic", "cohortd.source.partition",
+                                       "cohortd.source.offset"};
+    for (int i = 0; i < 3; i++) {
+        if (ch_msg_header(m, src[i], &v, &n) == 0 && v) {
+            snprintf(r->src[i], sizeof(r->src[i]), "%.*s", (int)n, (const char *)v);
+            add_str(d, src[i], r->src[i]);
+        }
+    }
+    add_cut(d, m->key_len, m->value, m->value_len);
+    return r;
+}
+
+static bool is_reduced(const ch_msg_t *m) {
+    const void *v = NULL;
+    size_t n = 0;
+    return ch_msg_header(m, "cohortd.error.reason", &v, &n) == 0 && n == 14 &&
+           memcmp(v, "record_refused", 14) == 0;
+}
+
+/* Queue the reduced form of the record being reported (batch b); false if it cannot
+ * be (a changelog record, exactly_once, already reduced, out of memory). */
+static bool replace_refused(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *why) {
+    ch_msg_t m;
+    if (kind == OUT_CHANGELOG || p->txn.on || ch_producer_reported(p->clients.producer, &m) < 0 ||
+        is_reduced(&m)) {
+        return false;
+    }
+    if (p->n_refused == p->cap_refused) {
+        size_t cap = p->cap_refused ? 2 * p->cap_refused : 16;
+        refused_t **q = realloc(p->refused, cap * sizeof(*q));
+        if (!q) {
+            return false;
+        }
+        p->refused = q;
+        p->cap_refused = cap;
+    }
+    refused_t *r = reduce(b, &m, why);
+    if (!r) {
+        return false;
+    }
+    p->refused[p->n_refused++] = r;
+    p->st.outputs_refused++;
+    uint64_t dropped = 0;
+    if (ch_ratelimit_allow(&p->out_rl, &dropped)) {
+        ch_log(CH_LOG_WARNING, "%s; sending a reduced dead letter to %s instead", r->detail,
+               p->cfg->dlq_topic);
+    }
+    return true;
+}
+
 void ch_outputs_delivered(void *opaque, void *msg_opaque, int32_t partition, int64_t offset,
                           int err, const char *errstr) {
     ch_pipeline_t *p = opaque;
     uintptr_t kind = (uintptr_t)msg_opaque & OUT_MASK;
     ch_tracked_t *b = (ch_tracked_t *)((uintptr_t)msg_opaque & ~OUT_MASK);
+    if (err == -EMSGSIZE && replace_refused(p, b, kind, errstr ? errstr : "itself")) {
+        return; /* b still counts it: the reduced dead letter's report counts it back */
+    }
     bool complete = ch_tracker_acked(b, err == 0);
     if (!err) {
         if (kind == OUT_DLQ) {
@@ -73,7 +229,7 @@ void ch_outputs_delivered(void *opaque, void *msg_opaque, int32_t partition, int
     if (complete) {
         observe(p, b);
     }
-    ch_outputs_release(p);
+    advance(p); /* reduced dead letters wait: nothing is produced from this callback */
 }
 
 void ch_outputs_sealed(ch_pipeline_t *p, ch_tracked_t *b) {
@@ -97,36 +253,109 @@ static void store(void *opaque, int32_t partition, int64_t next_offset) {
     ch_snapshot_stored(p, partition, next_offset);
 }
 
-void ch_outputs_release(ch_pipeline_t *p) { ch_tracker_advance(p->tracker, store, p); }
+static void advance(ch_pipeline_t *p) { ch_tracker_advance(p->tracker, store, p); }
+
+static int produce(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
+                   int32_t partition, const void *key, size_t key_len, const void *value,
+                   size_t value_len, const ch_header_t *h, size_t n_h, char *err, size_t errlen) {
+    void *tagged = (void *)((uintptr_t)b | kind);
+    for (;;) {
+        int r = ch_producer_send(p->clients.producer, topic, partition, key, key_len, value,
+                                 value_len, h, n_h, tagged, 0, err, errlen);
+        if (r != -ENOBUFS) {
+            return r;
+        }
+        /* The local queue is full: wait for acknowledgements (rare; the tracker bounds
+         * what is in flight). */
+        ch_producer_flush(p->clients.producer, 100);
+    }
+}
+
+/* Send the reduced dead letters queued by delivery reports. */
+static void send_refused(ch_pipeline_t *p) {
+    for (size_t i = 0; i < p->n_refused; i++) {
+        refused_t *r = p->refused[i];
+        char err[512];
+        if (produce(p, r->b, OUT_DLQ, p->cfg->dlq_topic, -1, r->key, r->key_len, r->value,
+                    r->value_len, r->dh.h, r->dh.n, err, sizeof(err)) == 0) {
+            p->st.dlq_sent++;
+        } else {
+            ch_log(CH_LOG_ERR, "reduced dead letter: %s; stopping", err);
+            p->st.delivery_failures++;
+            p->failed = true;
+            ch_tracker_acked(r->b, false);
+        }
+        free(r);
+    }
+    p->n_refused = 0;
+}
+
+void ch_outputs_release(ch_pipeline_t *p) {
+    send_refused(p);
+    advance(p);
+}
+
+int ch_outputs_settle(ch_pipeline_t *p, double deadline_s) {
+    for (;;) {
+        double left = deadline_s - ch_now_s();
+        int r = ch_producer_flush(p->clients.producer, left > 0 ? (int)(left * 1000) : 0);
+        bool more = p->n_refused > 0; /* reduced dead letters from the reports just served */
+        ch_outputs_release(p);
+        if (!more) {
+            return r;
+        }
+    }
+}
+
+void ch_outputs_done(ch_pipeline_t *p) {
+    for (size_t i = 0; i < p->n_refused; i++) {
+        free(p->refused[i]);
+    }
+    free(p->refused);
+    p->refused = NULL;
+    p->n_refused = p->cap_refused = 0;
+}
 
 int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
                     int32_t partition, const void *key, size_t key_len, const void *value,
                     size_t value_len, const ch_header_t *h, size_t n_h) {
     char err[512];
-    void *tagged = (void *)((uintptr_t)b | kind);
     if (ch_txn_ensure(p) < 0) {
         ch_tracker_fail(b);
         return -EIO;
     }
-    for (;;) {
-        int r = ch_producer_send(p->clients.producer, topic, partition, key, key_len, value,
-                                 value_len, h, n_h,
-                                 tagged, 0, err, sizeof(err));
-        if (r == -ENOBUFS) {
-            /* The local queue is full: wait for acknowledgements (rare; the tracker
-             * bounds what is in flight). */
-            ch_producer_flush(p->clients.producer, 100);
-            continue;
+    int r = produce(p, b, kind, topic, partition, key, key_len, value, value_len, h, n_h, err,
+                    sizeof(err));
+    if (r == -EMSGSIZE && kind != OUT_CHANGELOG) {
+        /* larger than message.max.bytes (an output of a very long feature vector, say):
+         * its reduced dead letter goes instead */
+        ch_msg_t m = {.topic = topic,
+                      .key = key,
+                      .key_len = key_len,
+                      .value = value,
+                      .value_len = value_len,
+                      .timestamp_ms = -1};
+        refused_t *rf = reduce(b, &m, "exceeding message.max.bytes");
+        if (rf) {
+            p->st.outputs_refused++;
+            ch_log(CH_LOG_WARNING, "%s; sending a reduced dead letter to %s instead", rf->detail,
+                   p->cfg->dlq_topic);
+            r = produce(p, b, OUT_DLQ, p->cfg->dlq_topic, -1, rf->key, rf->key_len, rf->value,
+                        rf->value_len, rf->dh.h, rf->dh.n, err, sizeof(err));
+            free(rf);
+            if (r == 0) {
+                p->st.dlq_sent++;
+            }
         }
-        if (r < 0) {
-            ch_log(CH_LOG_ERR, "%s", err);
-            ch_tracker_fail(b);
-            p->failed = true;
-            return r;
-        }
-        ch_tracker_sent(b);
-        return 0;
     }
+    if (r < 0) {
+        ch_log(CH_LOG_ERR, "%s", err);
+        ch_tracker_fail(b);
+        p->failed = true;
+        return r;
+    }
+    ch_tracker_sent(b);
+    return 0;
 }
 
 void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m,
@@ -140,18 +369,28 @@ void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m
                m->partition, (long long)m->offset, name, why, p->cfg->dlq_topic,
                dropped ? " (more bad input was not logged, see metrics)" : "");
     }
-    char part[16], off[24];
-    snprintf(part, sizeof(part), "%d", m->partition);
-    snprintf(off, sizeof(off), "%lld", (long long)m->offset);
-    const ch_header_t h[] = {
-        {"cohortd.error.reason", name, strlen(name)},
-        {"cohortd.error.detail", why, strlen(why)},
-        {"cohortd.source.topic", m->topic, strlen(m->topic)},
-        {"cohortd.source.partition", part, strlen(part)},
-        {"cohortd.source.offset", off, strlen(off)},
-    };
-    if (ch_outputs_send(p, b, OUT_DLQ, p->cfg->dlq_topic, -1, m->key, m->key_len, m->value,
-                        m->value_len, h, 5) == 0) {
+    dl_headers_t d = {.n = 0};
+    snprintf(d.part, sizeof(d.part), "%d", m->partition);
+    snprintf(d.off, sizeof(d.off), "%lld", (long long)m->offset);
+    add_str(&d, "cohortd.error.reason", name);
+    add_str(&d, "cohortd.error.detail", why);
+    add_str(&d, "cohortd.source.topic", m->topic);
+    add_str(&d, "cohortd.source.partition", d.part);
+    add_str(&d, "cohortd.source.offset", d.off);
+    size_t key_len = m->key_len, value_len = m->value_len;
+    size_t max = ch_producer_max_message(p->clients.producer);
+    size_t room = max > FRAMING_BYTES + 2048 ? max - FRAMING_BYTES : 2048;
+    if (key_len + value_len + headers_size(&d) > room) {
+        /* It would not fit: a copy cut to fit, saying so (what was cut, its hash). */
+        add_cut(&d, m->key_len, m->value, m->value_len);
+        key_len = key_len < REDUCED_BYTES ? key_len : REDUCED_BYTES;
+        size_t used = key_len + headers_size(&d);
+        size_t left = room > used ? room - used : 0;
+        value_len = value_len < left ? value_len : left;
+        p->st.dlq_truncated++;
+    }
+    if (ch_outputs_send(p, b, OUT_DLQ, p->cfg->dlq_topic, -1, m->key, key_len, m->value, value_len,
+                        d.h, d.n) == 0) {
         p->st.dlq_sent++;
     }
 }

@@ -43,6 +43,8 @@ typedef struct ch_pipeline_stats {
     uint64_t snapshot_files, snapshot_users, snapshot_failures; /* written by this process */
     double snapshot_last_seconds;
     uint64_t delivery_failures;
+    uint64_t dlq_truncated;   /* dead letters cut to fit the producer's largest message */
+    uint64_t outputs_refused; /* records the broker refused, dead-lettered in reduced form */
     uint64_t kafka_errors;
     uint64_t batches;
     uint64_t users_evicted_idle, users_evicted_cap, users_evicted_revoke;
@@ -142,12 +144,20 @@ int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_
 /** @brief The metric label of a bad-input reason. */
 const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r);
 
+/* What a stop left undone. */
+typedef struct ch_pipeline_stop {
+    size_t unacked;              /* outputs unacknowledged: their events will be reprocessed */
+    size_t uncommitted_parts;    /* partitions whose acknowledged offsets are not committed */
+    int64_t uncommitted_records; /* events in them (where the last commit is known) */
+} ch_pipeline_stop_t;
+
 /**
- * @brief Stop consuming, wait (up to shutdown.timeout) for outputs to be acknowledged,
- *        commit their offsets and leave the group. Blocking.
- * @returns 0; -ETIMEDOUT (some outputs unacknowledged: their offsets were not committed);
- *          -EIO (an output failed or the final commit failed).
+ * @brief Stop consuming, wait for outputs to be acknowledged, commit their offsets and
+ *        leave the group, every blocking step within the budget up to deadline_s
+ *        (ch_now_s() clock); what is not done by then is given up.
+ * @returns 0; -ETIMEDOUT (some outputs unacknowledged); -EIO (an output failed, or
+ *          acknowledged work could not be committed: ret says how much).
  */
-int ch_pipeline_shutdown(ch_pipeline_t *p);
+int ch_pipeline_shutdown(ch_pipeline_t *p, double deadline_s, ch_pipeline_stop_t *ret);
 
 #endif

@@ -145,12 +145,27 @@ struct ch_pipeline {
     ch_snapshot_t sn;
     ch_txn_t txn;
 
+    struct ch_refused **refused; /* reduced dead letters waiting to be sent (outputs.c) */
+    size_t n_refused, cap_refused;
+
     bool stopping;
+    double deadline_s; /* stopping: every blocking call ends by then (ch_now_s clock) */
     bool failed;
     bool dropping; /* users dropped for a reason other than eviction: no tombstones */
     ch_ratelimit_t bad_rl, out_rl;
     ch_pipeline_stats_t st;
 };
+
+#define COMMIT_TIMEOUT_MS 60000 /* a synchronous offset commit while running */
+
+/* A blocking call's timeout: ms, or less if stopping and the stop's budget is shorter. */
+static inline int ch_budget_ms(const ch_pipeline_t *p, double ms) {
+    if (p->stopping) {
+        double left = (p->deadline_s - ch_now_s()) * 1000.0;
+        ms = left < ms ? left : ms;
+    }
+    return ms <= 0 ? 0 : ms > 3600000 ? 3600000 : (int)ms;
+}
 
 /* outputs.c */
 void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);
@@ -160,7 +175,9 @@ void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m
 void ch_outputs_delivered(void *opaque, void *msg_opaque, int32_t partition, int64_t offset,
                           int err, const char *errstr);
 void ch_outputs_sealed(ch_pipeline_t *p, ch_tracked_t *b);
-void ch_outputs_release(ch_pipeline_t *p);
+void ch_outputs_release(ch_pipeline_t *p); /* sends reduced dead letters, stores offsets */
+int ch_outputs_settle(ch_pipeline_t *p, double deadline_s); /* flush until acked; -ETIMEDOUT */
+void ch_outputs_done(ch_pipeline_t *p);
 
 /* outputs.c: one output of batch b (kind OUT_*), to partition (-1: by key) */
 #define OUT_PROFILE ((uintptr_t)0)

@@ -164,30 +164,40 @@ static int check_invariants(const ch_pipeline_t *p) {
     return 0;
 }
 
-int ch_pipeline_shutdown(ch_pipeline_t *p) {
+int ch_pipeline_shutdown(ch_pipeline_t *p, double deadline_s, ch_pipeline_stop_t *ret) {
     int r = 0;
+    char err[256];
+    *ret = (ch_pipeline_stop_t){0};
+    p->stopping = true; /* from here on every blocking call is bounded by the deadline */
+    p->deadline_s = deadline_s;
     if (!ch_pipeline_failed(p)) {
         ch_changelog_flush(p, true); /* the state of everything processed, before the commit */
     }
     if (p->txn.open) { /* failed before its commit: nothing of it may become visible */
         ch_txn_abort(p, "stopping after a failure");
     }
-    p->stopping = true;
-    int timeout = (int)fmin(p->cfg->shutdown_timeout_ms, 3600000);
-    if (ch_producer_flush(p->clients.producer, timeout) < 0) {
+    if (ch_outputs_settle(p, deadline_s) < 0) {
+        ret->unacked = ch_producer_outstanding(p->clients.producer);
         ch_log(CH_LOG_ERR,
-               "%zu output(s) unacknowledged after %d ms; their offsets are not committed and "
-               "will be reprocessed on restart",
-               ch_producer_outstanding(p->clients.producer), timeout);
+               "%zu output(s) unacknowledged at the end of shutdown.timeout; their events are "
+               "not committed and will be reprocessed on restart",
+               ret->unacked);
         r = -ETIMEDOUT;
     }
-    ch_outputs_release(p);
-    char err[256];
-    if (ch_consumer_close(p->clients.consumer, timeout, err, sizeof(err)) < 0) {
-        ch_log(CH_LOG_ERR, "%s", err);
-        r = r ? r : -EIO;
+    if (!p->txn.on &&
+        ch_consumer_commit(p->clients.consumer, ch_budget_ms(p, INFINITY), err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_ERR, "final %s", err);
     }
-    if (ch_pipeline_failed(p) && r == 0) {
+    if (ch_consumer_close(p->clients.consumer, ch_budget_ms(p, INFINITY), err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_ERR, "%s", err);
+    }
+    ret->uncommitted_parts =
+        ch_consumer_uncommitted(p->clients.consumer, &ret->uncommitted_records);
+    if (ret->unacked) {
+        /* the broker may still deliver them: nothing of theirs is waited for any more */
+        ch_producer_purge(p->clients.producer);
+    }
+    if (ret->uncommitted_parts || (ch_pipeline_failed(p) && r == 0)) {
         r = -EIO;
     }
     int c = check_invariants(p);
@@ -202,6 +212,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     ch_snapshot_done(p);
     ch_txn_done(p);
     ch_changelog_done(p);
+    ch_outputs_done(p);
     ch_restore_done(p);
     p->tracker = ch_tracker_free(p->tracker);
     p->events = ch_events_free(p->events);

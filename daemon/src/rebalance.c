@@ -77,17 +77,17 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
         if (!ch_pipeline_failed(p)) {
             ch_changelog_flush(p, true);
         }
-        bool acked = ch_producer_flush(p->clients.producer,
-                                       (int)fmin(p->cfg->shutdown_timeout_ms, 600000)) == 0;
+        int ms = ch_budget_ms(p, fmin(p->cfg->shutdown_timeout_ms, 600000));
+        bool acked = ch_outputs_settle(p, ch_now_s() + ms / 1000.0) == 0;
         if (!acked) {
             ch_log(CH_LOG_WARNING,
-                   "revoke: outputs still unacknowledged after %.0f ms; the new "
-                   "owner will reprocess them",
-                   p->cfg->shutdown_timeout_ms);
+                   "revoke: outputs still unacknowledged after %d ms; the new owner will "
+                   "reprocess them",
+                   ms);
         }
-        ch_outputs_release(p);
         char err[256];
-        if (!p->stopping && ch_consumer_commit_sync(p->clients.consumer, err, sizeof(err)) < 0) {
+        if (!p->stopping &&
+            ch_consumer_commit(p->clients.consumer, COMMIT_TIMEOUT_MS, err, sizeof(err)) < 0) {
             ch_log(CH_LOG_WARNING, "revoke: %s", err);
         }
         if (p->stopping && acked && !ch_pipeline_failed(p)) {

@@ -180,7 +180,8 @@ static void abandon_all(ch_pipeline_t *p, const char *why) {
 static void publish(ch_pipeline_t *p) {
     ch_snapshot_t *sn = &p->sn;
     char err[600];
-    if (ch_consumer_commit_sync(p->clients.consumer, err, sizeof(err)) < 0) {
+    if (ch_consumer_commit(p->clients.consumer, ch_budget_ms(p, COMMIT_TIMEOUT_MS), err,
+                           sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "snapshot: committing its input failed: %s", err);
         abandon_all(p, "its input could not be committed");
         return;

@@ -102,7 +102,8 @@ void ch_txn_abort(ch_pipeline_t *p, const char *why) {
     char err[512];
     t->open = false;
     t->aborts++;
-    if (ch_producer_txn_abort(p->clients.producer, TXN_TIMEOUT_MS, err, sizeof(err)) < 0) {
+    if (ch_producer_txn_abort(p->clients.producer, ch_budget_ms(p, TXN_TIMEOUT_MS), err,
+                              sizeof(err)) < 0) {
         ch_log(CH_LOG_ERR, "%s (the coordinator aborts the transaction when it times out)", err);
     }
     ch_log(CH_LOG_ERR,
@@ -128,8 +129,8 @@ void ch_txn_commit(ch_pipeline_t *p) {
     }
     for (int k = 0; k < TXN_RETRIES; k++) {
         r = ch_producer_txn_commit(p->clients.producer, p->clients.consumer, offs, n,
-                                   TXN_TIMEOUT_MS, err, sizeof(err));
-        if (r != -ETIMEDOUT) {
+                                   ch_budget_ms(p, TXN_TIMEOUT_MS), err, sizeof(err));
+        if (r != -ETIMEDOUT || (p->stopping && ch_budget_ms(p, TXN_TIMEOUT_MS) == 0)) {
             break;
         }
         ch_log(CH_LOG_WARNING, "%s; retrying", err);
@@ -155,13 +156,15 @@ void ch_txn_commit(ch_pipeline_t *p) {
     for (size_t i = 0; i < n; i++) {
         if (ch_consumer_store(p->clients.consumer, offs[i].partition, offs[i].next, err,
                               sizeof(err)) == 0) {
+            ch_consumer_mark_committed(p->clients.consumer, offs[i].partition, offs[i].next);
             ch_snapshot_stored(p, offs[i].partition, offs[i].next);
         }
         if (t->next[offs[i].partition] == offs[i].next) {
             t->next[offs[i].partition] = -1;
         }
     }
-    if (ch_consumer_commit_sync(p->clients.consumer, err, sizeof(err)) < 0) {
+    if (ch_consumer_commit(p->clients.consumer, ch_budget_ms(p, COMMIT_TIMEOUT_MS), err,
+                           sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "after a transaction: %s", err);
     }
 }

@@ -142,7 +142,54 @@ struct ch_consumer {
     rd_kafka_message_t **errq;  /* error events pulled, handed out first */
     size_t n_errq, cap_errq;
     bool align_failed; /* out of memory buffering: every drain reports a fatal error */
+    /* per partition: the highest offset stored for commit and the highest the broker
+     * confirmed committed (-1: none), so a stop can say what was left uncommitted */
+    int64_t *stored, *committed;
+    size_t n_ledger;
 };
+
+/* Make room in the commit ledger for partition. */
+static int ledger_grow(ch_consumer_t *c, int32_t partition) {
+    if (partition < 0) {
+        return -EINVAL;
+    }
+    if ((size_t)partition < c->n_ledger) {
+        return 0;
+    }
+    size_t n = (size_t)partition + 16;
+    int64_t *s = realloc(c->stored, n * sizeof(*s));
+    if (s) {
+        c->stored = s;
+    }
+    int64_t *k = s ? realloc(c->committed, n * sizeof(*k)) : NULL;
+    if (!k) {
+        return -ENOMEM;
+    }
+    c->committed = k;
+    for (size_t i = c->n_ledger; i < n; i++) {
+        c->stored[i] = c->committed[i] = -1;
+    }
+    c->n_ledger = n;
+    return 0;
+}
+
+/* Offsets the broker confirmed committed (of a commit result). */
+static void ledger_committed(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *l) {
+    for (int i = 0; l && i < l->cnt; i++) {
+        const rd_kafka_topic_partition_t *e = &l->elems[i];
+        if (!e->err && e->offset >= 0 && strcmp(e->topic, c->topic) == 0 &&
+            ledger_grow(c, e->partition) == 0 && e->offset > c->committed[e->partition]) {
+            c->committed[e->partition] = e->offset;
+        }
+    }
+}
+
+static void offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                             rd_kafka_topic_partition_list_t *offsets, void *opaque) {
+    (void)rk;
+    (void)err; /* per partition below */
+    ledger_committed(((handle_ctx_t *)opaque)->owner, offsets);
+}
 
 static double mono_s(void) {
     struct timespec ts;
@@ -323,6 +370,7 @@ int ch_consumer_new(const ch_kafka_conf_t *conf, const char *topic,
         return -EINVAL;
     }
     rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
+    rd_kafka_conf_set_offset_commit_cb(kc, offset_commit_cb);
     char reset[32] = "";
     size_t reset_len = sizeof(reset);
     if (rd_kafka_conf_get(kc, "auto.offset.reset", reset, &reset_len) == RD_KAFKA_CONF_OK) {
@@ -411,25 +459,25 @@ int ch_consumer_close(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t err
         r = fail(errbuf, errlen, -EIO, "consumer close: %s", rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
     } else {
-        struct timespec t0, now;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double end = mono_s() + timeout_ms / 1000.0;
         while (!rd_kafka_consumer_closed(c->rk)) {
-            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+            double left = (end - mono_s()) * 1000.0;
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, left <= 0    ? 0
+                                                          : left < 100 ? (int)left
+                                                                       : 100);
             if (ev) {
                 if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
                     rebalance_cb(c->rk, rd_kafka_event_error(ev),
                                  rd_kafka_event_topic_partition_list(ev), &c->ctx);
+                } else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT) {
+                    ledger_committed(c, rd_kafka_event_topic_partition_list(ev));
                 }
                 rd_kafka_event_destroy(ev);
             }
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            double ms = (double)(now.tv_sec - t0.tv_sec) * 1e3 +
-                        (double)(now.tv_nsec - t0.tv_nsec) / 1e6;
-            if (ms > timeout_ms) {
+            if (!rd_kafka_consumer_closed(c->rk) && mono_s() >= end) {
                 c->close_timed_out = true;
                 r = fail(errbuf, errlen, -ETIMEDOUT,
-                         "consumer close did not finish within %d ms (broker unreachable?); "
-                         "uncommitted events will be reprocessed",
+                         "consumer close did not finish within %d ms (broker unreachable?)",
                          timeout_ms);
                 break;
             }
@@ -462,6 +510,8 @@ ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
     free(c->errq);
     free(c->topic);
     free(c->start);
+    free(c->stored);
+    free(c->committed);
     free(c);
     return NULL;
 }
@@ -589,15 +639,60 @@ int ch_consumer_store(ch_consumer_t *c, int32_t partition, int64_t next_offset, 
         return fail(errbuf, errlen, -EIO, "store offset %s[%d]@%lld: %s", c->topic, partition,
                     (long long)next_offset, rd_kafka_err2str(re));
     }
+    if (ledger_grow(c, partition) == 0 && next_offset > c->stored[partition]) {
+        c->stored[partition] = next_offset;
+    }
     return 0;
 }
 
-int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen) {
-    rd_kafka_resp_err_t re = rd_kafka_commit(c->rk, NULL, 0);
-    if (re && re != RD_KAFKA_RESP_ERR__NO_OFFSET) {
-        return fail(errbuf, errlen, -EIO, "commit: %s", rd_kafka_err2str(re));
+int ch_consumer_commit(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t errlen) {
+    rd_kafka_queue_t *q = rd_kafka_queue_new(c->rk);
+    rd_kafka_resp_err_t re = rd_kafka_commit_queue(c->rk, NULL, q, NULL, NULL);
+    int r = 0;
+    if (re) {
+        r = re == RD_KAFKA_RESP_ERR__NO_OFFSET
+                ? 0
+                : fail(errbuf, errlen, -EIO, "commit: %s", rd_kafka_err2str(re));
+    } else {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms > 0 ? timeout_ms : 0);
+        if (!ev) {
+            r = fail(errbuf, errlen, -ETIMEDOUT, "commit: no answer within %d ms", timeout_ms);
+        } else {
+            re = rd_kafka_event_error(ev);
+            ledger_committed(c, rd_kafka_event_topic_partition_list(ev));
+            if (re && re != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+                r = fail(errbuf, errlen, -EIO, "commit: %s", rd_kafka_err2str(re));
+            }
+            rd_kafka_event_destroy(ev);
+        }
     }
-    return 0;
+    rd_kafka_queue_destroy(q);
+    return r;
+}
+
+void ch_consumer_mark_committed(ch_consumer_t *c, int32_t partition, int64_t next_offset) {
+    if (ledger_grow(c, partition) == 0 && next_offset > c->committed[partition]) {
+        c->committed[partition] = next_offset;
+    }
+}
+
+size_t ch_consumer_uncommitted(const ch_consumer_t *c, int64_t *ret_records) {
+    size_t parts = 0;
+    int64_t records = 0;
+    for (size_t i = 0; i < c->n_ledger; i++) {
+        if (c->stored[i] > c->committed[i]) {
+            /* never committed here: count from where consumption began */
+            int64_t base = c->committed[i] >= 0 ? c->committed[i]
+                           : i < c->n_start     ? c->start[i]
+                                                : -1;
+            parts++;
+            records += base >= 0 ? c->stored[i] - base : 0;
+        }
+    }
+    if (ret_records) {
+        *ret_records = records;
+    }
+    return parts;
 }
 
 size_t ch_consumer_assigned(const ch_consumer_t *c) {
@@ -725,16 +820,46 @@ struct ch_producer {
     int pipe[2];
     ch_delivery_fn *on_delivery;
     void *opaque;
+    const rd_kafka_message_t *reported; /* inside dr_msg_cb */
+    size_t max_message;
 };
+
+/* Errors caused by the record itself, which no retry can cure. */
+static bool record_refused(rd_kafka_resp_err_t e) {
+    return e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || e == RD_KAFKA_RESP_ERR_INVALID_RECORD ||
+           e == RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP;
+}
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     ch_producer_t *p = ((handle_ctx_t *)opaque)->owner;
     if (p->on_delivery) {
-        p->on_delivery(p->opaque, m->_private, m->partition, m->err ? -1 : m->offset,
-                       m->err ? -EIO : 0, m->err ? rd_kafka_err2str(m->err) : NULL);
+        int err = !m->err ? 0 : record_refused(m->err) ? -EMSGSIZE : -EIO;
+        p->reported = m;
+        p->on_delivery(p->opaque, m->_private, m->partition, m->err ? -1 : m->offset, err,
+                       m->err ? rd_kafka_err2str(m->err) : NULL);
+        p->reported = NULL;
     }
 }
+
+int ch_producer_reported(const ch_producer_t *p, ch_msg_t *ret) {
+    const rd_kafka_message_t *m = p->reported;
+    if (!m) {
+        return -ENOENT;
+    }
+    *ret = (ch_msg_t){.topic = rd_kafka_topic_name(m->rkt),
+                      .partition = m->partition,
+                      .offset = -1,
+                      .key = m->key,
+                      .key_len = m->key_len,
+                      .value = m->payload,
+                      .value_len = m->len,
+                      .timestamp_ms = -1,
+                      .raw = m};
+    return 0;
+}
+
+size_t ch_producer_max_message(const ch_producer_t *p) { return p->max_message; }
 
 int ch_producer_new(const ch_kafka_conf_t *conf, ch_delivery_fn *on_delivery, void *opaque,
                     ch_producer_t **ret_producer, char *errbuf, size_t errlen) {
@@ -766,6 +891,13 @@ int ch_producer_new(const ch_kafka_conf_t *conf, ch_delivery_fn *on_delivery, vo
     }
     p->queue = rd_kafka_queue_get_main(p->rk);
     rd_kafka_queue_io_event_enable(p->queue, p->pipe[1], "1", 1);
+    char v[32];
+    size_t vlen = sizeof(v);
+    p->max_message = 1000000; /* librdkafka's default */
+    if (rd_kafka_conf_get(rd_kafka_conf(p->rk), "message.max.bytes", v, &vlen) ==
+        RD_KAFKA_CONF_OK) {
+        p->max_message = (size_t)strtoull(v, NULL, 10);
+    }
     *ret_producer = p;
     return 0;
 }
@@ -818,7 +950,8 @@ int ch_producer_send(ch_producer_t *p, const char *topic, int32_t partition, con
         if (re == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
             return -ENOBUFS;
         }
-        return fail(errbuf, errlen, -EIO, "produce to %s: %s", topic, rd_kafka_err2str(re));
+        return fail(errbuf, errlen, re == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ? -EMSGSIZE : -EIO,
+                    "produce to %s: %s", topic, rd_kafka_err2str(re));
     }
     return 0;
 }
@@ -831,6 +964,11 @@ int ch_producer_poll(ch_producer_t *p) {
 int ch_producer_flush(ch_producer_t *p, int timeout_ms) {
     empty_pipe(p->pipe[0]);
     return rd_kafka_flush(p->rk, timeout_ms) ? -ETIMEDOUT : 0;
+}
+
+void ch_producer_purge(ch_producer_t *p) {
+    rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+                              RD_KAFKA_PURGE_F_NON_BLOCKING);
 }
 
 size_t ch_producer_outstanding(const ch_producer_t *p) {

@@ -101,8 +101,22 @@ int ch_consumer_drain(ch_consumer_t *c, ch_msg_t *out, size_t budget);
 int ch_consumer_store(ch_consumer_t *c, int32_t partition, int64_t next_offset, char *errbuf,
                       size_t errlen);
 
-/** @brief Commit the stored offsets now, synchronously. @returns 0, -EIO. */
-int ch_consumer_commit_sync(ch_consumer_t *c, char *errbuf, size_t errlen);
+/** @brief Commit the stored offsets, waiting at most timeout_ms (0: do not wait) for the
+ *  broker's answer. @returns 0, -ETIMEDOUT, -EIO (errbuf says why). */
+int ch_consumer_commit(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t errlen);
+
+/** @brief Record that a partition's offsets up to next_offset were committed by other
+ *  means (a transaction). */
+void ch_consumer_mark_committed(ch_consumer_t *c, int32_t partition, int64_t next_offset);
+
+/**
+ * @brief What was stored for commit but not confirmed committed by the broker (through
+ *        the commit calls above, auto-commits, or ch_consumer_mark_committed()).
+ * @param ret_records if not NULL: the records between the two, over the partitions
+ *        where both are known.
+ * @returns the number of such partitions.
+ */
+size_t ch_consumer_uncommitted(const ch_consumer_t *c, int64_t *ret_records);
 
 /** @brief Number of partitions currently assigned. */
 size_t ch_consumer_assigned(const ch_consumer_t *c);
@@ -172,8 +186,10 @@ int ch_consumer_lag(ch_consumer_t *c, ch_partition_lag_t *out, size_t cap);
  */
 int ch_consumer_close(ch_consumer_t *c, int timeout_ms, char *errbuf, size_t errlen);
 
-/* Delivery report: err is 0 (the message is at offset of partition) or -EIO (errstr
- * says why; offset -1). */
+/* Delivery report: err is 0 (the message is at offset of partition), -EMSGSIZE (the
+ * record itself was refused: too large, invalid, or a timestamp out of range; sending
+ * it again cannot succeed) or -EIO (anything else: errstr says why; offset -1). During
+ * the call, ch_producer_reported() gives the record. */
 typedef void(ch_delivery_fn)(void *opaque, void *msg_opaque, int32_t partition, int64_t offset,
                              int err, const char *errstr);
 
@@ -188,6 +204,15 @@ int ch_producer_new(const ch_kafka_conf_t *conf, ch_delivery_fn *on_delivery, vo
 /** @brief Flush (up to 10 s) and free. Accepts NULL. @returns NULL. */
 ch_producer_t *ch_producer_free(ch_producer_t *p);
 
+/** @brief The record a delivery report is about (topic, partition, key, value; its
+ *  headers through ch_msg_header()), valid only inside the delivery callback.
+ *  @returns 0, -ENOENT (not inside a delivery callback). */
+int ch_producer_reported(const ch_producer_t *p, ch_msg_t *ret);
+
+/** @brief The largest record (key + value + headers) the producer accepts: its
+ *  message.max.bytes. */
+size_t ch_producer_max_message(const ch_producer_t *p);
+
 /** @brief A non-blocking fd that turns readable when delivery reports are ready. */
 int ch_producer_fd(const ch_producer_t *p);
 
@@ -195,7 +220,8 @@ int ch_producer_fd(const ch_producer_t *p);
  * @brief Enqueue one message (copied) to partition (-1: the partitioner's choice by
  *        key) with record timestamp timestamp_ms (<= 0: now). A NULL value with
  *        value_len 0 is a tombstone.
- * @returns 0; -ENOBUFS (local queue full: poll and retry); -EIO (errbuf says why).
+ * @returns 0; -ENOBUFS (local queue full: poll and retry); -EMSGSIZE (larger than
+ *          ch_producer_max_message()); -EIO (errbuf says why).
  */
 int ch_producer_send(ch_producer_t *p, const char *topic, int32_t partition, const void *key,
                      size_t key_len,
@@ -240,6 +266,10 @@ int ch_producer_poll(ch_producer_t *p);
 
 /** @brief Wait until every message is delivered or failed. @returns 0, -ETIMEDOUT. */
 int ch_producer_flush(ch_producer_t *p, int timeout_ms);
+
+/** @brief Give up on every message not yet acknowledged (queued or in flight): each is
+ *  reported failed at the next poll or flush, and freeing no longer waits for them. */
+void ch_producer_purge(ch_producer_t *p);
 
 /** @brief Messages enqueued but not yet reported. */
 size_t ch_producer_outstanding(const ch_producer_t *p);
