@@ -319,6 +319,15 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         bool lost = err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS || rd_kafka_assignment_lost(rk);
         call_hook(c, parts, true, lost);
+        for (int i = 0; !c->closed && i < parts->cnt; i++) {
+            /* what was not committed is the next owner's to reprocess from the last
+             * commit (a rebalance, not a stop): the ledger no longer answers for it */
+            int32_t p = parts->elems[i].partition;
+            if (strcmp(parts->elems[i].topic, c->topic) == 0 && p >= 0 &&
+                (size_t)p < c->n_ledger) {
+                c->stored[p] = c->committed[p] = -1;
+            }
+        }
         for (int i = 0; c->align && i < parts->cnt; i++) {
             /* records buffered and not handed out go unprocessed: the next owner
              * reads them from the committed offset */

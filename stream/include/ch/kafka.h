@@ -111,7 +111,9 @@ void ch_consumer_mark_committed(ch_consumer_t *c, int32_t partition, int64_t nex
 
 /**
  * @brief What was stored for commit but not confirmed committed by the broker (through
- *        the commit calls above, auto-commits, or ch_consumer_mark_committed()).
+ *        the commit calls above, auto-commits, or ch_consumer_mark_committed()), on
+ *        the partitions held until ch_consumer_close() (a partition revoked before
+ *        is its next owner's to reprocess).
  * @param ret_records if not NULL: the records between the two, over the partitions
  *        where both are known.
  * @returns the number of such partitions.
