@@ -223,26 +223,25 @@ static long percent_decode(char *s, size_t n) {
     return (long)o;
 }
 
-/* The head is complete in c->in[0..end): parse the request line and answer. */
-static void conn_serve(conn_t *c, size_t end) {
-    ch_http_t *h = c->srv;
-    char *line = c->in;
+int ch_http_parse(char *in, size_t end, ch_http_request_t *ret, const char **why) {
+    char *line = in;
     char *eol = memchr(line, '\n', end);
-    size_t llen = (size_t)(eol - line);
+    size_t llen = eol ? (size_t)(eol - line) : end;
     if (llen && line[llen - 1] == '\r') {
         llen--;
     }
     char *sp1 = memchr(line, ' ', llen);
     char *sp2 = sp1 ? memchr(sp1 + 1, ' ', llen - (size_t)(sp1 + 1 - line)) : NULL;
-    if (!sp1 || !sp2 || sp2 == sp1 + 1 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
-        reply_text(c, 400, "malformed request line\n", false);
-        return;
+    if (!sp1 || !sp2 || sp2 == sp1 + 1 || (size_t)(line + llen - (sp2 + 1)) < 7 ||
+        strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
+        *why = "malformed request line\n";
+        return 400;
     }
     size_t mlen = (size_t)(sp1 - line);
-    bool head = mlen == 4 && memcmp(line, "HEAD", 4) == 0;
-    if (!head && !(mlen == 3 && memcmp(line, "GET", 3) == 0)) {
-        reply_text(c, 405, "only GET and HEAD are served\n", false);
-        return;
+    ret->head = mlen == 4 && memcmp(line, "HEAD", 4) == 0;
+    if (!ret->head && !(mlen == 3 && memcmp(line, "GET", 3) == 0)) {
+        *why = "only GET and HEAD are served\n";
+        return 405;
     }
     char *path = sp1 + 1;
     size_t plen = (size_t)(sp2 - path);
@@ -251,18 +250,43 @@ static void conn_serve(conn_t *c, size_t end) {
         plen = (size_t)(q - path);
     }
     if (plen == 0 || path[0] != '/') {
-        reply_text(c, 400, "the request target must be an absolute path\n", false);
-        return;
+        *why = "the request target must be an absolute path\n";
+        return 400;
     }
     long dlen = percent_decode(path, plen);
     if (dlen < 0) {
-        reply_text(c, 400, "bad percent-encoding in the path\n", false);
+        *why = "bad percent-encoding in the path\n";
+        return 400;
+    }
+    ret->path = path;
+    ret->path_len = (size_t)dlen;
+    return 0;
+}
+
+long ch_http_head_end(const char *in, size_t len, size_t from) {
+    for (size_t i = from; i + 1 < len; i++) {
+        if (in[i] == '\n' &&
+            (in[i + 1] == '\n' || (in[i + 1] == '\r' && i + 2 < len && in[i + 2] == '\n'))) {
+            return (long)(i + 1);
+        }
+    }
+    return -1;
+}
+
+/* The head is complete in c->in[0..end): parse the request line and answer. */
+static void conn_serve(conn_t *c, size_t end) {
+    ch_http_t *h = c->srv;
+    ch_http_request_t req;
+    const char *why = NULL;
+    int status = ch_http_parse(c->in, end, &req, &why);
+    if (status) {
+        reply_text(c, status, why, false);
         return;
     }
     h->body.len = 0;
     ch_http_reply_t rep = {404, "text/plain; charset=utf-8", &h->body};
-    h->handler(h->opaque, path, (size_t)dlen, &rep);
-    conn_reply(c, rep.status, rep.content_type, h->body.data, h->body.len, head);
+    h->handler(h->opaque, req.path, req.path_len, &rep);
+    conn_reply(c, rep.status, rep.content_type, h->body.data, h->body.len, req.head);
 }
 
 static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents) {
@@ -298,13 +322,10 @@ static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents) {
         }
         size_t from = c->in_len >= 3 ? c->in_len - 3 : 0;
         c->in_len += (size_t)n;
-        for (size_t i = from; i + 1 < c->in_len; i++) {
-            if (c->in[i] == '\n' &&
-                (c->in[i + 1] == '\n' ||
-                 (c->in[i + 1] == '\r' && i + 2 < c->in_len && c->in[i + 2] == '\n'))) {
-                conn_serve(c, i + 1);
-                return;
-            }
+        long end = ch_http_head_end(c->in, c->in_len, from);
+        if (end >= 0) {
+            conn_serve(c, (size_t)end);
+            return;
         }
     }
 }

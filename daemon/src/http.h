@@ -5,6 +5,7 @@
 #ifndef CH_HTTP_H
 #define CH_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,6 +52,24 @@ ch_http_t *ch_http_free(ch_http_t *h);
 
 /** @brief The address actually bound, "HOST:PORT". */
 const char *ch_http_address(const ch_http_t *h);
+
+/** A parsed request line (views into the head). */
+typedef struct ch_http_request {
+    bool head;  /* HEAD, else GET */
+    char *path; /* percent-decoded, starts with '/', without the query */
+    size_t path_len;
+} ch_http_request_t;
+
+/**
+ * @brief Parse the request line of a complete head in[0..end), decoding the path in
+ *        place.
+ * @returns 0, or the HTTP status to answer (400, 405) with *why its text.
+ */
+int ch_http_parse(char *in, size_t end, ch_http_request_t *ret, const char **why);
+
+/** @brief Where the head in in[0..len) ends (just past the first newline of its blank
+ *  line), scanning from from; -1 while incomplete. */
+long ch_http_head_end(const char *in, size_t len, size_t from);
 
 /** @brief Requests answered so far. */
 uint64_t ch_http_requests(const ch_http_t *h);

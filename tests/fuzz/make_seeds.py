@@ -1,0 +1,120 @@
+"""Writes the committed seed corpus of the fuzz targets (tests/fuzz/corpus/<target>/).
+
+Run with Debian's /usr/bin/python3 from the repository, CH_BUILD_DIR naming a build
+(the state seeds are a real snapshot and changelog records written by cohortd against
+the embedded broker, with the shipped configuration and 4 partitions, as fuzz_state
+expects):
+
+    CH_BUILD_DIR=build-rel /usr/bin/python3 tests/fuzz/make_seeds.py
+
+The seeds only give the fuzzers a start from valid inputs; the fuzzers find the rest.
+"""
+import glob
+import os
+import shutil
+import struct
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+from harness import (GEN, SRC, Broker, Daemon, caught_up, consume, encode_confluent,  # noqa: E402
+                     run, wait_for)
+
+CORPUS = os.path.join(HERE, "corpus")
+TEST_SCHEMAS = os.path.join(SRC, "tests", "data", "schemas")
+
+
+def write(target, name, data):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def avro():
+    with open(os.path.join(TEST_SCHEMAS, "user_event.avsc")) as f:
+        v1 = f.read()
+    with open(os.path.join(TEST_SCHEMAS, "user_event_v2.avsc")) as f:
+        v2 = f.read()
+    e = {"event_id": "e-1", "user_id": "u-1", "ts": 1767225600000, "type": "payment",
+         "amount": 12.5, "item": "i-9", "category": "books", "attrs": {"tries": 2.0, "x": -1.0}}
+    write("avro", "v1", encode_confluent(v1, 1, e))
+    write("avro", "v1_nulls", encode_confluent(v1, 1, dict(e, amount=None, item=None,
+                                                              category=None, attrs={})))
+    write("avro", "plain", encode_confluent(v1, 1, e)[5:])
+    rec = {"user_id": "u-2", "event_id": "e-2", "channel": "web", "ts": 1767225600001,
+           "type": "view", "amount": 3.0, "device": {"os": "IOS", "tags": ["a", "b"],
+                                                      "fp": b"abcd"},
+           "item": None, "category": "toys", "attrs": {"tries": 4}}
+    write("avro", "v2", encode_confluent(v2, 7, rec))
+    write("avro", "unknown_id", b"\x00\x00\x00\x30\x39" + encode_confluent(v1, 1, e)[5:])
+
+
+def json_seeds():
+    write("json", "ascii", b"user-123 \"quoted\" \\ back")
+    write("json", "controls", bytes(range(0, 32)) + b"\x7f")
+    write("json", "utf8", "caf\u00e9 \u20ac \U0001f600".encode())
+    write("json", "bad_utf8", b"\xc3\x28 \xe2\x82 \xf0\x9f\x98 \xed\xa0\x80 \xc0\xaf \xff")
+    write("json", "floats", struct.pack("<fd", 3.14159, -2.5e-310))
+
+
+def http():
+    write("http", "get", b"\x07GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    write("http", "head", b"\x01HEAD /metrics HTTP/1.0\n\n")
+    write("http", "user", b"\x10GET /users/a%20b%2Fc?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    write("http", "bad", b"\x02POST / HTTP/1.1\r\n\r\nGET /%zz HTTP/1.1\r\n\r\n")
+
+
+def config():
+    with open(os.path.join(SRC, "conf", "cohortd.conf"), "rb") as f:
+        write("config", "shipped", f.read())
+    write("config", "small", b"input.topic = ev\nfeature.n = count(1h)\n"
+          b"feature.s = sum(amount, 30m) where type in (payment, refund)\n"
+          b"feature.r = ratio(count(10m, type=view), count(1h))\nshutdown.timeout = 0\n"
+          b"kafka.consumer.fetch.wait.max.ms=10\nsegments.k = 4\n")
+    write("config", "errors", b"[section]\nunknown.key = 1\nfeature.x = sum(\n"
+          b"batch.max_events = -3\ninput.max_future = 5 parsecs\n")
+
+
+def onnx():
+    for path in glob.glob(os.path.join(SRC, "conf", "models", "*.onnx")):
+        with open(path, "rb") as f:
+            write("onnx", os.path.basename(path), f.read())
+
+
+def state():
+    partitions = 4
+    topics = "events,profiles,risk,cohortd-dlq,changelog"
+    with Broker(partitions=partitions, topics=topics) as broker:
+        run([GEN, "--brokers", broker.bootstrap, "--events", "40", "--users", "12"])
+        sdir = tempfile.mkdtemp(prefix="fuzz-seed-state-")
+        with Daemon(broker.bootstrap, "state.changelog=changelog", f"state.dir={sdir}") as d:
+            d.wait_assigned()
+            wait_for("caught up", lambda: caught_up(d, broker.bootstrap, partitions, 40), [d])
+            assert d.stop() == 0
+        records = consume(broker.bootstrap, "changelog", expect=1)
+        broker.stop()
+    snap = os.path.join(sdir, "changelog-0.snap")
+    with open(snap, "rb") as f:
+        write("state", "snapshot", f.read())
+    shutil.rmtree(sdir)
+    for row in records[:3]:
+        if row[3]:
+            write("state", f"record-{row[0]}-{row[1]}", row[3])
+
+
+def main():
+    avro()
+    json_seeds()
+    http()
+    config()
+    onnx()
+    state()
+    for t in sorted(os.listdir(CORPUS)):
+        print(t, len(os.listdir(os.path.join(CORPUS, t))), "seeds")
+
+
+if __name__ == "__main__":
+    main()
