@@ -31,14 +31,15 @@
 typedef enum key_type {
     K_STR,
     K_PATH,
-    K_INT,      /* long */
-    K_DURATION, /* double, milliseconds */
-    K_ENUM,     /* an enum type, stored as its value */
-    K_FLOAT,    /* double */
-    K_SIZE,     /* size_t (an integer) */
-    K_U64,      /* uint64_t (an integer) */
-    K_FLAG,     /* bool, chosen by name (choices map to 1 and 0) */
-    K_OPTSTR,   /* a string that may be empty (empty: the feature is off) */
+    K_INT,           /* long */
+    K_DURATION,      /* double, milliseconds */
+    K_DURATION_AUTO, /* a duration, or auto (stored as NAN) */
+    K_ENUM,          /* an enum type, stored as its value */
+    K_FLOAT,         /* double */
+    K_SIZE,          /* size_t (an integer) */
+    K_U64,           /* uint64_t (an integer) */
+    K_FLAG,          /* bool, chosen by name (choices map to 1 and 0) */
+    K_OPTSTR,        /* a string that may be empty (empty: the feature is off) */
 } key_type_t;
 
 typedef struct key_def {
@@ -165,8 +166,11 @@ static const key_def_t keys[] = {
      "User cap. A new user beyond it evicts the least recently active of a sample."},
     {"state.key_max_bytes", K_INT, OFF(state_key_max_bytes), "64", 1, 4096, NULL, NULL,
      "Longest user_id kept; longer ids are bad input (user_id_too_long)."},
-    {"state.idle_evict", K_DURATION, OFF(state_idle_evict_ms), "30d", 0, INFINITY, NULL, NULL,
-     "Forget users idle this long in stream time (0: never)."},
+    {"state.idle_evict", K_DURATION_AUTO, OFF(state_idle_evict_ms), "auto", 0, INFINITY, NULL, NULL,
+     "Forget users idle this long in stream time (0: never). auto: 20 times the longest "
+     "feature half-life (their weight has fallen below 1e-6 by then; never if a feature "
+     "does not decay). A shorter value forgets users whose features still carry weight: "
+     "--check-config warns when it is below the longest half-life."},
     {"state.changelog", K_OPTSTR, OFF(state_changelog), "", 0, 0, NULL, NULL,
      "Topic that records every user's state (empty: none), from which a partition gained "
      "is restored before it is processed. It must exist with the input's partition count "
@@ -318,12 +322,19 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
         *(double *)field = v;
         return 0;
     }
+    case K_DURATION_AUTO:
+        if (strcmp(value, "auto") == 0) {
+            *(double *)field = NAN;
+            return 0;
+        }
+        /* fall through */
     case K_DURATION: {
         double ms;
         if (ch_duration_parse(value, &ms) < 0 || ms < k->min || ms > k->max) {
             return fail(errbuf, errlen, -EINVAL,
-                        "%s: expected a duration such as 500ms, 30s, 15m, 1h, 7d%s, got '%s'",
-                        k->name, k->min > 0 ? " (> 0)" : " or 0", value);
+                        "%s: expected a duration such as 500ms, 30s, 15m, 1h, 7d%s%s, got '%s'",
+                        k->name, k->min > 0 ? " (> 0)" : " or 0",
+                        k->type == K_DURATION_AUTO ? " or auto" : "", value);
         }
         *(double *)field = ms;
         return 0;
@@ -629,6 +640,22 @@ bool ch_config_is_secret(const char *key) {
     return false;
 }
 
+static void format_ms(double ms, char *buf, size_t len) {
+    if (isnan(ms)) {
+        snprintf(buf, len, "auto");
+    } else if (isinf(ms)) {
+        snprintf(buf, len, "inf");
+    } else if (ms != 0 && fmod(ms, 86400000.0) == 0) {
+        snprintf(buf, len, "%.0fd", ms / 86400000.0);
+    } else if (ms != 0 && fmod(ms, 3600000.0) == 0) {
+        snprintf(buf, len, "%.0fh", ms / 3600000.0);
+    } else if (ms != 0 && fmod(ms, 1000.0) == 0) {
+        snprintf(buf, len, "%.0fs", ms / 1000.0);
+    } else {
+        snprintf(buf, len, "%.17gms", ms);
+    }
+}
+
 static void format_value(const ch_config_t *cfg, const key_def_t *k, char *buf, size_t len) {
     const void *field = (const char *)cfg + k->off;
     switch (k->type) {
@@ -649,21 +676,10 @@ static void format_value(const ch_config_t *cfg, const key_def_t *k, char *buf, 
     case K_FLOAT:
         snprintf(buf, len, "%g", *(const double *)field);
         return;
-    case K_DURATION: {
-        double ms = *(const double *)field;
-        if (isinf(ms)) {
-            snprintf(buf, len, "inf");
-        } else if (ms != 0 && fmod(ms, 86400000.0) == 0) {
-            snprintf(buf, len, "%.0fd", ms / 86400000.0);
-        } else if (ms != 0 && fmod(ms, 3600000.0) == 0) {
-            snprintf(buf, len, "%.0fh", ms / 3600000.0);
-        } else if (ms != 0 && fmod(ms, 1000.0) == 0) {
-            snprintf(buf, len, "%.0fs", ms / 1000.0);
-        } else {
-            snprintf(buf, len, "%.17gms", ms);
-        }
+    case K_DURATION_AUTO:
+    case K_DURATION:
+        format_ms(*(const double *)field, buf, len);
         return;
-    }
     case K_ENUM:
     case K_FLAG: {
         int v = k->type == K_FLAG ? (*(const bool *)field ? 1 : 0) : *(const int *)field;
@@ -694,6 +710,28 @@ void ch_config_print(const ch_config_t *cfg, FILE *out) {
     }
 }
 
+double ch_config_idle_evict_ms(const ch_config_t *cfg, const ch_features_t *fs, char *ret_warning,
+                               size_t len) {
+    double hl = ch_features_longest_half_life(fs), set = cfg->state_idle_evict_ms;
+    if (ret_warning && len) {
+        ret_warning[0] = '\0';
+    }
+    if (isnan(set)) {
+        return isfinite(hl) ? 20 * hl : 0;
+    }
+    if (set > 0 && isfinite(set) && set < hl && ret_warning) {
+        char a[32], b[32];
+        format_ms(set, a, sizeof(a));
+        format_ms(hl, b, sizeof(b));
+        snprintf(ret_warning, len,
+                 "state.idle_evict = %s is shorter than the longest feature half-life (%s): a "
+                 "user idle that long is forgotten while their features keep half or more of "
+                 "their weight (auto keeps them until it is below 1e-6)",
+                 a, b);
+    }
+    return isfinite(set) ? set : 0;
+}
+
 /* The range column of --help-config: "" when the type says it all. */
 static void format_range(const key_def_t *k, char *range, size_t len) {
     range[0] = '\0';
@@ -703,6 +741,8 @@ static void format_range(const key_def_t *k, char *range, size_t len) {
         snprintf(range, len, "%g..%g", k->min, k->max);
     } else if (k->type == K_DURATION) {
         snprintf(range, len, "%s", k->min > 0 ? "> 0" : ">= 0 (0: off)");
+    } else if (k->type == K_DURATION_AUTO) {
+        snprintf(range, len, ">= 0 (0: off), auto");
     } else if (k->type == K_ENUM || k->type == K_FLAG) {
         size_t n = 0;
         for (int c = 0; k->choices[c] && n < len; c++) {
@@ -711,8 +751,9 @@ static void format_range(const key_def_t *k, char *range, size_t len) {
     }
 }
 
-static const char *const type_names[] = {"string",  "path",    "integer", "duration", "enum",
-                                         "number",  "integer", "integer", "enum",     "string"};
+static const char *const type_names[] = {"string",   "path", "integer", "duration",
+                                         "duration", "enum", "number",  "integer",
+                                         "integer",  "enum", "string"};
 
 static const char families_help[] =
     "feature.<name> (feature spec, repeatable, output order)\n"

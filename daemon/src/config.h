@@ -135,6 +135,17 @@ const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, ch_kafk
 int ch_config_features(const ch_config_t *cfg, ch_features_t **ret_fs, char *errbuf,
                        size_t errlen);
 
+/**
+ * @brief state.idle_evict in effect for these features: as set, or for auto 20 times
+ *        the longest feature half-life (0, never, if a feature does not decay).
+ * @param ret_warning set to a warning (empty if none) when a set value is shorter than
+ *        the longest half-life: users would be forgotten while their features still
+ *        carry weight.
+ * @returns milliseconds; 0: never.
+ */
+double ch_config_idle_evict_ms(const ch_config_t *cfg, const ch_features_t *fs, char *ret_warning,
+                               size_t len);
+
 /** @brief Print the effective settings, secrets masked. */
 void ch_config_print(const ch_config_t *cfg, FILE *out);
 

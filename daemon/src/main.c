@@ -378,6 +378,17 @@ static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size
             printf("feature.%s = %s    # [%zu]\n", ch_features_name(fs, i),
                    ch_features_spec(fs, i), i);
         }
+        char warning[512], eff[32] = "never";
+        double ms = ch_config_idle_evict_ms(cfg, fs, warning, sizeof(warning));
+        if (ms >= 86400000.0) {
+            snprintf(eff, sizeof(eff), "%.4gd", ms / 86400000.0);
+        } else if (ms > 0) {
+            snprintf(eff, sizeof(eff), "%.4gh", ms / 3600000.0);
+        }
+        printf("# state.idle_evict in effect: %s\n", eff);
+        if (warning[0]) {
+            fprintf(stderr, "cohortd: warning: %s\n", warning);
+        }
     }
     if (r == 0 && cfg->model_path[0]) { /* the model must fit these features */
         size_t d = ch_features_count(fs);

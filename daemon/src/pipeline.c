@@ -170,9 +170,8 @@ void ch_pipeline_poll_producer(ch_pipeline_t *p) {
 }
 
 void ch_pipeline_tick(ch_pipeline_t *p) {
-    if (p->cfg->state_idle_evict_ms > 0 && p->st.stream_time_ms > 0 &&
-        isfinite(p->cfg->state_idle_evict_ms)) {
-        int64_t before = p->st.stream_time_ms - (int64_t)p->cfg->state_idle_evict_ms;
+    if (p->idle_evict_ms > 0 && p->st.stream_time_ms > 0) {
+        int64_t before = p->st.stream_time_ms - (int64_t)p->idle_evict_ms;
         p->st.users_evicted_idle += ch_users_evict_idle(p->users, before, 100000);
     }
 }

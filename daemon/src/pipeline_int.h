@@ -109,6 +109,7 @@ typedef struct ch_row {
 struct ch_pipeline {
     const ch_config_t *cfg;
     ch_features_t *fs;
+    double idle_evict_ms; /* state.idle_evict in effect (auto resolved); 0: never */
     const char **feat_names;
     size_t n_feats;
     ch_users_t *users;

@@ -99,6 +99,11 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
         goto out_fail;
     }
     p->n_feats = ch_features_count(p->fs);
+    char warning[512];
+    p->idle_evict_ms = ch_config_idle_evict_ms(cfg, p->fs, warning, sizeof(warning));
+    if (warning[0]) {
+        ch_log(CH_LOG_WARNING, "%s", warning);
+    }
     r = ch_users_new((size_t)cfg->state_max_users, (size_t)cfg->state_key_max_bytes,
                      ch_features_state_len(p->fs), sizeof(ch_userrec_t), &p->users);
     if (r < 0) {

@@ -483,6 +483,17 @@ size_t ch_features_state_len(const ch_features_t *fs) {
     return fs->state_len;
 }
 
+double ch_features_longest_half_life(const ch_features_t *fs) {
+    double hl = 0;
+    for (size_t i = 0; i < fs->n_feats; i++) {
+        const feature_t *f = &fs->feats[i];
+        if (f->kind != CH_FEAT_SINCE_LAST && f->kind != CH_FEAT_RATIO && f->half_life_ms > hl) {
+            hl = f->half_life_ms;
+        }
+    }
+    return hl;
+}
+
 size_t ch_features_field_count(const ch_features_t *fs) {
     return fs->n_fields;
 }

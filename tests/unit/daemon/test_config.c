@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ch/features.h"
 #include "config.h"
 
 static char *write_conf(const char *text) {
@@ -201,6 +202,42 @@ static void test_operations_keys(void **st) {
     ch_config_done(&c);
 }
 
+/* state.idle_evict: auto follows the longest half-life; a shorter value warns. */
+static void test_idle_evict(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "", warning[512];
+    assert_true(isnan(c.state_idle_evict_ms)); /* auto by default */
+    assert_int_equal(ch_config_set(&c, "feature.a=count half_life=1h", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "feature.b=sum(amount) half_life=7d", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "feature.c=since_last", err, sizeof(err)), 0);
+    ch_features_t *fs = NULL;
+    assert_int_equal(ch_config_features(&c, &fs, err, sizeof(err)), 0);
+    assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 20 * 7 * 86400000.0);
+    assert_string_equal(warning, "");
+    assert_int_equal(ch_config_set(&c, "state.idle_evict=30d", err, sizeof(err)), 0);
+    assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 30 * 86400000.0);
+    assert_string_equal(warning, ""); /* longer than every half-life */
+    assert_int_equal(ch_config_set(&c, "state.idle_evict=2d", err, sizeof(err)), 0);
+    assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 2 * 86400000.0);
+    assert_non_null(strstr(warning, "state.idle_evict = 2d is shorter than the longest feature "
+                                    "half-life (7d)"));
+    assert_int_equal(ch_config_set(&c, "state.idle_evict=0", err, sizeof(err)), 0);
+    assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 0); /* never */
+    assert_string_equal(warning, "");
+    assert_int_equal(ch_config_set(&c, "state.idle_evict=later", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "or auto, got 'later'"));
+    ch_features_free(fs);
+    /* a feature that does not decay: auto never evicts */
+    assert_int_equal(ch_config_set(&c, "state.idle_evict=auto", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "feature.d=count half_life=inf", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_features(&c, &fs, err, sizeof(err)), 0);
+    assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 0);
+    ch_features_free(fs);
+    ch_config_done(&c);
+}
+
 static void test_secrets_never_printed(void **st) {
     (void)st;
     ch_config_t c;
@@ -228,6 +265,7 @@ int main(void) {
         cmocka_unit_test(test_guarantee_keys),
         cmocka_unit_test(test_scoring_and_segment_keys),
         cmocka_unit_test(test_operations_keys),
+        cmocka_unit_test(test_idle_evict),
         cmocka_unit_test(test_secrets_never_printed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
