@@ -61,6 +61,8 @@ static const int level_values[] = {3, 4, 5, 6, 7};
 static const char *const formats[] = {"avro", "json", NULL};
 static const char *const transforms[] = {"log1p", "none", NULL};
 static const int transform_values[] = {1, 0};
+static const char *const switches[] = {"off", "on", NULL};
+static const int switch_values[] = {0, 1};
 
 /* An enum field is written as an int: every enum here must have an int's size. */
 _Static_assert(sizeof(ch_framing_t) == sizeof(int), "enum size");
@@ -195,6 +197,15 @@ static const key_def_t keys[] = {
      NULL, NULL,
      "With state.dir: how often snapshots are written while running (in budgeted steps on "
      "the loop), besides at shutdown; 0: at shutdown only."},
+    {"privacy.pseudonymize", K_FLAG, OFF(privacy_pseudonymize), "off", 0, 0, switches,
+     switch_values,
+     "on: user ids are replaced, in state, changelog, snapshots and outputs (keys and "
+     "user_id), by HMAC-SHA-256(privacy.key_file, user id) in base64url (43 characters); "
+     "only the key holder can link them to users (cohort-pseudonym). Dead letters keep the "
+     "original bytes."},
+    {"privacy.key_file", K_PATH, OFF(privacy_key_file), "", 0, 0, NULL, NULL,
+     "The pseudonym key: a file of at least 32 bytes (e.g. head -c 32 /dev/urandom) readable "
+     "by the daemon's user only (cohortd refuses it otherwise); never logged."},
     {"http.listen", K_STR, OFF(http_listen), "127.0.0.1:9180", 0, 0, NULL, NULL,
      "HOST:PORT of the HTTP endpoint (/healthz, /readyz, /metrics, /users/<id>), served "
      "from the event loop; off disables it. Keep it on loopback or a private network: it "
@@ -601,6 +612,17 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
         return fail(errbuf, errlen, -EINVAL,
                     "processing.guarantee = exactly_once needs state.changelog (state must "
                     "commit with the outputs it produced)");
+    }
+    if (cfg->privacy_pseudonymize && !cfg->privacy_key_file[0]) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "privacy.pseudonymize = on needs privacy.key_file (a file of at least 32 "
+                    "random bytes, mode 600)");
+    }
+    if (cfg->privacy_pseudonymize && cfg->state_key_max_bytes < 43) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "privacy.pseudonymize = on keys users by 43-character pseudonyms: "
+                    "state.key_max_bytes (%ld) must be at least 43",
+                    cfg->state_key_max_bytes);
     }
     if (cfg->state_dir[0] && !cfg->state_changelog[0]) {
         return fail(errbuf, errlen, -EINVAL,

@@ -87,6 +87,9 @@ typedef struct ch_config {
     char state_dir[CH_CONF_STR]; /* "": no local snapshots */
     double state_snapshot_interval_ms; /* 0: at shutdown only */
 
+    bool privacy_pseudonymize;
+    char privacy_key_file[CH_CONF_STR];
+
     char http_listen[CH_CONF_STR]; /* host:port, "off" */
     long http_max_connections;
 

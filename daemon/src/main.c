@@ -40,13 +40,14 @@
 
 #include "ch/features.h"
 #include "ch/json.h"
-#include "ch/onnx.h"
 #include "ch/kafka.h"
+#include "ch/onnx.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipeline.h"
+#include "pseudonym.h"
 
 typedef struct daemon_ctx {
     struct ev_loop *loop;
@@ -405,6 +406,14 @@ static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size
         }
         ch_onnx_free(m);
         free(names);
+    }
+    if (r == 0 && cfg->privacy_pseudonymize) { /* the key must be usable (never printed) */
+        ch_pseudonym_t *ps = NULL;
+        r = ch_pseudonym_new(cfg->privacy_key_file, &ps, errbuf, errlen);
+        ch_pseudonym_free(ps);
+        if (r == 0 && print) {
+            printf("# privacy: user ids pseudonymized with the key in %s\n", cfg->privacy_key_file);
+        }
     }
     ch_features_free(fs);
     return r;

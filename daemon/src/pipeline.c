@@ -40,6 +40,16 @@ static void process(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m, double
         ch_outputs_dead_letter(p, b, m, bad, why);
         return;
     }
+    if (p->pseud) { /* from here on the user is known by their pseudonym only */
+        char *id = p->pseud_ids + p->n_rows * CH_PSEUDONYM_LEN;
+        if (ch_pseudonym_of(p->pseud, ev.user_id, ev.user_id_len, id) < 0) {
+            ch_log(CH_LOG_ERR, "privacy: computing a pseudonym failed; stopping");
+            fail_batch(p, b);
+            return;
+        }
+        ev.user_id = id;
+        ev.user_id_len = CH_PSEUDONYM_LEN;
+    }
     ch_user_t *u = NULL;
     int r = ch_users_upsert(p->users, ev.user_id, ev.user_id_len, &u);
     if (r < 0) {

@@ -23,6 +23,7 @@
 #include "events.h"
 #include "log.h"
 #include "pipeline.h"
+#include "pseudonym.h"
 #include "scorer.h"
 #include "segments.h"
 #include "snapfile.h"
@@ -110,6 +111,8 @@ struct ch_pipeline {
     const ch_config_t *cfg;
     ch_features_t *fs;
     double idle_evict_ms; /* state.idle_evict in effect (auto resolved); 0: never */
+    ch_pseudonym_t *pseud; /* privacy.pseudonymize; NULL: off */
+    char *pseud_ids;       /* batch.max_events x CH_PSEUDONYM_LEN: this batch's user keys */
     const char **feat_names;
     size_t n_feats;
     ch_users_t *users;

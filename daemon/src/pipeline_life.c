@@ -99,6 +99,12 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
         goto out_fail;
     }
     p->n_feats = ch_features_count(p->fs);
+    if (cfg->privacy_pseudonymize &&
+        ((r = ch_pseudonym_new(cfg->privacy_key_file, &p->pseud, errbuf, errlen)) < 0 ||
+         !(p->pseud_ids = malloc((size_t)cfg->batch_max_events * CH_PSEUDONYM_LEN)))) {
+        r = r < 0 ? r : -ENOMEM;
+        goto out_fail;
+    }
     char warning[512];
     p->idle_evict_ms = ch_config_idle_evict_ms(cfg, p->fs, warning, sizeof(warning));
     if (warning[0]) {
@@ -226,6 +232,8 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     p->segs = ch_segments_free(p->segs);
     ch_scorer_done(&p->scorer);
     ch_features_free(p->fs);
+    ch_pseudonym_free(p->pseud);
+    free(p->pseud_ids);
     free(p->feat_names);
     free(p->msgs);
     free(p->rows);

@@ -113,7 +113,14 @@ int ch_pipeline_save_segments(ch_pipeline_t *p) { return p->segs ? ch_segments_s
 #define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)
 
 int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_buf_t *out) {
-    ch_user_t *u = ch_users_find(p->users, user_id, len);
+    char pid[CH_PSEUDONYM_LEN];
+    ch_user_t *u = NULL;
+    if (p->pseud && ch_pseudonym_of(p->pseud, user_id, len, pid) == 0 &&
+        (u = ch_users_find(p->users, pid, sizeof(pid)))) {
+        user_id = pid; /* asked by user id: answered under the pseudonym */
+        len = sizeof(pid);
+    }
+    u = u ? u : ch_users_find(p->users, user_id, len);
     if (!u) {
         return -ENOENT;
     }
