@@ -203,6 +203,12 @@ static const key_def_t keys[] = {
      "user_id), by HMAC-SHA-256(privacy.key_file, user id) in base64url (43 characters); "
      "only the key holder can link them to users (cohort-pseudonym). Dead letters keep the "
      "original bytes."},
+    {"privacy.drop_fields", K_OPTSTR, OFF(privacy_drop_fields), "", 0, 0, NULL, NULL,
+     "Input fields kept out of dead letters, comma-separated, of: " CH_DROP_FIELDS
+     " (user_id drops the Kafka key too). With any, a dead letter carries the decoded "
+     "event as JSON without them (header cohortd.redacted), or, when the record could not "
+     "be decoded, none of its bytes; its size and SHA-256 stay in headers. Empty: the "
+     "original bytes."},
     {"privacy.key_file", K_PATH, OFF(privacy_key_file), "", 0, 0, NULL, NULL,
      "The pseudonym key: a file of at least 32 bytes (e.g. head -c 32 /dev/urandom) readable "
      "by the daemon's user only (cohortd refuses it otherwise); never logged."},
@@ -613,6 +619,9 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
                     "processing.guarantee = exactly_once needs state.changelog (state must "
                     "commit with the outputs it produced)");
     }
+    if (ch_config_drop_mask(cfg, errbuf, errlen) < 0) {
+        return -EINVAL;
+    }
     if (cfg->privacy_pseudonymize && !cfg->privacy_key_file[0]) {
         return fail(errbuf, errlen, -EINVAL,
                     "privacy.pseudonymize = on needs privacy.key_file (a file of at least 32 "
@@ -730,6 +739,38 @@ void ch_config_print(const ch_config_t *cfg, FILE *out) {
         fprintf(out, "%s%s = %s\n", scopes[p->scope], p->key,
                 ch_config_is_secret(p->key) ? "********" : p->value);
     }
+}
+
+int ch_config_drop_mask(const ch_config_t *cfg, char *errbuf, size_t errlen) {
+    static const char *const names[] = {"key",    "event_id", "user_id",  "ts",   "type",
+                                        "amount", "item",     "category", "attrs"};
+    int mask = 0;
+    const char *s = cfg->privacy_drop_fields;
+    while (*s) {
+        size_t n = strcspn(s, ",");
+        const char *w = s;
+        size_t wn = n;
+        while (wn && isspace((unsigned char)*w)) {
+            w++, wn--;
+        }
+        while (wn && isspace((unsigned char)w[wn - 1])) {
+            wn--;
+        }
+        int bit = -1;
+        for (int i = 0; i < (int)(sizeof(names) / sizeof(names[0])); i++) {
+            if (strlen(names[i]) == wn && memcmp(names[i], w, wn) == 0) {
+                bit = i;
+            }
+        }
+        if (wn && bit < 0) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "privacy.drop_fields: unknown field '%.*s' (fields: " CH_DROP_FIELDS ")",
+                        (int)wn, w);
+        }
+        mask |= bit >= 0 ? 1 << bit : 0;
+        s += n + (s[n] == ',');
+    }
+    return mask & CH_DROP_USER_ID ? mask | CH_DROP_KEY : mask;
 }
 
 double ch_config_idle_evict_ms(const ch_config_t *cfg, const ch_features_t *fs, char *ret_warning,

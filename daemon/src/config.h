@@ -89,6 +89,7 @@ typedef struct ch_config {
 
     bool privacy_pseudonymize;
     char privacy_key_file[CH_CONF_STR];
+    char privacy_drop_fields[CH_CONF_STR]; /* comma-separated; "": dead letters unchanged */
 
     char http_listen[CH_CONF_STR]; /* host:port, "off" */
     long http_max_connections;
@@ -148,6 +149,27 @@ int ch_config_features(const ch_config_t *cfg, ch_features_t **ret_fs, char *err
  */
 double ch_config_idle_evict_ms(const ch_config_t *cfg, const ch_features_t *fs, char *ret_warning,
                                size_t len);
+
+/* The fields privacy.drop_fields may name (bits of ch_config_drop_mask()). */
+#define CH_DROP_FIELDS "key, event_id, user_id, ts, type, amount, item, category, attrs"
+enum {
+    CH_DROP_KEY = 1 << 0,
+    CH_DROP_EVENT_ID = 1 << 1,
+    CH_DROP_USER_ID = 1 << 2,
+    CH_DROP_TS = 1 << 3,
+    CH_DROP_TYPE = 1 << 4,
+    CH_DROP_AMOUNT = 1 << 5,
+    CH_DROP_ITEM = 1 << 6,
+    CH_DROP_CATEGORY = 1 << 7,
+    CH_DROP_ATTRS = 1 << 8,
+};
+
+/**
+ * @brief privacy.drop_fields as a mask of CH_DROP_*; user_id implies key (the input is
+ *        keyed by user id).
+ * @returns the mask (0: none), -EINVAL (an unknown name: errbuf names it).
+ */
+int ch_config_drop_mask(const ch_config_t *cfg, char *errbuf, size_t errlen);
 
 /** @brief Print the effective settings, secrets masked. */
 void ch_config_print(const ch_config_t *cfg, FILE *out);

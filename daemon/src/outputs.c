@@ -72,8 +72,8 @@ static size_t headers_size(const dl_headers_t *d) {
     return n;
 }
 
-/* The truncation headers: original sizes and the SHA-256 of the original value. */
-static void add_cut(dl_headers_t *d, size_t key_len, const void *value, size_t value_len) {
+/* The original's sizes and the SHA-256 of its value. */
+static void add_original(dl_headers_t *d, size_t key_len, const void *value, size_t value_len) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
     if (!EVP_Digest(value, value_len, md, &n, EVP_sha256(), NULL)) {
@@ -85,10 +85,15 @@ static void add_cut(dl_headers_t *d, size_t key_len, const void *value, size_t v
     d->sha[2 * n] = '\0';
     snprintf(d->size, sizeof(d->size), "%zu", value_len);
     snprintf(d->key_size, sizeof(d->key_size), "%zu", key_len);
-    add_str(d, "cohortd.truncated", "true");
     add_str(d, "cohortd.original.size", d->size);
     add_str(d, "cohortd.original.key_size", d->key_size);
     add_str(d, "cohortd.original.sha256", d->sha);
+}
+
+/* The truncation headers: it was cut, and what the original was. */
+static void add_cut(dl_headers_t *d, size_t key_len, const void *value, size_t value_len) {
+    add_str(d, "cohortd.truncated", "true");
+    add_original(d, key_len, value, value_len);
 }
 
 /* End-to-end latency of a complete batch's events. Clock skew between producers and
@@ -358,9 +363,64 @@ int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const cha
     return 0;
 }
 
+#define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)
+
+/* privacy.drop_fields: the decoded event as JSON without the dropped fields (user_id as
+ * its pseudonym under privacy.pseudonymize) into p->out. @returns 0, -ENOMEM, -EIO. */
+static int redact(ch_pipeline_t *p, const ch_event_view_t *ev) {
+    ch_buf_t *o = &p->out;
+    int m = p->drop_mask, r = LIT(o, "{");
+    const char *sep = "";
+#define FIELD(bit, name)                                                                           \
+    (!(m & (bit)) && !r && !(r = ch_buf_printf(o, "%s\"" name "\":", sep)) && (sep = ",", 1))
+    if (FIELD(CH_DROP_EVENT_ID, "event_id")) {
+        r = ch_json_string(o, ev->event_id, ev->event_id_len);
+    }
+    if (FIELD(CH_DROP_USER_ID, "user_id")) {
+        char id[CH_PSEUDONYM_LEN];
+        if (p->pseud && ch_pseudonym_of(p->pseud, ev->user_id, ev->user_id_len, id) < 0) {
+            return -EIO;
+        }
+        r = p->pseud ? ch_json_string(o, id, sizeof(id))
+                     : ch_json_string(o, ev->user_id, ev->user_id_len);
+    }
+    if (FIELD(CH_DROP_TS, "ts")) {
+        r = ch_buf_printf(o, "%lld", (long long)ev->ts_ms);
+    }
+    if (FIELD(CH_DROP_TYPE, "type")) {
+        r = ch_json_string(o, ev->type, ev->type_len);
+    }
+    if (FIELD(CH_DROP_AMOUNT, "amount")) {
+        r = ev->has_amount ? ch_json_double(o, ev->amount) : LIT(o, "null");
+    }
+    if (FIELD(CH_DROP_ITEM, "item")) {
+        r = ev->item ? ch_json_string(o, ev->item, ev->item_len) : LIT(o, "null");
+    }
+    if (FIELD(CH_DROP_CATEGORY, "category")) {
+        r = ev->category ? ch_json_string(o, ev->category, ev->category_len) : LIT(o, "null");
+    }
+    if (FIELD(CH_DROP_ATTRS, "attrs")) {
+        r = LIT(o, "{");
+        for (size_t i = 0; !r && i < ev->n_attrs; i++) {
+            r = i ? LIT(o, ",") : 0;
+            r = r ? r : ch_json_string(o, ev->attrs[i].key, ev->attrs[i].key_len);
+            r = r ? r : LIT(o, ":");
+            r = r ? r : ch_json_double(o, ev->attrs[i].value);
+        }
+        r = r ? r : LIT(o, "}");
+    }
+#undef FIELD
+    return r ? r : LIT(o, "}");
+}
+
 void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m,
-                            ch_bad_reason_t reason, const char *why) {
+                            const ch_event_view_t *ev, ch_bad_reason_t reason, const char *why) {
     const char *name = ch_events_bad_name(reason);
+    if (p->drop_mask & CH_DROP_TS && (reason == CH_BAD_TS_NEGATIVE || reason == CH_BAD_TS_FUTURE)) {
+        why = "the event time is out of range (its value withheld: privacy.drop_fields)";
+    } else if (p->drop_mask & (CH_DROP_ATTRS | CH_DROP_AMOUNT) && reason == CH_BAD_NON_FINITE) {
+        why = "a numeric field is not finite (which one withheld: privacy.drop_fields)";
+    }
     p->st.bad[reason]++;
     p->st.bad_total++;
     uint64_t dropped = 0;
@@ -377,10 +437,30 @@ void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m
     add_str(&d, "cohortd.source.topic", m->topic);
     add_str(&d, "cohortd.source.partition", d.part);
     add_str(&d, "cohortd.source.offset", d.off);
+    const void *key = m->key, *value = m->value;
     size_t key_len = m->key_len, value_len = m->value_len;
+    if (p->drop_mask) {
+        /* none of the dropped fields may reach the dead letter: the decoded event without
+         * them, or nothing of a record that could not be decoded */
+        add_str(&d, "cohortd.redacted", p->cfg->privacy_drop_fields);
+        add_original(&d, m->key_len, m->value, m->value_len);
+        p->out.len = 0;
+        if (ev && redact(p, ev) < 0) {
+            ch_log(CH_LOG_ERR, "out of memory redacting a dead letter; stopping");
+            ch_tracker_fail(b);
+            p->failed = true;
+            return;
+        }
+        value = ev ? p->out.data : NULL;
+        value_len = ev ? p->out.len : 0;
+        if (p->drop_mask & CH_DROP_KEY) {
+            key = NULL;
+            key_len = 0;
+        }
+    }
     size_t max = ch_producer_max_message(p->clients.producer);
     size_t room = max > FRAMING_BYTES + 2048 ? max - FRAMING_BYTES : 2048;
-    if (key_len + value_len + headers_size(&d) > room) {
+    if (!p->drop_mask && key_len + value_len + headers_size(&d) > room) {
         /* It would not fit: a copy cut to fit, saying so (what was cut, its hash). */
         add_cut(&d, m->key_len, m->value, m->value_len);
         key_len = key_len < REDUCED_BYTES ? key_len : REDUCED_BYTES;
@@ -389,8 +469,8 @@ void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m
         value_len = value_len < left ? value_len : left;
         p->st.dlq_truncated++;
     }
-    if (ch_outputs_send(p, b, OUT_DLQ, p->cfg->dlq_topic, -1, m->key, key_len, m->value, value_len,
-                        d.h, d.n) == 0) {
+    if (ch_outputs_send(p, b, OUT_DLQ, p->cfg->dlq_topic, -1, key, key_len, value, value_len, d.h,
+                        d.n) == 0) {
         p->st.dlq_sent++;
     }
 }

@@ -37,7 +37,8 @@ static void process(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m, double
     ch_obs_t obs;
     ch_bad_reason_t bad = ch_events_read(p->events, m, now_ms, &ev, &obs, why, sizeof(why));
     if (bad != CH_BAD_NONE) {
-        ch_outputs_dead_letter(p, b, m, bad, why);
+        bool decoded = bad != CH_BAD_DECODE && bad != CH_BAD_SCHEMA && bad != CH_BAD_TOO_MANY_ATTRS;
+        ch_outputs_dead_letter(p, b, m, decoded ? &ev : NULL, bad, why);
         return;
     }
     if (p->pseud) { /* from here on the user is known by their pseudonym only */

@@ -112,6 +112,7 @@ struct ch_pipeline {
     ch_features_t *fs;
     double idle_evict_ms; /* state.idle_evict in effect (auto resolved); 0: never */
     ch_pseudonym_t *pseud; /* privacy.pseudonymize; NULL: off */
+    int drop_mask;         /* privacy.drop_fields (CH_DROP_*) */
     char *pseud_ids;       /* batch.max_events x CH_PSEUDONYM_LEN: this batch's user keys */
     const char **feat_names;
     size_t n_feats;
@@ -175,7 +176,8 @@ static inline int ch_budget_ms(const ch_pipeline_t *p, double ms) {
 void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);
 void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);
 void ch_outputs_dead_letter(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m,
-                            ch_bad_reason_t reason, const char *why);
+                            const ch_event_view_t *ev, ch_bad_reason_t reason,
+                            const char *why); /* ev: the decoded event, NULL if it was not */
 void ch_outputs_delivered(void *opaque, void *msg_opaque, int32_t partition, int64_t offset,
                           int err, const char *errstr);
 void ch_outputs_sealed(ch_pipeline_t *p, ch_tracked_t *b);

@@ -105,6 +105,12 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
         r = r < 0 ? r : -ENOMEM;
         goto out_fail;
     }
+    int drop = ch_config_drop_mask(cfg, errbuf, errlen);
+    if (drop < 0) {
+        r = drop;
+        goto out_fail;
+    }
+    p->drop_mask = drop;
     char warning[512];
     p->idle_evict_ms = ch_config_idle_evict_ms(cfg, p->fs, warning, sizeof(warning));
     if (warning[0]) {

@@ -11,19 +11,27 @@ Python's hmac module as the independent reference.
    and equals the reference under key B. cohort-pseudonym prints the same mapping.
 4. A key file readable by others, or too short: cohortd refuses to start (exit 2) with a
    message naming the file, and never prints the key.
+5. privacy.drop_fields = user_id, attrs: the dead letter of a decoded bad event is its
+   JSON without them (and without the Kafka key); an undecodable record keeps none of
+   its bytes; the dropped values appear nowhere in either, headers included.
 """
 import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
+
+from confluent_kafka import Producer
 
 from harness import (BUILD, GEN, Broker, Daemon, avro_reader, caught_up, consume,
-                     decode_confluent, log, run, wait_for, COHORTD, CONF)
+                     decode_confluent, encode_confluent, log, run, wait_for, COHORTD, CONF,
+                     SCHEMAS)
 
 PARTITIONS = 4
 TOPICS = "events,profiles,risk,cohortd-dlq,changelog,profiles_b,risk_b"
@@ -123,6 +131,39 @@ def main():
         assert cli == [f"{u}\t{pseudonym(key_b, u)}" for u in sorted(all_users)]
         log(f"key B: {len(under_b)} pseudonyms, none shared with key A; cohort-pseudonym agrees")
         broker.stop()
+
+    # 5. privacy.drop_fields: dead letters without the dropped fields
+    with open(os.path.join(SCHEMAS, "user_event.avsc")) as f:
+        schema = f.read()
+    now = int(time.time() * 1000)
+    bad_event = {"event_id": "e-bad", "user_id": "secret-user-1", "ts": now, "type": "payment",
+                 "amount": math.nan, "item": "i-1", "category": "c-1",
+                 "attrs": {"secret-attr": 1.0}}
+    bad_value = encode_confluent(schema, 1, bad_event)
+    garbage = b"\x00\x00\x00\x00\x01" + b"secret-user-2 and then garbage \xff\xff"
+    with Broker(partitions=1) as broker:
+        p = Producer({"bootstrap.servers": broker.bootstrap})
+        p.produce("events", key=b"secret-user-1", value=bad_value)
+        p.produce("events", key=b"secret-user-2", value=garbage)
+        assert p.flush(30) == 0
+        with Daemon(broker.bootstrap, "privacy.drop_fields=user_id, attrs", "model.path=") as d:
+            d.wait_assigned()
+            dlq = consume(broker.bootstrap, "cohortd-dlq", expect=2)
+            assert d.stop() == 0
+        broker.stop()
+    assert len(dlq) == 2, dlq
+    for row, original in zip(sorted(dlq, key=lambda r: r[1]), (bad_value, garbage)):
+        h = dict(row[4])
+        everything = (row[2] or b"") + (row[3] or b"") + b"".join(k.encode() + v for k, v in row[4])
+        assert b"secret-user" not in everything and b"secret-attr" not in everything, row
+        assert h["cohortd.redacted"] == b"user_id, attrs" and not row[2], h
+        assert h["cohortd.original.sha256"].decode() == hashlib.sha256(original).hexdigest()
+    kept = json.loads(sorted(dlq, key=lambda r: r[1])[0][3])
+    assert kept == {"event_id": "e-bad", "ts": now, "type": "payment", "amount": None,
+                    "item": "i-1", "category": "c-1"}, kept
+    assert not sorted(dlq, key=lambda r: r[1])[1][3], "an undecodable record kept its bytes"
+    log(f"drop_fields: the decoded bad event dead-lettered as {kept}; the undecodable one "
+        "as headers only; no dropped value anywhere in either")
 
     # 4. keys refused
     loose = key_file(tmp, "loose.key", os.urandom(32), 0o644)

@@ -238,6 +238,21 @@ static void test_idle_evict(void **st) {
     ch_config_done(&c);
 }
 
+static void test_drop_fields(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "";
+    assert_int_equal(ch_config_drop_mask(&c, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "privacy.drop_fields= user_id ,attrs", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_drop_mask(&c, err, sizeof(err)),
+                     CH_DROP_USER_ID | CH_DROP_KEY | CH_DROP_ATTRS); /* user_id: the key too */
+    assert_int_equal(ch_config_set(&c, "privacy.drop_fields=item,email", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_drop_mask(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "privacy.drop_fields: unknown field 'email' (fields: key,"));
+    ch_config_done(&c);
+}
+
 static void test_secrets_never_printed(void **st) {
     (void)st;
     ch_config_t c;
@@ -266,6 +281,7 @@ int main(void) {
         cmocka_unit_test(test_scoring_and_segment_keys),
         cmocka_unit_test(test_operations_keys),
         cmocka_unit_test(test_idle_evict),
+        cmocka_unit_test(test_drop_fields),
         cmocka_unit_test(test_secrets_never_printed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
