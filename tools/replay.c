@@ -22,51 +22,9 @@
 #include <unistd.h>
 
 #include "tool_common.h"
+#include "tool_csv.h"
 
 #define MAX_COLS 16
-
-/* Splits one CSV line in place (RFC 4180 quotes, "" escapes). @returns columns or -1. */
-static int csv_split(char *line, char **cols, int max) {
-    int n = 0;
-    char *p = line;
-    for (;;) {
-        if (n == max) {
-            return -1;
-        }
-        char *out = p;
-        cols[n++] = out;
-        if (*p == '"') {
-            p++;
-            for (;;) {
-                if (!*p) {
-                    return -1; /* unterminated quote */
-                }
-                if (*p == '"' && p[1] == '"') {
-                    *out++ = '"';
-                    p += 2;
-                } else if (*p == '"') {
-                    p++;
-                    break;
-                } else {
-                    *out++ = *p++;
-                }
-            }
-            if (*p && *p != ',' && *p != '\n' && *p != '\r') {
-                return -1;
-            }
-        } else {
-            while (*p && *p != ',' && *p != '\n' && *p != '\r') {
-                *out++ = *p++;
-            }
-        }
-        char sep = *p;
-        *out = '\0';
-        if (sep != ',') {
-            return n;
-        }
-        p++;
-    }
-}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -196,7 +154,7 @@ int main(int argc, char **argv) {
         if (lineno == 1) {
             continue; /* header */
         }
-        int nc = csv_split(line, cols, MAX_COLS);
+        int nc = tool_csv_split(line, cols, MAX_COLS);
         ch_event_view_t ev = {0};
         ch_attr_t attrs[4];
         char event_id[64];

@@ -93,10 +93,22 @@ static void pace_and_report(tool_out_t *o) {
     }
     double now = tool_now_s();
     if (!o->quiet && now - o->last_progress_s >= 1.0) {
-        fprintf(stderr, "%s: %llu events sent (%.0f ev/s), %llu acknowledged\n", o->name,
-                (unsigned long long)o->sent,
-                (double)(o->sent - o->last_progress_sent) / (now - o->last_progress_s),
-                (unsigned long long)o->delivered);
+        double rate = (double)(o->sent - o->last_progress_sent) / (now - o->last_progress_s);
+        if (o->total > 0) {
+            char bar[21];
+            size_t filled = (size_t)(20 * o->sent / o->total);
+            for (size_t i = 0; i < 20; i++) {
+                bar[i] = i < filled ? '#' : '.';
+            }
+            bar[20] = '\0';
+            fprintf(stderr, "%s: [%s] %3.0f%% %llu of %llu events (%.0f ev/s, about %.0f s left)\n",
+                    o->name, bar, 100.0 * (double)o->sent / (double)o->total,
+                    (unsigned long long)o->sent, (unsigned long long)o->total, rate,
+                    rate > 0 ? (double)(o->total - o->sent) / rate : 0.0);
+        } else {
+            fprintf(stderr, "%s: %llu events sent (%.0f ev/s), %llu acknowledged\n", o->name,
+                    (unsigned long long)o->sent, rate, (unsigned long long)o->delivered);
+        }
         o->last_progress_s = now;
         o->last_progress_sent = o->sent;
     }

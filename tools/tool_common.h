@@ -24,6 +24,7 @@ typedef struct tool_out {
     double start_s, last_progress_s;
     uint64_t last_progress_sent;
     bool quiet;
+    uint64_t total; /* events to send, when known (> 0: progress as a bar with a percentage) */
 } tool_out_t;
 
 /** @brief Connect a producer. @returns 0 or -errno (message printed). */

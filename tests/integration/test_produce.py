@@ -1,0 +1,212 @@
+"""cohort-produce (issue 14, item 6): one's own CSV into the events topic through a mapping.
+
+1. The original 23-column card-fraud layout (written by the test from the sparkov
+   sample: the same transactions, the original's extra columns, a quoted job with a
+   comma, rows shuffled): every event read back with python-avro equals its row under
+   the mapping (user, event id, time from "YYYY-mm-dd HH:MM:SS", amount, merchant,
+   category, four coordinates as attrs), and each partition is in event-time order.
+2. A retail invoice-line CSV (InvoiceNo, StockCode, Description, Quantity, InvoiceDate
+   as m/d/Y H:M, UnitPrice, CustomerID, Country), written by the test: amount is
+   Quantity * UnitPrice; then cohortd turns every event into a profile update, end to end.
+3. A bad row (a number that is not one) and a bad mapping (a column that does not
+   exist): exit 1 with FILE:LINE:COLUMN or MAPPING:LINE messages, and nothing sent.
+"""
+import csv
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+from confluent_kafka import Consumer, TopicPartition
+
+from harness import (BUILD, DATA, Broker, Daemon, avro_reader, caught_up, consume,
+                     decode_confluent, log, ts_ms, wait_for)
+
+PRODUCE = os.path.join(BUILD, "tools", "cohort-produce")
+PARTITIONS = 4
+N_FRAUD = 3000
+N_RETAIL = 600
+
+FRAUD_HEADER = ["", "trans_date_trans_time", "cc_num", "merchant", "category", "amt", "first",
+                "last", "gender", "street", "city", "state", "zip", "lat", "long", "city_pop",
+                "job", "dob", "trans_num", "unix_time", "merch_lat", "merch_long", "is_fraud"]
+FRAUD_MAP = """# the original card-fraud layout (23 columns)
+user_id = cc_num
+event_id = trans_num
+ts = trans_date_trans_time
+ts.format = %Y-%m-%d %H:%M:%S
+type = "payment"
+amount = amt
+item = merchant
+category = category
+attrs.lat = lat
+attrs.long = long
+attrs.merch_lat = merch_lat
+attrs.merch_long = merch_long
+"""
+RETAIL_HEADER = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate",
+                 "UnitPrice", "CustomerID", "Country"]
+RETAIL_MAP = """user_id = CustomerID
+event_id = InvoiceNo
+ts = InvoiceDate
+ts.format = %m/%d/%Y %H:%M
+type = "purchase"
+amount = Quantity * UnitPrice
+item = StockCode
+category = Country
+attrs.quantity = Quantity
+"""
+
+
+def produce(bootstrap, mapping, path, *extra):
+    return subprocess.run([PRODUCE, "--brokers", bootstrap, "--mapping", mapping, *extra, path],
+                          capture_output=True, text=True, timeout=300)
+
+
+def end_offsets(bootstrap, topic="events"):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
+    try:
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in range(PARTITIONS))
+    finally:
+        c.close()
+
+
+def read_events(bootstrap, n):
+    reader = avro_reader("user_event.avsc")
+    rows = consume(bootstrap, "events", expect=n)
+    out = []
+    for part, off, key, value, _ in rows:
+        e = decode_confluent(reader, value)[1]
+        out.append((part, off, e))
+    return out
+
+
+def in_time_order(events):
+    by_part = {}
+    for part, off, e in sorted(events, key=lambda x: (x[0], x[1])):
+        by_part.setdefault(part, []).append(ts_ms(e["ts"]))
+    return all(t == sorted(t) for t in by_part.values())
+
+
+def card_fraud(tmp, broker):
+    rng = random.Random(7)
+    with open(os.path.join(DATA, "sparkov-transactions-sample.csv")) as f:
+        sample = list(csv.DictReader(f))[:N_FRAUD]
+    path = os.path.join(tmp, "fraudTrain.csv")
+    rows = []
+    for i, r in enumerate(sample):
+        t = int(r["unix_time"])
+        rows.append([str(i), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)), r["cc_num"],
+                     r["merchant"], r["category"], r["amt"], "Jennifer", "Banks", "F",
+                     "561 Perry Cove", "Moravian Falls", "NC", "28654", r["lat"], r["long"],
+                     "3495", "Psychologist, counselling", "1988-03-09", r["trans_num"],
+                     str(t), r["merch_lat"], r["merch_long"], r["is_fraud"]])
+    rng.shuffle(rows)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(FRAUD_HEADER)
+        w.writerows(rows)
+    mapping = os.path.join(tmp, "fraud.map")
+    with open(mapping, "w") as f:
+        f.write(FRAUD_MAP)
+    r = produce(broker.bootstrap, mapping, path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "100%" in r.stderr or "done:" in r.stderr, r.stderr[-500:]
+    events = read_events(broker.bootstrap, N_FRAUD)
+    expect = {s["trans_num"]: s for s in sample}
+    assert len(events) == N_FRAUD
+    for _, _, e in events:
+        s = expect[e["event_id"]]
+        assert e["user_id"] == s["cc_num"] and e["type"] == "payment", e
+        assert ts_ms(e["ts"]) == int(s["unix_time"]) * 1000, (e["ts"], s["unix_time"])
+        assert abs(e["amount"] - float(s["amt"])) < 1e-9 and e["item"] == s["merchant"], e
+        assert e["category"] == s["category"], e
+        assert e["attrs"] == {k: float(s[k]) for k in ("lat", "long", "merch_lat", "merch_long")}
+    assert in_time_order(events), "a partition out of event-time order"
+    log(f"card-fraud 23-column layout: {N_FRAUD} shuffled rows produced in time order, every "
+        "event equal to its row under the mapping")
+    return N_FRAUD
+
+
+def retail(tmp, broker, before):
+    rng = random.Random(11)
+    path = os.path.join(tmp, "retail.csv")
+    start = 1291190400  # 2010-12-01 08:00 UTC
+    rows = []
+    for i in range(N_RETAIL):
+        t = start + 60 * rng.randrange(0, 20000)
+        q, price = rng.randrange(1, 48), rng.choice([0.85, 1.25, 2.55, 3.75, 12.5])
+        rows.append([f"5{36000 + i}", f"2{rng.randrange(1000, 9999)}", "WHITE MUG, LARGE", str(q),
+                     time.strftime("%-m/%-d/%Y %-H:%M", time.gmtime(t)), str(price),
+                     str(12000 + rng.randrange(0, 80)), rng.choice(["United Kingdom", "France"])])
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(RETAIL_HEADER)
+        w.writerows(rows)
+    mapping = os.path.join(tmp, "retail.map")
+    with open(mapping, "w") as f:
+        f.write(RETAIL_MAP)
+    r = produce(broker.bootstrap, mapping, path, "--rate", "2000")
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [e for _, _, e in read_events(broker.bootstrap, before + N_RETAIL)
+              if e["type"] == "purchase"]
+    assert len(events) == N_RETAIL
+    byid = {row[0]: row for row in rows}
+    for e in events:
+        row = byid[e["event_id"]]
+        assert e["user_id"] == row[6] and e["item"] == row[1] and e["category"] == row[7], e
+        assert abs(e["amount"] - int(row[3]) * float(row[5])) < 1e-9, (e, row)
+        assert e["attrs"] == {"quantity": float(row[3])}, e
+    with Daemon(broker.bootstrap, "segments.k=0") as d:
+        d.wait_assigned()
+        wait_for("cohortd caught up",
+                 lambda: caught_up(d, broker.bootstrap, PARTITIONS, before + N_RETAIL), [d])
+        profiles = consume(broker.bootstrap, "profiles", expect=before + N_RETAIL)
+        assert d.stop() == 0
+    assert len(profiles) >= before + N_RETAIL
+    log(f"retail invoice lines: {N_RETAIL} rows (amount = Quantity * UnitPrice, dates m/d/Y H:M) "
+        f"produced and equal to their rows; cohortd published {len(profiles)} profile updates "
+        f"for {before + N_RETAIL} events")
+    return path, mapping
+
+
+def errors(tmp, broker, retail_csv, retail_map):
+    sent = end_offsets(broker.bootstrap)
+    with open(retail_csv) as f:
+        lines = f.read().splitlines()
+    cols = next(csv.reader([lines[5]]))
+    cols[3] = "six"
+    bad_csv = os.path.join(tmp, "bad.csv")
+    with open(bad_csv, "w", newline="") as f:
+        f.write("\n".join(lines[:5]) + "\n")
+        csv.writer(f).writerow(cols)
+        f.write("\n".join(lines[6:]) + "\n")
+    r = produce(broker.bootstrap, retail_map, bad_csv)
+    assert r.returncode == 1 and f"{bad_csv}:6:4 (Quantity): 'six' is not a number" in r.stderr, \
+        r.stderr[-1000:]
+    bad_map = os.path.join(tmp, "bad.map")
+    with open(bad_map, "w") as f:
+        f.write(RETAIL_MAP.replace("category = Country", "category = Land"))
+    r = produce(broker.bootstrap, bad_map, retail_csv)
+    assert r.returncode == 1 and f"{bad_map}:8: 'Land' is not a column of {retail_csv}" in r.stderr \
+        and "columns: InvoiceNo, StockCode" in r.stderr, r.stderr[-1000:]
+    assert end_offsets(broker.bootstrap) == sent, "something was sent despite the errors"
+    log("a bad row and a bad mapping: exit 1, FILE:LINE:COLUMN and MAPPING:LINE errors, "
+        "nothing sent")
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="cohort-produce-")
+    with Broker(partitions=PARTITIONS) as broker:
+        n = card_fraud(tmp, broker)
+        retail_csv, retail_map = retail(tmp, broker, n)
+        errors(tmp, broker, retail_csv, retail_map)
+        broker.stop()
+    log("PASS")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
