@@ -75,6 +75,10 @@ _Static_assert(sizeof(ch_guarantee_t) == sizeof(int), "enum size");
 static const key_def_t keys[] = {
     {"input.topic", K_STR, OFF(input_topic), "events", 0, 0, NULL, NULL,
      "Kafka topic of user events (Avro), keyed by user_id."},
+    {"input.format", K_ENUM, OFF(input_format), "avro", 0, 0, formats, NULL,
+     "avro (framed as input.framing says) or json: one JSON object per message with the "
+     "event fields of user_event.avsc (user_id a string or an integer, ts in milliseconds "
+     "since 1970); malformed JSON is bad input (decode_error)."},
     {"input.framing", K_ENUM, OFF(input_framing), "confluent", 0, 0, framings, NULL,
      "confluent: magic byte 0 + 4-byte schema id + Avro; plain: Avro with input.writer_schema."},
     {"schema.dir", K_PATH, OFF(schema_dir), "schemas", 0, 0, NULL, NULL,

@@ -45,6 +45,7 @@ typedef struct ch_config {
 
     char input_topic[CH_CONF_STR];
     ch_framing_t input_framing;
+    ch_output_format_t input_format; /* avro (input.framing) or json */
     char schema_dir[CH_CONF_STR];
     char input_schema[CH_CONF_STR];
     char input_writer_schema[CH_CONF_STR];

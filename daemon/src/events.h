@@ -52,6 +52,10 @@ ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
                                ch_event_view_t *ret_ev, ch_obs_t *ret_obs, char *why,
                                size_t len);
 
+/** @brief The batch's outputs are written: the views of its events may go (JSON input
+ *  holds them until then). */
+void ch_events_release(ch_events_t *e);
+
 /** @brief The metric label of a bad-input reason. */
 const char *ch_events_bad_name(ch_bad_reason_t r);
 

@@ -168,6 +168,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
         process(p, b, m, now_ms);
     }
     finish(p, b);
+    ch_events_release(p->events);  /* the rows' ids are no longer needed */
     ch_changelog_batch_done(p, b); /* sealed now, or with the next changelog flush */
     ch_histogram_observe(&p->st.batch_seconds, ch_now_s() - t0);
     ch_producer_poll(p->clients.producer);

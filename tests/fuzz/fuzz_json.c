@@ -2,9 +2,9 @@
  * fuzz_json - the JSON writers (stream/src/json.c) on arbitrary bytes: ch_json_string
  * must produce one valid JSON string (RFC 8259: quoted, every control character
  * escaped, only valid escapes, valid UTF-8) whatever the input, and
- * ch_json_float/double must read back as the same number (or null for NaN/Inf).
- * cohortd reads no JSON yet: its inputs are Avro; a JSON parser gets a target with
- * the JSON input of issue 14.
+ * ch_json_float/double must read back as the same number (or null for NaN/Inf); and the
+ * JSON input decoder (stream/src/json_in.c, input.format = json) on the same bytes: a
+ * decoded event's strings end where their lengths say, its attrs are within the cap.
  */
 #include "fuzz_common.h"
 
@@ -13,6 +13,31 @@
 #include <string.h>
 
 #include "ch/json.h"
+#include "ch/json_in.h"
+
+static ch_json_decoder_t *decoder;
+
+static void check_event(const uint8_t *data, size_t size) {
+    if (!decoder && ch_json_decoder_new(&decoder) < 0) {
+        abort();
+    }
+    ch_event_view_t ev;
+    char why[512];
+    if (ch_json_decoder_decode(decoder, data, size, &ev, why, sizeof(why)) == 0) {
+        FUZZ_CHECK(ev.event_id && ev.event_id[ev.event_id_len] == '\0');
+        FUZZ_CHECK(ev.user_id && ev.user_id[ev.user_id_len] == '\0');
+        FUZZ_CHECK(ev.type && ev.type[ev.type_len] == '\0');
+        FUZZ_CHECK(!ev.item || ev.item[ev.item_len] == '\0');
+        FUZZ_CHECK(!ev.category || ev.category[ev.category_len] == '\0');
+        FUZZ_CHECK(ev.n_attrs <= CH_CODEC_MAX_ATTRS);
+        for (size_t i = 0; i < ev.n_attrs; i++) {
+            (void)touch(ev.attrs[i].key, ev.attrs[i].key_len);
+        }
+    } else {
+        FUZZ_CHECK(why[0] != '\0');
+    }
+    ch_json_decoder_release(decoder);
+}
 
 static int hex(unsigned char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
@@ -67,6 +92,7 @@ static void check_string(const unsigned char *s, size_t n) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    check_event(data, size);
     ch_buf_t b;
     ch_buf_init(&b);
     if (ch_json_string(&b, (const char *)data, size) == 0) {

@@ -58,6 +58,11 @@ def json_seeds():
     write("json", "utf8", "caf\u00e9 \u20ac \U0001f600".encode())
     write("json", "bad_utf8", b"\xc3\x28 \xe2\x82 \xf0\x9f\x98 \xed\xa0\x80 \xc0\xaf \xff")
     write("json", "floats", struct.pack("<fd", 3.14159, -2.5e-310))
+    write("json", "event", b'{"event_id": "e-1", "user_id": 4242, "ts": 1767225600000, '
+          b'"type": "payment", "amount": 12.5, "item": null, "category": "books", '
+          b'"attrs": {"lat": 40.7, "tries": 2}, "extra": [1, {"a": null}]}')
+    write("json", "event_bad", b'{"event_id": "e-2", "user_id": "u\\u00e9", "ts": "now", '
+          b'"type": 7, "attrs": {"x": "1"}, "event_id": "dup"}')
 
 
 def http():
