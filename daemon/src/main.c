@@ -613,6 +613,7 @@ int main(int argc, char **argv) {
     d.http = ch_http_free(d.http);
     ch_pipeline_stop_t st;
     r = ch_pipeline_shutdown(d.pipe, deadline, &st); /* each blocking step ends by deadline */
+    ch_pipeline_save_segments(d.pipe); /* local and short: before the watchdog can cut it */
     ch_pipeline_stats_t s;
     ch_pipeline_stats(d.pipe, &s);
     if (d.exit_code == 0 && r < 0) {
@@ -640,7 +641,6 @@ int main(int argc, char **argv) {
     reaper_t reaper = {.done = false};
     bool reaping =
         isfinite(cfg.shutdown_timeout_ms) && reaper_start(&reaper, deadline, verdict, d.exit_code);
-    ch_pipeline_save_segments(d.pipe);
     d.pipe = ch_pipeline_free(d.pipe);
     if (reaping) {
         reaper_stop(&reaper);
