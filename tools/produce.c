@@ -439,6 +439,17 @@ bad:
     return -1 - n; /* the caller frees the n rows read */
 }
 
+static void mapping_done(mapping_t *m) {
+    src_t *all[] = {&m->user_id, &m->event_id, &m->ts,      &m->type,
+                    &m->amount,  &m->item,     &m->category};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        free(all[i]->literal);
+    }
+    for (int i = 0; i < m->n_attrs; i++) {
+        free(m->attrs[i].literal);
+    }
+}
+
 static void free_rows(row_t *rows, long n) {
     for (long i = 0; i < n; i++) {
         free(rows[i].uid);
@@ -518,7 +529,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_cols; i++) {
         header[i] = trim(header[i]);
     }
-    mapping_t m;
+    mapping_t m = {.n_attrs = 0};
     row_t *rows = NULL;
     long n = -1;
     int rc = 1;
@@ -564,6 +575,7 @@ int main(int argc, char **argv) {
         }
     }
     free_rows(rows, n >= 0 ? n : -1 - n);
+    mapping_done(&m);
     free(hbuf);
     return rc;
 }
