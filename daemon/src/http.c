@@ -401,6 +401,9 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
         ev_timer_start(loop, &c->timer);
         if (busy) {
             reply_text(c, 503, "too many connections\n", false);
+        } else {
+            ev_feed_event(loop, &c->io, EV_READ); /* a prober's request is usually here
+                                                    already: read it in this iteration */
         }
     }
 }
