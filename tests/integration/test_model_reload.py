@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from harness import (GEN, SRC, Broker, Daemon, avro_reader, consume, decode_confluent, log,
-                     metric)
+                     metric, wait_for)
 
 LR = os.path.join(SRC, "conf", "models", "risk_lr.onnx")
 MLP = os.path.join(SRC, "conf", "models", "risk_mlp.onnx")
@@ -89,7 +89,11 @@ def stream_with_reload(tmp, name, events, rate, sets, action):
 
 def watch_phase(tmp):
     def action(d, model):
-        time.sleep(1.0)
+        # some risk updates under the first model before the swap (observed, not timed:
+        # a fixed 1 s sleep let a slow start swap it before any, once in fresh clone fc6)
+        wait_for("risk updates under the first model",
+                 lambda: metric(d.metrics(), "cohortd_outputs_acked_total", output="risk") > 0,
+                 [d], step=0.05)
         replace(open(MLP, "rb").read(), model)
         wait_log(d, f"model reloaded: version {V_LR} -> {V_MLP}")
         time.sleep(0.5)
@@ -106,7 +110,7 @@ def watch_phase(tmp):
     # A path of quotes, near model.path's 511-byte limit: escaped in the model_info
     # label it makes a metrics line over 1 KiB, which the exposition must still carry.
     name = os.path.join('"' * 240, '"' * 240 + ".onnx")
-    parts = stream_with_reload(tmp, name, 12_000, 4000, ["model.watch=200ms"], action)
+    parts = stream_with_reload(tmp, name, 12_000, 2000, ["model.watch=200ms"], action)
     switched = check_single_switch(parts, V_LR, V_MLP)
     counts = {v: sum(seq.count(v) for seq in parts.values()) for v in (V_LR, V_MLP)}
     assert counts[V_LR] > 0 and counts[V_MLP] > 0, counts
