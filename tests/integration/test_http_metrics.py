@@ -265,14 +265,14 @@ def check_http(d):
 
 def hold_idle(port, n, timeout=60):
     """n connections the daemon accepted and serves, waiting for a request (none is
-    answered within 0.5 s). A connection answered at once means an earlier one (the
+    answered within 0.2 s). A connection answered at once means an earlier one (the
     readiness probe's) was still closing and took a slot: close them all, try again."""
     deadline = time.time() + timeout
     while True:
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
         answered = []
         for s in idle:
-            s.settimeout(0.5)
+            s.settimeout(0.2)
             try:
                 answered.append(s.recv(100))
             except socket.timeout:
@@ -298,8 +298,10 @@ def connection_cap(bootstrap):
             s.settimeout(10)
             assert s.recv(100) == b"", "an idle connection was answered, not evicted"
             s.close()
+        # the first probe came while both held the cap: it evicted one; the other may have
+        # been evicted too, or closed by the 2 s request-head deadline first (timing)
         evicted = metric(d.metrics(), "cohortd_http_connections_evicted_total")
-        assert evicted >= 2, evicted
+        assert evicted >= 1, evicted
         assert d.stop() == 0
     log(f"HTTP: connection cap reached by idle clients: 100 of 100 probes answered 200, "
         f"{evicted:.0f} idle connections evicted")
