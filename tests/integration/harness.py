@@ -398,6 +398,16 @@ def committed(bootstrap, partitions, topic="events", group="cohortd-it"):
         c.close()
 
 
+def end_offsets(bootstrap, partitions, topic="events"):
+    """{partition: end offset} of a topic (what it holds, from the broker's watermarks)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"watermarks-{time.time_ns()}"})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(partitions)}
+    finally:
+        c.close()
+
+
 def committed_sum(bootstrap, partitions, topic="events", group="cohortd-it"):
     """Events of topic the group has committed, over all partitions."""
     return sum(max(o, 0) for o in committed(bootstrap, partitions, topic, group).values())

@@ -19,10 +19,8 @@ import subprocess
 import sys
 import time
 
-from confluent_kafka import Consumer, TopicPartition
-
 from harness import (GEN, Broker, Daemon, avro_reader, caught_up, committed_sum, consume,
-                     decode_confluent, log, metric, wait_for)
+                     decode_confluent, end_offsets, log, metric, wait_for)
 
 PARTITIONS = 4
 EVENTS = 4000
@@ -30,14 +28,6 @@ RATE = 1000
 RECOVERY_S = 180
 
 
-def in_topic(bootstrap):
-    """Events in the input topic (the sum of its end offsets)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
-    try:
-        return sum(c.get_watermark_offsets(TopicPartition("events", p), timeout=10)[1]
-                   for p in range(PARTITIONS))
-    finally:
-        c.close()
 
 
 def phase(broker, d, seed, total_before, name, inject, heal=None):
@@ -56,7 +46,7 @@ def phase(broker, d, seed, total_before, name, inject, heal=None):
         heal()
     t0 = time.monotonic()
     _, gen_err = gen.communicate(timeout=RECOVERY_S)
-    total = in_topic(broker.bootstrap)
+    total = sum(end_offsets(broker.bootstrap, PARTITIONS).values())
     if gen.returncode != 0 or total != total_before + EVENTS:
         log(f"{name}: the generator wrote {total - total_before} of {EVENTS} events (exit "
             f"{gen.returncode}): {gen_err.strip()[-300:]}")

@@ -19,7 +19,7 @@ import time
 from confluent_kafka import Producer
 
 from harness import (Broker, Daemon, avro_reader, committed, consume, decode_confluent,
-                     encode_confluent, log, metric, wait_for, SCHEMAS)
+                     encode_confluent, end_offsets, log, metric, wait_for, SCHEMAS)
 
 N_GOOD = 200
 N_REFUSED = 5000
@@ -39,14 +39,6 @@ def headers(row):
             for k, v in row[4]}
 
 
-def end_offsets(bootstrap, partitions):
-    from confluent_kafka import Consumer, TopicPartition
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
-    try:
-        return {p: c.get_watermark_offsets(TopicPartition("events", p), timeout=10)[1]
-                for p in range(partitions)}
-    finally:
-        c.close()
 
 
 def oversize():
