@@ -62,6 +62,8 @@ static const char *const formats[] = {"avro", "json", NULL};
 static const char *const transforms[] = {"log1p", "none", NULL};
 static const int transform_values[] = {1, 0};
 static const char *const switches[] = {"off", "on", NULL};
+static const char *const ts_units[] = {"auto", "ms", "us", "s", "iso8601", NULL};
+static const int ts_unit_values[] = {CH_TS_AUTO, CH_TS_MS, CH_TS_US, CH_TS_S, CH_TS_ISO8601};
 static const int switch_values[] = {0, 1};
 
 /* An enum field is written as an int: every enum here must have an int's size. */
@@ -70,15 +72,16 @@ _Static_assert(sizeof(ch_emit_policy_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(ch_output_format_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(ch_log_level_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(ch_guarantee_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(ch_ts_unit_t) == sizeof(int), "enum size");
 
 #define OFF(f) offsetof(ch_config_t, f)
 static const key_def_t keys[] = {
     {"input.topic", K_STR, OFF(input_topic), "events", 0, 0, NULL, NULL,
      "Kafka topic of user events (Avro), keyed by user_id."},
     {"input.format", K_ENUM, OFF(input_format), "avro", 0, 0, formats, NULL,
-     "avro (framed as input.framing says) or json: one JSON object per message with the "
-     "event fields of user_event.avsc (user_id a string or an integer, ts in milliseconds "
-     "since 1970); malformed JSON is bad input (decode_error)."},
+     "avro (framed as input.framing says) or json: one JSON object per message, its fields "
+     "where input.map.* says (by default those of user_event.avsc); malformed JSON is bad "
+     "input (decode_error)."},
     {"input.framing", K_ENUM, OFF(input_framing), "confluent", 0, 0, framings, NULL,
      "confluent: magic byte 0 + 4-byte schema id + Avro; plain: Avro with input.writer_schema."},
     {"schema.dir", K_PATH, OFF(schema_dir), "schemas", 0, 0, NULL, NULL,
@@ -100,6 +103,32 @@ static const key_def_t keys[] = {
     {"input.align_idle", K_DURATION, OFF(input_align_idle_ms), "5s", 1, INFINITY, NULL, NULL,
      "A partition that delivers nothing for this long (wall clock) stops holding the others "
      "back under input.max_skew."},
+    {"input.map.user_id", K_STR, OFF(input_map[CH_ROLE_USER_ID]), "user_id", 0, 0, NULL, NULL,
+     "Where the user id sits in the events: a field name or dotted path into nested records "
+     "or objects (customer.id). A string, or an integer (read as its decimal text)."},
+    {"input.map.ts", K_STR, OFF(input_map[CH_ROLE_TS]), "ts", 0, 0, NULL, NULL,
+     "The event time's field (path): a number in input.map.ts_unit, or an ISO-8601 string."},
+    {"input.map.ts_unit", K_ENUM, OFF(input_ts_unit), "auto", 0, 0, ts_units, ts_unit_values,
+     "Unit of a numeric event time: ms, us or s since 1970, or iso8601 (strings only). auto: "
+     "the Avro logical type (timestamp-millis or -micros), else ms; strings are ISO-8601 "
+     "(2019-10-01T00:00:00Z, 2019-10-01 00:00:00 UTC, ...; no zone means UTC)."},
+    {"input.map.event_id", K_OPTSTR, OFF(input_map[CH_ROLE_EVENT_ID]), "event_id", 0, 0, NULL, NULL,
+     "The event id's field (path), copied into the outputs; empty: the events have none "
+     "(outputs carry null)."},
+    {"input.map.type", K_OPTSTR, OFF(input_map[CH_ROLE_TYPE]), "type", 0, 0, NULL, NULL,
+     "The event type's field (path; a string, enum or integer), which type= filters test; "
+     "empty: none."},
+    {"input.map.amount", K_OPTSTR, OFF(input_map[CH_ROLE_AMOUNT]), "amount", 0, 0, NULL, NULL,
+     "The numeric field features call amount (path); empty: none. Other numeric fields are "
+     "read by their own name or path in a feature, e.g. sum(quantity)."},
+    {"input.map.item", K_OPTSTR, OFF(input_map[CH_ROLE_ITEM]), "item", 0, 0, NULL, NULL,
+     "The item's field (path; a string or integer); empty: none."},
+    {"input.map.category", K_OPTSTR, OFF(input_map[CH_ROLE_CATEGORY]), "category", 0, 0, NULL, NULL,
+     "The category's field (path; a string or integer); empty: none."},
+    {"input.map.attrs", K_OPTSTR, OFF(input_map[CH_ROLE_ATTRS]), "attrs", 0, 0, NULL, NULL,
+     "A map (Avro) or object (JSON) of numbers that features read as attrs.<key>; empty: none. "
+     "A role left at its own name may be absent from the events' schema; a path set here "
+     "must be in it (checked against the reader schema at start)."},
     {"output.profile_topic", K_STR, OFF(profile_topic), "profiles", 0, 0, NULL, NULL,
      "Topic for profile updates (profile_update.avsc), keyed by user_id."},
     {"output.dlq_topic", K_STR, OFF(dlq_topic), "cohortd-dlq", 0, 0, NULL, NULL,
@@ -826,7 +855,8 @@ static const char families_help[] =
     "feature.<name> (feature spec, repeatable, output order)\n"
     "    <kind>[(<field>)] [type=a|b] [half_life=<duration>|inf] [default=<number>]\n"
     "    kinds: count, sum(f), mean(f), std(f), max(f) (decayed), since_last (seconds),\n"
-    "    ratio(<feature>, <feature>); fields: amount, attrs.<key>.\n"
+    "    ratio(<feature>, <feature>); fields: amount, attrs.<key>, or any numeric\n"
+    "    field of the events by name or dotted path (sum(quantity), max(price.unit)).\n"
     "kafka.<property>, kafka.consumer.<property>, kafka.producer.<property>\n"
     "    Passed verbatim to librdkafka (both clients, consumer only, producer only),\n"
     "    e.g. kafka.bootstrap.servers, kafka.group.id, kafka.security.protocol,\n"

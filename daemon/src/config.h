@@ -53,6 +53,8 @@ typedef struct ch_config {
     double input_max_future_ms;
     double input_max_skew_ms;   /* 0: no timestamp alignment */
     double input_align_idle_ms;
+    char input_map[CH_ROLE_N][CH_CONF_STR]; /* input.map.<role>: a dotted path, "" none */
+    ch_ts_unit_t input_ts_unit;
 
     char profile_topic[CH_CONF_STR];
     char dlq_topic[CH_CONF_STR];

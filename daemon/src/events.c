@@ -8,7 +8,8 @@
  * - Validation rejects what must never reach the state or an output: empty or
  *   over-long ids, non-finite numbers, times before 1970 or too far in the future.
  * - The field map is resolved once from the feature set: each numeric field a
- *   feature reads is either the amount or one attrs key.
+ *   feature reads is the amount, one attrs key, or a field of the events by path, which
+ *   joins the decoder's mapping (input.map.*) and comes back in the view's fields.
  */
 #include "events.h"
 
@@ -23,12 +24,14 @@
 typedef enum field_kind {
     FIELD_AMOUNT,
     FIELD_ATTR,
+    FIELD_PATH,
 } field_kind_t;
 
 typedef struct field_map {
     field_kind_t kind;
     const char *attr; /* FIELD_ATTR: key within attrs (borrowed from the feature set) */
     size_t attr_len;
+    size_t index; /* FIELD_PATH: index in the mapping's fields */
 } field_map_t;
 
 struct ch_events {
@@ -57,6 +60,58 @@ const char *ch_events_bad_name(ch_bad_reason_t r) {
     return r >= 0 && r < CH_BAD_N ? bad_names[r] : "unknown";
 }
 
+int ch_events_mapping(const ch_config_t *cfg, const ch_features_t *fs, ch_mapping_t *m,
+                      char *errbuf, size_t errlen) {
+    ch_mapping_default(m);
+    m->ts_unit = cfg->input_ts_unit;
+    for (int k = 0; k < CH_ROLE_N; k++) {
+        const char *path = cfg->input_map[k];
+        size_t n = strlen(path);
+        if (n && !ch_mapping_path_valid(path, n)) {
+            snprintf(errbuf, errlen,
+                     "input.map.%s: '%s' is not a field name or dotted path (names of letters, "
+                     "digits and _, joined by '.')",
+                     ch_role_name((ch_role_t)k), path);
+            return -EINVAL;
+        }
+        memcpy(m->path[k], path, n + 1); /* n < CH_MAPPING_PATH_MAX: a valid path */
+        m->is_default[k] = strcmp(path, ch_role_name((ch_role_t)k)) == 0;
+    }
+    for (int a = 0; a < CH_ROLE_N; a++) {
+        for (int b = a + 1; b < CH_ROLE_N; b++) {
+            const char *x = m->path[a], *y = m->path[b];
+            size_t nx = strlen(x), ny = strlen(y), n = nx < ny ? nx : ny;
+            const char *longer = nx < ny ? y : x;
+            if (n && strncmp(x, y, n) == 0 && (longer[n] == '\0' || longer[n] == '.')) {
+                snprintf(errbuf, errlen, "input.map.%s = %s and input.map.%s = %s overlap",
+                         ch_role_name((ch_role_t)a), x, ch_role_name((ch_role_t)b), y);
+                return -EINVAL;
+            }
+        }
+    }
+    for (size_t f = 0; f < ch_features_field_count(fs); f++) {
+        const char *name = ch_features_field_name(fs, f);
+        if (!strcmp(name, m->path[CH_ROLE_AMOUNT]) || !strcmp(name, "amount") ||
+            !strncmp(name, "attrs.", 6)) {
+            continue;
+        }
+        int r = ch_mapping_add_field(m, name);
+        if (r == -E2BIG) {
+            snprintf(errbuf, errlen, "more than %d numeric fields read by name",
+                     CH_MAPPING_MAX_FIELDS);
+            return r;
+        }
+        if (r < 0) {
+            snprintf(errbuf, errlen,
+                     "feature field '%s' is the path of a role that is not a number "
+                     "(input.map.*)",
+                     name);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_features_t *fs,
                   ch_events_t **ret_events, char *errbuf, size_t errlen) {
     ch_events_t *e = calloc(1, sizeof(*e));
@@ -72,18 +127,27 @@ int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_featur
         ch_events_free(e);
         return -ENOMEM;
     }
-    for (size_t f = 0; f < e->n_fields; f++) {
+    ch_mapping_t map;
+    int r = ch_events_mapping(cfg, fs, &map, errbuf, errlen);
+    if (r < 0) {
+        ch_events_free(e);
+        return r;
+    }
+    for (size_t f = 0, j = 0; f < e->n_fields; f++) {
         const char *name = ch_features_field_name(fs, f);
-        if (strcmp(name, "amount") == 0) {
+        if (strcmp(name, map.path[CH_ROLE_AMOUNT]) == 0 || strcmp(name, "amount") == 0) {
             e->fields[f].kind = FIELD_AMOUNT;
-        } else {
+        } else if (strncmp(name, "attrs.", 6) == 0) {
             e->fields[f].kind = FIELD_ATTR;
-            e->fields[f].attr = name + 6; /* after "attrs." */
+            e->fields[f].attr = name + 6;
             e->fields[f].attr_len = strlen(name + 6);
+        } else {
+            e->fields[f].kind = FIELD_PATH;
+            e->fields[f].index = j++; /* ch_events_mapping added them in this order */
         }
     }
     if (cfg->input_format == CH_FORMAT_JSON) {
-        int r = ch_json_decoder_new(&e->json);
+        r = ch_json_decoder_new(&map, &e->json);
         if (r < 0) {
             ch_events_free(e);
             return r;
@@ -97,9 +161,9 @@ int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_featur
     } else {
         snprintf(reader, sizeof(reader), "%s/user_event.avsc", cfg->schema_dir);
     }
-    int r = ch_decoder_new(schemas, reader, cfg->input_framing,
-                           cfg->input_writer_schema[0] ? cfg->input_writer_schema : NULL, &e->dec,
-                           errbuf, errlen);
+    r = ch_decoder_new(schemas, reader, cfg->input_framing,
+                       cfg->input_writer_schema[0] ? cfg->input_writer_schema : NULL, &map, &e->dec,
+                       errbuf, errlen);
     if (r < 0) {
         ch_events_free(e);
         return r;
@@ -111,6 +175,9 @@ int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_featur
 void ch_events_release(ch_events_t *e) {
     if (e->json) {
         ch_json_decoder_release(e->json);
+    }
+    if (e->dec) {
+        ch_decoder_release(e->dec);
     }
 }
 
@@ -169,7 +236,9 @@ static ch_bad_reason_t validate(const ch_events_t *e, const ch_event_view_t *ev,
 /* The event's numeric fields in the order the features read them. */
 static void build_obs(ch_events_t *e, const ch_event_view_t *ev, ch_obs_t *obs) {
     obs->ts_ms = ev->ts_ms;
-    obs->type_mask = ch_features_type_mask(e->fs, ev->type, ev->type_len);
+    ch_features_obs_text(e->fs, obs, CH_TEXT_TYPE, ev->type, ev->type_len);
+    ch_features_obs_text(e->fs, obs, CH_TEXT_ITEM, ev->item, ev->item_len);
+    ch_features_obs_text(e->fs, obs, CH_TEXT_CATEGORY, ev->category, ev->category_len);
     obs->present_mask = 0;
     obs->values = e->values;
     for (size_t f = 0; f < e->n_fields; f++) {
@@ -177,6 +246,13 @@ static void build_obs(ch_events_t *e, const ch_event_view_t *ev, ch_obs_t *obs) 
         if (fm->kind == FIELD_AMOUNT) {
             if (ev->has_amount) {
                 e->values[f] = ev->amount;
+                obs->present_mask |= UINT64_C(1) << f;
+            }
+            continue;
+        }
+        if (fm->kind == FIELD_PATH) {
+            if (ev->fields_present & (UINT64_C(1) << fm->index)) {
+                e->values[f] = ev->fields[fm->index];
                 obs->present_mask |= UINT64_C(1) << f;
             }
             continue;

@@ -38,6 +38,15 @@ typedef struct ch_events ch_events_t;
 int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_features_t *fs,
                   ch_events_t **ret_events, char *errbuf, size_t errlen);
 
+/**
+ * @brief The mapping input.map.* and the features' numeric fields make: roles at their
+ *        paths, then each field a feature reads by name (not amount, not attrs.<key>)
+ *        in the feature set's field order.
+ * @returns 0, -EINVAL (a bad or overlapping path; errbuf names the key), -E2BIG.
+ */
+int ch_events_mapping(const ch_config_t *cfg, const ch_features_t *fs, ch_mapping_t *m,
+                      char *errbuf, size_t errlen);
+
 /** @brief Free. Accepts NULL. @returns NULL. */
 ch_events_t *ch_events_free(ch_events_t *e);
 

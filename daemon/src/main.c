@@ -43,6 +43,7 @@
 #include "ch/kafka.h"
 #include "ch/onnx.h"
 #include "config.h"
+#include "events.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -390,6 +391,25 @@ static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size
         if (warning[0]) {
             fprintf(stderr, "cohortd: warning: %s\n", warning);
         }
+    }
+    if (r == 0) { /* the mapping must fit the reader schema */
+        ch_schemas_t *schemas = NULL;
+        ch_events_t *events = NULL;
+        ch_mapping_t map;
+        if ((r = ch_schemas_load(cfg->schema_dir, &schemas, errbuf, errlen)) == 0 &&
+            (r = ch_events_new(cfg, schemas, fs, &events, errbuf, errlen)) == 0 && print &&
+            (r = ch_events_mapping(cfg, fs, &map, errbuf, errlen)) == 0) {
+            printf("# input fields:");
+            for (int k = 0; k < CH_ROLE_N; k++) {
+                printf(" %s=%s", ch_role_name((ch_role_t)k), map.path[k][0] ? map.path[k] : "-");
+            }
+            for (size_t j = 0; j < map.n_fields; j++) {
+                printf(" %s", map.fields[j]);
+            }
+            printf("\n");
+        }
+        ch_events_free(events);
+        ch_schemas_free(schemas);
     }
     if (r == 0 && cfg->model_path[0]) { /* the model must fit these features */
         size_t d = ch_features_count(fs);

@@ -10,7 +10,23 @@
  * - State per kind (doubles): count [C], sum [S], mean [C S], std [C M M2]
  *   (West's weighted incremental mean/variance: stable, and exactly 0 for
  *   constant input), max [M] (-inf = none), since_last [t_last] (-inf = none),
- *   ratio [] (computed from two earlier features at read time).
+ *   ratio [] (computed from two earlier features at read time), share [C_match C_all],
+ *   distinct [n, then up to 3k (hash, last time) pairs].
+ * - Filters: each text field (type, item, category) has its own table of up to 64
+ *   values named in filters; an observation carries, per field, the bit mask of the
+ *   values it equals, so a filter is one AND (negated: its complement).
+ * - distinct(field) window=W k=K: a bottom-k sketch (KMV, Bar-Yossef et al. 2002) made
+ *   to slide: each kept hash carries the latest time its value was seen. A pair is
+ *   dropped when it leaves the window, or when K pairs with smaller hashes were seen
+ *   at least as late (it can never again be among the K smallest live hashes), so
+ *   the result does not depend on arrival order. Read: the live pairs, exactly, while
+ *   fewer than K; else (K - 1) / u_K with u_K the K-th smallest live hash in [0, 1)
+ *   (relative standard error about 1 / sqrt(K - 2)), and never below the live count.
+ *   The pairs needed number about K (ln(n / K) + 0.58) for n values in the window;
+ *   past 3K (n beyond about 11 K) the largest hash goes, which is exact while nothing
+ *   leaves the window and may undercount once the older small hashes expire. Pairs
+ *   are kept in hash order (insert: binary search and a move; prune: one pass with
+ *   a heap of k times; read: one pass).
  * - Decay factors are computed once per distinct half-life per update.
  * - Invariant: after seal, the set is immutable; update/read never allocate.
  */
@@ -25,16 +41,22 @@
 #include <string.h>
 
 #include "errbuf.h"
+#include "siphash.h"
 
-#define SPEC_MAX 192
-#define ANY_TYPE UINT64_MAX /* no type= filter; filters use bits 0..62 only */
+#define SPEC_MAX 256
+#define HASH_BITS 52 /* hashes kept exactly in a double */
 
 typedef struct feature {
     char name[CH_FEATURE_NAME_MAX];
     char spec[SPEC_MAX];
     ch_feat_kind_t kind;
-    int field;           /* index into fields, -1 = none */
-    uint64_t type_mask;  /* types this feature counts; all ones = any type */
+    int field;                  /* index into fields, -1 = none */
+    bool filtered[CH_TEXT_N];   /* a filter on text field k */
+    bool negate[CH_TEXT_N];     /* field!=values */
+    uint64_t filter[CH_TEXT_N]; /* the values the filter names */
+    int text;                   /* distinct(): its text field */
+    double window_ms;           /* distinct(): INFINITY = no window */
+    int k;                      /* distinct(): sketch size */
     double half_life_ms; /* INFINITY = no decay */
     int hl_index;        /* index into distinct half-lives */
     double dflt;         /* value when undefined */
@@ -48,9 +70,10 @@ struct ch_features {
     size_t n_feats;
     char fields[CH_FEATURES_MAX_FIELDS][CH_FEATURE_NAME_MAX + 8];
     size_t n_fields;
-    char types[CH_FEATURES_MAX_TYPES][CH_FEATURE_NAME_MAX];
-    size_t type_lens[CH_FEATURES_MAX_TYPES];
-    size_t n_types;
+    char values[CH_TEXT_N][CH_FEATURES_MAX_VALUES][CH_FEATURE_NAME_MAX];
+    size_t value_lens[CH_TEXT_N][CH_FEATURES_MAX_VALUES];
+    size_t n_values[CH_TEXT_N];
+    bool hashed[CH_TEXT_N]; /* a distinct() reads the field */
     double half_lives[CH_FEATURES_MAX];
     size_t n_half_lives;
     size_t state_len;
@@ -58,11 +81,21 @@ struct ch_features {
 };
 
 static const char *const kind_names[] = {
-    [CH_FEAT_COUNT] = "count", [CH_FEAT_SUM] = "sum",
-    [CH_FEAT_MEAN] = "mean",   [CH_FEAT_STD] = "std",
-    [CH_FEAT_MAX] = "max",     [CH_FEAT_SINCE_LAST] = "since_last",
-    [CH_FEAT_RATIO] = "ratio",
+    [CH_FEAT_COUNT] = "count", [CH_FEAT_SUM] = "sum",     [CH_FEAT_MEAN] = "mean",
+    [CH_FEAT_STD] = "std",     [CH_FEAT_MAX] = "max",     [CH_FEAT_SINCE_LAST] = "since_last",
+    [CH_FEAT_RATIO] = "ratio", [CH_FEAT_SHARE] = "share", [CH_FEAT_DISTINCT] = "distinct",
 };
+
+static const char *const text_names[CH_TEXT_N] = {"type", "item", "category"};
+
+static int text_field(const char *s, size_t len) {
+    for (int k = 0; k < CH_TEXT_N; k++) {
+        if (strlen(text_names[k]) == len && memcmp(text_names[k], s, len) == 0) {
+            return k;
+        }
+    }
+    return -1;
+}
 
 int ch_duration_parse(const char *s, double *ret_ms) {
     if (!s || !*s) {
@@ -123,6 +156,27 @@ static bool valid_name(const char *s, size_t len) {
     return true;
 }
 
+/* A dotted path of names: [A-Za-z_][A-Za-z0-9_]* joined by '.' (the rule of stream/'s
+ * ch_mapping_path_valid(), which resolves these paths; model/ does not depend on
+ * stream/, so it is restated here). */
+static bool valid_path(const char *s, size_t len) {
+    bool start = true;
+    if (len == 0 || len >= CH_FEATURE_NAME_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '.' && !start) {
+            start = true;
+        } else if (isalpha(c) || c == '_' || (!start && isdigit(c))) {
+            start = false;
+        } else {
+            return false;
+        }
+    }
+    return !start;
+}
+
 static int find_feature(const ch_features_t *fs, const char *name, size_t len) {
     for (size_t i = 0; i < fs->n_feats; i++) {
         if (strlen(fs->feats[i].name) == len && memcmp(fs->feats[i].name, name, len) == 0) {
@@ -134,11 +188,13 @@ static int find_feature(const ch_features_t *fs, const char *name, size_t len) {
 
 static int intern_field(ch_features_t *fs, const char *s, size_t len, char *errbuf,
                         size_t errlen) {
-    bool ok = (len == 6 && memcmp(s, "amount", 6) == 0) ||
-              (len > 6 && memcmp(s, "attrs.", 6) == 0 && valid_name(s + 6, len - 6));
+    bool ok = (len > 6 && memcmp(s, "attrs.", 6) == 0 && valid_name(s + 6, len - 6)) ||
+              valid_path(s, len);
     if (!ok) {
         return fail(errbuf, errlen, -EINVAL,
-                    "unknown field '%.*s' (expected 'amount' or 'attrs.<key>')", (int)len, s);
+                    "bad field '%.*s' (expected amount, attrs.<key>, or the name or dotted "
+                    "path of a numeric field of the events, e.g. quantity or price.unit)",
+                    (int)len, s);
     }
     for (size_t i = 0; i < fs->n_fields; i++) {
         if (strlen(fs->fields[i]) == len && memcmp(fs->fields[i], s, len) == 0) {
@@ -154,24 +210,25 @@ static int intern_field(ch_features_t *fs, const char *s, size_t len, char *errb
     return (int)fs->n_fields++;
 }
 
-static int intern_type(ch_features_t *fs, const char *s, size_t len, char *errbuf,
-                       size_t errlen) {
+static int intern_value(ch_features_t *fs, int k, const char *s, size_t len, char *errbuf,
+                        size_t errlen) {
     if (!valid_name(s, len)) {
-        return fail(errbuf, errlen, -EINVAL, "bad event type '%.*s' in filter", (int)len, s);
+        return fail(errbuf, errlen, -EINVAL, "bad %s '%.*s' in filter (letters, digits, _ . -)",
+                    text_names[k], (int)len, s);
     }
-    for (size_t i = 0; i < fs->n_types; i++) {
-        if (fs->type_lens[i] == len && memcmp(fs->types[i], s, len) == 0) {
+    for (size_t i = 0; i < fs->n_values[k]; i++) {
+        if (fs->value_lens[k][i] == len && memcmp(fs->values[k][i], s, len) == 0) {
             return (int)i;
         }
     }
-    if (fs->n_types == CH_FEATURES_MAX_TYPES) {
-        return fail(errbuf, errlen, -E2BIG, "more than %d distinct event types in filters",
-                    CH_FEATURES_MAX_TYPES);
+    if (fs->n_values[k] == CH_FEATURES_MAX_VALUES) {
+        return fail(errbuf, errlen, -E2BIG, "more than %d distinct %s values in filters",
+                    CH_FEATURES_MAX_VALUES, text_names[k]);
     }
-    memcpy(fs->types[fs->n_types], s, len);
-    fs->types[fs->n_types][len] = '\0';
-    fs->type_lens[fs->n_types] = len;
-    return (int)fs->n_types++;
+    memcpy(fs->values[k][fs->n_values[k]], s, len);
+    fs->values[k][fs->n_values[k]][len] = '\0';
+    fs->value_lens[k][fs->n_values[k]] = len;
+    return (int)fs->n_values[k]++;
 }
 
 static const char *skip_ws(const char *p) {
@@ -208,7 +265,8 @@ static int parse_head(ch_features_t *fs, feature_t *f, const char *spec, const c
     }
     if (kind < 0) {
         return fail(errbuf, errlen, -EINVAL,
-                    "unknown feature kind '%.*s' (count, sum, mean, std, max, since_last, ratio)",
+                    "unknown feature kind '%.*s' (count, sum, mean, std, max, since_last, "
+                    "ratio, share, distinct)",
                     (int)klen, k);
     }
     f->kind = (ch_feat_kind_t)kind;
@@ -249,10 +307,25 @@ static int parse_head(ch_features_t *fs, feature_t *f, const char *spec, const c
         }
         return 0;
     case CH_FEAT_SINCE_LAST:
+    case CH_FEAT_SHARE:
         if (args) {
-            return fail(errbuf, errlen, -EINVAL, "since_last takes no field, only type=");
+            return fail(errbuf, errlen, -EINVAL, "%s takes no field, only filters",
+                        kind_names[kind]);
         }
         return 0;
+    case CH_FEAT_DISTINCT: {
+        if (args) {
+            trim(&args, &args_len);
+        }
+        f->text = args ? text_field(args, args_len) : -1;
+        if (f->text < 0) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "distinct needs a text field: distinct(item), distinct(category) or "
+                        "distinct(type)");
+        }
+        fs->hashed[f->text] = true;
+        return 0;
+    }
     case CH_FEAT_RATIO: {
         const char *comma = args ? memchr(args, ',', args_len) : NULL;
         if (!comma) {
@@ -290,27 +363,55 @@ static int parse_option(ch_features_t *fs, feature_t *f, const char *tok, size_t
     memcpy(val, eq + 1, vlen);
     val[vlen] = '\0';
 
-    if (klen == 4 && memcmp(tok, "type", 4) == 0) {
+    bool negate = klen > 0 && tok[klen - 1] == '!';
+    int text = text_field(tok, klen - negate);
+    if (text >= 0) {
         if (f->kind == CH_FEAT_RATIO) {
-            return fail(errbuf, errlen, -EINVAL, "ratio takes no type= filter");
+            return fail(errbuf, errlen, -EINVAL, "ratio takes no filter");
         }
-        f->type_mask = 0;
-        const char *s = val;
-        while (*s) {
-            size_t n = strcspn(s, "|,");
-            int ti = intern_type(fs, s, n, errbuf, errlen);
-            if (ti < 0) {
-                return ti;
+        if (f->filtered[text]) {
+            return fail(errbuf, errlen, -EINVAL, "two %s filters", text_names[text]);
+        }
+        f->filtered[text] = true;
+        f->negate[text] = negate;
+        f->filter[text] = 0;
+        const char *v = val;
+        while (*v) {
+            size_t n = strcspn(v, "|,");
+            int vi = intern_value(fs, text, v, n, errbuf, errlen);
+            if (vi < 0) {
+                return vi;
             }
-            f->type_mask |= UINT64_C(1) << ti;
-            s += n;
-            if (*s) {
-                s++;
+            f->filter[text] |= UINT64_C(1) << vi;
+            v += n;
+            if (*v) {
+                v++;
             }
         }
         return 0;
     }
+    if (klen == 6 && memcmp(tok, "window", 6) == 0 && f->kind == CH_FEAT_DISTINCT) {
+        double ms;
+        if (ch_duration_parse(val, &ms) < 0 || !(ms > 0)) {
+            return fail(errbuf, errlen, -EINVAL, "bad window '%s' (e.g. 1h, 7d, inf)", val);
+        }
+        f->window_ms = ms;
+        return 0;
+    }
+    if (klen == 1 && tok[0] == 'k' && f->kind == CH_FEAT_DISTINCT) {
+        char *end = NULL;
+        long k = strtol(val, &end, 10);
+        if (*end || k < 4 || k > CH_DISTINCT_K_MAX) {
+            return fail(errbuf, errlen, -EINVAL, "bad k '%s' (4..%d)", val, CH_DISTINCT_K_MAX);
+        }
+        f->k = (int)k;
+        return 0;
+    }
     if (klen == 9 && memcmp(tok, "half_life", 9) == 0) {
+        if (f->kind == CH_FEAT_DISTINCT || f->kind == CH_FEAT_SINCE_LAST) {
+            return fail(errbuf, errlen, -EINVAL, "%s does not decay%s", kind_names[f->kind],
+                        f->kind == CH_FEAT_DISTINCT ? " (it counts over window=)" : "");
+        }
         double ms;
         if (ch_duration_parse(val, &ms) < 0 || !(ms > 0)) {
             return fail(errbuf, errlen, -EINVAL,
@@ -328,7 +429,9 @@ static int parse_option(ch_features_t *fs, feature_t *f, const char *tok, size_t
         f->dflt = d;
         return 0;
     }
-    return fail(errbuf, errlen, -EINVAL, "unknown option '%.*s' (type, half_life, default)",
+    return fail(errbuf, errlen, -EINVAL,
+                "unknown option '%.*s' (type, item, category (= or !=), half_life, default; "
+                "distinct: window, k)",
                 (int)klen, tok);
 }
 
@@ -360,18 +463,29 @@ static void format_spec(const ch_features_t *fs, feature_t *f) {
     } else {
         if (f->field >= 0) {
             n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "(%s)", fs->fields[f->field]);
+        } else if (f->kind == CH_FEAT_DISTINCT) {
+            n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "(%s)", text_names[f->text]);
         }
-        if (f->type_mask != ANY_TYPE) {
-            const char *sep = " type=";
-            for (size_t t = 0; t < fs->n_types && n < (int)sizeof(f->spec); t++) {
-                if (f->type_mask & (UINT64_C(1) << t)) {
+        for (int k = 0; k < CH_TEXT_N; k++) {
+            if (f->filtered[k] && n < (int)sizeof(f->spec)) {
+                n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, " %s%s", text_names[k],
+                              f->negate[k] ? "!=" : "=");
+            }
+            const char *sep = "";
+            for (size_t v = 0; f->filtered[k] && v < fs->n_values[k]; v++) {
+                if ((f->filter[k] & (UINT64_C(1) << v)) && n < (int)sizeof(f->spec)) {
                     n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "%s%s", sep,
-                                  fs->types[t]);
+                                  fs->values[k][v]);
                     sep = "|";
                 }
             }
         }
-        if (f->kind != CH_FEAT_SINCE_LAST && n < (int)sizeof(f->spec)) {
+        if (f->kind == CH_FEAT_DISTINCT && n < (int)sizeof(f->spec)) {
+            format_duration(hl, sizeof(hl), f->window_ms);
+            n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, " window=%s k=%d", hl, f->k);
+        }
+        if (f->kind != CH_FEAT_SINCE_LAST && f->kind != CH_FEAT_DISTINCT &&
+            n < (int)sizeof(f->spec)) {
             format_duration(hl, sizeof(hl), f->half_life_ms);
             n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, " half_life=%s", hl);
         }
@@ -400,8 +514,10 @@ int ch_features_add(ch_features_t *fs, const char *name, const char *spec, char 
     /* Work on a copy so a failed declaration leaves the set unchanged, except for
      * interned fields/types, which are harmless. */
     feature_t f = {.field = -1,
-                   .type_mask = ANY_TYPE,
+                   .text = -1,
                    .half_life_ms = fs->default_half_life_ms,
+                   .window_ms = fs->default_half_life_ms,
+                   .k = CH_DISTINCT_K_DEFAULT,
                    .ratio_a = -1,
                    .ratio_b = -1};
     snprintf(f.name, sizeof(f.name), "%s", name);
@@ -418,24 +534,36 @@ int ch_features_add(ch_features_t *fs, const char *name, const char *spec, char 
         }
         p += n;
     }
+    if (f.kind == CH_FEAT_SHARE && !f.filtered[CH_TEXT_TYPE] && !f.filtered[CH_TEXT_ITEM] &&
+        !f.filtered[CH_TEXT_CATEGORY]) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "share needs a filter: the share of the events it matches, e.g. share "
+                    "type=refund");
+    }
+    if (f.kind == CH_FEAT_DISTINCT) {
+        f.half_life_ms = INFINITY; /* no decay: its state only ages out of the window */
+    }
     format_spec(fs, &f);
     fs->feats[fs->n_feats++] = f;
     return 0;
 }
 
-static size_t state_width(ch_feat_kind_t kind) {
-    switch (kind) {
+static size_t state_width(const feature_t *f) {
+    switch (f->kind) {
     case CH_FEAT_COUNT:
     case CH_FEAT_SUM:
     case CH_FEAT_MAX:
     case CH_FEAT_SINCE_LAST:
         return 1;
     case CH_FEAT_MEAN:
+    case CH_FEAT_SHARE:
         return 2;
     case CH_FEAT_STD:
         return 3;
     case CH_FEAT_RATIO:
         return 0;
+    case CH_FEAT_DISTINCT:
+        return 1 + 6 * (size_t)f->k; /* n, then 3k (hash, time) pairs */
     }
     return 0;
 }
@@ -448,7 +576,7 @@ int ch_features_seal(ch_features_t *fs) {
     for (size_t i = 0; i < fs->n_feats; i++) {
         feature_t *f = &fs->feats[i];
         f->off = off;
-        off += state_width(f->kind);
+        off += state_width(f);
         size_t h = 0;
         while (h < fs->n_half_lives && fs->half_lives[h] != f->half_life_ms) {
             h++;
@@ -487,7 +615,10 @@ double ch_features_longest_half_life(const ch_features_t *fs) {
     double hl = 0;
     for (size_t i = 0; i < fs->n_feats; i++) {
         const feature_t *f = &fs->feats[i];
-        if (f->kind != CH_FEAT_SINCE_LAST && f->kind != CH_FEAT_RATIO && f->half_life_ms > hl) {
+        if (f->kind == CH_FEAT_DISTINCT && f->window_ms > hl) {
+            hl = f->window_ms; /* what it remembers: counted like a half-life */
+        } else if (f->kind != CH_FEAT_SINCE_LAST && f->kind != CH_FEAT_RATIO &&
+                   f->kind != CH_FEAT_DISTINCT && f->half_life_ms > hl) {
             hl = f->half_life_ms;
         }
     }
@@ -502,19 +633,32 @@ const char *ch_features_field_name(const ch_features_t *fs, size_t i) {
     return fs->fields[i];
 }
 
-uint64_t ch_features_type_mask(const ch_features_t *fs, const char *type, size_t type_len) {
-    for (size_t i = 0; i < fs->n_types; i++) {
-        if (fs->type_lens[i] == type_len && memcmp(fs->types[i], type, type_len) == 0) {
-            return UINT64_C(1) << i;
+void ch_features_obs_text(const ch_features_t *fs, ch_obs_t *obs, ch_text_field_t k, const char *v,
+                          size_t len) {
+    obs->value_mask[k] = 0;
+    obs->text_hash[k] = 0;
+    if (!v) {
+        obs->text_present &= ~(1u << k);
+        return;
+    }
+    obs->text_present |= 1u << k;
+    for (size_t i = 0; i < fs->n_values[k]; i++) {
+        if (fs->value_lens[k][i] == len && memcmp(fs->values[k][i], v, len) == 0) {
+            obs->value_mask[k] = UINT64_C(1) << i;
+            break;
         }
     }
-    return 0;
+    if (fs->hashed[k]) { /* a fixed key: the state outlives the process */
+        obs->text_hash[k] = siphash13(0x636f686f72746431ULL, 0x64697374696e6374ULL,
+                                      (const unsigned char *)v, len) >>
+                            (64 - HASH_BITS);
+    }
 }
 
 void ch_features_state_init(const ch_features_t *fs, double *state) {
     for (size_t i = 0; i < fs->n_feats; i++) {
         const feature_t *f = &fs->feats[i];
-        for (size_t j = 0; j < state_width(f->kind); j++) {
+        for (size_t j = 0; j < state_width(f); j++) {
             state[f->off + j] = 0.0;
         }
         if (f->kind == CH_FEAT_MAX || f->kind == CH_FEAT_SINCE_LAST) {
@@ -529,6 +673,130 @@ static double decay(double dt_ms, double h_ms) {
         return 1.0;
     }
     return exp2(-dt_ms / h_ms);
+}
+
+/* Does the observation pass every filter of f? */
+static bool matches(const feature_t *f, const ch_obs_t *obs) {
+    for (int k = 0; k < CH_TEXT_N; k++) {
+        if (f->filtered[k] && ((obs->value_mask[k] & f->filter[k]) != 0) == f->negate[k]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* distinct(): s[0] pairs (hash, time) from s[1], in increasing hash order. */
+
+/* The index of the first pair whose hash is >= h. */
+static size_t distinct_find(const double *e, size_t n, double h) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (e[2 * mid] < h) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+/* Keeps the k largest of the times pushed: heap[0] is the smallest of them. */
+static void heap_push(double *heap, int *n, int k, double t) {
+    int i;
+    if (*n < k) {
+        i = (*n)++;
+        while (i > 0 && heap[(i - 1) / 2] > t) { /* sift up */
+            heap[i] = heap[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+        heap[i] = t;
+        return;
+    }
+    if (t <= heap[0]) {
+        return;
+    }
+    i = 0; /* replace the root, sift down */
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= k) {
+            break;
+        }
+        if (c + 1 < k && heap[c + 1] < heap[c]) {
+            c++;
+        }
+        if (heap[c] >= t) {
+            break;
+        }
+        heap[i] = heap[c];
+        i = c;
+    }
+    heap[i] = t;
+}
+
+/* Drops the pairs out of the window at t_ref, and those that k pairs of smaller hashes
+ * outlive (seen at least as late): one pass in hash order, O(n log k). Returns the
+ * count left. */
+static size_t distinct_prune(double *s, int k, double window_ms, int64_t t_ref) {
+    size_t n = (size_t)s[0], out = 0;
+    double *e = s + 1, heap[CH_DISTINCT_K_MAX];
+    int in_heap = 0;
+    for (size_t i = 0; i < n; i++) {
+        double h = e[2 * i], t = e[2 * i + 1];
+        if ((double)t_ref - t >= window_ms || (in_heap == k && heap[0] >= t)) {
+            continue;
+        }
+        e[2 * out] = h;
+        e[2 * out + 1] = t;
+        out++;
+        heap_push(heap, &in_heap, k, t);
+    }
+    s[0] = (double)out;
+    return out;
+}
+
+static void distinct_add(const feature_t *f, double *s, int64_t t_ref, double h, double t) {
+    if ((double)t_ref - t >= f->window_ms) {
+        return; /* already out of the window */
+    }
+    size_t n = (size_t)s[0], cap = 3 * (size_t)f->k;
+    double *e = s + 1;
+    size_t i = distinct_find(e, n, h);
+    if (i < n && e[2 * i] == h) {
+        if (t > e[2 * i + 1]) {
+            e[2 * i + 1] = t;
+        }
+        return;
+    }
+    if (n == cap) {
+        n = distinct_prune(s, f->k, f->window_ms, t_ref);
+        i = distinct_find(e, n, h);
+    }
+    if (n == cap) { /* every pair may still count: the largest hash goes */
+        if (i == n) {
+            return;
+        }
+        n--;
+    }
+    memmove(e + 2 * (i + 1), e + 2 * i, 2 * (n - i) * sizeof(*e));
+    e[2 * i] = h;
+    e[2 * i + 1] = t;
+    s[0] = (double)(n + 1);
+}
+
+static double distinct_read(const feature_t *f, const double *s, int64_t t_ref) {
+    size_t n = (size_t)s[0], live = 0;
+    double h_k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if ((double)t_ref - s[2 + 2 * i] < f->window_ms && ++live == (size_t)f->k) {
+            h_k = s[1 + 2 * i];
+        }
+    }
+    if (live < (size_t)f->k) {
+        return (double)live;
+    }
+    double est = (f->k - 1) / ((h_k + 1.0) / (double)(UINT64_C(1) << HASH_BITS));
+    return est > (double)live ? est : (double)live;
 }
 
 void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_ms,
@@ -564,6 +832,7 @@ void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_m
                 s[0] *= fac;
                 break;
             case CH_FEAT_MEAN:
+            case CH_FEAT_SHARE:
                 s[0] *= fac;
                 s[1] *= fac;
                 break;
@@ -578,11 +847,20 @@ void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_m
                 break;
             case CH_FEAT_SINCE_LAST:
             case CH_FEAT_RATIO:
+            case CH_FEAT_DISTINCT:
                 break;
             }
         }
-        bool matches = f->type_mask == ANY_TYPE || (obs->type_mask & f->type_mask);
-        if (!matches || f->kind == CH_FEAT_RATIO) {
+        if (f->kind == CH_FEAT_SHARE) {
+            s[1] += weight[f->hl_index]; /* every event counts in the whole */
+        }
+        if (f->kind == CH_FEAT_RATIO || !matches(f, obs)) {
+            continue;
+        }
+        if (f->kind == CH_FEAT_DISTINCT) {
+            if (obs->text_present & (1u << f->text)) {
+                distinct_add(f, s, *t_ref_ms, (double)obs->text_hash[f->text], (double)obs->ts_ms);
+            }
             continue;
         }
         bool has_value = f->field >= 0 && (obs->present_mask & (UINT64_C(1) << f->field));
@@ -593,6 +871,7 @@ void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_m
         double v = has_value ? obs->values[f->field] : 0.0;
         switch (f->kind) {
         case CH_FEAT_COUNT:
+        case CH_FEAT_SHARE:
             s[0] += w;
             break;
         case CH_FEAT_SUM:
@@ -622,6 +901,7 @@ void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_m
             }
             break;
         case CH_FEAT_RATIO:
+        case CH_FEAT_DISTINCT:
             break;
         }
     }
@@ -662,6 +942,14 @@ void ch_features_read(const ch_features_t *fs, const double *state, int64_t t_re
             if (out[f->ratio_b] != 0) {
                 v = out[f->ratio_a] / out[f->ratio_b];
             }
+            break;
+        case CH_FEAT_SHARE:
+            if (s[1] > 0) {
+                v = s[0] / s[1];
+            }
+            break;
+        case CH_FEAT_DISTINCT:
+            v = distinct_read(f, s, t_ref_ms);
             break;
         }
         out[i] = v;

@@ -6,13 +6,19 @@
  *   bounds-checked cursor, never by Avro-C's value readers. Every length is
  *   checked against the bytes left before it is used, containers are capped,
  *   and nothing is allocated while decoding, so garbage input costs O(len).
- * - Resolution is compiled once per writer schema into a program: one step
- *   per writer field, each either a target slot of the event view (with the
- *   writer's type, promoted at decode time) or a skip. Reader fields the writer
- *   lacks take the reader's defaults (null / empty map); the four required
- *   fields (event_id, user_id, ts, type) must be present in every writer.
- * - Invariant: a decoded view points only into the message buffer or into
- *   the decoder's attrs array.
+ * - Resolution is compiled once per writer schema into a program, following the
+ *   mapping (ch/mapping.h): one step per writer field, each a role or numeric field of
+ *   the event view (with the writer's type, converted at decode time), a nested record
+ *   on the way to a mapped path (one sub-program per union branch), or a skip. Roles
+ *   the writer lacks are absent (null); user_id and ts must be in every writer and
+ *   non-null in every record. The reader schema is checked at start: every mapped path
+ *   exists with a type its role can be read from.
+ * - Event time: the unit comes from input.map.ts_unit, else from the field's Avro
+ *   logical type (read from the schema's JSON with jansson: Avro-C drops logical
+ *   types), else milliseconds; strings are ISO-8601.
+ * - Invariant: a decoded view points only into the message buffer, the schemas (enum
+ *   symbols) or the decoder (attrs, numeric fields, the text of integer ids, kept
+ *   until ch_decoder_release()).
  */
 #include "ch/codec.h"
 #include "errbuf.h"
@@ -20,6 +26,7 @@
 #include <avro.h>
 #include <ctype.h>
 #include <errno.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,6 +64,7 @@ typedef struct schema_entry {
     int32_t id;
     char file[256];
     avro_schema_t schema;
+    json_t *json; /* the same schema as JSON: Avro-C drops logical types */
 } schema_entry_t;
 
 struct ch_schemas {
@@ -91,7 +99,7 @@ static int read_file(const char *path, char **ret_text, size_t *ret_len) {
     return 0;
 }
 
-static int parse_schema_file(const char *path, avro_schema_t *ret, char *errbuf,
+static int parse_schema_file(const char *path, avro_schema_t *ret, json_t **ret_json, char *errbuf,
                              size_t errlen) {
     char *text = NULL;
     size_t len = 0;
@@ -101,12 +109,17 @@ static int parse_schema_file(const char *path, avro_schema_t *ret, char *errbuf,
                     strerror(-r));
     }
     avro_schema_t schema = NULL;
+    json_t *json = NULL;
     if (avro_schema_from_json_length(text, len, &schema) != 0) {
         r = fail(errbuf, errlen, -EINVAL, "%s: invalid Avro schema: %s", path, avro_strerror());
+    } else if (!(json = json_loadb(text, len, 0, NULL))) {
+        avro_schema_decref(schema);
+        r = fail(errbuf, errlen, -EINVAL, "%s: not JSON", path);
     }
     free(text);
     if (r == 0) {
         *ret = schema;
+        *ret_json = json;
     }
     return r;
 }
@@ -119,6 +132,7 @@ ch_schemas_t *ch_schemas_free(ch_schemas_t *s) {
         if (s->entries[i].schema) {
             avro_schema_decref(s->entries[i].schema);
         }
+        json_decref(s->entries[i].json);
     }
     free(s->entries);
     free(s);
@@ -190,7 +204,7 @@ int ch_schemas_load(const char *dir, ch_schemas_t **ret_schemas, char *errbuf, s
         char spath[1400];
         snprintf(spath, sizeof(spath), "%s/%s", dir, file);
         char why[512];
-        r = parse_schema_file(spath, &e->schema, why, sizeof(why));
+        r = parse_schema_file(spath, &e->schema, &e->json, why, sizeof(why));
         if (r < 0) {
             r = fail(errbuf, errlen, -EINVAL, "%s:%d: %s", path, lineno, why);
             break;
@@ -216,47 +230,7 @@ int ch_schemas_id_of(const ch_schemas_t *s, const char *file_name, int32_t *ret_
     return -ENOENT;
 }
 
-/* ---------------------------------------------------------------- resolution */
-
-typedef enum target {
-    T_EVENT_ID,
-    T_USER_ID,
-    T_TS,
-    T_TYPE,
-    T_AMOUNT,
-    T_ITEM,
-    T_CATEGORY,
-    T_ATTRS,
-    T_SKIP,
-} target_t;
-
-static const char *const target_names[] = {"event_id", "user_id", "ts",    "type",
-                                           "amount",   "item",    "category", "attrs"};
-#define N_TARGETS 8
-#define N_REQUIRED 4 /* event_id, user_id, ts, type */
-
-typedef struct step {
-    target_t target;
-    avro_schema_t wtype; /* borrowed from the writer schema */
-} step_t;
-
-typedef struct program {
-    int32_t id;
-    avro_schema_t writer; /* a reference is held */
-    step_t *steps;
-    size_t n_steps;
-    bool ok;
-    char err[256];
-} program_t;
-
-struct ch_decoder {
-    ch_framing_t framing;
-    program_t *programs; /* one per registered id */
-    size_t n_programs;
-    program_t plain;
-    avro_schema_t reader;
-    ch_attr_t attrs[CH_CODEC_MAX_ATTRS];
-};
+/* ---------------------------------------------------------------- binary cursor */
 
 static avro_schema_t deref(avro_schema_t s) {
     while (s && avro_typeof(s) == AVRO_LINK) {
@@ -268,109 +242,6 @@ static avro_schema_t deref(avro_schema_t s) {
 static bool is_type(avro_schema_t s, avro_type_t t) {
     return avro_typeof(s) == t;
 }
-
-/* Can a value of writer type w (not a union) be read into target t? */
-static bool branch_ok(target_t t, avro_schema_t w) {
-    w = deref(w);
-    switch (t) {
-    case T_EVENT_ID:
-    case T_USER_ID:
-    case T_TYPE:
-        return is_type(w, AVRO_STRING) || is_type(w, AVRO_BYTES);
-    case T_TS:
-        return is_type(w, AVRO_INT64) || is_type(w, AVRO_INT32);
-    case T_AMOUNT:
-        return is_type(w, AVRO_NULL) || is_type(w, AVRO_DOUBLE) || is_type(w, AVRO_FLOAT) ||
-               is_type(w, AVRO_INT64) || is_type(w, AVRO_INT32);
-    case T_ITEM:
-    case T_CATEGORY:
-        return is_type(w, AVRO_NULL) || is_type(w, AVRO_STRING) || is_type(w, AVRO_BYTES);
-    case T_ATTRS: {
-        if (is_type(w, AVRO_NULL)) {
-            return true;
-        }
-        if (!is_type(w, AVRO_MAP)) {
-            return false;
-        }
-        avro_schema_t v = deref(avro_schema_map_values(w));
-        return is_type(v, AVRO_DOUBLE) || is_type(v, AVRO_FLOAT) || is_type(v, AVRO_INT64) ||
-               is_type(v, AVRO_INT32);
-    }
-    case T_SKIP:
-        return true;
-    }
-    return false;
-}
-
-static bool type_ok(target_t t, avro_schema_t w) {
-    w = deref(w);
-    if (is_type(w, AVRO_UNION)) {
-        for (size_t i = 0; i < avro_schema_union_size(w); i++) {
-            if (branch_ok(t, avro_schema_union_branch(w, (int)i))) {
-                return true;
-            }
-        }
-        return false;
-    }
-    return branch_ok(t, w);
-}
-
-static void program_done(program_t *p) {
-    free(p->steps);
-    p->steps = NULL;
-    if (p->writer) {
-        avro_schema_decref(p->writer);
-        p->writer = NULL;
-    }
-}
-
-/* Compiles the resolution of writer against the user_event reader. */
-static void program_compile(program_t *p, avro_schema_t writer, const char *what) {
-    p->writer = avro_schema_incref(writer);
-    avro_schema_t w = deref(writer);
-    if (!is_type(w, AVRO_RECORD)) {
-        snprintf(p->err, sizeof(p->err), "%s is not a record schema", what);
-        return;
-    }
-    size_t n = avro_schema_record_size(w);
-    p->steps = calloc(n ? n : 1, sizeof(step_t));
-    if (!p->steps) {
-        snprintf(p->err, sizeof(p->err), "out of memory");
-        return;
-    }
-    bool seen[N_TARGETS] = {false};
-    for (size_t i = 0; i < n; i++) {
-        const char *name = avro_schema_record_field_name(w, (int)i);
-        avro_schema_t ft = avro_schema_record_field_get_by_index(w, (int)i);
-        target_t t = T_SKIP;
-        for (int k = 0; k < N_TARGETS; k++) {
-            if (strcmp(name, target_names[k]) == 0) {
-                t = (target_t)k;
-            }
-        }
-        if (t != T_SKIP && !type_ok(t, ft)) {
-            snprintf(p->err, sizeof(p->err), "%s: field '%s' has type %s, which cannot be read as %s",
-                     what, name, avro_schema_type_name(deref(ft)),
-                     t == T_TS ? "long" : t == T_AMOUNT ? "double" : t == T_ATTRS ? "map<double>"
-                                                                                  : "string");
-            return;
-        }
-        if (t != T_SKIP) {
-            seen[t] = true;
-        }
-        p->steps[p->n_steps++] = (step_t){.target = t, .wtype = ft};
-    }
-    for (int k = 0; k < N_REQUIRED; k++) {
-        if (!seen[k]) {
-            snprintf(p->err, sizeof(p->err), "%s: required field '%s' is missing", what,
-                     target_names[k]);
-            return;
-        }
-    }
-    p->ok = true;
-}
-
-/* ---------------------------------------------------------------- binary cursor */
 
 typedef struct cursor {
     const unsigned char *p, *end;
@@ -585,6 +456,408 @@ static int skip_value(cursor_t *c, avro_schema_t w, int depth) {
     }
 }
 
+/* ---------------------------------------------------------------- resolution */
+
+/* A step's target: a role (ch_role_t), numeric field j (T_FIELD0 + j), a skip, or a
+ * nested record on the way to mapped paths. */
+#define T_FIELD0 CH_ROLE_N
+#define T_SKIP (T_FIELD0 + CH_MAPPING_MAX_FIELDS)
+#define T_NEST (T_SKIP + 1)
+
+typedef struct rec rec_t;
+
+typedef struct step {
+    int target;
+    avro_schema_t wtype; /* borrowed from the writer schema */
+    char *path;          /* the field's dotted path, for messages */
+    ch_ts_unit_t unit;   /* role ts: the unit of a numeric value */
+    rec_t **nested;      /* T_NEST: per union branch (one for a record); NULL: not a record */
+    size_t n_nested;
+} step_t;
+
+struct rec {
+    step_t *steps;
+    size_t n_steps;
+};
+
+typedef struct program {
+    int32_t id;
+    avro_schema_t writer; /* a reference is held */
+    rec_t *root;
+    bool ok;
+    char err[256];
+} program_t;
+
+typedef struct text_block {
+    struct text_block *next;
+    size_t used;
+    char text[16384];
+} text_block_t;
+
+struct ch_decoder {
+    ch_framing_t framing;
+    ch_mapping_t map;
+    uint32_t required;   /* roles every record must have: user_id, ts, and those the reader
+                            schema has without null (Avro: a reader field without default) */
+    program_t *programs; /* one per registered id */
+    size_t n_programs;
+    program_t plain;
+    avro_schema_t reader;
+    ch_attr_t attrs[CH_CODEC_MAX_ATTRS];
+    double fields[CH_MAPPING_MAX_FIELDS];
+    text_block_t *texts; /* decimal text of integer ids, until ch_decoder_release() */
+};
+
+static bool is_number(avro_schema_t w) {
+    return is_type(w, AVRO_DOUBLE) || is_type(w, AVRO_FLOAT) || is_type(w, AVRO_INT64) ||
+           is_type(w, AVRO_INT32);
+}
+
+static bool is_text_role(int t) {
+    return t == CH_ROLE_EVENT_ID || t == CH_ROLE_USER_ID || t == CH_ROLE_TYPE ||
+           t == CH_ROLE_ITEM || t == CH_ROLE_CATEGORY;
+}
+
+/* Can a value of writer type w (not a union) be read into target t? Null always can
+ * (the role is then absent; a required one makes that record bad). */
+static bool branch_ok(int t, avro_schema_t w) {
+    w = deref(w);
+    if (is_type(w, AVRO_NULL) || t == T_SKIP) {
+        return true;
+    }
+    if (is_text_role(t)) {
+        return is_type(w, AVRO_STRING) || is_type(w, AVRO_BYTES) || is_type(w, AVRO_INT64) ||
+               is_type(w, AVRO_INT32) || is_type(w, AVRO_ENUM);
+    }
+    if (t == CH_ROLE_TS) {
+        return is_number(w) || is_type(w, AVRO_STRING);
+    }
+    if (t == CH_ROLE_ATTRS) {
+        return is_type(w, AVRO_MAP) && is_number(deref(avro_schema_map_values(w)));
+    }
+    if (t == T_NEST) {
+        return is_type(w, AVRO_RECORD);
+    }
+    return is_number(w); /* amount, numeric fields */
+}
+
+/* Some non-null branch of w can be read into t. */
+static bool type_ok(int t, avro_schema_t w) {
+    w = deref(w);
+    if (is_type(w, AVRO_UNION)) {
+        for (size_t i = 0; i < avro_schema_union_size(w); i++) {
+            avro_schema_t b = deref(avro_schema_union_branch(w, (int)i));
+            if (!is_type(b, AVRO_NULL) && branch_ok(t, b)) {
+                return true;
+            }
+        }
+        return false;
+    }
+    return !is_type(w, AVRO_NULL) && branch_ok(t, w);
+}
+
+/* Can w be null? */
+static bool has_null(avro_schema_t w) {
+    w = deref(w);
+    if (is_type(w, AVRO_UNION)) {
+        for (size_t i = 0; i < avro_schema_union_size(w); i++) {
+            if (is_type(deref(avro_schema_union_branch(w, (int)i)), AVRO_NULL)) {
+                return true;
+            }
+        }
+        return false;
+    }
+    return is_type(w, AVRO_NULL);
+}
+
+static const char *target_need(int t) {
+    return t == CH_ROLE_TS      ? "a number or an ISO-8601 string"
+           : t == CH_ROLE_ATTRS ? "a map of numbers"
+           : t == T_NEST        ? "a record"
+           : is_text_role(t)    ? "a string, an enum or an integer"
+                                : "a number";
+}
+
+static const char *target_name(const ch_mapping_t *m, int t) {
+    return t < CH_ROLE_N ? ch_role_name((ch_role_t)t) : t < T_SKIP ? m->fields[t - T_FIELD0] : "";
+}
+
+static rec_t *rec_free(rec_t *r) {
+    if (!r) {
+        return NULL;
+    }
+    for (size_t i = 0; i < r->n_steps; i++) {
+        for (size_t k = 0; k < r->steps[i].n_nested; k++) {
+            rec_free(r->steps[i].nested[k]);
+        }
+        free(r->steps[i].nested);
+        free(r->steps[i].path);
+    }
+    free(r->steps);
+    free(r);
+    return NULL;
+}
+
+static void program_done(program_t *p) {
+    p->root = rec_free(p->root);
+    if (p->writer) {
+        avro_schema_decref(p->writer);
+        p->writer = NULL;
+    }
+}
+
+/* The target of the field at path, T_NEST if a mapped path runs through it. */
+static int target_of(const ch_mapping_t *m, const char *path) {
+    size_t n = strlen(path);
+    for (int r = 0; r < CH_ROLE_N; r++) {
+        if (strcmp(m->path[r], path) == 0) {
+            return r;
+        }
+    }
+    for (size_t j = 0; j < m->n_fields; j++) {
+        if (strcmp(m->fields[j], path) == 0) {
+            return T_FIELD0 + (int)j;
+        }
+    }
+    for (int r = 0; r < CH_ROLE_N; r++) {
+        if (strncmp(m->path[r], path, n) == 0 && m->path[r][n] == '.') {
+            return T_NEST;
+        }
+    }
+    for (size_t j = 0; j < m->n_fields; j++) {
+        if (strncmp(m->fields[j], path, n) == 0 && m->fields[j][n] == '.') {
+            return T_NEST;
+        }
+    }
+    return T_SKIP;
+}
+
+typedef struct compiler {
+    const ch_mapping_t *map;
+    json_t *json; /* the schema's JSON (logical types), or NULL */
+    const char *what;
+    char *err;
+    size_t errlen;
+    uint32_t required; /* roles every writer must have */
+    uint32_t found;    /* roles met */
+    uint32_t nonnull;  /* roles met with a type without null */
+    uint64_t found_fields;
+} compiler_t;
+
+/* The JSON definition of a named type anywhere in t, or NULL. */
+static json_t *json_named(json_t *t, const char *name, int depth) {
+    if (!t || depth > MAX_DEPTH) {
+        return NULL;
+    }
+    if (json_is_array(t)) {
+        for (size_t i = 0; i < json_array_size(t); i++) {
+            json_t *f = json_named(json_array_get(t, i), name, depth + 1);
+            if (f) {
+                return f;
+            }
+        }
+        return NULL;
+    }
+    if (!json_is_object(t)) {
+        return NULL;
+    }
+    const char *n = json_string_value(json_object_get(t, "name"));
+    const char *ty = json_string_value(json_object_get(t, "type"));
+    if (n && ty && (!strcmp(ty, "record") || !strcmp(ty, "enum") || !strcmp(ty, "fixed"))) {
+        const char *dot = strrchr(name, '.');
+        if (!strcmp(n, name) || (dot && !strcmp(n, dot + 1))) {
+            return t;
+        }
+    }
+    json_t *f = json_named(json_object_get(t, "fields"), name, depth + 1);
+    if (!f) {
+        json_t *fields = json_object_get(t, "type");
+        f = json_is_string(fields) ? NULL : json_named(fields, name, depth + 1);
+    }
+    if (!f) {
+        f = json_named(json_object_get(t, "items"), name, depth + 1);
+    }
+    if (!f) {
+        f = json_named(json_object_get(t, "values"), name, depth + 1);
+    }
+    return f;
+}
+
+/* The logical type of the long at path in a schema's JSON: the unit it implies (AUTO
+ * when none). Follows inline and named records and ["null", ...] unions. */
+static ch_ts_unit_t logical_unit(json_t *root, const char *path) {
+    json_t *t = root;
+    const char *p = path;
+    for (int depth = 0; t && depth < MAX_DEPTH; depth++) {
+        if (json_is_string(t)) {
+            t = json_named(root, json_string_value(t), 0);
+            continue;
+        }
+        if (json_is_array(t)) { /* a union: its first non-null branch */
+            json_t *b = NULL;
+            for (size_t i = 0; i < json_array_size(t) && !b; i++) {
+                json_t *x = json_array_get(t, i);
+                if (!(json_is_string(x) && !strcmp(json_string_value(x), "null"))) {
+                    b = x;
+                }
+            }
+            t = b;
+            continue;
+        }
+        if (!json_is_object(t)) {
+            return CH_TS_AUTO;
+        }
+        if (!*p) {
+            const char *lt = json_string_value(json_object_get(t, "logicalType"));
+            json_t *inner = json_object_get(t, "type");
+            if (!lt && json_is_object(inner)) {
+                t = inner;
+                continue;
+            }
+            return lt && !strcmp(lt, "timestamp-micros")   ? CH_TS_US
+                   : lt && !strcmp(lt, "timestamp-millis") ? CH_TS_MS
+                                                           : CH_TS_AUTO;
+        }
+        json_t *fields = json_object_get(t, "fields");
+        if (!json_is_array(fields)) {
+            t = json_object_get(t, "type");
+            continue;
+        }
+        size_t n = strcspn(p, ".");
+        json_t *next = NULL;
+        for (size_t i = 0; i < json_array_size(fields) && !next; i++) {
+            json_t *f = json_array_get(fields, i);
+            const char *name = json_string_value(json_object_get(f, "name"));
+            if (name && strlen(name) == n && !memcmp(name, p, n)) {
+                next = json_object_get(f, "type");
+            }
+        }
+        p += n + (p[n] == '.');
+        t = next;
+    }
+    return CH_TS_AUTO;
+}
+
+static rec_t *compile_rec(compiler_t *cc, avro_schema_t w, const char *prefix, int depth);
+
+/* One writer field at path of type ft into step st. @returns false with cc->err set. */
+static bool compile_step(compiler_t *cc, step_t *st, const char *path, avro_schema_t ft,
+                         int depth) {
+    int t = target_of(cc->map, path);
+    st->target = t;
+    st->wtype = ft;
+    if (t == T_SKIP) {
+        return true;
+    }
+    if (!(st->path = strdup(path))) {
+        snprintf(cc->err, cc->errlen, "out of memory");
+        return false;
+    }
+    if (!type_ok(t, ft)) {
+        avro_schema_t d = deref(ft);
+        snprintf(cc->err, cc->errlen, "%s: field '%s' (%s) has type %s, which is not %s", cc->what,
+                 path, t == T_NEST ? "on a mapped path" : target_name(cc->map, t),
+                 avro_schema_type_name(d), target_need(t));
+        return false;
+    }
+    if (t < T_SKIP) {
+        if (t < T_FIELD0) {
+            cc->found |= 1u << t;
+            if (!has_null(ft)) {
+                cc->nonnull |= 1u << t;
+            }
+        } else {
+            cc->found_fields |= UINT64_C(1) << (t - T_FIELD0);
+        }
+    }
+    if (t == CH_ROLE_TS) {
+        ch_ts_unit_t u = cc->map->ts_unit;
+        if (u == CH_TS_AUTO) {
+            u = cc->json ? logical_unit(cc->json, path) : CH_TS_AUTO;
+        }
+        st->unit = u == CH_TS_AUTO ? CH_TS_MS : u;
+        avro_schema_t d = deref(ft);
+        bool string_only = is_type(d, AVRO_STRING);
+        if (st->unit == CH_TS_ISO8601 && !string_only && !is_type(d, AVRO_UNION)) {
+            snprintf(cc->err, cc->errlen,
+                     "%s: field '%s' (ts) is a %s, not an ISO-8601 string (input.map.ts_unit)",
+                     cc->what, path, avro_schema_type_name(d));
+            return false;
+        }
+    }
+    if (t != T_NEST) {
+        return true;
+    }
+    avro_schema_t d = deref(ft);
+    size_t n = is_type(d, AVRO_UNION) ? avro_schema_union_size(d) : 1;
+    if (!(st->nested = calloc(n, sizeof(*st->nested)))) {
+        snprintf(cc->err, cc->errlen, "out of memory");
+        return false;
+    }
+    st->n_nested = n;
+    for (size_t k = 0; k < n; k++) {
+        avro_schema_t b = is_type(d, AVRO_UNION) ? deref(avro_schema_union_branch(d, (int)k)) : d;
+        if (is_type(b, AVRO_RECORD) && !(st->nested[k] = compile_rec(cc, b, path, depth + 1))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static rec_t *compile_rec(compiler_t *cc, avro_schema_t w, const char *prefix, int depth) {
+    if (depth > MAX_DEPTH) {
+        snprintf(cc->err, cc->errlen, "%s: mapped path nested deeper than %d", cc->what, MAX_DEPTH);
+        return NULL;
+    }
+    rec_t *rec = calloc(1, sizeof(*rec));
+    size_t n = avro_schema_record_size(w);
+    if (!rec || !(rec->steps = calloc(n ? n : 1, sizeof(step_t)))) {
+        free(rec);
+        snprintf(cc->err, cc->errlen, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *name = avro_schema_record_field_name(w, (int)i);
+        char path[CH_MAPPING_PATH_MAX];
+        int len = snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "." : "", name);
+        step_t *st = &rec->steps[rec->n_steps++];
+        if (len >= (int)sizeof(path)) {
+            st->target = T_SKIP; /* longer than any mapped path */
+            st->wtype = avro_schema_record_field_get_by_index(w, (int)i);
+            continue;
+        }
+        if (!compile_step(cc, st, path, avro_schema_record_field_get_by_index(w, (int)i), depth)) {
+            return rec_free(rec);
+        }
+    }
+    return rec;
+}
+
+/* Compiles the resolution of writer against the mapping; the writer must have the
+ * roles of mask required. */
+static void program_compile(program_t *p, const ch_mapping_t *map, uint32_t required,
+                            avro_schema_t writer, json_t *json, const char *what) {
+    p->writer = avro_schema_incref(writer);
+    avro_schema_t w = deref(writer);
+    if (!is_type(w, AVRO_RECORD)) {
+        snprintf(p->err, sizeof(p->err), "%s is not a record schema", what);
+        return;
+    }
+    compiler_t cc = {
+        .map = map, .json = json, .what = what, .err = p->err, .errlen = sizeof(p->err)};
+    if (!(p->root = compile_rec(&cc, w, "", 0))) {
+        return;
+    }
+    for (int r = 0; r < CH_ROLE_N; r++) {
+        if ((required & (1u << r)) && !(cc.found & (1u << r))) {
+            snprintf(p->err, sizeof(p->err), "%s: no field '%.128s' (%s)", what, map->path[r],
+                     ch_role_name((ch_role_t)r));
+            return;
+        }
+    }
+    p->ok = true;
+}
+
 typedef struct attrs_ctx {
     ch_decoder_t *d;
     ch_event_view_t *ev;
@@ -612,67 +885,182 @@ static int attr_item(cursor_t *c, void *vctx) {
     return 0;
 }
 
-static int decode_step(ch_decoder_t *d, cursor_t *c, const step_t *st, ch_event_view_t *ev) {
+/* Decimal text of v, alive until ch_decoder_release(). NULL: out of memory. */
+static const char *id_text(ch_decoder_t *d, int64_t v, size_t *ret_len) {
+    text_block_t *t = d->texts;
+    if (!t || sizeof(t->text) - t->used < 24) {
+        text_block_t *n = malloc(sizeof(*n));
+        if (!n) {
+            return NULL;
+        }
+        n->next = t;
+        n->used = 0;
+        d->texts = t = n;
+    }
+    char *s = t->text + t->used;
+    int len = snprintf(s, 24, "%lld", (long long)v);
+    t->used += (size_t)len + 1;
+    *ret_len = (size_t)len;
+    return s;
+}
+
+void ch_decoder_release(ch_decoder_t *d) {
+    if (!d || !d->texts) {
+        return;
+    }
+    while (d->texts->next) { /* keep one block */
+        text_block_t *n = d->texts->next;
+        d->texts->next = n->next;
+        free(n);
+    }
+    d->texts->used = 0;
+}
+
+void ch_event_set_text(ch_event_view_t *ev, ch_role_t role, const char *s, size_t n) {
+    const char **dst[] = {[CH_ROLE_EVENT_ID] = &ev->event_id,
+                          [CH_ROLE_USER_ID] = &ev->user_id,
+                          [CH_ROLE_TYPE] = &ev->type,
+                          [CH_ROLE_ITEM] = &ev->item,
+                          [CH_ROLE_CATEGORY] = &ev->category};
+    size_t *len[] = {[CH_ROLE_EVENT_ID] = &ev->event_id_len,
+                     [CH_ROLE_USER_ID] = &ev->user_id_len,
+                     [CH_ROLE_TYPE] = &ev->type_len,
+                     [CH_ROLE_ITEM] = &ev->item_len,
+                     [CH_ROLE_CATEGORY] = &ev->category_len};
+    if (role < CH_ROLE_N && dst[role]) {
+        *dst[role] = s;
+        *len[role] = n;
+    }
+}
+
+/* The event time from a string: ISO-8601, or a number in the stated unit. */
+static int ts_of_string(cursor_t *c, const step_t *st, const char *s, size_t n, int64_t *ret) {
+    if (st->unit == CH_TS_ISO8601 || st->unit == CH_TS_MS) {
+        /* CH_TS_MS is also what unit auto compiles to: a string is then ISO-8601, unless
+         * it is all digits */
+        bool digits_only = n > 0;
+        for (size_t i = 0; i < n && digits_only; i++) {
+            digits_only = (s[i] >= '0' && s[i] <= '9') || (i == 0 && s[i] == '-');
+        }
+        if (st->unit == CH_TS_ISO8601 || !digits_only) {
+            if (ch_iso8601_parse(s, n, ret) < 0) {
+                return bad(c, "field %s (ts): '%.*s' is not an ISO-8601 date-time", st->path,
+                           (int)(n > 40 ? 40 : n), s);
+            }
+            return 0;
+        }
+    }
+    char num[40];
+    char *end = NULL;
+    if (n == 0 || n >= sizeof(num)) {
+        return bad(c, "field %s (ts): '%.*s' is not a time", st->path, (int)(n > 40 ? 40 : n), s);
+    }
+    memcpy(num, s, n);
+    num[n] = '\0';
+    errno = 0;
+    long long v = strtoll(num, &end, 10);
+    if (*end == '\0' && errno == 0) {
+        if (ch_ts_from_int(v, st->unit, ret) < 0) {
+            return bad(c, "field %s (ts): %s is out of range", st->path, num);
+        }
+        return 0;
+    }
+    double dv = strtod(num, &end);
+    if (*end != '\0' || ch_ts_from_double(dv, st->unit, ret) < 0) {
+        return bad(c, "field %s (ts): '%s' is not a time", st->path, num);
+    }
+    return 0;
+}
+
+static int decode_rec(ch_decoder_t *d, cursor_t *c, const rec_t *rec, ch_event_view_t *ev,
+                      uint32_t *seen);
+
+static int decode_step(ch_decoder_t *d, cursor_t *c, const step_t *st, ch_event_view_t *ev,
+                       uint32_t *seen) {
     if (st->target == T_SKIP) {
         return skip_value(c, st->wtype, 0);
     }
     avro_schema_t w = deref(st->wtype);
     int r;
+    size_t branch = 0;
     if (is_type(w, AVRO_UNION)) {
         int64_t b;
         if ((r = rd_long(c, &b)) < 0) {
             return r;
         }
         if (b < 0 || (size_t)b >= avro_schema_union_size(w)) {
-            return bad(c, "union branch %lld out of range for %s", (long long)b,
-                       target_names[st->target]);
+            return bad(c, "union branch %lld out of range for %s", (long long)b, st->path);
         }
+        branch = (size_t)b;
         w = deref(avro_schema_union_branch(w, (int)b));
         if (!branch_ok(st->target, w)) {
-            return bad(c, "field %s: %s value where the reader needs %s",
-                       target_names[st->target], avro_schema_type_name(w),
-                       st->target < N_REQUIRED ? "a non-null value" : "a compatible value");
+            return bad(c, "field %s: %s value where %s is needed", st->path,
+                       avro_schema_type_name(w), target_need(st->target));
         }
     }
+    if (is_type(w, AVRO_NULL)) {
+        return 0; /* absent; required roles are checked after the record */
+    }
+    int t = st->target;
     const char *s = NULL;
     size_t sl = 0;
     int64_t l;
-    switch (st->target) {
-    case T_EVENT_ID:
-        return rd_bytes(c, &ev->event_id, &ev->event_id_len);
-    case T_USER_ID:
-        return rd_bytes(c, &ev->user_id, &ev->user_id_len);
-    case T_TYPE:
-        return rd_bytes(c, &ev->type, &ev->type_len);
-    case T_TS:
-        r = is_type(w, AVRO_INT32) ? rd_int(c, &l) : rd_long(c, &l);
-        ev->ts_ms = l;
-        return r;
-    case T_AMOUNT:
-        if (is_type(w, AVRO_NULL)) {
-            ev->has_amount = false;
-            return 0;
-        }
-        ev->has_amount = true;
-        return rd_number(c, w, &ev->amount);
-    case T_ITEM:
-    case T_CATEGORY:
-        if (!is_type(w, AVRO_NULL) && (r = rd_bytes(c, &s, &sl)) < 0) {
+    double v;
+    if (t == T_NEST) {
+        return decode_rec(d, c, st->nested[branch], ev, seen);
+    }
+    if (t < T_FIELD0) {
+        *seen |= 1u << t;
+    }
+    if (is_text_role(t)) {
+        if (is_type(w, AVRO_INT32) || is_type(w, AVRO_INT64)) {
+            if ((r = is_type(w, AVRO_INT32) ? rd_int(c, &l) : rd_long(c, &l)) < 0) {
+                return r;
+            }
+            if (!(s = id_text(d, l, &sl))) {
+                return fail(c->errbuf, c->errlen, -ENOMEM, "out of memory");
+            }
+        } else if (is_type(w, AVRO_ENUM)) {
+            if ((r = rd_int(c, &l)) < 0) {
+                return r;
+            }
+            if (l < 0 || l >= avro_schema_enum_number_of_symbols(w)) {
+                return bad(c, "field %s: enum index %lld out of range", st->path, (long long)l);
+            }
+            s = avro_schema_enum_get(w, (int)l);
+            sl = strlen(s);
+        } else if ((r = rd_bytes(c, &s, &sl)) < 0) {
             return r;
         }
-        if (st->target == T_ITEM) {
-            ev->item = s;
-            ev->item_len = sl;
-        } else {
-            ev->category = s;
-            ev->category_len = sl;
-        }
+        ch_event_set_text(ev, (ch_role_t)t, s, sl);
         return 0;
-    case T_ATTRS: {
-        ev->n_attrs = 0;
-        if (is_type(w, AVRO_NULL)) {
-            return 0;
+    }
+    switch (t) {
+    case CH_ROLE_TS:
+        if (is_type(w, AVRO_STRING)) {
+            return (r = rd_bytes(c, &s, &sl)) < 0 ? r : ts_of_string(c, st, s, sl, &ev->ts_ms);
         }
+        if (st->unit == CH_TS_ISO8601) {
+            return bad(c, "field %s (ts): a %s, not an ISO-8601 string", st->path,
+                       avro_schema_type_name(w));
+        }
+        if (is_type(w, AVRO_INT32) || is_type(w, AVRO_INT64)) {
+            if ((r = is_type(w, AVRO_INT32) ? rd_int(c, &l) : rd_long(c, &l)) < 0) {
+                return r;
+            }
+            r = ch_ts_from_int(l, st->unit, &ev->ts_ms);
+        } else {
+            if ((r = rd_number(c, w, &v)) < 0) {
+                return r;
+            }
+            r = ch_ts_from_double(v, st->unit, &ev->ts_ms);
+        }
+        return r < 0 ? bad(c, "field %s (ts) is out of range", st->path) : 0;
+    case CH_ROLE_AMOUNT:
+        ev->has_amount = true;
+        return rd_number(c, w, &ev->amount);
+    case CH_ROLE_ATTRS: {
+        ev->n_attrs = 0;
         attrs_ctx_t ctx = {d, ev, deref(avro_schema_map_values(w)), false};
         r = rd_blocks(c, attr_item, &ctx);
         if (r == 0 && ctx.overflow) {
@@ -680,8 +1068,23 @@ static int decode_step(ch_decoder_t *d, cursor_t *c, const step_t *st, ch_event_
         }
         return r;
     }
-    case T_SKIP:
-        break;
+    default: /* a numeric field read by name */
+        if ((r = rd_number(c, w, &v)) < 0) {
+            return r;
+        }
+        d->fields[t - T_FIELD0] = v;
+        ev->fields_present |= UINT64_C(1) << (t - T_FIELD0);
+        return 0;
+    }
+}
+
+static int decode_rec(ch_decoder_t *d, cursor_t *c, const rec_t *rec, ch_event_view_t *ev,
+                      uint32_t *seen) {
+    for (size_t i = 0; i < rec->n_steps; i++) {
+        int r = decode_step(d, c, &rec->steps[i], ev, seen);
+        if (r < 0) {
+            return r;
+        }
     }
     return 0;
 }
@@ -715,36 +1118,55 @@ int ch_decoder_decode(ch_decoder_t *d, const void *buf, size_t len, ch_event_vie
     if (!prog->ok) {
         return fail(errbuf, errlen, -EPROTO, "schema id %d: %s", id, prog->err);
     }
-    ch_event_view_t ev = {.attrs = d->attrs, .schema_id = id};
-    for (size_t i = 0; i < prog->n_steps; i++) {
-        int r = decode_step(d, &c, &prog->steps[i], &ev);
-        if (r < 0) {
-            return r;
-        }
+    ch_event_view_t ev = {.attrs = d->attrs, .fields = d->fields, .schema_id = id};
+    uint32_t seen = 0;
+    int r = decode_rec(d, &c, prog->root, &ev, &seen);
+    if (r < 0) {
+        return r;
     }
     if (c.p != c.end) {
         return bad(&c, "%lld trailing bytes after the record", (long long)(c.end - c.p));
+    }
+    for (int k = 0; k < CH_ROLE_N; k++) {
+        if ((d->required & (1u << k)) && !(seen & (1u << k))) {
+            return bad(&c, "field %s (%s) is null or absent", d->map.path[k],
+                       ch_role_name((ch_role_t)k));
+        }
     }
     *ret_ev = ev;
     return 0;
 }
 
-static bool reader_is_user_event(avro_schema_t reader, char *errbuf, size_t errlen,
-                                 const char *path) {
-    avro_schema_t r = deref(reader);
-    if (!is_type(r, AVRO_RECORD)) {
-        fail(errbuf, errlen, 0, "%s: reader schema is not a record", path);
-        return false;
+/* The reader schema holds every mapped path (a role left at its own name may be
+ * absent: it is then not in the events) with a type the role can be read from. */
+static int reader_check(ch_decoder_t *d, json_t *json, const char *path, char *errbuf,
+                        size_t errlen) {
+    program_t p = {0};
+    uint32_t must = 1u << CH_ROLE_USER_ID | 1u << CH_ROLE_TS;
+    program_compile(&p, &d->map, must, d->reader, json, path);
+    int r = 0;
+    if (!p.ok) {
+        r = fail(errbuf, errlen, -EPROTO, "reader schema %s", p.err);
     }
-    for (int k = 0; k < N_TARGETS; k++) {
-        avro_schema_t ft = avro_schema_record_field_get(r, target_names[k]);
-        if (!ft || !type_ok((target_t)k, ft)) {
-            fail(errbuf, errlen, 0, "%s: reader schema lacks field '%s' of a user_event type",
-                 path, target_names[k]);
-            return false;
+    compiler_t cc = {
+        .map = &d->map, .json = json, .what = path, .err = p.err, .errlen = sizeof(p.err)};
+    rec_free(compile_rec(&cc, deref(d->reader), "", 0)); /* which paths exist */
+    d->required = must | cc.nonnull;
+    for (int k = 0; r == 0 && k < CH_ROLE_N; k++) {
+        if (d->map.path[k][0] && !d->map.is_default[k] && !(cc.found & (1u << k))) {
+            r = fail(errbuf, errlen, -EPROTO, "reader schema %s has no field '%s' (input.map.%s)",
+                     path, d->map.path[k], ch_role_name((ch_role_t)k));
         }
     }
-    return true;
+    for (size_t j = 0; r == 0 && j < d->map.n_fields; j++) {
+        if (!(cc.found_fields & (UINT64_C(1) << j))) {
+            r = fail(errbuf, errlen, -EPROTO,
+                     "reader schema %s has no numeric field '%s' (read by a feature)", path,
+                     d->map.fields[j]);
+        }
+    }
+    program_done(&p);
+    return r;
 }
 
 ch_decoder_t *ch_decoder_free(ch_decoder_t *d) {
@@ -759,57 +1181,77 @@ ch_decoder_t *ch_decoder_free(ch_decoder_t *d) {
     if (d->reader) {
         avro_schema_decref(d->reader);
     }
+    while (d->texts) {
+        text_block_t *n = d->texts->next;
+        free(d->texts);
+        d->texts = n;
+    }
     free(d);
     return NULL;
 }
 
 int ch_decoder_new(ch_schemas_t *schemas, const char *reader_path, ch_framing_t framing,
-                   const char *plain_writer_path, ch_decoder_t **ret_decoder, char *errbuf,
-                   size_t errlen) {
+                   const char *plain_writer_path, const ch_mapping_t *map,
+                   ch_decoder_t **ret_decoder, char *errbuf, size_t errlen) {
     ch_decoder_t *d = calloc(1, sizeof(*d));
     if (!d) {
         return -ENOMEM;
     }
     d->framing = framing;
-    int r = parse_schema_file(reader_path, &d->reader, errbuf, errlen);
+    if (map) {
+        d->map = *map;
+    } else {
+        ch_mapping_default(&d->map);
+    }
+    json_t *reader_json = NULL;
+    int r = parse_schema_file(reader_path, &d->reader, &reader_json, errbuf, errlen);
+    if (r == 0) {
+        r = reader_check(d, reader_json, reader_path, errbuf, errlen);
+    }
     if (r < 0) {
+        json_decref(reader_json);
         ch_decoder_free(d);
         return r;
     }
-    if (!reader_is_user_event(d->reader, errbuf, errlen, reader_path)) {
-        ch_decoder_free(d);
-        return -EPROTO;
-    }
     if (framing == CH_FRAMING_PLAIN) {
         avro_schema_t writer = NULL;
+        json_t *writer_json = NULL;
         if (plain_writer_path) {
-            r = parse_schema_file(plain_writer_path, &writer, errbuf, errlen);
+            r = parse_schema_file(plain_writer_path, &writer, &writer_json, errbuf, errlen);
             if (r < 0) {
+                json_decref(reader_json);
                 ch_decoder_free(d);
                 return r;
             }
         } else {
             writer = avro_schema_incref(d->reader);
+            writer_json = json_incref(reader_json);
         }
-        program_compile(&d->plain, writer, plain_writer_path ? plain_writer_path : reader_path);
+        program_compile(&d->plain, &d->map, d->required, writer, writer_json,
+                        plain_writer_path ? plain_writer_path : reader_path);
         avro_schema_decref(writer);
+        json_decref(writer_json);
         if (!d->plain.ok) {
             r = fail(errbuf, errlen, -EPROTO, "%s", d->plain.err);
+            json_decref(reader_json);
             ch_decoder_free(d);
             return r;
         }
     } else if (schemas) {
         d->programs = calloc(schemas->n ? schemas->n : 1, sizeof(program_t));
         if (!d->programs) {
+            json_decref(reader_json);
             ch_decoder_free(d);
             return -ENOMEM;
         }
         for (size_t i = 0; i < schemas->n; i++) {
             program_t *p = &d->programs[d->n_programs++];
             p->id = schemas->entries[i].id;
-            program_compile(p, schemas->entries[i].schema, schemas->entries[i].file);
+            program_compile(p, &d->map, d->required, schemas->entries[i].schema,
+                            schemas->entries[i].json, schemas->entries[i].file);
         }
     }
+    json_decref(reader_json);
     *ret_decoder = d;
     return 0;
 }

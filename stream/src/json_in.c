@@ -2,11 +2,12 @@
  * json_in.c - JSON user events (format in ch/json_in.h), parsed by jansson.
  *
  * Design notes
- * - jansson (Debian's libjansson) parses; this file only checks types and fills the
- *   view. The parsed trees are kept until ch_json_decoder_release(): a view's strings
- *   point into its tree (jansson keeps each string NUL-terminated with its length), and
- *   a batch's outputs are written after all its events are decoded. An integer user_id
- *   is replaced in its tree by its text, so it lives as long.
+ * - jansson (Debian's libjansson) parses; this file only follows the mapping's paths,
+ *   checks types and fills the view. The parsed trees are kept until
+ *   ch_json_decoder_release(): a view's strings point into its tree (jansson keeps each
+ *   string NUL-terminated with its length), and a batch's outputs are written after all
+ *   its events are decoded. An integer in a text role (user_id, item, ...) is replaced
+ *   in its tree by its text, so it lives as long.
  * - Duplicate keys are refused (JSON_REJECT_DUPLICATES): which one would win is not
  *   something a producer should have to guess. Strings with \u0000 are refused too.
  */
@@ -22,14 +23,24 @@
 #include <string.h>
 
 struct ch_json_decoder {
+    ch_mapping_t map;
     json_t **roots; /* the trees of the messages since the last release */
     size_t n_roots, cap_roots;
     ch_attr_t attrs[CH_CODEC_MAX_ATTRS];
+    double fields[CH_MAPPING_MAX_FIELDS];
 };
 
-int ch_json_decoder_new(ch_json_decoder_t **ret) {
+int ch_json_decoder_new(const ch_mapping_t *map, ch_json_decoder_t **ret) {
     *ret = calloc(1, sizeof(**ret));
-    return *ret ? 0 : -ENOMEM;
+    if (!*ret) {
+        return -ENOMEM;
+    }
+    if (map) {
+        (*ret)->map = *map;
+    } else {
+        ch_mapping_default(&(*ret)->map);
+    }
+    return 0;
 }
 
 void ch_json_decoder_release(ch_json_decoder_t *d) {
@@ -48,20 +59,104 @@ ch_json_decoder_t *ch_json_decoder_free(ch_json_decoder_t *d) {
     return NULL;
 }
 
-/* A string field: required, or optional (absent or null: NULL). */
-static int str(json_t *o, const char *name, bool required, const char **ret, size_t *ret_len,
-               char *errbuf, size_t errlen) {
-    json_t *v = json_object_get(o, name);
-    if (!v || json_is_null(v)) {
-        *ret = NULL;
-        *ret_len = 0;
-        return required ? fail(errbuf, errlen, -EBADMSG, "JSON field %s is missing", name) : 0;
+/* The value at a dotted path, NULL if absent (or null on the way). *ret_parent and
+ * *ret_key say where it sits. @returns 0, -EBADMSG (a non-object on the way). */
+static int lookup(json_t *o, const char *path, json_t **ret, json_t **ret_parent,
+                  const char **ret_key, size_t *ret_key_len, char *errbuf, size_t errlen) {
+    const char *p = path;
+    *ret = NULL;
+    for (;;) {
+        size_t n = strcspn(p, ".");
+        json_t *v = json_object_getn(o, p, n);
+        if (!p[n] || !v || json_is_null(v)) {
+            *ret = v;
+            *ret_parent = o;
+            *ret_key = p;
+            *ret_key_len = n;
+            return 0;
+        }
+        if (!json_is_object(v)) {
+            return fail(errbuf, errlen, -EBADMSG, "JSON field %.*s is not an object",
+                        (int)(p + n - path), path);
+        }
+        o = v;
+        p += n + 1;
+    }
+}
+
+/* A text role: a string, or an integer (written in its place as its text). */
+static int text(json_t *v, json_t *parent, const char *key, size_t key_len, const char *path,
+                const char **ret, size_t *ret_len, char *errbuf, size_t errlen) {
+    if (json_is_integer(v)) {
+        char t[32];
+        snprintf(t, sizeof(t), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        v = json_string(t);
+        if (!v || json_object_setn_new(parent, key, key_len, v) < 0) {
+            return fail(errbuf, errlen, -EBADMSG, "out of memory holding a JSON event");
+        }
     }
     if (!json_is_string(v)) {
-        return fail(errbuf, errlen, -EBADMSG, "JSON field %s is not a string", name);
+        return fail(errbuf, errlen, -EBADMSG, "JSON field %s is not a string", path);
     }
     *ret = json_string_value(v);
     *ret_len = json_string_length(v);
+    return 0;
+}
+
+static int event_time(const ch_mapping_t *m, json_t *v, int64_t *ret, char *errbuf, size_t errlen) {
+    const char *path = m->path[CH_ROLE_TS];
+    ch_ts_unit_t u = m->ts_unit;
+    if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        size_t n = json_string_length(v);
+        char *end = NULL;
+        if (u == CH_TS_AUTO || u == CH_TS_ISO8601) {
+            if (ch_iso8601_parse(s, n, ret) < 0) {
+                return fail(errbuf, errlen, -EBADMSG,
+                            "JSON field %s: '%.*s' is not an ISO-8601 date-time", path,
+                            (int)(n > 40 ? 40 : n), s);
+            }
+            return 0;
+        }
+        double dv = strtod(s, &end);
+        if (n == 0 || end != s + n || ch_ts_from_double(dv, u, ret) < 0) {
+            return fail(errbuf, errlen, -EBADMSG, "JSON field %s: '%.*s' is not a time", path,
+                        (int)(n > 40 ? 40 : n), s);
+        }
+        return 0;
+    }
+    if (!json_is_number(v) || u == CH_TS_ISO8601) {
+        return fail(errbuf, errlen, -EBADMSG, "JSON field %s is %s", path,
+                    u == CH_TS_ISO8601 ? "not an ISO-8601 string"
+                    : u == CH_TS_S     ? "not a number (seconds since 1970) or a string"
+                    : u == CH_TS_US    ? "not a number (microseconds since 1970) or a string"
+                                       : "not a number (milliseconds since 1970) or a string");
+    }
+    int r = json_is_integer(v) ? ch_ts_from_int(json_integer_value(v), u, ret)
+                               : ch_ts_from_double(json_real_value(v), u, ret);
+    return r < 0 ? fail(errbuf, errlen, -EBADMSG, "JSON field %s is out of range", path) : 0;
+}
+
+static int attrs(ch_json_decoder_t *d, json_t *a, ch_event_view_t *ev, char *errbuf,
+                 size_t errlen) {
+    if (!json_is_object(a)) {
+        return fail(errbuf, errlen, -EBADMSG, "JSON field %s is not an object",
+                    d->map.path[CH_ROLE_ATTRS]);
+    }
+    if (json_object_size(a) > CH_CODEC_MAX_ATTRS) {
+        return fail(errbuf, errlen, -E2BIG, "%zu attrs (at most %d)", json_object_size(a),
+                    CH_CODEC_MAX_ATTRS);
+    }
+    const char *key;
+    size_t key_len;
+    json_t *v;
+    json_object_keylen_foreach(a, key, key_len, v) {
+        if (!json_is_number(v)) {
+            return fail(errbuf, errlen, -EBADMSG, "attrs[%.*s] is not a number",
+                        (int)(key_len > 64 ? 64 : key_len), key);
+        }
+        d->attrs[ev->n_attrs++] = (ch_attr_t){key, key_len, json_number_value(v)};
+    }
     return 0;
 }
 
@@ -70,6 +165,8 @@ int ch_json_decoder_decode(ch_json_decoder_t *d, const void *buf, size_t len, ch
     json_error_t je;
     memset(ev, 0, sizeof(*ev));
     ev->schema_id = -1;
+    ev->attrs = d->attrs;
+    ev->fields = d->fields;
     if (d->n_roots == d->cap_roots) {
         size_t cap = d->cap_roots ? 2 * d->cap_roots : 1024;
         json_t **r = realloc(d->roots, cap * sizeof(*r));
@@ -88,62 +185,67 @@ int ch_json_decoder_decode(ch_json_decoder_t *d, const void *buf, size_t len, ch
     if (!json_is_object(o)) {
         return fail(errbuf, errlen, -EBADMSG, "the JSON message is not an object");
     }
-    int r;
-    if ((r = str(o, "event_id", true, &ev->event_id, &ev->event_id_len, errbuf, errlen)) < 0 ||
-        (r = str(o, "type", true, &ev->type, &ev->type_len, errbuf, errlen)) < 0 ||
-        (r = str(o, "item", false, &ev->item, &ev->item_len, errbuf, errlen)) < 0 ||
-        (r = str(o, "category", false, &ev->category, &ev->category_len, errbuf, errlen)) < 0) {
-        return r;
-    }
-    json_t *u = json_object_get(o, "user_id");
-    if (json_is_integer(u)) {
-        char text[32];
-        snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT, json_integer_value(u));
-        if (json_object_set_new(o, "user_id", json_string(text)) < 0) {
-            return fail(errbuf, errlen, -EBADMSG, "out of memory holding a JSON event");
-        }
-    }
-    if ((r = str(o, "user_id", true, &ev->user_id, &ev->user_id_len, errbuf, errlen)) < 0) {
-        return r;
-    }
-    json_t *ts = json_object_get(o, "ts");
-    if (!json_is_number(ts)) {
-        return fail(errbuf, errlen, -EBADMSG, "JSON field ts is %s (milliseconds since 1970)",
-                    ts ? "not a number" : "missing");
-    }
-    double t = json_number_value(ts);
-    if (!(fabs(t) < 9.2e18)) {
-        return fail(errbuf, errlen, -EBADMSG, "JSON field ts is out of range");
-    }
-    ev->ts_ms = (int64_t)llround(t);
-    json_t *a = json_object_get(o, "amount");
-    if (a && !json_is_null(a)) {
-        if (!json_is_number(a)) {
-            return fail(errbuf, errlen, -EBADMSG, "JSON field amount is not a number");
-        }
-        ev->has_amount = true;
-        ev->amount = json_number_value(a);
-    }
-    json_t *attrs = json_object_get(o, "attrs");
-    if (attrs && !json_is_null(attrs)) {
-        if (!json_is_object(attrs)) {
-            return fail(errbuf, errlen, -EBADMSG, "JSON field attrs is not an object");
-        }
-        if (json_object_size(attrs) > CH_CODEC_MAX_ATTRS) {
-            return fail(errbuf, errlen, -E2BIG, "%zu attrs (at most %d)", json_object_size(attrs),
-                        CH_CODEC_MAX_ATTRS);
-        }
+    const ch_mapping_t *m = &d->map;
+    for (int k = 0; k < CH_ROLE_N; k++) {
+        json_t *v, *parent;
         const char *key;
         size_t key_len;
-        json_t *v;
-        json_object_keylen_foreach(attrs, key, key_len, v) {
-            if (!json_is_number(v)) {
-                return fail(errbuf, errlen, -EBADMSG, "attrs[%.*s] is not a number",
-                            (int)(key_len > 64 ? 64 : key_len), key);
-            }
-            d->attrs[ev->n_attrs++] = (ch_attr_t){key, key_len, json_number_value(v)};
+        int r;
+        if (!m->path[k][0]) {
+            continue;
         }
-        ev->attrs = d->attrs;
+        if ((r = lookup(o, m->path[k], &v, &parent, &key, &key_len, errbuf, errlen)) < 0) {
+            return r;
+        }
+        if (!v || json_is_null(v)) {
+            if (ch_role_required((ch_role_t)k)) {
+                bool own = strcmp(m->path[k], ch_role_name((ch_role_t)k)) == 0;
+                return fail(errbuf, errlen, -EBADMSG, "JSON field %s is missing%s%s%s", m->path[k],
+                            own ? "" : " (input.map.", own ? "" : ch_role_name(k), own ? "" : ")");
+            }
+            continue;
+        }
+        switch (k) {
+        case CH_ROLE_TS:
+            r = event_time(m, v, &ev->ts_ms, errbuf, errlen);
+            break;
+        case CH_ROLE_AMOUNT:
+            if (!json_is_number(v)) {
+                return fail(errbuf, errlen, -EBADMSG, "JSON field %s is not a number", m->path[k]);
+            }
+            ev->has_amount = true;
+            ev->amount = json_number_value(v);
+            break;
+        case CH_ROLE_ATTRS:
+            r = attrs(d, v, ev, errbuf, errlen);
+            break;
+        default: {
+            const char *t = NULL;
+            size_t tl = 0;
+            r = text(v, parent, key, key_len, m->path[k], &t, &tl, errbuf, errlen);
+            ch_event_set_text(ev, (ch_role_t)k, t, tl);
+        }
+        }
+        if (r < 0) {
+            return r;
+        }
+    }
+    for (size_t j = 0; j < m->n_fields; j++) {
+        json_t *v, *parent;
+        const char *key;
+        size_t key_len;
+        int r = lookup(o, m->fields[j], &v, &parent, &key, &key_len, errbuf, errlen);
+        if (r < 0) {
+            return r;
+        }
+        if (!v || json_is_null(v)) {
+            continue;
+        }
+        if (!json_is_number(v)) {
+            return fail(errbuf, errlen, -EBADMSG, "JSON field %s is not a number", m->fields[j]);
+        }
+        d->fields[j] = json_number_value(v);
+        ev->fields_present |= UINT64_C(1) << j;
     }
     return 0;
 }

@@ -17,9 +17,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     const char *dir = CH_FUZZ_SOURCE_DIR "/tests/data/schemas";
     const char *reader = CH_FUZZ_SOURCE_DIR "/tests/data/schemas/user_event.avsc";
     if (ch_schemas_load(dir, &schemas, err, sizeof(err)) < 0 ||
-        ch_decoder_new(schemas, reader, CH_FRAMING_CONFLUENT, NULL, &confluent, err, sizeof(err)) <
-            0 ||
-        ch_decoder_new(schemas, reader, CH_FRAMING_PLAIN, NULL, &plain, err, sizeof(err)) < 0) {
+        ch_decoder_new(schemas, reader, CH_FRAMING_CONFLUENT, NULL, NULL, &confluent, err,
+                       sizeof(err)) < 0 ||
+        ch_decoder_new(schemas, reader, CH_FRAMING_PLAIN, NULL, NULL, &plain, err, sizeof(err)) <
+            0) {
         fprintf(stderr, "fuzz_avro: %s\n", err);
         exit(1);
     }

@@ -18,7 +18,7 @@
 static ch_json_decoder_t *decoder;
 
 static void check_event(const uint8_t *data, size_t size) {
-    if (!decoder && ch_json_decoder_new(&decoder) < 0) {
+    if (!decoder && ch_json_decoder_new(NULL, &decoder) < 0) {
         abort();
     }
     ch_event_view_t ev;

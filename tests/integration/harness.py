@@ -87,14 +87,14 @@ class Daemon:
     """cohortd with the shipped config plus overrides; stderr kept in a file. Its HTTP
     endpoint listens on a free loopback port (self.http_port), so daemons never collide."""
 
-    def __init__(self, bootstrap, *sets, group="cohortd-it", env=None, journal=False):
+    def __init__(self, bootstrap, *sets, group="cohortd-it", env=None, journal=False, conf=CONF):
         self.logf = tempfile.NamedTemporaryFile(prefix="cohortd-", suffix=".log", delete=False)
         env = dict(env or {})
         if journal:  # what systemd sets when stderr is connected to the journal
             st = os.fstat(self.logf.fileno())
             env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
         self.http_port = free_port()
-        args = [COHORTD, "--config", CONF, "--set", f"kafka.bootstrap.servers={bootstrap}",
+        args = [COHORTD, "--config", conf, "--set", f"kafka.bootstrap.servers={bootstrap}",
                 "--set", f"kafka.group.id={group}", "--set", "log.stats_interval=1s",
                 "--set", f"http.listen=127.0.0.1:{self.http_port}",
                 # The mock coordinator waits session.timeout.ms - 1 s after a member leaves

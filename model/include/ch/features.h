@@ -17,8 +17,10 @@
 
 #define CH_FEATURES_MAX 256        /* declared features per set */
 #define CH_FEATURES_MAX_FIELDS 64  /* distinct numeric fields referenced */
-#define CH_FEATURES_MAX_TYPES 63   /* distinct event types used in filters */
+#define CH_FEATURES_MAX_VALUES 64  /* distinct values per text field in filters */
 #define CH_FEATURE_NAME_MAX 64
+#define CH_DISTINCT_K_DEFAULT 32 /* distinct(): exact up to k values in the window */
+#define CH_DISTINCT_K_MAX 1024
 
 typedef enum ch_feat_kind {
     CH_FEAT_COUNT,
@@ -28,16 +30,29 @@ typedef enum ch_feat_kind {
     CH_FEAT_MAX,
     CH_FEAT_SINCE_LAST,
     CH_FEAT_RATIO,
+    CH_FEAT_SHARE,
+    CH_FEAT_DISTINCT,
 } ch_feat_kind_t;
+
+/* The text fields of an event that filters (type=, item=, category=) and distinct()
+ * read. */
+typedef enum ch_text_field {
+    CH_TEXT_TYPE,
+    CH_TEXT_ITEM,
+    CH_TEXT_CATEGORY,
+    CH_TEXT_N,
+} ch_text_field_t;
 
 /*
  * One observation as the feature engine sees it: plain values, no strings.
  * values[i] is the numeric field i of ch_features_field_name(); it is read only
- * when bit i of present_mask is set. type_mask comes from ch_features_type_mask().
+ * when bit i of present_mask is set. The text fields are set by ch_features_obs_text().
  */
 typedef struct ch_obs {
     int64_t ts_ms;
-    uint64_t type_mask;
+    uint64_t value_mask[CH_TEXT_N]; /* filter values equal to the event's text field */
+    uint64_t text_hash[CH_TEXT_N];  /* 52-bit hash of the value (distinct()) */
+    unsigned text_present;          /* bit k: the event has text field k */
     uint64_t present_mask;
     const double *values;
 } ch_obs_t;
@@ -60,8 +75,13 @@ ch_features_t *ch_features_free(ch_features_t *fs);
  * @brief Declare one feature, appended in output order.
  * @param name feature name: [A-Za-z0-9_.-], at most CH_FEATURE_NAME_MAX-1 bytes, unique.
  * @param spec e.g. "count type=view|cart half_life=1h", "std(amount) half_life=7d",
- *        "since_last type=login default=1e9", "ratio(n_cart, n_view) default=0".
- *        Fields are "amount" or "attrs.<key>". Ratio operands must be declared earlier.
+ *        "since_last type=login default=1e9", "ratio(n_cart, n_view) default=0",
+ *        "share category=grocery|gas", "count category!=travel",
+ *        "distinct(item) window=1h k=64". Filters: type=, item=, category= (!= negates;
+ *        values joined by |); all of a feature's filters must hold.
+ *        Fields are "amount", "attrs.<key>", or the name or dotted path of a numeric
+ *        field of the events ("quantity", "price.unit": the caller maps them).
+ *        Ratio operands must be declared earlier.
  * @param errbuf, errlen receive the reason on failure (may be NULL).
  * @returns 0, -EINVAL (bad syntax, unknown operand, duplicate name), -E2BIG (a cap
  *          above was reached), -EBUSY (set already sealed).
@@ -90,14 +110,15 @@ size_t ch_features_state_len(const ch_features_t *fs);
 double ch_features_longest_half_life(const ch_features_t *fs);
 /** @brief Number of distinct numeric fields referenced. */
 size_t ch_features_field_count(const ch_features_t *fs);
-/** @brief Name of field i: "amount" or "attrs.<key>". */
+/** @brief Name of field i: "amount", "attrs.<key>" or a field path. */
 const char *ch_features_field_name(const ch_features_t *fs, size_t i);
 
 /**
- * @brief Bit mask of the filter types equal to an event type.
- * @returns the mask to put in ch_obs_t.type_mask (0 when no filter names this type).
+ * @brief Set text field k of an observation from the event's value (NULL: the event
+ *        has none): which filter values it equals, and its hash if a distinct() reads it.
  */
-uint64_t ch_features_type_mask(const ch_features_t *fs, const char *type, size_t type_len);
+void ch_features_obs_text(const ch_features_t *fs, ch_obs_t *obs, ch_text_field_t k, const char *s,
+                          size_t len);
 
 /** @brief Initialise a fresh user state of ch_features_state_len() doubles. */
 void ch_features_state_init(const ch_features_t *fs, double *state);

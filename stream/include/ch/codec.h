@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ch/mapping.h"
+
 #define CH_CODEC_MAX_ATTRS 256
 
 typedef enum ch_framing {
@@ -35,7 +37,8 @@ typedef struct ch_attr {
     double value;
 } ch_attr_t;
 
-/* A decoded user event. Strings are not NUL-terminated; NULL means Avro null. */
+/* A decoded user event. Strings are not NUL-terminated; NULL means null or absent
+ * (user_id and ts are never absent). */
 typedef struct ch_event_view {
     const char *event_id;
     size_t event_id_len;
@@ -52,7 +55,9 @@ typedef struct ch_event_view {
     size_t category_len;
     const ch_attr_t *attrs;
     size_t n_attrs;
-    int32_t schema_id; /* writer schema id; -1 for plain framing */
+    const double *fields;    /* the mapping's numeric fields, by index */
+    uint64_t fields_present; /* bit j: fields[j] was in the event */
+    int32_t schema_id;       /* writer schema id; -1 for plain framing */
 } ch_event_view_t;
 
 /* A profile update as published (conf/schemas/profile_update.avsc). */
@@ -124,24 +129,34 @@ int ch_schemas_id_of(const ch_schemas_t *s, const char *file_name, int32_t *ret_
 /**
  * @brief Create a decoder for user events.
  * @param schemas registry for Confluent framing; borrowed, must outlive the decoder.
- * @param reader_path the reader schema file (a user_event record).
+ * @param reader_path the reader schema file: the events' own schema.
  * @param framing how messages are framed.
  * @param plain_writer_path writer schema for plain framing; NULL = the reader schema.
- * @returns 0, -ENOENT, -EINVAL (bad schema), -EPROTO (reader schema is not a
- *          user_event record, or the plain writer schema cannot be resolved), -ENOMEM.
+ * @param map where the roles sit (copied); NULL = cohortd's user_event schema.
+ * @returns 0, -ENOENT, -EINVAL (bad schema), -EPROTO (the reader schema lacks a mapped
+ *          field or has one of a type its role cannot be read from, or the plain writer
+ *          schema cannot be resolved), -ENOMEM.
  * @remark Every registered id is resolved up front; ids whose schema cannot be
  *         resolved are kept with the reason and fail at decode time with -EPROTO.
  */
 int ch_decoder_new(ch_schemas_t *schemas, const char *reader_path, ch_framing_t framing,
-                   const char *plain_writer_path, ch_decoder_t **ret_decoder, char *errbuf,
-                   size_t errlen);
+                   const char *plain_writer_path, const ch_mapping_t *map,
+                   ch_decoder_t **ret_decoder, char *errbuf, size_t errlen);
+
+/** @brief Let go of the text of integer ids decoded so far (views become invalid). */
+void ch_decoder_release(ch_decoder_t *d);
+
+/** @brief Point a text role (event_id, user_id, type, item, category) of a view at s
+ *  (n bytes; NULL: absent). Other roles are ignored. */
+void ch_event_set_text(ch_event_view_t *ev, ch_role_t role, const char *s, size_t n);
 
 /** @brief Free a decoder. Accepts NULL. @returns NULL. */
 ch_decoder_t *ch_decoder_free(ch_decoder_t *d);
 
 /**
  * @brief Decode one message.
- * @param ret_ev the view; borrows from buf and from the decoder until the next call.
+ * @param ret_ev the view; borrows from buf, and from the decoder until the next call
+ *        (attrs, numeric fields) or ch_decoder_release() (integer ids as text).
  * @returns 0; -EBADMSG (bad framing, truncated or malformed Avro, trailing bytes, a
  *          required field null); -EPROTO (unknown or unresolvable schema id); -E2BIG
  *          (more than CH_CODEC_MAX_ATTRS attrs). errbuf says why.

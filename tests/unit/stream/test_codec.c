@@ -41,7 +41,7 @@ static int setup(void **st) {
     char reader[1100];
     snprintf(reader, sizeof(reader), "%s/user_event.avsc", conf_dir);
     if (ch_schemas_load(schema_dir, &fx->schemas, err, sizeof(err)) < 0 ||
-        ch_decoder_new(fx->schemas, reader, CH_FRAMING_CONFLUENT, NULL, &fx->dec, err,
+        ch_decoder_new(fx->schemas, reader, CH_FRAMING_CONFLUENT, NULL, NULL, &fx->dec, err,
                        sizeof(err)) < 0) {
         fprintf(stderr, "setup: %s\n", err);
         return -1;
@@ -109,8 +109,8 @@ static void test_round_trip_plain(void **st) {
     char reader[1100], err[256] = "";
     snprintf(reader, sizeof(reader), "%s/user_event.avsc", conf_dir);
     ch_decoder_t *dec = NULL;
-    assert_int_equal(ch_decoder_new(NULL, reader, CH_FRAMING_PLAIN, NULL, &dec, err, sizeof(err)),
-                     0);
+    assert_int_equal(
+        ch_decoder_new(NULL, reader, CH_FRAMING_PLAIN, NULL, NULL, &dec, err, sizeof(err)), 0);
     ch_buf_t b;
     ch_buf_init(&b);
     ch_event_view_t in = sample_event();
