@@ -289,7 +289,9 @@ def duration_ms(s):
 
 def offline_features(events, specs, default_hl):
     """Direct (non-incremental) evaluation of DESIGN.md section 5 for one user.
-    events: [(ts_ms, type, {field: value})]; read at q = the latest event time."""
+    events: [(ts_ms, type, {field: value})], the event's item and category (if any) as
+    fields "@item" and "@category"; read at q = the latest event time. distinct() is
+    the exact count of the values seen in (q - window, q]."""
     q = max(e[0] for e in events)
     values = {}
     out = []
@@ -297,17 +299,43 @@ def offline_features(events, specs, default_hl):
         m = re.match(r"(\w+)(?:\(([^)]*)\))?\s*(.*)$", spec)
         kind, args, rest = m.group(1), m.group(2), m.group(3)
         opts = dict(kv.split("=", 1) for kv in rest.split())
-        types = set(re.split(r"[|,]", opts["type"])) if "type" in opts else None
+        filters = []
+        for key in ("type", "item", "category"):
+            for negate in (False, True):
+                k = key + ("!" if negate else "")
+                if k in opts:
+                    filters.append((key, negate, set(re.split(r"[|,]", opts[k]))))
+
+        def passes(ty, fv):
+            for key, negate, vals in filters:
+                v = ty if key == "type" else fv.get("@" + key)
+                if (v in vals) == negate:
+                    return False
+            return True
+
         h = duration_ms(opts.get("half_life", default_hl))
         dflt = float(opts.get("default", 0))
+
+        def weight(t):
+            return 1.0 if math.isinf(h) else 2.0 ** (-(q - t) / h)
+
         if kind == "ratio":
             a, b = [x.strip() for x in args.split(",")]
             v = values[a] / values[b] if values[b] != 0 else dflt
+        elif kind == "share":
+            den = sum(weight(t) for (t, _, _) in events)
+            num = sum(weight(t) for (t, ty, fv) in events if passes(ty, fv))
+            v = num / den if den > 0 else dflt
+        elif kind == "distinct":
+            field = "@" + args.strip()
+            window = duration_ms(opts.get("window", default_hl))
+            v = len({fv[field] for (t, ty, fv) in events
+                     if passes(ty, fv) and fv.get(field) is not None and q - t < window})
         else:
             field = args.strip() if args else None
             sel = [(t, fv.get(field) if field else None) for (t, ty, fv) in events
-                   if (types is None or ty in types) and (field is None or fv.get(field) is not None)]
-            w = [1.0 if math.isinf(h) else 2.0 ** (-(q - t) / h) for (t, _) in sel]
+                   if passes(ty, fv) and (field is None or fv.get(field) is not None)]
+            w = [weight(t) for (t, _) in sel]
             if kind == "count":
                 v = sum(w)
             elif kind == "sum":
