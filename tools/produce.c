@@ -1,6 +1,7 @@
 /*
- * cohort-produce - stream one's own CSV file into the events topic as cohortd's user
- * events, through a mapping file that names, for each role, the column it comes from.
+ * cohort-produce - stream one's own CSV or JSON Lines file into the events topic as
+ * cohortd's user events, through a mapping file that names, for each role, the column
+ * (CSV) or field path (JSON Lines, tool_jsonl.h) it comes from.
  *
  * Design notes
  * - Every row is read, checked and converted before anything is sent: a bad row or a
@@ -23,6 +24,7 @@
 
 #include "tool_common.h"
 #include "tool_csv.h"
+#include "tool_jsonl.h"
 
 #define MAX_COLS 256
 #define MAX_ATTRS 32
@@ -58,22 +60,38 @@ typedef struct row {
     size_t n_attrs;
 } row_t;
 
+static bool jsonl_input; /* JSON Lines: columns are field paths, locations have no column */
+
+/* "PATH:LINE:COLUMN (name)" for CSV, "PATH:LINE (field name)" for JSON Lines. */
+static const char *where(char *buf, size_t len, const char *path, long line, int col,
+                         const char *name) {
+    if (jsonl_input) {
+        snprintf(buf, len, "%s:%ld (field %s)", path, line, name);
+    } else {
+        snprintf(buf, len, "%s:%ld:%d (%s)", path, line, col + 1, name);
+    }
+    return buf;
+}
+
 static void usage(FILE *f) {
-    fprintf(f, "Usage: cohort-produce --brokers HOST:PORT --mapping MAP.conf [OPTIONS] FILE.csv\n"
-               "Stream a CSV file (with a header line) into Kafka as cohortd user events, in\n"
-               "event-time order, through a mapping of roles to columns.\n\n"
+    fprintf(f, "Usage: cohort-produce --brokers HOST:PORT --mapping MAP.conf [OPTIONS] FILE\n"
+               "Stream a CSV file (with a header line) or a JSON Lines file (one object per\n"
+               "line) into Kafka as cohortd user events, in event-time order, through a\n"
+               "mapping of roles to columns (JSON: field names or dotted paths).\n\n"
                "  -b, --brokers LIST    Kafka bootstrap servers (required)\n"
                "  -m, --mapping FILE    the mapping (below; required)\n"
                "  -t, --topic NAME      topic (default events)\n"
                "  -r, --rate N          at most N events/s (default 0: no cap)\n"
                "      --framing F       confluent (default) or plain\n"
                "      --schema-id N     Confluent schema id (default 1 = user_event.avsc)\n"
+               "      --format F        csv or jsonl (default: jsonl for .jsonl/.ndjson files)\n"
                "      --check           read and check everything, send nothing\n"
                "  -q, --quiet           no progress lines\n"
                "  -h, --help            this help\n\n"
                "Mapping: one `role = source` per line, # comments. Roles: user_id, ts (required),\n"
                "event_id (default FILE-LINE), type (default \"event\"), amount, item, category,\n"
-               "attrs.<name> (numbers). Sources: a column name, a \"literal\", or for amount\n"
+               "attrs.<name> (numbers). Sources: a column name (JSON Lines: a field name or\n"
+               "dotted path, customer.id), a \"literal\", or for amount\n"
                "`column * column`. ts.format: s, ms, us (since 1970), iso8601, or a strptime\n"
                "format such as %%m/%%d/%%Y %%H:%%M (UTC). Example (retail invoice lines):\n"
                "  user_id = CustomerID\n  event_id = InvoiceNo\n  ts = InvoiceDate\n"
@@ -143,8 +161,8 @@ static int resolve(src_t *s, const char *text, const char *map_path, int line, c
         }
     }
     list_cols(header, n, cols, sizeof(cols));
-    fprintf(stderr, "%s:%d: '%s' is not a column of %s (columns: %s)\n", map_path, line, text,
-            csv_path, cols);
+    fprintf(stderr, "%s:%d: '%s' is not a %s of %s (%s: %s)\n", map_path, line, text,
+            jsonl_input ? "field" : "column", csv_path, jsonl_input ? "fields" : "columns", cols);
     return -1;
 }
 
@@ -337,8 +355,9 @@ static int number(const src_t *s, char **cols, char **header, const char *path, 
             return 0;
         }
         if (parse_num(cols[c[i]], &v[i]) < 0) {
-            fprintf(stderr, "%s:%ld:%d (%s): '%s' is not a number\n", path, line, c[i] + 1,
-                    header[c[i]], cols[c[i]]);
+            char at[512];
+            fprintf(stderr, "%s: '%s' is not a number\n",
+                    where(at, sizeof(at), path, line, c[i], header[c[i]]), cols[c[i]]);
             return -1;
         }
     }
@@ -353,25 +372,51 @@ static int by_time(const void *a, const void *b) {
                                  : (x->line > y->line) - (x->line < y->line);
 }
 
-/* Read, check and convert every row. @returns the row count or -1 (message printed). */
-static long read_rows(FILE *f, const char *path, char **header, int n_cols, const mapping_t *m,
-                      row_t **ret) {
-    row_t *rows = NULL;
-    long n = 0, cap = 0, line = 1;
-    char *buf = NULL;
-    size_t bcap = 0;
-    char *cols[MAX_COLS];
-    while (getline(&buf, &bcap, f) >= 0) {
-        line++;
-        if (!*trim(buf)) {
+/* Where rows come from: the lines of a CSV file after its header, or the objects of a
+ * JSON Lines file read whole. */
+typedef struct source {
+    FILE *f;
+    char *buf;
+    size_t bcap;
+    long line;
+    const tool_jsonl_t *jl;
+    long at;
+} source_t;
+
+/* The next row's columns. @returns 1, 0 at the end, -1 bad (message printed). */
+static int next_row(source_t *s, const char *path, int n_cols, char **cols, long *ret_line) {
+    if (s->jl) {
+        if (s->at == s->jl->n_rows) {
+            return 0;
+        }
+        tool_jsonl_row(s->jl, s->at++, cols, ret_line);
+        return 1;
+    }
+    while (getline(&s->buf, &s->bcap, s->f) >= 0) {
+        *ret_line = ++s->line;
+        if (!*trim(s->buf)) {
             continue;
         }
-        int nc = tool_csv_split(buf, cols, MAX_COLS);
+        int nc = tool_csv_split(s->buf, cols, MAX_COLS);
         if (nc != n_cols) {
-            fprintf(stderr, "%s:%ld: %d columns where the header has %d%s\n", path, line,
+            fprintf(stderr, "%s:%ld: %d columns where the header has %d%s\n", path, s->line,
                     nc < 0 ? 0 : nc, n_cols, nc < 0 ? " (unterminated quote?)" : "");
-            goto bad;
+            return -1;
         }
+        return 1;
+    }
+    return 0;
+}
+
+/* Read, check and convert every row. @returns the row count or -1 (message printed). */
+static long read_rows(source_t *src, const char *path, char **header, int n_cols,
+                      const mapping_t *m, row_t **ret) {
+    row_t *rows = NULL;
+    long n = 0, cap = 0, line = 1;
+    char *cols[MAX_COLS];
+    char at[512];
+    int got;
+    while ((got = next_row(src, path, n_cols, cols, &line)) == 1) {
         if (n == cap) {
             cap = cap ? 2 * cap : 4096;
             row_t *r = realloc(rows, (size_t)cap * sizeof(*r));
@@ -385,14 +430,15 @@ static long read_rows(FILE *f, const char *path, char **header, int n_cols, cons
         r->line = line;
         const char *t = text(&m->ts, cols);
         if (!t || parse_time(m, t, &r->ts_ms) < 0) {
-            fprintf(stderr, "%s:%ld:%d (%s): '%s' is not a time in format %s\n", path, line,
-                    m->ts.col + 1, m->ts.name, t ? t : "", m->ts_format[0] ? m->ts_format : "s");
+            fprintf(stderr, "%s: '%s' is not a time in format %s\n",
+                    where(at, sizeof(at), path, line, m->ts.col, m->ts.name), t ? t : "",
+                    m->ts_format[0] ? m->ts_format : "s");
             goto bad;
         }
         const char *uid = text(&m->user_id, cols);
         if (!uid || !*uid) {
-            fprintf(stderr, "%s:%ld:%d (%s): empty user id\n", path, line, m->user_id.col + 1,
-                    m->user_id.name);
+            fprintf(stderr, "%s: empty user id\n",
+                    where(at, sizeof(at), path, line, m->user_id.col, m->user_id.name));
             goto bad;
         }
         char eid[64];
@@ -428,13 +474,14 @@ static long read_rows(FILE *f, const char *path, char **header, int n_cols, cons
             }
         }
     }
-    free(buf);
     *ret = rows;
-    return n;
+    if (got == 0) {
+        return n;
+    }
+    goto bad;
 oom:
     fprintf(stderr, "cohort-produce: out of memory at %s:%ld\n", path, line);
 bad:
-    free(buf);
     *ret = rows;
     return -1 - n; /* the caller frees the n rows read */
 }
@@ -463,14 +510,20 @@ static void free_rows(row_t *rows, long n) {
 
 int main(int argc, char **argv) {
     const char *brokers = NULL, *map_path = NULL, *topic = "events", *framing = "confluent";
+    const char *format = NULL;
     double rate = 0, schema_id = 1;
     bool quiet = false, check = false;
-    static const struct option opts[] = {
-        {"brokers", required_argument, NULL, 'b'}, {"mapping", required_argument, NULL, 'm'},
-        {"topic", required_argument, NULL, 't'},   {"rate", required_argument, NULL, 'r'},
-        {"framing", required_argument, NULL, 'F'}, {"schema-id", required_argument, NULL, 'S'},
-        {"check", no_argument, NULL, 'c'},         {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"brokers", required_argument, NULL, 'b'},
+                                         {"mapping", required_argument, NULL, 'm'},
+                                         {"topic", required_argument, NULL, 't'},
+                                         {"rate", required_argument, NULL, 'r'},
+                                         {"framing", required_argument, NULL, 'F'},
+                                         {"schema-id", required_argument, NULL, 'S'},
+                                         {"check", no_argument, NULL, 'c'},
+                                         {"quiet", no_argument, NULL, 'q'},
+                                         {"format", required_argument, NULL, 'f'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "b:m:t:r:qh", opts, NULL)) != -1) {
         switch (opt) {
@@ -501,6 +554,13 @@ int main(int argc, char **argv) {
         case 'c':
             check = true;
             break;
+        case 'f':
+            if (strcmp(optarg, "csv") != 0 && strcmp(optarg, "jsonl") != 0) {
+                fprintf(stderr, "cohort-produce: --format takes csv or jsonl, got '%s'\n", optarg);
+                return 2;
+            }
+            format = optarg;
+            break;
         case 'q':
             quiet = true;
             break;
@@ -523,21 +583,41 @@ int main(int argc, char **argv) {
         fprintf(stderr, "cohort-produce: %s: %s\n", path, strerror(errno));
         return 1;
     }
+    size_t plen = strlen(path);
+    jsonl_input = format ? strcmp(format, "jsonl") == 0
+                         : (plen > 6 && strcmp(path + plen - 6, ".jsonl") == 0) ||
+                               (plen > 7 && strcmp(path + plen - 7, ".ndjson") == 0);
     char *hbuf = NULL, *header[MAX_COLS];
     size_t hcap = 0;
-    int n_cols = getline(&hbuf, &hcap, f) < 0 ? -1 : tool_csv_split(hbuf, header, MAX_COLS);
-    for (int i = 0; i < n_cols; i++) {
-        header[i] = trim(header[i]);
+    tool_jsonl_t jl = {0};
+    source_t src = {.f = f, .line = 1};
+    int n_cols = -1;
+    if (jsonl_input) {
+        if (tool_jsonl_read(f, path, MAX_COLS, &jl) == 0) {
+            n_cols = jl.n_names;
+            for (int i = 0; i < n_cols; i++) {
+                header[i] = jl.names[i];
+            }
+            src.jl = &jl;
+        }
+    } else {
+        n_cols = getline(&hbuf, &hcap, f) < 0 ? -1 : tool_csv_split(hbuf, header, MAX_COLS);
+        for (int i = 0; i < n_cols; i++) {
+            header[i] = trim(header[i]);
+        }
     }
     mapping_t m = {.n_attrs = 0};
     row_t *rows = NULL;
     long n = -1;
     int rc = 1;
-    if (n_cols <= 0) {
+    if (n_cols <= 0 && !jsonl_input) {
         fprintf(stderr, "%s:1: no header line of column names\n", path);
-    } else if (read_mapping(map_path, path, header, n_cols, &m) == 0) {
-        n = read_rows(f, path, header, n_cols, &m, &rows);
+    } else if (n_cols == 0) {
+        fprintf(stderr, "%s: no JSON objects with fields\n", path);
+    } else if (n_cols > 0 && read_mapping(map_path, path, header, n_cols, &m) == 0) {
+        n = read_rows(&src, path, header, n_cols, &m, &rows);
     }
+    free(src.buf);
     fclose(f);
     if (n >= 0) {
         qsort(rows, (size_t)n, sizeof(*rows), by_time);
@@ -577,5 +657,6 @@ int main(int argc, char **argv) {
     free_rows(rows, n >= 0 ? n : -1 - n);
     mapping_done(&m);
     free(hbuf);
+    tool_jsonl_free(&jl);
     return rc;
 }

@@ -10,8 +10,13 @@
    Quantity * UnitPrice; then cohortd turns every event into a profile update, end to end.
 3. A bad row (a number that is not one) and a bad mapping (a column that does not
    exist): exit 1 with FILE:LINE:COLUMN or MAPPING:LINE messages, and nothing sent.
+4. The same invoice lines as JSON Lines with nested objects (customer.id an integer,
+   line.quantity, ISO-8601 times), mapped by dotted paths: every event equals its line;
+   malformed JSON, a bad number and a missing field give FILE:LINE errors, nothing sent.
 """
+import calendar
 import csv
+import json
 import os
 import random
 import subprocess
@@ -190,12 +195,72 @@ def errors(tmp, broker, retail_csv, retail_map):
         "nothing sent")
 
 
+JSONL_MAP = """user_id = customer.id
+event_id = invoice
+ts = at
+ts.format = iso8601
+type = "purchase"
+amount = line.quantity * line.unit_price
+item = line.stock_code
+category = customer.country
+attrs.quantity = line.quantity
+"""
+
+
+def jsonl(tmp, broker, retail_csv, before):
+    with open(retail_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    path = os.path.join(tmp, "retail.jsonl")
+    objs = []
+    for r in rows:
+        t = time.strptime(r["InvoiceDate"], "%m/%d/%Y %H:%M")
+        objs.append({"invoice": "J" + r["InvoiceNo"], "at": time.strftime("%Y-%m-%dT%H:%M:00Z", t),
+                     "customer": {"id": int(r["CustomerID"]), "country": r["Country"]},
+                     "line": {"stock_code": r["StockCode"], "quantity": int(r["Quantity"]),
+                              "unit_price": float(r["UnitPrice"]), "tags": ["mug"]}})
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(o) + "\n" for o in objs))
+    mapping = os.path.join(tmp, "retail-jsonl.map")
+    with open(mapping, "w") as f:
+        f.write(JSONL_MAP)
+    r = produce(broker.bootstrap, mapping, path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = {e["event_id"]: e for _, _, e in read_events(broker.bootstrap, before + len(objs))
+              if e["event_id"].startswith("J")}
+    assert len(events) == len(objs), f"{len(events)} of {len(objs)} JSON lines"
+    for o in objs:
+        e = events[o["invoice"]]
+        want_ts = calendar.timegm(time.strptime(o["at"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert e["user_id"] == str(o["customer"]["id"]) and e["item"] == o["line"]["stock_code"], e
+        assert e["category"] == o["customer"]["country"] and ts_ms(e["ts"]) == want_ts * 1000, e
+        assert abs(e["amount"] - o["line"]["quantity"] * o["line"]["unit_price"]) < 1e-9, e
+    sent = sum(end_offsets(broker.bootstrap, PARTITIONS).values())
+    lines = open(path).read().splitlines()
+    six = dict(objs[8], line=dict(objs[8]["line"], quantity="six"))
+    cases = [(7, lines[6][:-3], f"{path}:7:"),
+             (9, json.dumps(six), f"{path}:9 (field line.quantity): 'six' is not a number"),
+             (4, json.dumps(dict(objs[3], customer={"country": "France"})),
+              f"{path}:4 (field customer.id): empty user id")]
+    for n, text, words in cases:
+        bad = lines[:]
+        bad[n - 1] = text
+        with open(path, "w") as f:
+            f.write("\n".join(bad) + "\n")
+        r = produce(broker.bootstrap, mapping, path)
+        assert r.returncode == 1 and words in r.stderr, (words, r.stderr[-1000:])
+    assert sum(end_offsets(broker.bootstrap, PARTITIONS).values()) == sent, "bad files sent"
+    log(f"JSON Lines: {len(objs)} nested invoice lines (ISO-8601 times, integer customer ids) "
+        f"mapped by dotted paths, every event equal to its line; malformed JSON, a bad number "
+        f"and a missing field: exit 1 with FILE:LINE errors, nothing sent")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="cohort-produce-")
     with Broker(partitions=PARTITIONS) as broker:
         n = card_fraud(tmp, broker)
         retail_csv, retail_map = retail(tmp, broker, n)
         errors(tmp, broker, retail_csv, retail_map)
+        jsonl(tmp, broker, retail_csv, n + N_RETAIL)
         broker.stop()
     log("PASS")
 
