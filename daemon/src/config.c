@@ -110,8 +110,9 @@ static const key_def_t keys[] = {
      "The event time's field (path): a number in input.map.ts_unit, or an ISO-8601 string."},
     {"input.map.ts_unit", K_ENUM, OFF(input_ts_unit), "auto", 0, 0, ts_units, ts_unit_values,
      "Unit of a numeric event time: ms, us or s since 1970, or iso8601 (strings only). auto: "
-     "the Avro logical type (timestamp-millis or -micros), else ms; strings are ISO-8601 "
-     "(2019-10-01T00:00:00Z, 2019-10-01 00:00:00 UTC, ...; no zone means UTC)."},
+     "the Avro logical type (timestamp-millis or -micros), else ms. A string holding a "
+     "number is read in the unit; other strings are ISO-8601 (2019-10-01T00:00:00Z, "
+     "2019-10-01 00:00:00 UTC, ...; no zone means UTC)."},
     {"input.map.event_id", K_OPTSTR, OFF(input_map[CH_ROLE_EVENT_ID]), "event_id", 0, 0, NULL, NULL,
      "The event id's field (path), copied into the outputs; empty: the events have none "
      "(outputs carry null)."},

@@ -933,41 +933,16 @@ void ch_event_set_text(ch_event_view_t *ev, ch_role_t role, const char *s, size_
     }
 }
 
-/* The event time from a string: ISO-8601, or a number in the stated unit. */
+/* The event time from a string: a number in the stated unit, or ISO-8601. */
 static int ts_of_string(cursor_t *c, const step_t *st, const char *s, size_t n, int64_t *ret) {
-    if (st->unit == CH_TS_ISO8601 || st->unit == CH_TS_MS) {
-        /* CH_TS_MS is also what unit auto compiles to: a string is then ISO-8601, unless
-         * it is all digits */
-        bool digits_only = n > 0;
-        for (size_t i = 0; i < n && digits_only; i++) {
-            digits_only = (s[i] >= '0' && s[i] <= '9') || (i == 0 && s[i] == '-');
-        }
-        if (st->unit == CH_TS_ISO8601 || !digits_only) {
-            if (ch_iso8601_parse(s, n, ret) < 0) {
-                return bad(c, "field %s (ts): '%.*s' is not an ISO-8601 date-time", st->path,
-                           (int)(n > 40 ? 40 : n), s);
-            }
-            return 0;
-        }
+    int r = ch_ts_from_text(s, n, st->unit, ret);
+    if (r == -ERANGE) {
+        return bad(c, "field %s (ts): '%.*s' is out of range", st->path, (int)(n > 40 ? 40 : n), s);
     }
-    char num[40];
-    char *end = NULL;
-    if (n == 0 || n >= sizeof(num)) {
-        return bad(c, "field %s (ts): '%.*s' is not a time", st->path, (int)(n > 40 ? 40 : n), s);
-    }
-    memcpy(num, s, n);
-    num[n] = '\0';
-    errno = 0;
-    long long v = strtoll(num, &end, 10);
-    if (*end == '\0' && errno == 0) {
-        if (ch_ts_from_int(v, st->unit, ret) < 0) {
-            return bad(c, "field %s (ts): %s is out of range", st->path, num);
-        }
-        return 0;
-    }
-    double dv = strtod(num, &end);
-    if (*end != '\0' || ch_ts_from_double(dv, st->unit, ret) < 0) {
-        return bad(c, "field %s (ts): '%s' is not a time", st->path, num);
+    if (r < 0) {
+        return bad(c, "field %s (ts): '%.*s' is not %s", st->path, (int)(n > 40 ? 40 : n), s,
+                   st->unit == CH_TS_ISO8601 ? "an ISO-8601 date-time"
+                                             : "a number or an ISO-8601 date-time");
     }
     return 0;
 }

@@ -109,19 +109,13 @@ static int event_time(const ch_mapping_t *m, json_t *v, int64_t *ret, char *errb
     if (json_is_string(v)) {
         const char *s = json_string_value(v);
         size_t n = json_string_length(v);
-        char *end = NULL;
-        if (u == CH_TS_AUTO || u == CH_TS_ISO8601) {
-            if (ch_iso8601_parse(s, n, ret) < 0) {
-                return fail(errbuf, errlen, -EBADMSG,
-                            "JSON field %s: '%.*s' is not an ISO-8601 date-time", path,
-                            (int)(n > 40 ? 40 : n), s);
-            }
-            return 0;
-        }
-        double dv = strtod(s, &end);
-        if (n == 0 || end != s + n || ch_ts_from_double(dv, u, ret) < 0) {
-            return fail(errbuf, errlen, -EBADMSG, "JSON field %s: '%.*s' is not a time", path,
-                        (int)(n > 40 ? 40 : n), s);
+        int r = ch_ts_from_text(s, n, u, ret);
+        if (r < 0) {
+            return fail(errbuf, errlen, -EBADMSG, "JSON field %s: '%.*s' is %s", path,
+                        (int)(n > 40 ? 40 : n), s,
+                        r == -ERANGE         ? "out of range"
+                        : u == CH_TS_ISO8601 ? "not an ISO-8601 date-time"
+                                             : "not a number or an ISO-8601 date-time");
         }
         return 0;
     }

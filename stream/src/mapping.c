@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LIMIT_MS (INT64_C(1) << 62)
@@ -209,4 +210,23 @@ int ch_ts_from_double(double v, ch_ts_unit_t u, int64_t *ret_ms) {
     }
     *ret_ms = (int64_t)ms;
     return 0;
+}
+
+int ch_ts_from_text(const char *s, size_t n, ch_ts_unit_t u, int64_t *ret_ms) {
+    char num[40];
+    if (u != CH_TS_ISO8601 && n > 0 && n < sizeof(num)) {
+        char *end = NULL;
+        memcpy(num, s, n);
+        num[n] = '\0';
+        errno = 0;
+        long long v = strtoll(num, &end, 10);
+        if (*end == '\0' && errno == 0 && !isspace((unsigned char)num[0])) {
+            return ch_ts_from_int(v, u, ret_ms);
+        }
+        double dv = strtod(num, &end);
+        if (*end == '\0' && !isspace((unsigned char)num[0])) {
+            return ch_ts_from_double(dv, u, ret_ms);
+        }
+    }
+    return ch_iso8601_parse(s, n, ret_ms);
 }

@@ -4,29 +4,43 @@
  * escaped, only valid escapes, valid UTF-8) whatever the input, and
  * ch_json_float/double must read back as the same number (or null for NaN/Inf); and the
  * JSON input decoder (stream/src/json_in.c, input.format = json) on the same bytes: a
- * decoded event's strings end where their lengths say, its attrs are within the cap.
+ * decoded event's strings end where their lengths say, its attrs are within the cap;
+ * again with a mapping through nested objects (a.u, a.b.t, a.q).
  */
 #include "fuzz_common.h"
 
 #include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "ch/json.h"
 #include "ch/json_in.h"
 
-static ch_json_decoder_t *decoder;
+static ch_json_decoder_t *decoder, *mapped;
 
-static void check_event(const uint8_t *data, size_t size) {
-    if (!decoder && ch_json_decoder_new(NULL, &decoder) < 0) {
+/* A mapping through nested objects, ISO-8601 or numeric times, a numeric field. */
+static ch_json_decoder_t *new_mapped(void) {
+    ch_mapping_t m;
+    ch_mapping_default(&m);
+    snprintf(m.path[CH_ROLE_USER_ID], sizeof(m.path[0]), "a.u");
+    snprintf(m.path[CH_ROLE_TS], sizeof(m.path[0]), "a.b.t");
+    snprintf(m.path[CH_ROLE_ITEM], sizeof(m.path[0]), "i");
+    ch_mapping_add_field(&m, "a.q");
+    ch_json_decoder_t *d = NULL;
+    if (ch_json_decoder_new(&m, &d) < 0) {
         abort();
     }
+    return d;
+}
+
+static void check_one(ch_json_decoder_t *d, const uint8_t *data, size_t size) {
     ch_event_view_t ev;
     char why[512];
-    if (ch_json_decoder_decode(decoder, data, size, &ev, why, sizeof(why)) == 0) {
-        FUZZ_CHECK(ev.event_id && ev.event_id[ev.event_id_len] == '\0');
+    if (ch_json_decoder_decode(d, data, size, &ev, why, sizeof(why)) == 0) {
+        FUZZ_CHECK(!ev.event_id || ev.event_id[ev.event_id_len] == '\0');
         FUZZ_CHECK(ev.user_id && ev.user_id[ev.user_id_len] == '\0');
-        FUZZ_CHECK(ev.type && ev.type[ev.type_len] == '\0');
+        FUZZ_CHECK(!ev.type || ev.type[ev.type_len] == '\0');
         FUZZ_CHECK(!ev.item || ev.item[ev.item_len] == '\0');
         FUZZ_CHECK(!ev.category || ev.category[ev.category_len] == '\0');
         FUZZ_CHECK(ev.n_attrs <= CH_CODEC_MAX_ATTRS);
@@ -36,7 +50,15 @@ static void check_event(const uint8_t *data, size_t size) {
     } else {
         FUZZ_CHECK(why[0] != '\0');
     }
-    ch_json_decoder_release(decoder);
+    ch_json_decoder_release(d);
+}
+
+static void check_event(const uint8_t *data, size_t size) {
+    if (!decoder && (ch_json_decoder_new(NULL, &decoder) < 0 || !(mapped = new_mapped()))) {
+        abort();
+    }
+    check_one(decoder, data, size);
+    check_one(mapped, data, size);
 }
 
 static int hex(unsigned char c) {

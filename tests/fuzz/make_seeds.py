@@ -50,6 +50,14 @@ def avro():
            "item": None, "category": "toys", "attrs": {"tries": 4}}
     write("avro", "v2", encode_confluent(v2, 7, rec))
     write("avro", "unknown_id", b"\x00\x00\x00\x30\x39" + encode_confluent(v1, 1, e)[5:])
+    with open(os.path.join(SRC, "tests", "data", "foreign", "order.avsc")) as f:
+        order = f.read().replace(', "logicalType": "timestamp-micros"', "")
+    o = {"no": "o-1", "customer": {"id": 4242, "country": "FR"}, "at": 1767225600000123,
+         "kind": "REFUND", "line": {"sku": 77, "qty": 3, "price": 2.5}, "extra": {"k": [1, 2]}}
+    write("avro", "foreign", encode_confluent(order, 0, o)[5:])  # fuzz_avro's mapped decoder
+    write("avro", "foreign_iso", encode_confluent(order, 0, dict(
+        o, customer=None, at="2026-01-01T00:00:00.5+01:00", line=dict(o["line"], sku="s"))
+    )[5:])
 
 
 def json_seeds():
@@ -63,6 +71,9 @@ def json_seeds():
           b'"attrs": {"lat": 40.7, "tries": 2}, "extra": [1, {"a": null}]}')
     write("json", "event_bad", b'{"event_id": "e-2", "user_id": "u\\u00e9", "ts": "now", '
           b'"type": 7, "attrs": {"x": "1"}, "event_id": "dup"}')
+    # fuzz_json's mapped decoder
+    write("json", "event_nested", b'{"a": {"u": 7, "q": 2.5, '
+          b'"b": {"t": "2026-01-01 00:00:00 UTC"}}, "i": 12}')
 
 
 def http():

@@ -7,8 +7,9 @@
  * "price.unit"). Both decoders (Avro: ch/codec.h, JSON: ch/json_in.h) follow it;
  * the default mapping is cohortd's own user_event schema.
  *
- * Event time: a number in the stated unit (ms, us or s since 1970), an Avro long with
- * logicalType timestamp-millis or timestamp-micros (unit auto), or an ISO-8601 string
+ * Event time: a number in the stated unit (ms, us or s since 1970; also as a string),
+ * an Avro long with logicalType timestamp-millis or timestamp-micros (unit auto), or an
+ * ISO-8601 string
  * ("2019-10-01T00:00:00Z", "2019-10-01 00:00:00 UTC", "2019-10-01T02:00:00.5+02:00";
  * no zone means UTC).
  *
@@ -90,5 +91,12 @@ int ch_iso8601_parse(const char *s, size_t n, int64_t *ret_ms);
  */
 int ch_ts_from_int(int64_t v, ch_ts_unit_t u, int64_t *ret_ms);
 int ch_ts_from_double(double v, ch_ts_unit_t u, int64_t *ret_ms);
+
+/**
+ * @brief An event time written as text: a number (the whole string) in unit u (AUTO:
+ *        ms), else ISO-8601; with u = CH_TS_ISO8601, ISO-8601 only.
+ * @returns 0, -EINVAL (neither), -ERANGE.
+ */
+int ch_ts_from_text(const char *s, size_t n, ch_ts_unit_t u, int64_t *ret_ms);
 
 #endif

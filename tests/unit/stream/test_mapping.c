@@ -70,6 +70,17 @@ static void test_units(void **st) {
     assert_int_equal(ms, 1500);
     assert_int_equal(ch_ts_from_double(1e300, CH_TS_MS, &ms), -ERANGE);
     assert_int_equal(ch_ts_from_double(NAN, CH_TS_MS, &ms), -ERANGE);
+    assert_int_equal(ch_ts_from_text("1569888000", 10, CH_TS_S, &ms), 0);
+    assert_int_equal(ms, 1569888000000);
+    assert_int_equal(ch_ts_from_text("1569888000.5", 12, CH_TS_S, &ms), 0);
+    assert_int_equal(ms, 1569888000500);
+    assert_int_equal(ch_ts_from_text("2019-10-01", 10, CH_TS_US, &ms), 0); /* ISO */
+    assert_int_equal(ms, 1569888000000);
+    assert_int_equal(ch_ts_from_text("1569888000000", 13, CH_TS_AUTO, &ms), 0);
+    assert_int_equal(ms, 1569888000000);
+    assert_int_equal(ch_ts_from_text("123", 3, CH_TS_ISO8601, &ms), -EINVAL);
+    assert_int_equal(ch_ts_from_text("soon", 4, CH_TS_MS, &ms), -EINVAL);
+    assert_int_equal(ch_ts_from_text(" 12", 3, CH_TS_MS, &ms), -EINVAL);
 }
 
 static void test_paths(void **st) {
@@ -188,12 +199,70 @@ static void test_avro_mapping(void **st) {
     unlink(path);
 }
 
+/* The fuzz seeds of fuzz_avro's mapped decoder decode (so the fuzzer starts deep):
+ * a union time in micros and as ISO-8601 text, an integer and a string sku. */
+static void test_foreign_seeds(void **st) {
+    (void)st;
+    const char *src = getenv("CH_SOURCE_DIR") ? getenv("CH_SOURCE_DIR") : ".";
+    char schema[1024], seed[1024];
+    snprintf(schema, sizeof(schema), "%s/tests/data/foreign/order.avsc", src);
+    ch_mapping_t m;
+    ch_mapping_default(&m);
+    strcpy(m.path[CH_ROLE_USER_ID], "customer.id");
+    strcpy(m.path[CH_ROLE_TS], "at");
+    strcpy(m.path[CH_ROLE_EVENT_ID], "no");
+    strcpy(m.path[CH_ROLE_TYPE], "kind");
+    strcpy(m.path[CH_ROLE_ITEM], "line.sku");
+    strcpy(m.path[CH_ROLE_CATEGORY], "customer.country");
+    strcpy(m.path[CH_ROLE_AMOUNT], "line.price");
+    m.path[CH_ROLE_ATTRS][0] = '\0';
+    for (int k = 0; k < CH_ROLE_N; k++) {
+        m.is_default[k] = false;
+    }
+    assert_int_equal(ch_mapping_add_field(&m, "line.qty"), 0);
+    char err[512] = "";
+    ch_decoder_t *d = decoder(schema, &m, err, sizeof(err));
+    if (!d) {
+        fail_msg("%s", err);
+    }
+    static const struct {
+        const char *name;
+        int rc;
+        int64_t ts;
+        const char *uid, *item;
+    } seeds[] = {{"foreign", 0, 1767225600000, "4242", "77"},
+                 {"foreign_iso", -EBADMSG, 0, NULL, NULL}}; /* customer null: no user id */
+    for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
+        snprintf(seed, sizeof(seed), "%s/tests/fuzz/corpus/avro/%s", src, seeds[i].name);
+        FILE *f = fopen(seed, "rb");
+        assert_non_null(f);
+        unsigned char buf[512];
+        size_t n = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        ch_event_view_t ev;
+        assert_int_equal(ch_decoder_decode(d, buf, n, &ev, err, sizeof(err)), seeds[i].rc);
+        if (seeds[i].rc == 0) {
+            assert_int_equal(ev.ts_ms, seeds[i].ts);
+            assert_memory_equal(ev.user_id, seeds[i].uid, ev.user_id_len);
+            assert_memory_equal(ev.item, seeds[i].item, ev.item_len);
+            assert_memory_equal(ev.type, "REFUND", ev.type_len);
+            assert_true(ev.has_amount && ev.amount == 2.5);
+            assert_true(ev.fields_present == 1 && ev.fields[0] == 3.0);
+        } else {
+            if (!strstr(err, "customer.id (user_id) is null or absent")) {
+                fail_msg("%s", err);
+            }
+        }
+    }
+    ch_decoder_release(d);
+    ch_decoder_free(d);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_iso8601),
-        cmocka_unit_test(test_units),
-        cmocka_unit_test(test_paths),
-        cmocka_unit_test(test_avro_mapping),
+        cmocka_unit_test(test_iso8601),       cmocka_unit_test(test_units),
+        cmocka_unit_test(test_paths),         cmocka_unit_test(test_avro_mapping),
+        cmocka_unit_test(test_foreign_seeds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
