@@ -485,6 +485,18 @@ static int apply(ch_config_t *cfg, const char *key, const char *value, const cha
         r = add_pair(&cfg->features, &cfg->n_features, name, value, CH_KAFKA_BOTH, where, true);
         return r < 0 ? fail(errbuf, errlen, r, "%s: out of memory", where) : 0;
     }
+    if (strncmp(key, "tags.", 5) == 0) {
+        const char *name = key + 5;
+        for (size_t i = 0; i < cfg->n_tags; i++) {
+            if (strcmp(cfg->tags[i].key, name) == 0 && strcmp(where, "--set") != 0 &&
+                strcmp(cfg->tags[i].where, "--set") != 0) {
+                return fail(errbuf, errlen, -EINVAL, "%s: tag '%s' already declared at %s", where,
+                            name, cfg->tags[i].where);
+            }
+        }
+        r = add_pair(&cfg->tags, &cfg->n_tags, name, value, CH_KAFKA_BOTH, where, true);
+        return r < 0 ? fail(errbuf, errlen, r, "%s: out of memory", where) : 0;
+    }
     for (size_t i = 0; i < N_KEYS; i++) {
         if (strcmp(keys[i].name, key) == 0) {
             r = set_scalar(cfg, &keys[i], value, why, sizeof(why));
@@ -525,6 +537,13 @@ void ch_config_done(ch_config_t *cfg) {
     }
     free(cfg->kafka);
     free(cfg->features);
+    for (size_t i = 0; i < cfg->n_tags; i++) {
+        free(cfg->tags[i].key);
+        free(cfg->tags[i].value);
+    }
+    free(cfg->tags);
+    cfg->tags = NULL;
+    cfg->n_tags = 0;
     cfg->kafka = cfg->features = NULL;
     cfg->n_kafka = cfg->n_features = 0;
 }
@@ -864,6 +883,11 @@ static const char families_help[] =
     "    fields: amount, attrs.<key>, or any numeric field of the events by name or\n"
     "    dotted path (sum(quantity), max(price.unit)). Filters must all hold; != passes\n"
     "    events without the field.\n"
+    "tags.<name> (interest tag, repeatable)\n"
+    "    top(item|category|type, N) [filters] [half_life=<duration>|inf] [slots=M]: the\n"
+    "    user's N heaviest values under decay, in profile updates (field tags, schema\n"
+    "    profile_update_v2.avsc); M slots (default 4N, at most 64) of 64-byte values,\n"
+    "    8 x 10 x M bytes a user; exact while a user has had at most M values.\n"
     "kafka.<property>, kafka.consumer.<property>, kafka.producer.<property>\n"
     "    Passed verbatim to librdkafka (both clients, consumer only, producer only),\n"
     "    e.g. kafka.bootstrap.servers, kafka.group.id, kafka.security.protocol,\n"
@@ -920,6 +944,15 @@ int ch_config_features(const ch_config_t *cfg, ch_features_t **ret_fs, char *err
             ch_features_free(fs);
             return fail(errbuf, errlen, -EINVAL, "%s: feature.%s: %s", cfg->features[i].where,
                         cfg->features[i].key, why);
+        }
+    }
+    for (size_t i = 0; i < cfg->n_tags; i++) {
+        char why[256];
+        r = ch_features_add_tag(fs, cfg->tags[i].key, cfg->tags[i].value, why, sizeof(why));
+        if (r < 0) {
+            ch_features_free(fs);
+            return fail(errbuf, errlen, -EINVAL, "%s: tags.%s: %s", cfg->tags[i].where,
+                        cfg->tags[i].key, why);
         }
     }
     if ((r = ch_features_seal(fs)) < 0) {

@@ -106,6 +106,8 @@ typedef struct ch_config {
     size_t n_kafka;
     ch_conf_pair_t *features;
     size_t n_features;
+    ch_conf_pair_t *tags; /* tags.<name> = top(...): key the name */
+    size_t n_tags;
 } ch_config_t;
 
 /** @brief Set every key to its default. */

@@ -380,6 +380,9 @@ static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size
             printf("feature.%s = %s    # [%zu]\n", ch_features_name(fs, i),
                    ch_features_spec(fs, i), i);
         }
+        for (size_t i = 0; i < ch_features_tag_count(fs); i++) {
+            printf("tags.%s = %s\n", ch_features_tag_name(fs, i), ch_features_tag_spec(fs, i));
+        }
         char warning[512], eff[32] = "never";
         double ms = ch_config_idle_evict_ms(cfg, fs, warning, sizeof(warning));
         if (ms >= 86400000.0) {

@@ -517,6 +517,9 @@ void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *
                          .features = p->X + i * p->n_feats,
                          .n_features = p->n_feats,
                          .model_version = ch_scorer_version(&p->scorer)};
+    prof.n_tags = ch_pipeline_tags(p, u); /* as of the batch: see README "Interest tags" */
+    prof.with_tags = prof.n_tags > 0;
+    prof.tags = p->tagv;
     publish(p, b, OUT_PROFILE, r,
             p->cfg->output_format == CH_FORMAT_JSON
                 ? ch_json_encode_profile(&p->out, &prof)

@@ -124,6 +124,10 @@ struct ch_pipeline {
     ch_clients_t clients;
     ch_tracker_t *tracker;
     int32_t profile_schema_id, risk_schema_id;
+    /* tags.*: one profile's values (the v2 schema is used when there are any) */
+    ch_tag_values_t tagv[CH_TAGS_MAX];
+    const char *tag_vals[CH_TAGS_MAX][CH_TAG_TOP_MAX];
+    size_t tag_lens[CH_TAGS_MAX][CH_TAG_TOP_MAX];
 
     /* batch scratch: batch.max_events rows */
     ch_msg_t *msgs;
@@ -236,5 +240,9 @@ bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition);
 void ch_rebalance_assigned(void *opaque, const int32_t *parts, size_t n);
 void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool lost);
 size_t ch_rebalance_drop(ch_pipeline_t *p, int32_t partition); /* its users; how many */
+
+/* The user's tags (tags.*) into p->tagv, as the user's state holds them now (u NULL:
+ * none). @returns the number of tags declared. */
+size_t ch_pipeline_tags(ch_pipeline_t *p, const ch_user_t *u);
 
 #endif

@@ -127,8 +127,10 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     ch_users_set_evict_hook(p->users, on_user_evicted, p);
     if ((r = ch_schemas_load(cfg->schema_dir, &p->schemas, errbuf, errlen)) < 0 ||
         (r = ch_events_new(cfg, p->schemas, p->fs, &p->events, errbuf, errlen)) < 0 ||
-        (r = output_schema_id(p, "profile_update.avsc", "", &p->profile_schema_id, errbuf,
-                              errlen)) < 0 ||
+        (r = output_schema_id(
+             p, ch_features_tag_count(p->fs) ? "profile_update_v2.avsc" : "profile_update.avsc",
+             ch_features_tag_count(p->fs) ? " with tags.* set" : "", &p->profile_schema_id, errbuf,
+             errlen)) < 0 ||
         (r = alloc_scratch(p)) < 0) {
         goto out_fail;
     }

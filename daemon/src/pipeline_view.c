@@ -112,6 +112,17 @@ int ch_pipeline_save_segments(ch_pipeline_t *p) { return p->segs ? ch_segments_s
 
 #define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)
 
+size_t ch_pipeline_tags(ch_pipeline_t *p, const ch_user_t *u) {
+    size_t n_tags = ch_features_tag_count(p->fs);
+    for (size_t t = 0; t < n_tags; t++) {
+        p->tagv[t] = (ch_tag_values_t){
+            .name = ch_features_tag_name(p->fs, t), .vals = p->tag_vals[t], .lens = p->tag_lens[t]};
+        p->tagv[t].n =
+            u ? ch_features_tag_read(p->fs, u->state, t, p->tag_vals[t], p->tag_lens[t], NULL) : 0;
+    }
+    return n_tags;
+}
+
 int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_buf_t *out) {
     char pid[CH_PSEUDONYM_LEN];
     ch_user_t *u = NULL;
@@ -171,6 +182,8 @@ int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_
     }
     r = r ? r : LIT(out, ",\"last_published_score\":");
     r = r ? r : ch_json_float(out, ur->last_score);
+    size_t n_tags = ch_pipeline_tags(p, u);
+    r = r || !n_tags ? r : ch_json_tags(out, p->tagv, n_tags);
     r = r ? r : LIT(out, "}");
     return r;
 }

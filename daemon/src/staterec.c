@@ -44,6 +44,11 @@ int ch_staterec_layout(const ch_features_t *fs, double default_half_life_ms, uin
         ok = EVP_DigestUpdate(ctx, name, strlen(name) + 1) &&
              EVP_DigestUpdate(ctx, spec, strlen(spec) + 1);
     }
+    for (size_t i = 0; ok && i < ch_features_tag_count(fs); i++) {
+        const char *name = ch_features_tag_name(fs, i), *spec = ch_features_tag_spec(fs, i);
+        ok = EVP_DigestUpdate(ctx, "tags.", 5) && EVP_DigestUpdate(ctx, name, strlen(name) + 1) &&
+             EVP_DigestUpdate(ctx, spec, strlen(spec) + 1);
+    }
     ok = ok && EVP_DigestFinal_ex(ctx, md, &md_len) && md_len >= 8;
     EVP_MD_CTX_free(ctx);
     if (!ok) {

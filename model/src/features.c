@@ -64,6 +64,15 @@ typedef struct feature {
     size_t off; /* first state double */
 } feature_t;
 
+#define SLOT 10 /* doubles per tag slot: weight, length (-1: empty), 64 bytes of value */
+
+typedef struct tag {
+    char name[CH_FEATURE_NAME_MAX];
+    char spec[SPEC_MAX];
+    feature_t f; /* the filters and half-life (kind count) */
+    int text, n, slots;
+} tag_t;
+
 struct ch_features {
     double default_half_life_ms;
     feature_t feats[CH_FEATURES_MAX];
@@ -74,7 +83,9 @@ struct ch_features {
     size_t value_lens[CH_TEXT_N][CH_FEATURES_MAX_VALUES];
     size_t n_values[CH_TEXT_N];
     bool hashed[CH_TEXT_N]; /* a distinct() reads the field */
-    double half_lives[CH_FEATURES_MAX];
+    double half_lives[CH_FEATURES_MAX + CH_TAGS_MAX];
+    tag_t tags[CH_TAGS_MAX];
+    size_t n_tags;
     size_t n_half_lives;
     size_t state_len;
     bool sealed;
@@ -586,9 +597,145 @@ int ch_features_seal(ch_features_t *fs) {
         }
         f->hl_index = (int)h;
     }
+    for (size_t i = 0; i < fs->n_tags; i++) {
+        tag_t *t = &fs->tags[i];
+        t->f.off = off;
+        off += SLOT * (size_t)t->slots;
+        size_t h = 0;
+        while (h < fs->n_half_lives && fs->half_lives[h] != t->f.half_life_ms) {
+            h++;
+        }
+        if (h == fs->n_half_lives) {
+            fs->half_lives[fs->n_half_lives++] = t->f.half_life_ms;
+        }
+        t->f.hl_index = (int)h;
+    }
     fs->state_len = off;
     fs->sealed = true;
     return 0;
+}
+
+int ch_features_add_tag(ch_features_t *fs, const char *name, const char *spec, char *errbuf,
+                        size_t errlen) {
+    if (fs->sealed) {
+        return fail(errbuf, errlen, -EBUSY, "feature set is sealed");
+    }
+    if (!valid_name(name, strlen(name))) {
+        return fail(errbuf, errlen, -EINVAL, "bad tag name '%s' (letters, digits, _ . -)", name);
+    }
+    for (size_t i = 0; i < fs->n_tags; i++) {
+        if (strcmp(fs->tags[i].name, name) == 0) {
+            return fail(errbuf, errlen, -EINVAL, "tag '%s' declared twice", name);
+        }
+    }
+    if (fs->n_tags == CH_TAGS_MAX) {
+        return fail(errbuf, errlen, -E2BIG, "more than %d tags", CH_TAGS_MAX);
+    }
+    tag_t t = {.f = {.kind = CH_FEAT_COUNT,
+                     .field = -1,
+                     .text = -1,
+                     .half_life_ms = fs->default_half_life_ms}};
+    snprintf(t.name, sizeof(t.name), "%s", name);
+    const char *p = skip_ws(spec), *open = NULL, *comma = NULL, *close = NULL;
+    if (strncmp(p, "top", 3) == 0 && *skip_ws(p + 3) == '(') {
+        open = skip_ws(p + 3);
+        comma = strchr(open, ',');
+        close = comma ? strchr(comma, ')') : NULL;
+    }
+    if (!close) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "expected top(<item|category|type>, N), e.g. top(category, 3)");
+    }
+    const char *fld = open + 1;
+    size_t flen = (size_t)(comma - fld);
+    trim(&fld, &flen);
+    t.text = text_field(fld, flen);
+    char *end = NULL;
+    long n = strtol(comma + 1, &end, 10);
+    if (t.text < 0 || *skip_ws(end) != ')' || n < 1 || n > CH_TAG_TOP_MAX) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "top(<item|category|type>, N) with N in 1..%d, got '%.*s'", CH_TAG_TOP_MAX,
+                    (int)(close - open + 1), open);
+    }
+    t.n = (int)n;
+    t.slots = 4 * t.n > CH_TAG_SLOTS_MAX ? CH_TAG_SLOTS_MAX : 4 * t.n;
+    for (p = skip_ws(close + 1); *p; p = skip_ws(p)) {
+        size_t len = strcspn(p, " \t\r\n");
+        if (len > 6 && strncmp(p, "slots=", 6) == 0) {
+            long m = strtol(p + 6, &end, 10);
+            if (end != p + len || m < t.n || m > CH_TAG_SLOTS_MAX) {
+                return fail(errbuf, errlen, -EINVAL, "bad slots '%.*s' (N..%d)", (int)len, p,
+                            CH_TAG_SLOTS_MAX);
+            }
+            t.slots = (int)m;
+        } else if (len > 8 && strncmp(p, "default=", 8) == 0) {
+            return fail(errbuf, errlen, -EINVAL, "a tag has no default");
+        } else {
+            int r = parse_option(fs, &t.f, p, len, errbuf, errlen);
+            if (r < 0) {
+                return r;
+            }
+        }
+        p += len;
+    }
+    /* the canonical spec: the feature's filters and half-life after top(...) */
+    format_spec(fs, &t.f);
+    const char *rest = strchr(t.f.spec, ' ');
+    const char *dflt = strstr(t.f.spec, " default=");
+    snprintf(t.spec, sizeof(t.spec), "top(%s, %d)%.*s slots=%d", text_names[t.text], t.n,
+             rest && dflt ? (int)(dflt - rest) : 0, rest ? rest : "", t.slots);
+    fs->tags[fs->n_tags++] = t;
+    return 0;
+}
+
+size_t ch_features_tag_count(const ch_features_t *fs) { return fs->n_tags; }
+
+const char *ch_features_tag_name(const ch_features_t *fs, size_t i) { return fs->tags[i].name; }
+
+const char *ch_features_tag_spec(const ch_features_t *fs, size_t i) { return fs->tags[i].spec; }
+
+/* Is slot a (weight wa) ahead of slot b: heavier, or as heavy with smaller bytes? */
+static bool tag_before(const double *a, const double *b) {
+    if (a[0] != b[0]) {
+        return a[0] > b[0];
+    }
+    size_t la = (size_t)a[1], lb = (size_t)b[1];
+    int c = memcmp(a + 2, b + 2, la < lb ? la : lb);
+    return c < 0 || (c == 0 && la < lb);
+}
+
+size_t ch_features_tag_read(const ch_features_t *fs, const double *state, size_t i,
+                            const char **vals, size_t *lens, double *weights) {
+    const tag_t *t = &fs->tags[i];
+    const double *s = state + t->f.off;
+    const double *top[CH_TAG_TOP_MAX];
+    size_t n = 0;
+    for (int j = 0; j < t->slots; j++) {
+        const double *x = s + SLOT * j;
+        if (x[1] < 0 || !(x[0] > 0)) {
+            continue;
+        }
+        size_t at = n < (size_t)t->n ? n++ : (size_t)t->n;
+        if (at == (size_t)t->n) {
+            if (!tag_before(x, top[n - 1])) {
+                continue;
+            }
+            at = n - 1;
+        }
+        while (at > 0 && tag_before(x, top[at - 1])) { /* insertion, heaviest first */
+            top[at] = top[at - 1];
+            at--;
+        }
+        top[at] = x;
+    }
+    for (size_t k = 0; k < n; k++) {
+        vals[k] = (const char *)(top[k] + 2);
+        lens[k] = (size_t)top[k][1];
+        if (weights) {
+            weights[k] = top[k][0];
+        }
+    }
+    return n;
 }
 
 size_t ch_features_count(const ch_features_t *fs) {
@@ -622,6 +769,9 @@ double ch_features_longest_half_life(const ch_features_t *fs) {
             hl = f->half_life_ms;
         }
     }
+    for (size_t i = 0; i < fs->n_tags; i++) {
+        hl = fs->tags[i].f.half_life_ms > hl ? fs->tags[i].f.half_life_ms : hl;
+    }
     return hl;
 }
 
@@ -642,6 +792,8 @@ void ch_features_obs_text(const ch_features_t *fs, ch_obs_t *obs, ch_text_field_
         return;
     }
     obs->text_present |= 1u << k;
+    obs->text[k] = v;
+    obs->text_len[k] = len;
     for (size_t i = 0; i < fs->n_values[k]; i++) {
         if (fs->value_lens[k][i] == len && memcmp(fs->values[k][i], v, len) == 0) {
             obs->value_mask[k] = UINT64_C(1) << i;
@@ -656,6 +808,13 @@ void ch_features_obs_text(const ch_features_t *fs, ch_obs_t *obs, ch_text_field_
 }
 
 void ch_features_state_init(const ch_features_t *fs, double *state) {
+    for (size_t i = 0; i < fs->n_tags; i++) {
+        double *s = state + fs->tags[i].f.off;
+        memset(s, 0, SLOT * (size_t)fs->tags[i].slots * sizeof(double));
+        for (int j = 0; j < fs->tags[i].slots; j++) {
+            s[SLOT * j + 1] = -1; /* empty */
+        }
+    }
     for (size_t i = 0; i < fs->n_feats; i++) {
         const feature_t *f = &fs->feats[i];
         for (size_t j = 0; j < state_width(f); j++) {
@@ -799,10 +958,47 @@ static double distinct_read(const feature_t *f, const double *s, int64_t t_ref) 
     return est > (double)live ? est : (double)live;
 }
 
+/* A tag's slots: decay (factor NULL: the reference time did not move), then the value's
+ * weight, Space-Saving style: its slot, a free one, or the lightest one, which it takes
+ * over with that weight plus its own (an overestimate only once the user has had more
+ * values than slots). */
+static void tag_update(const tag_t *t, double *s, const double *factor, const double *weight,
+                       const ch_obs_t *obs) {
+    double fac = factor ? factor[t->f.hl_index] : 1.0;
+    if (fac != 1.0) {
+        for (int j = 0; j < t->slots; j++) {
+            s[SLOT * j] *= fac;
+        }
+    }
+    if (!(obs->text_present & (1u << t->text)) || !matches(&t->f, obs)) {
+        return;
+    }
+    const char *v = obs->text[t->text];
+    size_t len = obs->text_len[t->text];
+    len = len > CH_TAG_VALUE_MAX ? CH_TAG_VALUE_MAX : len;
+    double *free_slot = NULL, *light = NULL;
+    for (int j = 0; j < t->slots; j++) {
+        double *x = s + SLOT * j;
+        if (x[1] < 0) {
+            free_slot = free_slot ? free_slot : x;
+        } else if ((size_t)x[1] == len && memcmp(x + 2, v, len) == 0) {
+            x[0] += weight[t->f.hl_index];
+            return;
+        } else if (!light || x[0] < light[0]) {
+            light = x;
+        }
+    }
+    double *x = free_slot ? free_slot : light;
+    x[0] = (free_slot ? 0 : x[0]) + weight[t->f.hl_index];
+    x[1] = (double)len;
+    memset(x + 2, 0, CH_TAG_VALUE_MAX);
+    memcpy(x + 2, v, len);
+}
+
 void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_ms,
                         const ch_obs_t *obs) {
-    double factor[CH_FEATURES_MAX];
-    double weight[CH_FEATURES_MAX];
+    double factor[CH_FEATURES_MAX + CH_TAGS_MAX];
+    double weight[CH_FEATURES_MAX + CH_TAGS_MAX];
     bool advance = false;
 
     if (*t_ref_ms == INT64_MIN || obs->ts_ms >= *t_ref_ms) {
@@ -904,6 +1100,9 @@ void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_m
         case CH_FEAT_DISTINCT:
             break;
         }
+    }
+    for (size_t i = 0; i < fs->n_tags; i++) {
+        tag_update(&fs->tags[i], state + fs->tags[i].f.off, advance ? factor : NULL, weight, obs);
     }
 }
 

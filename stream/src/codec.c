@@ -1356,6 +1356,19 @@ int ch_encode_profile(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
     }
     r = r ? r : put_long(b, 0); /* end of the features array */
     r = r ? r : put_opt_str(b, p->model_version, p->model_version ? strlen(p->model_version) : 0);
+    if (!r && p->with_tags && p->n_tags) { /* map<array<string>>: one block */
+        r = put_long(b, (int64_t)p->n_tags);
+        for (size_t i = 0; !r && i < p->n_tags; i++) {
+            const ch_tag_values_t *t = &p->tags[i];
+            r = put_str(b, t->name, strlen(t->name));
+            r = r || !t->n ? r : put_long(b, (int64_t)t->n);
+            for (size_t k = 0; !r && k < t->n; k++) {
+                r = put_str(b, t->vals[k], t->lens[k]);
+            }
+            r = r ? r : put_long(b, 0);
+        }
+    }
+    r = r || !p->with_tags ? r : put_long(b, 0); /* end of the map */
     return r;
 }
 

@@ -136,8 +136,24 @@ int ch_json_encode_profile(ch_buf_t *b, const ch_profile_t *p) {
     r = r ? r : LIT(b, "],\"model_version\":");
     r = r ? r
           : opt_string(b, p->model_version, p->model_version ? strlen(p->model_version) : 0);
+    r = r || !p->with_tags ? r : ch_json_tags(b, p->tags, p->n_tags);
     r = r ? r : LIT(b, "}");
     return r;
+}
+
+int ch_json_tags(ch_buf_t *b, const ch_tag_values_t *tags, size_t n) {
+    int r = LIT(b, ",\"tags\":{");
+    for (size_t i = 0; !r && i < n; i++) {
+        r = i ? LIT(b, ",") : 0;
+        r = r ? r : ch_json_string(b, tags[i].name, strlen(tags[i].name));
+        r = r ? r : LIT(b, ":[");
+        for (size_t k = 0; !r && k < tags[i].n; k++) {
+            r = k ? LIT(b, ",") : 0;
+            r = r ? r : ch_json_string(b, tags[i].vals[k], tags[i].lens[k]);
+        }
+        r = r ? r : LIT(b, "]");
+    }
+    return r ? r : LIT(b, "}");
 }
 
 int ch_json_reasons(ch_buf_t *b, const ch_reason_t *reasons, size_t n) {

@@ -21,6 +21,10 @@
 #define CH_FEATURE_NAME_MAX 64
 #define CH_DISTINCT_K_DEFAULT 32 /* distinct(): exact up to k values in the window */
 #define CH_DISTINCT_K_MAX 1024
+#define CH_TAGS_MAX 16      /* tags.<name> per set */
+#define CH_TAG_TOP_MAX 16   /* top(field, N): N at most */
+#define CH_TAG_SLOTS_MAX 64 /* values a tag keeps per user */
+#define CH_TAG_VALUE_MAX 64 /* bytes kept of a value (longer ones are cut) */
 
 typedef enum ch_feat_kind {
     CH_FEAT_COUNT,
@@ -53,6 +57,8 @@ typedef struct ch_obs {
     uint64_t value_mask[CH_TEXT_N]; /* filter values equal to the event's text field */
     uint64_t text_hash[CH_TEXT_N];  /* 52-bit hash of the value (distinct()) */
     unsigned text_present;          /* bit k: the event has text field k */
+    const char *text[CH_TEXT_N];    /* the values (tags keep them) */
+    size_t text_len[CH_TEXT_N];
     uint64_t present_mask;
     const double *values;
 } ch_obs_t;
@@ -88,6 +94,32 @@ ch_features_t *ch_features_free(ch_features_t *fs);
  */
 int ch_features_add(ch_features_t *fs, const char *name, const char *spec, char *errbuf,
                     size_t errlen);
+
+/**
+ * @brief Declare an interest tag: a user's heaviest values of a text field.
+ * @param spec "top(<item|category|type>, N) [filters] [half_life=<duration>|inf]
+ *        [slots=M]": the N values of largest decayed count (Space-Saving over M slots,
+ *        default 4N, at most CH_TAG_SLOTS_MAX: exact while a user has at most M values).
+ * @returns 0, -EINVAL, -E2BIG, -EBUSY (sealed).
+ */
+int ch_features_add_tag(ch_features_t *fs, const char *name, const char *spec, char *errbuf,
+                        size_t errlen);
+
+/** @brief Number of declared tags. */
+size_t ch_features_tag_count(const ch_features_t *fs);
+/** @brief Name of tag i. */
+const char *ch_features_tag_name(const ch_features_t *fs, size_t i);
+/** @brief Canonical spec of tag i. */
+const char *ch_features_tag_spec(const ch_features_t *fs, size_t i);
+
+/**
+ * @brief A user's values of tag i, heaviest first (equal weights: by bytes), at most N.
+ * @param vals, lens, weights at least CH_TAG_TOP_MAX entries; vals point into state
+ *        (not NUL-terminated). weights may be NULL.
+ * @returns the count (values of weight 0 never appear).
+ */
+size_t ch_features_tag_read(const ch_features_t *fs, const double *state, size_t i,
+                            const char **vals, size_t *lens, double *weights);
 
 /**
  * @brief Freeze the set and compute the per-user state layout.

@@ -60,7 +60,16 @@ typedef struct ch_event_view {
     int32_t schema_id;       /* writer schema id; -1 for plain framing */
 } ch_event_view_t;
 
-/* A profile update as published (conf/schemas/profile_update.avsc). */
+/* The values of one interest tag, heaviest first. */
+typedef struct ch_tag_values {
+    const char *name;
+    const char *const *vals; /* not NUL-terminated */
+    const size_t *lens;
+    size_t n;
+} ch_tag_values_t;
+
+/* A profile update as published (conf/schemas/profile_update.avsc; with tags,
+ * profile_update_v2.avsc). */
 typedef struct ch_profile {
     const char *user_id;
     size_t user_id_len;
@@ -75,6 +84,9 @@ typedef struct ch_profile {
     const float *features;
     size_t n_features;
     const char *model_version; /* NULL: null */
+    bool with_tags;            /* version 2: the tags field (possibly empty) */
+    const ch_tag_values_t *tags;
+    size_t n_tags;
 } ch_profile_t;
 
 /* One reason code of a risk update. */

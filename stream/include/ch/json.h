@@ -24,6 +24,10 @@ int ch_json_string(ch_buf_t *b, const char *s, size_t n);
 int ch_json_float(ch_buf_t *b, float v);
 int ch_json_double(ch_buf_t *b, double v);
 
+/** @brief Append ,"tags":{name: [values...], ...} (the field with its leading comma).
+ *  @returns 0, -ENOMEM. */
+int ch_json_tags(ch_buf_t *b, const ch_tag_values_t *tags, size_t n);
+
 /** @brief Append reason codes as [{"feature": ..., "contribution": ...}, ...].
  *  @returns 0, -ENOMEM. */
 int ch_json_reasons(ch_buf_t *b, const ch_reason_t *reasons, size_t n);

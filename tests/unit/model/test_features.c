@@ -471,6 +471,50 @@ static void test_distinct_estimate(void **st) {
     assert_true(sum_abs / TRIALS < 0.08);
 }
 
+/* Tags: the heaviest values under decay, ties by bytes; Space-Saving past the slots. */
+static void test_tags(void **st) {
+    (void)st;
+    static const char *const decls[] = {"n", "count", NULL};
+    cat_t c;
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(ch_features_new(H, &c.fs), 0);
+    char err[256];
+    assert_int_equal(ch_features_add(c.fs, decls[0], decls[1], err, sizeof(err)), 0);
+    assert_int_equal(ch_features_add_tag(c.fs, "cats", "top( category , 2) type!=refund slots=3",
+                                         err, sizeof(err)),
+                     0);
+    assert_int_equal(ch_features_add_tag(c.fs, "x", "top(amount, 2)", err, sizeof(err)), -EINVAL);
+    assert_int_equal(ch_features_add_tag(c.fs, "x", "top(item, 2) slots=1", err, sizeof(err)),
+                     -EINVAL);
+    assert_string_equal(ch_features_tag_spec(c.fs, 0),
+                        "top(category, 2) type!=refund half_life=1h slots=3");
+    assert_int_equal(ch_features_seal(c.fs), 0);
+    c.state = calloc(ch_features_state_len(c.fs), sizeof(double));
+    ch_features_state_init(c.fs, c.state);
+    c.t_ref = INT64_MIN;
+    const char *vals[CH_TAG_TOP_MAX];
+    size_t lens[CH_TAG_TOP_MAX];
+    double w[CH_TAG_TOP_MAX];
+    cat_feed(&c, 0, "buy", NULL, "books");
+    cat_feed(&c, 0, "buy", NULL, "games");
+    cat_feed(&c, 0, "refund", NULL, "toys"); /* filtered out */
+    assert_int_equal(ch_features_tag_read(c.fs, c.state, 0, vals, lens, w), 2);
+    assert_memory_equal(vals[0], "books", 5); /* a tie: by bytes */
+    assert_memory_equal(vals[1], "games", 5);
+    cat_feed(&c, H, "buy", NULL, "games"); /* books 0.5, games 1.5 */
+    assert_int_equal(ch_features_tag_read(c.fs, c.state, 0, vals, lens, w), 2);
+    assert_memory_equal(vals[0], "games", 5);
+    assert_double_equal(w[0], 1.5, 1e-12);
+    assert_double_equal(w[1], 0.5, 1e-12);
+    cat_feed(&c, H, "buy", NULL, "music"); /* the third slot */
+    cat_feed(&c, H, "buy", NULL, "films"); /* no slot left: takes books' (0.5) + 1 */
+    assert_int_equal(ch_features_tag_read(c.fs, c.state, 0, vals, lens, w), 2);
+    assert_memory_equal(vals[0], "films", 5);
+    assert_double_equal(w[0], 1.5, 1e-12);
+    assert_memory_equal(vals[1], "games", 5); /* 1.5 too: "films" < "games" */
+    cat_done(&c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decay_in_order),
@@ -488,6 +532,7 @@ int main(void) {
         cmocka_unit_test(test_text_filters_and_share),
         cmocka_unit_test(test_distinct_exact_in_any_order),
         cmocka_unit_test(test_distinct_estimate),
+        cmocka_unit_test(test_tags),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -106,6 +106,19 @@ static void test_profile_and_risk_objects(void **st) {
     assert_buf(&b, "{\"user_id\":\"u\\\"1\",\"event_id\":null,\"ts\":1700000000123,"
                    "\"segment\":null,\"segment_generation\":null,\"segment_distance\":null,"
                    "\"previous_segment\":null,\"features\":[],\"model_version\":null}");
+    /* version 2: tags, heaviest first; a tag without values is an empty array */
+    const char *const vals[] = {"books", "toy\"s"};
+    const size_t lens[] = {5, 5};
+    const ch_tag_values_t tags[] = {{"cats", vals, lens, 2}, {"seen", vals, lens, 0}};
+    p.with_tags = true;
+    p.tags = tags;
+    p.n_tags = 2;
+    assert_int_equal(ch_json_encode_profile(&b, &p), 0);
+    assert_buf(&b, "{\"user_id\":\"u\\\"1\",\"event_id\":null,\"ts\":1700000000123,"
+                   "\"segment\":null,\"segment_generation\":null,\"segment_distance\":null,"
+                   "\"previous_segment\":null,\"features\":[],\"model_version\":null,"
+                   "\"tags\":{\"cats\":[\"books\",\"toy\\\"s\"],\"seen\":[]}}");
+    p.with_tags = false;
 
     const ch_reason_t reasons[] = {{"amt_sum_1d", 2.5f}, {"n_tx_1h", 0.75f}};
     ch_risk_t k = {.user_id = "u2",
