@@ -5,6 +5,7 @@ Run with Debian's /usr/bin/python3 (python3-confluent-kafka, python3-avro).
 Environment: CH_BUILD_DIR (binaries), CH_SOURCE_DIR (repo), CH_DATA_DIR (../shared/data).
 """
 import csv
+import datetime
 import http.client
 import io
 import math
@@ -359,6 +360,22 @@ def offline_features(events, specs, default_hl):
         values[name] = v
         out.append(v)
     return q, out
+
+
+def rees46_rows(path=None):
+    """The REES46 sample's events in file order as (ts_ms, event_type, product_id,
+    category_code or "", price, user_id); stops at the sample's last line, which is cut
+    short (cohort-replay stops there too)."""
+    path = path or os.path.join(DATA, "rees46-2019-oct-sample.csv")
+    with open(path) as f:
+        next(f)
+        for line in f:
+            c = line.rstrip("\n").split(",")
+            if len(c) != 9:
+                return
+            t = datetime.datetime.strptime(c[0], "%Y-%m-%d %H:%M:%S UTC").replace(
+                tzinfo=datetime.timezone.utc)
+            yield int(t.timestamp() * 1000), c[1], c[2], c[4], float(c[6]), c[7]
 
 
 def sparkov_rows(path=None):

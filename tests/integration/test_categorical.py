@@ -15,10 +15,9 @@ import os
 import re
 import sys
 import tempfile
-from datetime import datetime, timezone
 
 from harness import (DATA, REPLAY, SCHEMAS, Broker, Daemon, avro_reader, consume,
-                     decode_confluent, log, offline_features, run)
+                     decode_confluent, log, offline_features, rees46_rows, run)
 
 REL = 1e-5  # float32 outputs
 REES46 = [
@@ -55,17 +54,11 @@ def write_conf(tmp, name, features):
 
 def rees46_users():
     users = {}
-    with open(os.path.join(DATA, "rees46-2019-oct-sample.csv")) as f:
-        next(f)
-        for line in f:
-            c = line.rstrip("\n").split(",")
-            if len(c) != 9:
-                break  # the sample's last line is cut short; cohort-replay stops there too
-            t = datetime.strptime(c[0], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
-            fields = {"amount": float(c[6]), "@item": c[2]}
-            if c[4]:
-                fields["@category"] = c[4]
-            users.setdefault(c[7], []).append((int(t.timestamp() * 1000), c[1], fields))
+    for ts, ty, item, cat, price, user in rees46_rows():
+        fields = {"amount": price, "@item": item}
+        if cat:
+            fields["@category"] = cat
+        users.setdefault(user, []).append((ts, ty, fields))
     return users
 
 

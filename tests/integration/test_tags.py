@@ -19,12 +19,11 @@ import json
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
 
 import avro.io
 import avro.schema
 
-from harness import (DATA, REPLAY, SCHEMAS, Broker, Daemon, consume, log, run)
+from harness import DATA, REPLAY, SCHEMAS, Broker, Daemon, consume, log, rees46_rows, run
 
 # (name, spec, field, type filter, N, half-life ms, slots)
 TAGS = [("categories", "top(category, 3) half_life=1h", "category", None, 3, 3.6e6, 12),
@@ -36,15 +35,9 @@ TIE = 1e-9
 
 def events():
     users, n = {}, 0
-    with open(os.path.join(DATA, "rees46-2019-oct-sample.csv")) as f:
-        next(f)
-        for line in f:
-            c = line.rstrip("\n").split(",")
-            if len(c) != 9:
-                break  # the sample's last line is cut short; cohort-replay stops there too
-            t = datetime.strptime(c[0], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
-            users.setdefault(c[7], []).append((int(t.timestamp() * 1000), c[1], c[2], c[4]))
-            n += 1
+    for ts, ty, item, cat, _, user in rees46_rows():
+        users.setdefault(user, []).append((ts, ty, item, cat))
+        n += 1
     return users, n
 
 
