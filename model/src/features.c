@@ -11,22 +11,24 @@
  *   (West's weighted incremental mean/variance: stable, and exactly 0 for
  *   constant input), max [M] (-inf = none), since_last [t_last] (-inf = none),
  *   ratio [] (computed from two earlier features at read time), share [C_match C_all],
- *   distinct [n, then up to 3k (hash, last time) pairs].
+ *   distinct [n, t_lost, then up to 3k (hash, last time) pairs].
  * - Filters: each text field (type, item, category) has its own table of up to 64
  *   values named in filters; an observation carries, per field, the bit mask of the
  *   values it equals, so a filter is one AND (negated: its complement).
- * - distinct(field) window=W k=K: a bottom-k sketch (KMV, Bar-Yossef et al. 2002) made
- *   to slide: each kept hash carries the latest time its value was seen. A pair is
- *   dropped when it leaves the window, or when K pairs with smaller hashes were seen
- *   at least as late (it can never again be among the K smallest live hashes), so
- *   the result does not depend on arrival order. Read: the live pairs, exactly, while
- *   fewer than K; else (K - 1) / u_K with u_K the K-th smallest live hash in [0, 1)
- *   (relative standard error about 1 / sqrt(K - 2)), and never below the live count.
- *   The pairs needed number about K (ln(n / K) + 0.58) for n values in the window;
- *   past 3K (n beyond about 11 K) the largest hash goes, which is exact while nothing
- *   leaves the window and may undercount once the older small hashes expire. Pairs
- *   are kept in hash order (insert: binary search and a move; prune: one pass with
- *   a heap of k times; read: one pass).
+ * - distinct(field) window=W k=K: up to 3K (hash, latest time seen) pairs, in hash
+ *   order. While the window's values fit, every one is kept and the count is exact.
+ *   When 3K pairs are live, the sketch becomes a bottom-k one (KMV, Bar-Yossef et al.
+ *   2002) made to slide: a pair goes when K pairs with smaller hashes were seen at
+ *   least as late (it can never again be among the K smallest live hashes), and t_lost
+ *   records the latest time of a value so dropped. Read: the live pairs, exactly, if
+ *   fewer than K or if no dropped value can still be in the window (t_lost older than
+ *   W); else (K - 1) / u_K with u_K the K-th smallest live hash in [0, 1) (relative
+ *   standard error about 1 / sqrt(K - 2)), never below the live count. The pairs the
+ *   sketch needs number about K (ln(n / K) + 0.58) for n values in the window; past
+ *   3K (n beyond about 11 K) the largest hash goes too. Exact counts do not depend on
+ *   arrival order; an estimate can (whether it was needed depends on when pairs were
+ *   dropped). Insert: binary search and a move; prune: one pass with a heap of K
+ *   times; read: one pass.
  * - Decay factors are computed once per distinct half-life per update.
  * - Invariant: after seal, the set is immutable; update/read never allocate.
  */
@@ -574,7 +576,7 @@ static size_t state_width(const feature_t *f) {
     case CH_FEAT_RATIO:
         return 0;
     case CH_FEAT_DISTINCT:
-        return 1 + 6 * (size_t)f->k; /* n, then 3k (hash, time) pairs */
+        return 2 + 6 * (size_t)f->k; /* n, t_lost, then 3k (hash, time) pairs */
     }
     return 0;
 }
@@ -823,6 +825,9 @@ void ch_features_state_init(const ch_features_t *fs, double *state) {
         if (f->kind == CH_FEAT_MAX || f->kind == CH_FEAT_SINCE_LAST) {
             state[f->off] = -INFINITY;
         }
+        if (f->kind == CH_FEAT_DISTINCT) {
+            state[f->off + 1] = -INFINITY;
+        }
     }
 }
 
@@ -844,7 +849,8 @@ static bool matches(const feature_t *f, const ch_obs_t *obs) {
     return true;
 }
 
-/* distinct(): s[0] pairs (hash, time) from s[1], in increasing hash order. */
+/* distinct(): s[0] pairs (hash, time) from s[2], in increasing hash order; s[1] the
+ * latest time of a value dropped while it could still be in the window (-inf: none). */
 
 /* The index of the first pair whose hash is >= h. */
 static size_t distinct_find(const double *e, size_t n, double h) {
@@ -893,22 +899,34 @@ static void heap_push(double *heap, int *n, int k, double t) {
     heap[i] = t;
 }
 
-/* Drops the pairs out of the window at t_ref, and those that k pairs of smaller hashes
- * outlive (seen at least as late): one pass in hash order, O(n log k). Returns the
- * count left. */
+/* Makes room: drops the pairs out of the window at t_ref; if that frees nothing, those
+ * that k pairs of smaller hashes outlive (seen at least as late: one pass in hash order
+ * with a heap of k times, O(n log k)), whose values may still be in the window: s[1]
+ * keeps the latest time of such a value. Returns the count left. */
 static size_t distinct_prune(double *s, int k, double window_ms, int64_t t_ref) {
     size_t n = (size_t)s[0], out = 0;
-    double *e = s + 1, heap[CH_DISTINCT_K_MAX];
-    int in_heap = 0;
+    double *e = s + 2, heap[CH_DISTINCT_K_MAX];
     for (size_t i = 0; i < n; i++) {
-        double h = e[2 * i], t = e[2 * i + 1];
-        if ((double)t_ref - t >= window_ms || (in_heap == k && heap[0] >= t)) {
-            continue;
+        if ((double)t_ref - e[2 * i + 1] < window_ms) {
+            e[2 * out] = e[2 * i];
+            e[2 * out + 1] = e[2 * i + 1];
+            out++;
         }
-        e[2 * out] = h;
-        e[2 * out + 1] = t;
-        out++;
-        heap_push(heap, &in_heap, k, t);
+    }
+    if (out == n) {
+        int in_heap = 0;
+        out = 0;
+        for (size_t i = 0; i < n; i++) {
+            double h = e[2 * i], t = e[2 * i + 1];
+            if (in_heap == k && heap[0] >= t) {
+                s[1] = t > s[1] ? t : s[1];
+                continue;
+            }
+            e[2 * out] = h;
+            e[2 * out + 1] = t;
+            out++;
+            heap_push(heap, &in_heap, k, t);
+        }
     }
     s[0] = (double)out;
     return out;
@@ -919,7 +937,7 @@ static void distinct_add(const feature_t *f, double *s, int64_t t_ref, double h,
         return; /* already out of the window */
     }
     size_t n = (size_t)s[0], cap = 3 * (size_t)f->k;
-    double *e = s + 1;
+    double *e = s + 2;
     size_t i = distinct_find(e, n, h);
     if (i < n && e[2 * i] == h) {
         if (t > e[2 * i + 1]) {
@@ -932,6 +950,8 @@ static void distinct_add(const feature_t *f, double *s, int64_t t_ref, double h,
         i = distinct_find(e, n, h);
     }
     if (n == cap) { /* every pair may still count: the largest hash goes */
+        double lost = i == n ? t : e[2 * (n - 1) + 1];
+        s[1] = lost > s[1] ? lost : s[1];
         if (i == n) {
             return;
         }
@@ -947,12 +967,12 @@ static double distinct_read(const feature_t *f, const double *s, int64_t t_ref) 
     size_t n = (size_t)s[0], live = 0;
     double h_k = 0;
     for (size_t i = 0; i < n; i++) {
-        if ((double)t_ref - s[2 + 2 * i] < f->window_ms && ++live == (size_t)f->k) {
-            h_k = s[1 + 2 * i];
+        if ((double)t_ref - s[3 + 2 * i] < f->window_ms && ++live == (size_t)f->k) {
+            h_k = s[2 + 2 * i];
         }
     }
-    if (live < (size_t)f->k) {
-        return (double)live;
+    if (live < (size_t)f->k || !((double)t_ref - s[1] < f->window_ms)) {
+        return (double)live; /* no value of the window was dropped: the exact count */
     }
     double est = (f->k - 1) / ((h_k + 1.0) / (double)(UINT64_C(1) << HASH_BITS));
     return est > (double)live ? est : (double)live;

@@ -6,8 +6,10 @@ in the window):
 - filters on type, item and category, with = and != (a missing category passes !=);
 - share of the filtered events in all events (decayed);
 - distinct(item|category) window=W k=K: equal to the exact count for every user whose
-  window holds fewer than K values; beyond, within 4 standard errors of the sketch
-  (1 / sqrt(K - 2)), and the number of users in that regime is reported.
+  window holds fewer than 3K values (all are kept), which at these K is every user of
+  both samples, many with more than K values (reported); beyond 3K, within 4 standard
+  errors of the sketch (1 / sqrt(K - 2)). The estimate itself is measured by the unit
+  test (10,000 values, K = 256): at K <= 8 its tail is too wide to bound usefully.
 """
 import csv
 import math
@@ -93,7 +95,7 @@ def replay(dataset, conf, n):
 
 def compare(what, features, users, got):
     assert set(got) == set(users), f"{what}: {len(got)} users vs {len(users)}"
-    estimated = {n: 0 for n, s in features if s.startswith("distinct")}
+    beyond_k = {n: 0 for n, s in features if s.startswith("distinct")}
     errors = []
     worst = 0.0
     for u, evs in users.items():
@@ -101,13 +103,13 @@ def compare(what, features, users, got):
         for (name, spec), a, b in zip(features, got[u], ref):
             if spec.startswith("distinct"):
                 k = int(re.search(r"k=(\d+)", spec).group(1))
-                if b < k:
+                if b < 3 * k:
                     assert a == b, f"{what}: user {u} {name} = {a}, exactly {b}"
                 else:
-                    estimated[name] += 1
                     errors.append(abs(a / b - 1))
                     assert abs(a / b - 1) <= 4 / math.sqrt(k - 2), \
                         f"{what}: user {u} {name} = {a}, exactly {b} (k = {k})"
+                beyond_k[name] += b >= k
                 continue
             err = abs(a - b) / max(1.0, abs(b))
             assert err < REL, f"{what}: user {u} {name} = {a}, offline {b}"
@@ -116,9 +118,10 @@ def compare(what, features, users, got):
                for i, (name, _) in enumerate(features)}
     assert all(nonzero.values()), f"{what}: a feature never fires: {nonzero}"
     log(f"{what}: {len(users)} users, {len(features)} categorical features equal the offline "
-        f"computation (worst relative {worst:.1e}); distinct() beyond k (within 4 standard "
-        f"errors) for {estimated} users (mean relative error "
-        f"{sum(errors) / max(1, len(errors)):.1%}), exact for the rest")
+        f"computation (worst relative {worst:.1e}); distinct() exact for every user whose "
+        f"window held fewer than 3k values, including those with more than k "
+        f"({beyond_k}); {len(errors)} answers beyond 3k within 4 standard errors (mean "
+        f"relative error {sum(errors) / max(1, len(errors)):.1%})")
 
 
 def main():
