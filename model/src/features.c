@@ -421,9 +421,9 @@ static int parse_option(ch_features_t *fs, feature_t *f, const char *tok, size_t
         return 0;
     }
     if (klen == 9 && memcmp(tok, "half_life", 9) == 0) {
-        if (f->kind == CH_FEAT_DISTINCT || f->kind == CH_FEAT_SINCE_LAST) {
-            return fail(errbuf, errlen, -EINVAL, "%s does not decay%s", kind_names[f->kind],
-                        f->kind == CH_FEAT_DISTINCT ? " (it counts over window=)" : "");
+        if (f->kind == CH_FEAT_DISTINCT) { /* since_last has always taken (and ignored) it */
+            return fail(errbuf, errlen, -EINVAL,
+                        "distinct does not decay (it counts over window=)");
         }
         double ms;
         if (ch_duration_parse(val, &ms) < 0 || !(ms > 0)) {
