@@ -373,6 +373,8 @@ static void test_text_filters_and_share(void **st) {
     assert_int_equal(ch_features_add(fs, "d", "distinct(item) half_life=1h", err, sizeof(err)),
                      -EINVAL);
     assert_int_equal(ch_features_add(fs, "d", "count item=a item=b", err, sizeof(err)), -EINVAL);
+    /* since_last takes half_life= (ignored), as configurations written before have it */
+    assert_int_equal(ch_features_add(fs, "sl", "since_last half_life=1h", err, sizeof(err)), 0);
     ch_features_free(fs);
 }
 
