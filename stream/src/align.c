@@ -131,6 +131,29 @@ bool ch_align_revoke(ch_align_t *a, int32_t partition, void (*drop)(void *item))
     return was_paused;
 }
 
+/* Room for need items in p's ring (doubling; the items move to its start). */
+static int grow(part_t *p, size_t need) {
+    if (need <= p->cap) {
+        return 0;
+    }
+    size_t cap = p->cap ? p->cap : 64;
+    while (cap < need) {
+        cap *= 2;
+    }
+    item_t *nq = malloc(cap * sizeof(*nq));
+    if (!nq) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < p->len; i++) {
+        nq[i] = p->q[(p->head + i) % p->cap];
+    }
+    free(p->q);
+    p->q = nq;
+    p->cap = cap;
+    p->head = 0;
+    return 0;
+}
+
 int ch_align_push(ch_align_t *a, int32_t partition, int64_t offset, int64_t ts_ms, void *item,
                   double now_s) {
     part_t *p = part_at(a, partition);
@@ -140,19 +163,8 @@ int ch_align_push(ch_align_t *a, int32_t partition, int64_t offset, int64_t ts_m
     if (!p->assigned) {
         reset(p, -1, now_s);
     }
-    if (p->len == p->cap) {
-        size_t cap = p->cap ? 2 * p->cap : 64;
-        item_t *nq = malloc(cap * sizeof(*nq));
-        if (!nq) {
-            return -ENOMEM;
-        }
-        for (size_t i = 0; i < p->len; i++) {
-            nq[i] = p->q[(p->head + i) % p->cap];
-        }
-        free(p->q);
-        p->q = nq;
-        p->cap = cap;
-        p->head = 0;
+    if (grow(p, p->len + 1) < 0) {
+        return -ENOMEM;
     }
     p->q[(p->head + p->len) % p->cap] = (item_t){item, ts_ms, offset};
     p->len++;
@@ -164,6 +176,27 @@ int ch_align_push(ch_align_t *a, int32_t partition, int64_t offset, int64_t ts_m
         p->next_off = offset + 1;
     }
     p->last_s = now_s;
+    return 0;
+}
+
+int ch_align_unpop(ch_align_t *a, int32_t partition, void *const *items, const int64_t *offsets,
+                   const int64_t *ts_ms, size_t n) {
+    part_t *p = part_at(a, partition);
+    if (!p) {
+        return partition < 0 ? -EINVAL : -ENOMEM;
+    }
+    if (!p->assigned) {
+        reset(p, -1, a->now_s);
+    }
+    if (grow(p, p->len + n) < 0) {
+        return -ENOMEM;
+    }
+    p->head = (p->head + p->cap - n % p->cap) % p->cap;
+    for (size_t i = 0; i < n; i++) {
+        p->q[(p->head + i) % p->cap] = (item_t){items[i], ts_ms[i], offsets[i]};
+    }
+    p->len += n;
+    a->held += n;
     return 0;
 }
 

@@ -41,6 +41,7 @@
 #define MAX_SCHEMA_BYTES (1 << 20)
 #define MAX_CONTAINER_ITEMS (1 << 20)
 #define MAX_DEPTH 32
+#define MAX_PROGRAMS 65536 /* writer schemas a decoder learns (directory and registry) */
 
 /* ---------------------------------------------------------------- errors */
 
@@ -499,8 +500,8 @@ struct ch_decoder {
     ch_mapping_t map;
     uint32_t required;   /* roles every record must have: user_id, ts, and those the reader
                             schema has without null (Avro: a reader field without default) */
-    program_t *programs; /* one per registered id */
-    size_t n_programs;
+    program_t *programs; /* one per known id: the schema directory's, then those added */
+    size_t n_programs, cap_programs;
     program_t plain;
     avro_schema_t reader;
     ch_attr_t attrs[CH_CODEC_MAX_ATTRS];
@@ -1064,6 +1065,80 @@ static int decode_rec(ch_decoder_t *d, cursor_t *c, const rec_t *rec, ch_event_v
     return 0;
 }
 
+static const program_t *find_program(const ch_decoder_t *d, int32_t id) {
+    for (size_t i = 0; i < d->n_programs; i++) {
+        if (d->programs[i].id == id) {
+            return &d->programs[i];
+        }
+    }
+    return NULL;
+}
+
+/* The schema id of a Confluent-framed message, or -1. */
+static int32_t framed_id(const unsigned char *p, size_t len) {
+    if (!p || len < 5 || p[0] != 0) {
+        return -1;
+    }
+    return (int32_t)((uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4]);
+}
+
+bool ch_decoder_unknown_id(const ch_decoder_t *d, const void *buf, size_t len, int32_t *ret_id) {
+    int32_t id = d->framing == CH_FRAMING_CONFLUENT ? framed_id(buf, len) : -1;
+    if (id < 0 || find_program(d, id)) {
+        return false;
+    }
+    *ret_id = id;
+    return true;
+}
+
+int ch_decoder_add_schema(ch_decoder_t *d, int32_t id, const char *json_text, size_t len,
+                          const char *why, char *errbuf, size_t errlen) {
+    if (id < 0) {
+        return -EINVAL;
+    }
+    if (find_program(d, id)) {
+        return -EEXIST;
+    }
+    if (d->n_programs == MAX_PROGRAMS) {
+        return fail(errbuf, errlen, -E2BIG, "more than %d writer schemas", MAX_PROGRAMS);
+    }
+    if (d->n_programs == d->cap_programs) {
+        size_t cap = d->cap_programs ? 2 * d->cap_programs : 16;
+        program_t *np = realloc(d->programs, cap * sizeof(*np));
+        if (!np) {
+            return -ENOMEM;
+        }
+        d->programs = np;
+        d->cap_programs = cap;
+    }
+    program_t *p = &d->programs[d->n_programs];
+    *p = (program_t){.id = id};
+    int r = 0;
+    avro_schema_t schema = NULL;
+    json_t *json = NULL;
+    char what[32];
+    snprintf(what, sizeof(what), "schema id %d", id);
+    if (!json_text) {
+        snprintf(p->err, sizeof(p->err), "%s", why ? why : "unknown");
+    } else if (len > MAX_SCHEMA_BYTES ||
+               avro_schema_from_json_length(json_text, len, &schema) != 0) {
+        r = fail(errbuf, errlen, -EINVAL, "%s: invalid Avro schema: %s", what,
+                 len > MAX_SCHEMA_BYTES ? "too large" : avro_strerror());
+        snprintf(p->err, sizeof(p->err), "%s", errbuf && errlen ? errbuf : "invalid Avro schema");
+    } else if (!(json = json_loadb(json_text, len, 0, NULL))) {
+        r = fail(errbuf, errlen, -EINVAL, "%s: not JSON", what);
+        snprintf(p->err, sizeof(p->err), "not JSON");
+    } else {
+        program_compile(p, &d->map, d->required, schema, json, what);
+    }
+    if (schema) {
+        avro_schema_decref(schema);
+    }
+    json_decref(json);
+    d->n_programs++; /* kept even when it fails: its records say why */
+    return r;
+}
+
 int ch_decoder_decode(ch_decoder_t *d, const void *buf, size_t len, ch_event_view_t *ret_ev,
                       char *errbuf, size_t errlen) {
     cursor_t c = {.p = buf, .end = (const unsigned char *)buf + len, .errbuf = errbuf,
@@ -1080,12 +1155,7 @@ int ch_decoder_decode(ch_decoder_t *d, const void *buf, size_t len, ch_event_vie
         id = (int32_t)((uint32_t)c.p[1] << 24 | (uint32_t)c.p[2] << 16 | (uint32_t)c.p[3] << 8 |
                        c.p[4]);
         c.p += 5;
-        prog = NULL;
-        for (size_t i = 0; i < d->n_programs; i++) {
-            if (d->programs[i].id == id) {
-                prog = &d->programs[i];
-            }
-        }
+        prog = find_program(d, id);
         if (!prog) {
             return fail(errbuf, errlen, -EPROTO, "unknown schema id %d", id);
         }
@@ -1213,7 +1283,8 @@ int ch_decoder_new(ch_schemas_t *schemas, const char *reader_path, ch_framing_t 
             return r;
         }
     } else if (schemas) {
-        d->programs = calloc(schemas->n ? schemas->n : 1, sizeof(program_t));
+        d->cap_programs = schemas->n ? schemas->n : 1;
+        d->programs = calloc(d->cap_programs, sizeof(program_t));
         if (!d->programs) {
             json_decref(reader_json);
             ch_decoder_free(d);

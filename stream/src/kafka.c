@@ -411,7 +411,9 @@ int ch_consumer_new(const ch_kafka_conf_t *conf, const char *topic,
 
 static void destroy_all(rd_kafka_message_t **held, size_t *n) {
     for (size_t i = 0; i < *n; i++) {
-        rd_kafka_message_destroy(held[i]);
+        if (held[i]) { /* NULL: given back (ch_consumer_unread) */
+            rd_kafka_message_destroy(held[i]);
+        }
     }
     *n = 0;
 }
@@ -757,6 +759,46 @@ int ch_consumer_hold(ch_consumer_t *c, int32_t partition, bool hold) {
         }
     }
     return 0;
+}
+
+int ch_consumer_unread(ch_consumer_t *c, int32_t partition, int64_t from) {
+    if (!c->align) {
+        return -ENOTSUP;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_held; i++) {
+        const rd_kafka_message_t *m = c->held[i];
+        n += m && !m->err && m->rkt && m->partition == partition && m->offset >= from;
+    }
+    void **items = malloc((n ? n : 1) * sizeof(*items));
+    int64_t *offs = malloc((n ? n : 1) * sizeof(*offs)), *ts = malloc((n ? n : 1) * sizeof(*ts));
+    int r = items && offs && ts ? 0 : -ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; r == 0 && i < c->n_held; i++) {
+        rd_kafka_message_t *m = c->held[i];
+        if (m && !m->err && m->rkt && m->partition == partition && m->offset >= from) {
+            rd_kafka_timestamp_type_t tt;
+            items[k] = m;
+            offs[k] = m->offset;
+            ts[k++] = rd_kafka_message_timestamp(m, &tt);
+        }
+    }
+    if (r == 0 && n > 0) {
+        r = ch_align_unpop(c->align, partition, items, offs, ts, n);
+    }
+    if (r == 0) {
+        for (size_t i = 0; i < c->n_held; i++) {
+            const rd_kafka_message_t *m = c->held[i];
+            if (m && !m->err && m->rkt && m->partition == partition && m->offset >= from) {
+                c->held[i] = NULL; /* the aligner has it now */
+            }
+        }
+        ch_align_hold(c->align, partition, true, mono_s());
+    }
+    free(items);
+    free(offs);
+    free(ts);
+    return r < 0 ? r : (int)n;
 }
 
 int ch_consumer_align(ch_consumer_t *c, int64_t max_skew_ms, double idle_s) {

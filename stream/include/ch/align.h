@@ -80,6 +80,14 @@ int ch_align_push(ch_align_t *a, int32_t partition, int64_t offset, int64_t ts_m
                   double now_s);
 
 /**
+ * @brief Put records a pop released back at the head of their partition, in front of
+ *        what it buffers (items[0] first; their offsets precede the buffered ones).
+ * @returns 0, -EINVAL, -ENOMEM (nothing was taken).
+ */
+int ch_align_unpop(ch_align_t *a, int32_t partition, void *const *items, const int64_t *offsets,
+                   const int64_t *ts_ms, size_t n);
+
+/**
  * @brief Tell which partitions still have records on the broker:
  *        high_watermark(opaque, partition) returns the partition's end offset, or -1
  *        if unknown (counts as having records). Call before ch_align_pop().

@@ -2,7 +2,8 @@
  * ch/codec.h - Avro codec for cohortd's events and outputs.
  *
  * Input: Confluent wire format (byte 0, 4-byte big-endian schema id, Avro binary)
- * with ids resolved from a local schema directory, or plain Avro binary with a
+ * with ids resolved from a local schema directory or learned at run time
+ * (ch_decoder_add_schema(), e.g. from a schema registry), or plain Avro binary with a
  * configured writer schema. Writer schemas are resolved against the reader
  * schema (conf/schemas/user_event.avsc) per Avro's rules: fields matched by name,
  * unknown writer fields skipped, optional reader fields defaulted, numeric
@@ -154,6 +155,24 @@ int ch_schemas_id_of(const ch_schemas_t *s, const char *file_name, int32_t *ret_
 int ch_decoder_new(ch_schemas_t *schemas, const char *reader_path, ch_framing_t framing,
                    const char *plain_writer_path, const ch_mapping_t *map,
                    ch_decoder_t **ret_decoder, char *errbuf, size_t errlen);
+
+/**
+ * @brief Learn the writer schema registered under id (e.g. fetched from a schema
+ *        registry), resolved against the reader schema and the mapping as the schema
+ *        directory's are.
+ * @param json_text the schema (Avro JSON, len bytes); NULL: the id is known not to
+ *        exist, and why (may be NULL) is what its records fail with.
+ * @returns 0; -EEXIST (id already known); -EINVAL (not an Avro schema: errbuf says why;
+ *          the id is kept as failing with that reason); -E2BIG (too many schemas);
+ *          -ENOMEM. A schema that cannot be resolved is kept with the reason, and its
+ *          records fail with -EPROTO, as for the directory's.
+ */
+int ch_decoder_add_schema(ch_decoder_t *d, int32_t id, const char *json_text, size_t len,
+                          const char *why, char *errbuf, size_t errlen);
+
+/** @brief Whether a message in Confluent framing names a schema id the decoder does not
+ *  know (false for other framing, or bytes too short to name one); *ret_id the id. */
+bool ch_decoder_unknown_id(const ch_decoder_t *d, const void *buf, size_t len, int32_t *ret_id);
 
 /** @brief Let go of the text of integer ids decoded so far (views become invalid). */
 void ch_decoder_release(ch_decoder_t *d);

@@ -138,6 +138,15 @@ int64_t ch_consumer_start_offset(const ch_consumer_t *c, int32_t partition);
 int ch_consumer_hold(ch_consumer_t *c, int32_t partition, bool hold);
 
 /**
+ * @brief Give back the records of a partition, from offset from on, that the last drain
+ *        handed out and the caller did not process: the partition is held
+ *        (ch_consumer_hold) and they come out again, in order, after it is released.
+ *        Their views stay valid until then.
+ * @returns how many were given back, -ENOTSUP (no aligner), -ENOMEM (none was).
+ */
+int ch_consumer_unread(ch_consumer_t *c, int32_t partition, int64_t from);
+
+/**
  * @brief How many partitions a topic has, from a metadata request for all topics (one
  *        naming the topic could have the broker create it). Blocks up to timeout_ms: for
  *        start-up.

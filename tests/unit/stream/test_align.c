@@ -333,6 +333,59 @@ static void test_no_skew_only_holds(void **state) {
     ch_align_free(a, drop);
 }
 
+/* Records handed out and given back (a partition waiting for a writer schema) leave
+ * again first, in offset order, once the hold ends; a ring that wrapped keeps order. */
+static void test_unpop_gives_back_in_order(void **state) {
+    (void)state;
+    ch_align_t *a = make(0, 60, 1000, 1000);
+    ch_align_assign(a, 0, 0, 0);
+    hw[0] = 1000;
+    for (int64_t off = 0; off < 70; off++) { /* past the first ring's 64 slots */
+        push(a, 0, off, off, 0);
+    }
+    rec_t *out[80];
+    assert_int_equal(pop(a, out, 60, 0), 60);
+    void *back[20];
+    int64_t offs[20], ts[20];
+    for (int i = 0; i < 20; i++) { /* offsets 40..59 */
+        back[i] = out[40 + i];
+        offs[i] = out[40 + i]->off;
+        ts[i] = out[40 + i]->ts;
+    }
+    push(a, 0, 70, 70, 0);
+    assert_int_equal(ch_align_unpop(a, 0, back, offs, ts, 20), 0);
+    ch_align_hold(a, 0, true, 0);
+    assert_int_equal(pop(a, out, 80, 0), 0);
+    ch_align_stats_t stt;
+    ch_align_stats(a, &stt);
+    assert_int_equal(stt.held, 31);
+    ch_align_hold(a, 0, false, 0);
+    assert_int_equal(pop(a, out, 80, 0), 31);
+    for (int i = 0; i < 31; i++) {
+        assert_int_equal(out[i]->off, 40 + i);
+    }
+    assert_int_equal(ch_align_unpop(a, -1, back, offs, ts, 1), -EINVAL);
+    ch_align_free(a, drop);
+
+    /* given back in front of a ring whose head is at 0: they wrap to its end */
+    a = make(0, 60, 1000, 1000);
+    ch_align_assign(a, 0, 0, 0);
+    hw[0] = 1000;
+    push(a, 0, 5, 5, 0);
+    push(a, 0, 6, 6, 0);
+    for (int i = 0; i < 5; i++) {
+        back[i] = mk(0, i, i);
+        offs[i] = i;
+        ts[i] = i;
+    }
+    assert_int_equal(ch_align_unpop(a, 0, back, offs, ts, 5), 0);
+    assert_int_equal(pop(a, out, 80, 0), 7);
+    for (int i = 0; i < 7; i++) {
+        assert_int_equal(out[i]->off, i);
+    }
+    ch_align_free(a, drop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_options_checked),
@@ -345,6 +398,7 @@ int main(void) {
         cmocka_unit_test(test_hold_buffers_and_holds_nobody_back),
         cmocka_unit_test(test_full_buffer_never_releases_held),
         cmocka_unit_test(test_no_skew_only_holds),
+        cmocka_unit_test(test_unpop_gives_back_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -246,6 +246,72 @@ static void test_unresolvable_ids(void **st) {
     ch_buf_done(&b);
 }
 
+/* Text of a schema file (for ch_decoder_add_schema, as a registry would answer). */
+static size_t read_text(const char *dir, const char *file, char *out, size_t cap) {
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(out, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+/* Writer schemas learned at run time (a schema registry): none known at first, each
+ * learned id decodes as the directory's would, failures keep their reason. */
+static void test_learned_schemas(void **st) {
+    (void)st;
+    char reader[1100], err[256] = "", text[4096], buf[512];
+    snprintf(reader, sizeof(reader), "%s/user_event.avsc", conf_dir);
+    ch_decoder_t *d = NULL;
+    assert_int_equal(
+        ch_decoder_new(NULL, reader, CH_FRAMING_CONFLUENT, NULL, NULL, &d, err, sizeof(err)), 0);
+    size_t len = write_v2(buf, sizeof(buf), 1);
+    int32_t id = -1;
+    assert_true(ch_decoder_unknown_id(d, buf, len, &id));
+    assert_int_equal(id, 7);
+    ch_event_view_t ev;
+    assert_int_equal(ch_decoder_decode(d, buf, len, &ev, err, sizeof(err)), -EPROTO);
+
+    size_t n = read_text(schema_dir, "user_event_v2.avsc", text, sizeof(text));
+    assert_int_equal(ch_decoder_add_schema(d, 7, text, n, NULL, err, sizeof(err)), 0);
+    assert_false(ch_decoder_unknown_id(d, buf, len, &id));
+    assert_int_equal(ch_decoder_decode(d, buf, len, &ev, err, sizeof(err)), 0);
+    assert_memory_equal(ev.user_id, "card-7", 6);
+    assert_double_equal(ev.amount, 2.5, 0);
+    assert_memory_equal(ev.category, "travel", 6);
+    assert_int_equal(ch_decoder_add_schema(d, 7, text, n, NULL, err, sizeof(err)), -EEXIST);
+
+    /* an id the registry said does not exist: its records fail with that reason */
+    buf[4] = 8;
+    assert_int_equal(ch_decoder_add_schema(d, 8, NULL, 0, "HTTP 404: Schema not found", NULL, 0),
+                     0);
+    assert_false(ch_decoder_unknown_id(d, buf, len, &id));
+    assert_int_equal(ch_decoder_decode(d, buf, len, &ev, err, sizeof(err)), -EPROTO);
+    assert_non_null(strstr(err, "HTTP 404: Schema not found"));
+    /* not an Avro schema: refused, and remembered as failing */
+    buf[4] = 10;
+    assert_int_equal(
+        ch_decoder_add_schema(d, 10, "{\"type\": \"nope\"}", 16, NULL, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "schema id 10"));
+    assert_int_equal(ch_decoder_decode(d, buf, len, &ev, err, sizeof(err)), -EPROTO);
+    /* a valid schema without the user id: kept, its records fail naming the field */
+    n = read_text(schema_dir, "no_user.avsc", text, sizeof(text));
+    assert_int_equal(ch_decoder_add_schema(d, 9, text, n, NULL, err, sizeof(err)), 0);
+    buf[4] = 9;
+    assert_int_equal(ch_decoder_decode(d, buf, len, &ev, err, sizeof(err)), -EPROTO);
+    assert_non_null(strstr(err, "user_id"));
+    /* framing that names no id: never unknown */
+    assert_false(ch_decoder_unknown_id(d, "\x01\0\0\0\x07", 5, &id));
+    assert_false(ch_decoder_unknown_id(d, "\0\0", 2, &id));
+    ch_decoder_free(d);
+
+    assert_int_equal(
+        ch_decoder_new(NULL, reader, CH_FRAMING_PLAIN, NULL, NULL, &d, err, sizeof(err)), 0);
+    assert_false(ch_decoder_unknown_id(d, buf, len, &id));
+    ch_decoder_free(d);
+}
+
 static void test_truncation_and_trailing_bytes(void **st) {
     fx_t *fx = *st;
     ch_buf_t b;
@@ -410,6 +476,7 @@ int main(void) {
         cmocka_unit_test(test_round_trip_plain),
         cmocka_unit_test(test_schema_evolution),
         cmocka_unit_test(test_unresolvable_ids),
+        cmocka_unit_test(test_learned_schemas),
         cmocka_unit_test(test_truncation_and_trailing_bytes),
         cmocka_unit_test(test_hostile_lengths),
         cmocka_unit_test(test_garbage_never_crashes),
