@@ -140,8 +140,9 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
     r = ch_consumer_new(&kc, cfg->input_topic, hooks, &c->consumer, errbuf, errlen);
     settings_done(&kc);
     bool align = cfg->input_max_skew_ms > 0 && isfinite(cfg->input_max_skew_ms);
-    if (r == 0 && (align || cfg->state_changelog[0])) {
-        /* without alignment, the aligner still holds partitions while they restore */
+    if (r == 0 && (align || cfg->state_changelog[0] || cfg->registry_url[0])) {
+        /* without alignment, the aligner still holds partitions while they restore or
+         * wait for a writer schema */
         r = ch_consumer_align(c->consumer, align ? (int64_t)cfg->input_max_skew_ms : 0,
                               cfg->input_align_idle_ms / 1000.0);
         if (r < 0) {

@@ -90,6 +90,32 @@ static const key_def_t keys[] = {
      "Reader schema for events (default: <schema.dir>/user_event.avsc)."},
     {"input.writer_schema", K_PATH, OFF(input_writer_schema), "", 0, 0, NULL, NULL,
      "Writer schema for plain framing (default: the reader schema)."},
+    {"schema.registry.url", K_OPTSTR, OFF(registry_url), "", 0, 0, NULL, NULL,
+     "Confluent Schema Registry (http:// or https://). Input in Confluent framing whose "
+     "schema id schema.dir/ids does not list is held (its partition only) while the writer "
+     "schema is fetched from GET /schemas/ids/<id>, then cached; an unreachable registry is "
+     "retried with backoff, nothing is skipped. Empty: schema.dir alone."},
+    {"schema.registry.username", K_OPTSTR, OFF(registry_username), "", 0, 0, NULL, NULL,
+     "HTTP basic authentication user for the registry; empty: none."},
+    {"schema.registry.password_file", K_PATH, OFF(registry_password_file), "", 0, 0, NULL, NULL,
+     "File holding the registry password (its first line; readable by the daemon's user "
+     "only). Never logged."},
+    {"schema.registry.ca_file", K_PATH, OFF(registry_ca_file), "", 0, 0, NULL, NULL,
+     "CA certificates (PEM) that verify an https registry; empty: the system's."},
+    {"schema.registry.cert_file", K_PATH, OFF(registry_cert_file), "", 0, 0, NULL, NULL,
+     "Client certificate (PEM) for mutual TLS with the registry; empty: none."},
+    {"schema.registry.key_file", K_PATH, OFF(registry_key_file), "", 0, 0, NULL, NULL,
+     "Private key (PEM) of schema.registry.cert_file."},
+    {"schema.registry.timeout", K_DURATION, OFF(registry_timeout_ms), "10s", 100, 600000, NULL,
+     NULL, "Longest a registry request may take (connect included)."},
+    {"schema.registry.retry_max", K_DURATION, OFF(registry_retry_max_ms), "30s", 100, 3600000, NULL,
+     NULL,
+     "A failed fetch is retried after 0.5 s, doubling up to this (while its partition waits)."},
+    {"schema.registry.register_outputs", K_FLAG, OFF(registry_register_outputs), "on", 0, 0,
+     switches, switch_values,
+     "With schema.registry.url and output.framing = confluent (Avro outputs): at start, "
+     "register the output schemas under <topic>-value (profile and risk topics) and frame "
+     "outputs with the ids the registry returns; off: the ids of schema.dir/ids."},
     {"input.event_id_max_bytes", K_INT, OFF(input_event_id_max_bytes), "128", 1, 4096, NULL, NULL,
      "Longest event_id accepted (it is copied into every output); longer ids are bad input "
      "(event_id_too_long)."},
@@ -685,6 +711,26 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
                     "privacy.pseudonymize = on keys users by 43-character pseudonyms: "
                     "state.key_max_bytes (%ld) must be at least 43",
                     cfg->state_key_max_bytes);
+    }
+    if (cfg->registry_url[0] && strncmp(cfg->registry_url, "http://", 7) != 0 &&
+        strncmp(cfg->registry_url, "https://", 8) != 0) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "schema.registry.url = %s: expected an http:// or https:// URL",
+                    cfg->registry_url);
+    }
+    if (!cfg->registry_url[0] &&
+        (cfg->registry_username[0] || cfg->registry_password_file[0] || cfg->registry_ca_file[0] ||
+         cfg->registry_cert_file[0] || cfg->registry_key_file[0])) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "schema.registry.* options are set but schema.registry.url is empty");
+    }
+    if (!cfg->registry_username[0] != !cfg->registry_password_file[0]) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "schema.registry.username and schema.registry.password_file go together");
+    }
+    if (!cfg->registry_cert_file[0] != !cfg->registry_key_file[0]) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "schema.registry.cert_file and schema.registry.key_file go together");
     }
     if (cfg->state_dir[0] && !cfg->state_changelog[0]) {
         return fail(errbuf, errlen, -EINVAL,

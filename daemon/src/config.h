@@ -49,6 +49,15 @@ typedef struct ch_config {
     char schema_dir[CH_CONF_STR];
     char input_schema[CH_CONF_STR];
     char input_writer_schema[CH_CONF_STR];
+    char registry_url[CH_CONF_STR]; /* schema.registry.url: "" none */
+    char registry_username[CH_CONF_STR];
+    char registry_password_file[CH_CONF_STR];
+    char registry_ca_file[CH_CONF_STR];
+    char registry_cert_file[CH_CONF_STR];
+    char registry_key_file[CH_CONF_STR];
+    double registry_timeout_ms;
+    double registry_retry_max_ms;
+    bool registry_register_outputs;
     long input_event_id_max_bytes;
     double input_max_future_ms;
     double input_max_skew_ms;   /* 0: no timestamp alignment */

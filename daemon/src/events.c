@@ -172,6 +172,18 @@ int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_featur
     return 0;
 }
 
+bool ch_events_unknown_id(const ch_events_t *e, const ch_msg_t *m, int32_t *ret_id) {
+    return e->dec && ch_decoder_unknown_id(e->dec, m->value, m->value_len, ret_id);
+}
+
+int ch_events_add_schema(ch_events_t *e, int32_t id, const char *json, size_t len, const char *why,
+                         char *errbuf, size_t errlen) {
+    if (!e->dec) {
+        return -EINVAL;
+    }
+    return ch_decoder_add_schema(e->dec, id, json, len, why, errbuf, errlen);
+}
+
 void ch_events_release(ch_events_t *e) {
     if (e->json) {
         ch_json_decoder_release(e->json);

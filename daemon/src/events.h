@@ -61,6 +61,14 @@ ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
                                ch_event_view_t *ret_ev, ch_obs_t *ret_obs, char *why,
                                size_t len);
 
+/** @brief Whether m names (Confluent framing) a writer schema id the decoder does not
+ *  know yet; *ret_id the id. Always false for JSON input. */
+bool ch_events_unknown_id(const ch_events_t *e, const ch_msg_t *m, int32_t *ret_id);
+
+/** @brief Teach the decoder a writer schema (ch_decoder_add_schema()). @returns as it. */
+int ch_events_add_schema(ch_events_t *e, int32_t id, const char *json, size_t len, const char *why,
+                         char *errbuf, size_t errlen);
+
 /** @brief The batch's outputs are written: the views of its events may go (JSON input
  *  holds them until then). */
 void ch_events_release(ch_events_t *e);

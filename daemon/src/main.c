@@ -59,6 +59,9 @@ typedef struct daemon_ctx {
     ev_timer safety, stats, housekeeping, watchdog, status;
     ev_signal sigterm, sigint, sighup;
     ev_stat model_watch;
+    ev_timer reg_timer;      /* the schema registry client's timer */
+    struct reg_io **reg_ios; /* and its sockets (each watcher allocated once: libev holds it) */
+    size_t n_reg_ios;
     double last_save_s;
     double stop_s; /* when the stop began (ch_now_s clock), 0 before */
     int exit_code;
@@ -71,6 +74,83 @@ typedef struct daemon_ctx {
     double last_stats_s;
     ch_pipeline_stats_t last;
 } daemon_ctx_t;
+
+/* A socket of the schema registry client (schema.registry.url), watched as it asks. */
+typedef struct reg_io {
+    ev_io io;
+    daemon_ctx_t *d;
+    bool on;
+} reg_io_t;
+
+static void on_reg_io(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    reg_io_t *r = (reg_io_t *)w;
+    ch_pipeline_registry_socket(r->d->pipe, w->fd, revents & EV_READ, revents & EV_WRITE);
+}
+
+static void reg_watch(void *opaque, int fd, bool rd, bool wr) {
+    daemon_ctx_t *d = opaque;
+    reg_io_t *r = NULL, *spare = NULL;
+    for (size_t i = 0; i < d->n_reg_ios; i++) {
+        if (d->reg_ios[i]->on && d->reg_ios[i]->io.fd == fd) {
+            r = d->reg_ios[i];
+        } else if (!d->reg_ios[i]->on && !spare) {
+            spare = d->reg_ios[i];
+        }
+    }
+    if (r) {
+        ev_io_stop(d->loop, &r->io);
+        r->on = false;
+    }
+    if (!rd && !wr) {
+        return;
+    }
+    if (!r && !(r = spare)) {
+        reg_io_t **na = realloc(d->reg_ios, (d->n_reg_ios + 1) * sizeof(*na));
+        if (!na || !(r = calloc(1, sizeof(*r)))) {
+            if (na) {
+                d->reg_ios = na;
+            }
+            ch_log(CH_LOG_ERR, "schema registry: out of memory watching a socket");
+            return; /* the request times out on curl's timer and is retried */
+        }
+        d->reg_ios = na;
+        d->reg_ios[d->n_reg_ios++] = r;
+    }
+    r->d = d;
+    r->on = true;
+    ev_io_init(&r->io, on_reg_io, fd, (rd ? EV_READ : 0) | (wr ? EV_WRITE : 0));
+    ev_io_start(d->loop, &r->io);
+}
+
+static void on_reg_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    daemon_ctx_t *d = w->data;
+    ch_pipeline_registry_timeout(d->pipe);
+}
+
+static void reg_timer(void *opaque, long ms) {
+    daemon_ctx_t *d = opaque;
+    ev_timer_stop(d->loop, &d->reg_timer);
+    if (ms >= 0) {
+        ev_timer_set(&d->reg_timer, (double)ms / 1000.0, 0.0);
+        ev_timer_start(d->loop, &d->reg_timer);
+    }
+}
+
+static void reg_free(daemon_ctx_t *d) {
+    for (size_t i = 0; i < d->n_reg_ios; i++) {
+        if (d->reg_ios[i]->on) {
+            ev_io_stop(d->loop, &d->reg_ios[i]->io);
+        }
+        free(d->reg_ios[i]);
+    }
+    free(d->reg_ios);
+    d->reg_ios = NULL;
+    d->n_reg_ios = 0;
+    ev_timer_stop(d->loop, &d->reg_timer);
+}
 
 static void stop_loop(daemon_ctx_t *d, int code) {
     d->exit_code = code;
@@ -566,6 +646,10 @@ int main(int argc, char **argv) {
         ev_io_init(&d.reader_io, on_reader_io, ch_pipeline_reader_fd(d.pipe), EV_READ);
         ev_io_start(d.loop, &d.reader_io);
     }
+    ev_timer_init(&d.reg_timer, on_reg_timer, 0.0, 0.0);
+    d.reg_timer.data = &d;
+    ch_pipeline_loop_t reg_loop = {reg_watch, reg_timer, &d};
+    ch_pipeline_registry_loop(d.pipe, &reg_loop);
     ev_timer_init(&d.safety, on_safety, 0.1, 0.1);
     ev_timer_init(&d.housekeeping, on_housekeeping, 1.0, 1.0);
     ev_signal_init(&d.sigterm, on_stop_signal, SIGTERM);
@@ -604,6 +688,7 @@ int main(int argc, char **argv) {
         if (r < 0) {
             ch_log(CH_LOG_ERR, "%s", err);
             d.pipe = ch_pipeline_free(d.pipe);
+            reg_free(&d);
             ev_loop_destroy(d.loop);
             ch_config_done(&cfg);
             return r == -EINVAL ? 2 : 1;
@@ -664,7 +749,8 @@ int main(int argc, char **argv) {
     reaper_t reaper = {.done = false};
     bool reaping =
         isfinite(cfg.shutdown_timeout_ms) && reaper_start(&reaper, deadline, verdict, d.exit_code);
-    d.pipe = ch_pipeline_free(d.pipe);
+    d.pipe = ch_pipeline_free(d.pipe); /* the registry client first stops watching */
+    reg_free(&d);
     if (reaping) {
         reaper_stop(&reaper);
     }

@@ -256,6 +256,29 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
                 s.align.forced);
     }
 
+    if (s.registry_on) {
+        gauge(&o, "cohortd_schema_registry_up",
+              "0 from a failed registry request until the registry answers again, else 1.",
+              s.registry_up ? 1.0 : 0.0);
+        gauge(&o, "cohortd_schema_registry_waiting_partitions",
+              "Input partitions held until the writer schema their next record names is "
+              "fetched.",
+              (double)s.registry_waiting);
+        counter(&o, "cohortd_schema_registry_holds_total",
+                "Times an input partition was held for an unknown writer schema id.",
+                s.registry_holds);
+        family(&o, "cohortd_schema_registry_requests_total", "counter",
+               "Schema fetches by outcome: ok (learned and cached), not_found (404 or not Avro: "
+               "its records are dead letters), error (no answer, HTTP error, credentials "
+               "refused: retried with backoff).");
+        put(&o, "cohortd_schema_registry_requests_total{result=\"ok\"} %llu\n",
+            (unsigned long long)s.registry_fetched);
+        put(&o, "cohortd_schema_registry_requests_total{result=\"not_found\"} %llu\n",
+            (unsigned long long)s.registry_not_found);
+        put(&o, "cohortd_schema_registry_requests_total{result=\"error\"} %llu\n",
+            (unsigned long long)s.registry_failures);
+    }
+
     /* ---- users */
     gauge(&o, "cohortd_users", "Users held in memory.", (double)s.users);
     gauge(&o, "cohortd_user_table_bytes", "Memory of the user table (records touched + index).",

@@ -129,6 +129,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
         return 0;
     }
     ch_changelog_flush(p, false); /* due, or the tracker is full */
+    ch_schemafetch_tick(p);
     if (!ch_tracker_has_room(p->tracker)) {
         return -EAGAIN;
     }
@@ -157,6 +158,9 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
         }
         if (!ch_rebalance_owns(p, m->partition)) {
             continue; /* fetched before a revoke: the new owner processes it */
+        }
+        if (ch_schemafetch_waits(p, m)) {
+            continue; /* back to the consumer: its partition waits for a writer schema */
         }
         p->st.consumed++;
         if (ch_tracker_consumed(b, m->partition, m->offset) < 0) {

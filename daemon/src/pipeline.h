@@ -46,6 +46,10 @@ typedef struct ch_pipeline_stats {
     uint64_t dlq_truncated;   /* dead letters cut to fit the producer's largest message */
     uint64_t outputs_refused; /* records the broker refused, dead-lettered in reduced form */
     uint64_t kafka_errors;
+    bool registry_on, registry_up; /* schema.registry.url set; answering */
+    uint64_t registry_requests, registry_fetched, registry_not_found, registry_failures;
+    uint64_t registry_holds; /* times a partition was held for a schema */
+    size_t registry_waiting; /* partitions held now */
     uint64_t batches;
     uint64_t users_evicted_idle, users_evicted_cap, users_evicted_revoke;
     size_t users;
@@ -59,6 +63,13 @@ typedef struct ch_pipeline_stats {
     ch_histogram_t latency_event;  /* event ts -> outputs acknowledged, seconds */
     ch_histogram_t latency_kafka;  /* Kafka message timestamp -> outputs acknowledged */
 } ch_pipeline_stats_t;
+
+/* What the loop does for the schema registry client: watch fds, run one timer. */
+typedef struct ch_pipeline_loop {
+    void (*watch)(void *opaque, int fd, bool read, bool write); /* neither: stop */
+    void (*timer)(void *opaque, long timeout_ms); /* then ch_pipeline_registry_timeout; -1 off */
+    void *opaque;
+} ch_pipeline_loop_t;
 
 typedef struct ch_pipeline ch_pipeline_t;
 
@@ -74,6 +85,16 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
 ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p);
 
 int ch_pipeline_consumer_fd(const ch_pipeline_t *p);
+
+/** @brief Wire the schema registry client (schema.registry.url) to the loop; before this,
+ *  no fetch starts. No-op without a registry. */
+void ch_pipeline_registry_loop(ch_pipeline_t *p, const ch_pipeline_loop_t *loop);
+
+/** @brief A registry fd the loop watches is ready. */
+void ch_pipeline_registry_socket(ch_pipeline_t *p, int fd, bool readable, bool writable);
+
+/** @brief The registry client's timer expired. */
+void ch_pipeline_registry_timeout(ch_pipeline_t *p);
 
 /** @brief The changelog reader's fd (readable when restore records wait), -1 if none. */
 int ch_pipeline_reader_fd(const ch_pipeline_t *p);

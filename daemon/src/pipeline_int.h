@@ -17,6 +17,7 @@
 #include "ch/json.h"
 #include "ch/kafka.h"
 #include "ch/kmeans.h"
+#include "ch/registry.h"
 #include "ch/tracker.h"
 #include "ch/users.h"
 #include "clients.h"
@@ -99,6 +100,30 @@ typedef struct ch_txn {
     double seconds; /* in commit calls */
 } ch_txn_t;
 
+/* schema.registry.* (schemafetch.c): ids being fetched and the partitions waiting. */
+#define CH_SCHEMAFETCH_MAX_PENDING 64
+typedef struct ch_schemafetch_id {
+    int32_t id;
+    bool in_flight;
+    double next_try_s; /* not in flight: when to ask again */
+    double backoff_s;  /* the wait after the next failure */
+    uint32_t failures;
+} ch_schemafetch_id_t;
+typedef ch_pipeline_loop_t ch_schemafetch_loop_t;
+typedef struct ch_schemafetch {
+    ch_registry_t *reg; /* NULL: no registry */
+    ch_schemafetch_loop_t loop;
+    bool hooked;      /* loop set: fetches may start */
+    int32_t *waiting; /* by partition: the schema id it waits for, -1 none */
+    size_t n_waiting;
+    size_t partitions_waiting;
+    ch_schemafetch_id_t pending[CH_SCHEMAFETCH_MAX_PENDING];
+    size_t n_pending;
+    bool up; /* no failure since the last answer */
+    char last_error[512];
+    uint64_t requests, fetched, not_found, failures, holds;
+    ch_ratelimit_t rl;
+} ch_schemafetch_t;
 /* An event folded into user state in this batch, awaiting scoring and outputs. */
 typedef struct ch_row {
     ch_user_t *u; /* re-checked against the key before use (a later insert may evict) */
@@ -153,6 +178,7 @@ struct ch_pipeline {
     ch_restore_t rs;
     ch_snapshot_t sn;
     ch_txn_t txn;
+    ch_schemafetch_t sf;
 
     struct ch_refused **refused; /* reduced dead letters waiting to be sent (outputs.c) */
     size_t n_refused, cap_refused;
@@ -235,6 +261,16 @@ void ch_txn_commit(ch_pipeline_t *p);                 /* failure: p->failed */
 void ch_txn_abort(ch_pipeline_t *p, const char *why); /* and p->failed */
 void ch_txn_revoked(ch_pipeline_t *p, int32_t partition);
 
+/* schemafetch.c */
+int ch_schemafetch_init(ch_pipeline_t *p, const char *profile_schema, char *errbuf,
+                        size_t errlen); /* the client; registers outputs (sets their ids) */
+void ch_schemafetch_done(ch_pipeline_t *p);
+bool ch_schemafetch_registers_outputs(const ch_config_t *cfg);
+void ch_schemafetch_hook(ch_pipeline_t *p, const ch_schemafetch_loop_t *loop);
+bool ch_schemafetch_waits(ch_pipeline_t *p, const ch_msg_t *m); /* true: skip m (held) */
+void ch_schemafetch_revoked(ch_pipeline_t *p, int32_t partition);
+void ch_schemafetch_tick(ch_pipeline_t *p); /* starts retries that are due */
+bool ch_schemafetch_ready(const ch_pipeline_t *p, char *why, size_t len);
 /* rebalance.c */
 bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition);
 void ch_rebalance_assigned(void *opaque, const int32_t *parts, size_t n);

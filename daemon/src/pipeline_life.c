@@ -42,6 +42,7 @@ static void on_user_evicted(void *opaque, const ch_user_t *rec) {
 static int output_schema_id(const ch_pipeline_t *p, const char *file, const char *when,
                             int32_t *ret_id, char *errbuf, size_t errlen) {
     if (p->cfg->output_framing != CH_FRAMING_CONFLUENT ||
+        ch_schemafetch_registers_outputs(p->cfg) ||
         ch_schemas_id_of(p->schemas, file, ret_id) == 0) {
         return 0;
     }
@@ -125,12 +126,13 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
         goto out_fail;
     }
     ch_users_set_evict_hook(p->users, on_user_evicted, p);
+    const char *profile_schema =
+        ch_features_tag_count(p->fs) ? "profile_update_v2.avsc" : "profile_update.avsc";
     if ((r = ch_schemas_load(cfg->schema_dir, &p->schemas, errbuf, errlen)) < 0 ||
         (r = ch_events_new(cfg, p->schemas, p->fs, &p->events, errbuf, errlen)) < 0 ||
-        (r = output_schema_id(
-             p, ch_features_tag_count(p->fs) ? "profile_update_v2.avsc" : "profile_update.avsc",
-             ch_features_tag_count(p->fs) ? " with tags.* set" : "", &p->profile_schema_id, errbuf,
-             errlen)) < 0 ||
+        (r = output_schema_id(p, profile_schema,
+                              ch_features_tag_count(p->fs) ? " with tags.* set" : "",
+                              &p->profile_schema_id, errbuf, errlen)) < 0 ||
         (r = alloc_scratch(p)) < 0) {
         goto out_fail;
     }
@@ -139,6 +141,9 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     if (r < 0 ||
         (cfg->model_path[0] && (r = output_schema_id(p, "risk_update.avsc", " with model.path set",
                                                      &p->risk_schema_id, errbuf, errlen)) < 0)) {
+        goto out_fail;
+    }
+    if ((r = ch_schemafetch_init(p, profile_schema, errbuf, errlen)) < 0) {
         goto out_fail;
     }
     if (cfg->segments.k > 0 && (r = ch_segments_new(cfg, p->n_feats, (size_t)cfg->batch_max_events,
@@ -230,6 +235,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     ch_clients_done(&p->clients);
     ch_snapshot_done(p);
     ch_txn_done(p);
+    ch_schemafetch_done(p);
     ch_changelog_done(p);
     ch_outputs_done(p);
     ch_restore_done(p);

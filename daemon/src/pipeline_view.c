@@ -46,6 +46,14 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->snapshot_users = p->sn.users;
     ret_stats->snapshot_failures = p->sn.failures;
     ret_stats->snapshot_last_seconds = p->sn.last_seconds;
+    ret_stats->registry_on = p->sf.reg != NULL;
+    ret_stats->registry_up = p->sf.up;
+    ret_stats->registry_requests = p->sf.requests;
+    ret_stats->registry_fetched = p->sf.fetched;
+    ret_stats->registry_not_found = p->sf.not_found;
+    ret_stats->registry_failures = p->sf.failures;
+    ret_stats->registry_holds = p->sf.holds;
+    ret_stats->registry_waiting = p->sf.partitions_waiting;
     ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
     ret_stats->segment_refreshes =
@@ -56,6 +64,22 @@ int ch_pipeline_lag(ch_pipeline_t *p, ch_partition_lag_t *out, size_t cap) {
     return ch_consumer_lag(p->clients.consumer, out, cap);
 }
 
+void ch_pipeline_registry_loop(ch_pipeline_t *p, const ch_pipeline_loop_t *loop) {
+    ch_schemafetch_hook(p, loop);
+}
+
+void ch_pipeline_registry_socket(ch_pipeline_t *p, int fd, bool readable, bool writable) {
+    if (p->sf.reg) {
+        ch_registry_socket(p->sf.reg, fd, readable, writable);
+    }
+}
+
+void ch_pipeline_registry_timeout(ch_pipeline_t *p) {
+    if (p->sf.reg) {
+        ch_registry_timeout(p->sf.reg);
+    }
+}
+
 bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
     if (ch_pipeline_failed(p) || p->stopping) {
         snprintf(why, len, "%s", ch_pipeline_failed(p) ? "failed: stopping" : "stopping");
@@ -63,6 +87,9 @@ bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
     }
     if (p->cfg->model_path[0] && !p->scorer.model) {
         snprintf(why, len, "no model loaded");
+        return false;
+    }
+    if (!ch_schemafetch_ready(p, why, len)) {
         return false;
     }
     if (p->rs.active > 0) {

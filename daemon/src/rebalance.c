@@ -108,6 +108,7 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
         ch_snapshot_forget(p, parts[i]);
         ch_changelog_revoked(p, parts[i]);
         ch_txn_revoked(p, parts[i]);
+        ch_schemafetch_revoked(p, parts[i]);
         dropped += ch_rebalance_drop(p, parts[i]);
     }
     p->st.users_evicted_revoke += dropped;

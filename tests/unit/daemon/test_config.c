@@ -253,6 +253,40 @@ static void test_drop_fields(void **st) {
     ch_config_done(&c);
 }
 
+static void test_registry_keys(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "";
+    assert_int_equal(ch_config_set(&c, "feature.n=count", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=a:1", err, sizeof(err)), 0);
+    assert_string_equal(c.registry_url, "");
+    assert_true(c.registry_register_outputs);
+    assert_true(c.registry_timeout_ms == 10000);
+    assert_true(c.registry_retry_max_ms == 30000);
+    assert_int_equal(ch_config_set(&c, "schema.registry.username=u", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "schema.registry.url is empty"));
+    assert_int_equal(ch_config_set(&c, "schema.registry.url=ftp://r:8081", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "expected an http:// or https:// URL"));
+    assert_int_equal(ch_config_set(&c, "schema.registry.url=https://r:8081", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "username and schema.registry.password_file go together"));
+    assert_int_equal(ch_config_set(&c, "schema.registry.password_file=/pw", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "schema.registry.cert_file=/c.pem", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "cert_file and schema.registry.key_file go together"));
+    assert_int_equal(ch_config_set(&c, "schema.registry.key_file=/k.pem", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "schema.registry.timeout=0", err, sizeof(err)), -EINVAL);
+    assert_int_equal(ch_config_set(&c, "schema.registry.register_outputs=off", err, sizeof(err)),
+                     0);
+    assert_false(c.registry_register_outputs);
+    ch_config_done(&c);
+}
+
 static void test_secrets_never_printed(void **st) {
     (void)st;
     ch_config_t c;
@@ -282,6 +316,7 @@ int main(void) {
         cmocka_unit_test(test_operations_keys),
         cmocka_unit_test(test_idle_evict),
         cmocka_unit_test(test_drop_fields),
+        cmocka_unit_test(test_registry_keys),
         cmocka_unit_test(test_secrets_never_printed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
