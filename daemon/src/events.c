@@ -21,6 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert(CH_FEATURES_MAX_TEXTS == CH_MAPPING_MAX_TEXTS,
+               "every text field a feature reads has a place in the mapping");
+
 typedef enum field_kind {
     FIELD_AMOUNT,
     FIELD_ATTR,
@@ -41,6 +44,7 @@ struct ch_events {
     ch_json_decoder_t *json; /* input.format = json */
     field_map_t *fields;
     size_t n_fields;
+    size_t n_texts; /* text fields read by name: the mapping's, in the features' order */
     double *values;
 };
 
@@ -109,6 +113,21 @@ int ch_events_mapping(const ch_config_t *cfg, const ch_features_t *fs, ch_mappin
             return -EINVAL;
         }
     }
+    for (size_t j = 0; j < ch_features_text_count(fs); j++) {
+        const char *name = ch_features_text_path(fs, j);
+        int r = ch_mapping_add_text(m, name);
+        if (r == -E2BIG) {
+            snprintf(errbuf, errlen, "more than %d text fields read by name", CH_MAPPING_MAX_TEXTS);
+            return r;
+        }
+        if (r != (int)j) {
+            snprintf(errbuf, errlen,
+                     "'%s' is read as text by a feature or tag, but it is the path of a role "
+                     "(filter on type, item or category instead) or a numeric field",
+                     name);
+            return -EINVAL;
+        }
+    }
     return 0;
 }
 
@@ -121,6 +140,7 @@ int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_featur
     e->cfg = cfg;
     e->fs = fs;
     e->n_fields = ch_features_field_count(fs);
+    e->n_texts = ch_features_text_count(fs);
     e->fields = calloc(e->n_fields ? e->n_fields : 1, sizeof(*e->fields));
     e->values = calloc(e->n_fields ? e->n_fields : 1, sizeof(*e->values));
     if (!e->fields || !e->values) {
@@ -251,6 +271,10 @@ static void build_obs(ch_events_t *e, const ch_event_view_t *ev, ch_obs_t *obs) 
     ch_features_obs_text(e->fs, obs, CH_TEXT_TYPE, ev->type, ev->type_len);
     ch_features_obs_text(e->fs, obs, CH_TEXT_ITEM, ev->item, ev->item_len);
     ch_features_obs_text(e->fs, obs, CH_TEXT_CATEGORY, ev->category, ev->category_len);
+    for (size_t j = 0; j < e->n_texts; j++) {
+        ch_features_obs_text(e->fs, obs, (ch_text_field_t)(CH_TEXT_FIELD0 + j), ev->texts[j],
+                             ev->text_lens[j]);
+    }
     obs->present_mask = 0;
     obs->values = e->values;
     for (size_t f = 0; f < e->n_fields; f++) {

@@ -489,6 +489,9 @@ static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size
             for (size_t j = 0; j < map.n_fields; j++) {
                 printf(" %s", map.fields[j]);
             }
+            for (size_t j = 0; j < map.n_texts; j++) {
+                printf(" %s (text)", map.texts[j]);
+            }
             printf("\n");
         }
         ch_events_free(events);

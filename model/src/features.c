@@ -85,6 +85,8 @@ struct ch_features {
     size_t value_lens[CH_TEXT_N][CH_FEATURES_MAX_VALUES];
     size_t n_values[CH_TEXT_N];
     bool hashed[CH_TEXT_N]; /* a distinct() reads the field */
+    char text_paths[CH_FEATURES_MAX_TEXTS][CH_FEATURE_NAME_MAX]; /* CH_TEXT_FIELD0 + j */
+    size_t n_text_paths;
     double half_lives[CH_FEATURES_MAX + CH_TAGS_MAX];
     tag_t tags[CH_TAGS_MAX];
     size_t n_tags;
@@ -99,16 +101,37 @@ static const char *const kind_names[] = {
     [CH_FEAT_RATIO] = "ratio", [CH_FEAT_SHARE] = "share", [CH_FEAT_DISTINCT] = "distinct",
 };
 
-static const char *const text_names[CH_TEXT_N] = {"type", "item", "category"};
+static const char *const role_names[CH_TEXT_FIELD0] = {"type", "item", "category"};
 
-static int text_field(const char *s, size_t len) {
-    for (int k = 0; k < CH_TEXT_N; k++) {
-        if (strlen(text_names[k]) == len && memcmp(text_names[k], s, len) == 0) {
+static const char *text_name(const ch_features_t *fs, int k) {
+    return k < CH_TEXT_FIELD0 ? role_names[k] : fs->text_paths[k - CH_TEXT_FIELD0];
+}
+
+static bool valid_path(const char *s, size_t len);
+
+/* The text field named s: a role, or a field by name or path (added when create is set
+ * and s is a valid path). @returns its index, -1 (not a text field), -E2BIG. */
+static int text_field(ch_features_t *fs, const char *s, size_t len, bool create) {
+    for (int k = 0; k < CH_TEXT_FIELD0 + (int)fs->n_text_paths; k++) {
+        const char *n = text_name(fs, k);
+        if (strlen(n) == len && memcmp(n, s, len) == 0) {
             return k;
         }
     }
-    return -1;
+    if (!create || !valid_path(s, len)) {
+        return -1;
+    }
+    if (fs->n_text_paths == CH_FEATURES_MAX_TEXTS) {
+        return -E2BIG;
+    }
+    memcpy(fs->text_paths[fs->n_text_paths], s, len);
+    fs->text_paths[fs->n_text_paths][len] = '\0';
+    return CH_TEXT_FIELD0 + (int)fs->n_text_paths++;
 }
+
+size_t ch_features_text_count(const ch_features_t *fs) { return fs->n_text_paths; }
+
+const char *ch_features_text_path(const ch_features_t *fs, size_t j) { return fs->text_paths[j]; }
 
 int ch_duration_parse(const char *s, double *ret_ms) {
     if (!s || !*s) {
@@ -227,7 +250,7 @@ static int intern_value(ch_features_t *fs, int k, const char *s, size_t len, cha
                         size_t errlen) {
     if (!valid_name(s, len)) {
         return fail(errbuf, errlen, -EINVAL, "bad %s '%.*s' in filter (letters, digits, _ . -)",
-                    text_names[k], (int)len, s);
+                    text_name(fs, k), (int)len, s);
     }
     for (size_t i = 0; i < fs->n_values[k]; i++) {
         if (fs->value_lens[k][i] == len && memcmp(fs->values[k][i], s, len) == 0) {
@@ -236,7 +259,7 @@ static int intern_value(ch_features_t *fs, int k, const char *s, size_t len, cha
     }
     if (fs->n_values[k] == CH_FEATURES_MAX_VALUES) {
         return fail(errbuf, errlen, -E2BIG, "more than %d distinct %s values in filters",
-                    CH_FEATURES_MAX_VALUES, text_names[k]);
+                    CH_FEATURES_MAX_VALUES, text_name(fs, k));
     }
     memcpy(fs->values[k][fs->n_values[k]], s, len);
     fs->values[k][fs->n_values[k]][len] = '\0';
@@ -330,11 +353,15 @@ static int parse_head(ch_features_t *fs, feature_t *f, const char *spec, const c
         if (args) {
             trim(&args, &args_len);
         }
-        f->text = args ? text_field(args, args_len) : -1;
+        f->text = args ? text_field(fs, args, args_len, true) : -1;
+        if (f->text == -E2BIG) {
+            return fail(errbuf, errlen, -E2BIG, "more than %d text fields read by name",
+                        CH_FEATURES_MAX_TEXTS);
+        }
         if (f->text < 0) {
             return fail(errbuf, errlen, -EINVAL,
-                        "distinct needs a text field: distinct(item), distinct(category) or "
-                        "distinct(type)");
+                        "distinct needs a text field: distinct(item), distinct(category), "
+                        "distinct(type) or the name or dotted path of a field of the events");
         }
         fs->hashed[f->text] = true;
         return 0;
@@ -361,6 +388,17 @@ static int parse_head(ch_features_t *fs, feature_t *f, const char *spec, const c
     return -EINVAL;
 }
 
+/* A key of an option rather than of a filter. */
+static bool option_key(const char *k, size_t n) {
+    static const char *const keys[] = {"half_life", "default", "window", "k", "slots"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (strlen(keys[i]) == n && memcmp(keys[i], k, n) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static int parse_option(ch_features_t *fs, feature_t *f, const char *tok, size_t len,
                         char *errbuf, size_t errlen) {
     const char *eq = memchr(tok, '=', len);
@@ -377,13 +415,21 @@ static int parse_option(ch_features_t *fs, feature_t *f, const char *tok, size_t
     val[vlen] = '\0';
 
     bool negate = klen > 0 && tok[klen - 1] == '!';
-    int text = text_field(tok, klen - negate);
+    int text = text_field(fs, tok, klen - negate, false);
+    if (text < 0 && !option_key(tok, klen)) {
+        /* any other key names a text field of the events, by name or path */
+        text = text_field(fs, tok, klen - negate, true);
+        if (text == -E2BIG) {
+            return fail(errbuf, errlen, -E2BIG, "more than %d text fields read by name",
+                        CH_FEATURES_MAX_TEXTS);
+        }
+    }
     if (text >= 0) {
         if (f->kind == CH_FEAT_RATIO) {
             return fail(errbuf, errlen, -EINVAL, "ratio takes no filter");
         }
         if (f->filtered[text]) {
-            return fail(errbuf, errlen, -EINVAL, "two %s filters", text_names[text]);
+            return fail(errbuf, errlen, -EINVAL, "two %s filters", text_name(fs, text));
         }
         f->filtered[text] = true;
         f->negate[text] = negate;
@@ -443,8 +489,8 @@ static int parse_option(ch_features_t *fs, feature_t *f, const char *tok, size_t
         return 0;
     }
     return fail(errbuf, errlen, -EINVAL,
-                "unknown option '%.*s' (type, item, category (= or !=), half_life, default; "
-                "distinct: window, k)",
+                "option '%.*s' does not apply here (filters: type, item, category or a field's "
+                "name or path, = or !=; half_life, default; distinct: window, k)",
                 (int)klen, tok);
 }
 
@@ -477,11 +523,11 @@ static void format_spec(const ch_features_t *fs, feature_t *f) {
         if (f->field >= 0) {
             n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "(%s)", fs->fields[f->field]);
         } else if (f->kind == CH_FEAT_DISTINCT) {
-            n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "(%s)", text_names[f->text]);
+            n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "(%s)", text_name(fs, f->text));
         }
         for (int k = 0; k < CH_TEXT_N; k++) {
             if (f->filtered[k] && n < (int)sizeof(f->spec)) {
-                n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, " %s%s", text_names[k],
+                n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, " %s%s", text_name(fs, k),
                               f->negate[k] ? "!=" : "=");
             }
             const char *sep = "";
@@ -547,8 +593,11 @@ int ch_features_add(ch_features_t *fs, const char *name, const char *spec, char 
         }
         p += n;
     }
-    if (f.kind == CH_FEAT_SHARE && !f.filtered[CH_TEXT_TYPE] && !f.filtered[CH_TEXT_ITEM] &&
-        !f.filtered[CH_TEXT_CATEGORY]) {
+    bool any_filter = false;
+    for (int k = 0; k < CH_TEXT_N; k++) {
+        any_filter |= f.filtered[k];
+    }
+    if (f.kind == CH_FEAT_SHARE && !any_filter) {
         return fail(errbuf, errlen, -EINVAL,
                     "share needs a filter: the share of the events it matches, e.g. share "
                     "type=refund");
@@ -646,18 +695,22 @@ int ch_features_add_tag(ch_features_t *fs, const char *name, const char *spec, c
     }
     if (!close) {
         return fail(errbuf, errlen, -EINVAL,
-                    "expected top(<item|category|type>, N), e.g. top(category, 3)");
+                    "expected top(<item|category|type|field>, N), e.g. top(category, 3)");
     }
     const char *fld = open + 1;
     size_t flen = (size_t)(comma - fld);
     trim(&fld, &flen);
-    t.text = text_field(fld, flen);
+    t.text = text_field(fs, fld, flen, true);
+    if (t.text == -E2BIG) {
+        return fail(errbuf, errlen, -E2BIG, "more than %d text fields read by name",
+                    CH_FEATURES_MAX_TEXTS);
+    }
     char *end = NULL;
     long n = strtol(comma + 1, &end, 10);
     if (t.text < 0 || *skip_ws(end) != ')' || n < 1 || n > CH_TAG_TOP_MAX) {
         return fail(errbuf, errlen, -EINVAL,
-                    "top(<item|category|type>, N) with N in 1..%d, got '%.*s'", CH_TAG_TOP_MAX,
-                    (int)(close - open + 1), open);
+                    "top(<item|category|type|field>, N) with N in 1..%d, got '%.*s'",
+                    CH_TAG_TOP_MAX, (int)(close - open + 1), open);
     }
     t.n = (int)n;
     t.slots = 4 * t.n > CH_TAG_SLOTS_MAX ? CH_TAG_SLOTS_MAX : 4 * t.n;
@@ -684,7 +737,7 @@ int ch_features_add_tag(ch_features_t *fs, const char *name, const char *spec, c
     format_spec(fs, &t.f);
     const char *rest = strchr(t.f.spec, ' ');
     const char *dflt = strstr(t.f.spec, " default=");
-    snprintf(t.spec, sizeof(t.spec), "top(%s, %d)%.*s slots=%d", text_names[t.text], t.n,
+    snprintf(t.spec, sizeof(t.spec), "top(%s, %d)%.*s slots=%d", text_name(fs, t.text), t.n,
              rest && dflt ? (int)(dflt - rest) : 0, rest ? rest : "", t.slots);
     fs->tags[fs->n_tags++] = t;
     return 0;

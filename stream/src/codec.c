@@ -459,10 +459,11 @@ static int skip_value(cursor_t *c, avro_schema_t w, int depth) {
 
 /* ---------------------------------------------------------------- resolution */
 
-/* A step's target: a role (ch_role_t), numeric field j (T_FIELD0 + j), a skip, or a
- * nested record on the way to mapped paths. */
+/* A step's target: a role (ch_role_t), numeric field j (T_FIELD0 + j), text field j
+ * (T_TEXT0 + j), a skip, or a nested record on the way to mapped paths. */
 #define T_FIELD0 CH_ROLE_N
-#define T_SKIP (T_FIELD0 + CH_MAPPING_MAX_FIELDS)
+#define T_TEXT0 (T_FIELD0 + CH_MAPPING_MAX_FIELDS)
+#define T_SKIP (T_TEXT0 + CH_MAPPING_MAX_TEXTS)
 #define T_NEST (T_SKIP + 1)
 
 typedef struct rec rec_t;
@@ -516,7 +517,7 @@ static bool is_number(avro_schema_t w) {
 
 static bool is_text_role(int t) {
     return t == CH_ROLE_EVENT_ID || t == CH_ROLE_USER_ID || t == CH_ROLE_TYPE ||
-           t == CH_ROLE_ITEM || t == CH_ROLE_CATEGORY;
+           t == CH_ROLE_ITEM || t == CH_ROLE_CATEGORY || (t >= T_TEXT0 && t < T_SKIP);
 }
 
 /* Can a value of writer type w (not a union) be read into target t? Null always can
@@ -580,7 +581,10 @@ static const char *target_need(int t) {
 }
 
 static const char *target_name(const ch_mapping_t *m, int t) {
-    return t < CH_ROLE_N ? ch_role_name((ch_role_t)t) : t < T_SKIP ? m->fields[t - T_FIELD0] : "";
+    return t < CH_ROLE_N ? ch_role_name((ch_role_t)t)
+           : t < T_TEXT0 ? m->fields[t - T_FIELD0]
+           : t < T_SKIP  ? m->texts[t - T_TEXT0]
+                         : "";
 }
 
 static rec_t *rec_free(rec_t *r) {
@@ -620,6 +624,11 @@ static int target_of(const ch_mapping_t *m, const char *path) {
             return T_FIELD0 + (int)j;
         }
     }
+    for (size_t j = 0; j < m->n_texts; j++) {
+        if (strcmp(m->texts[j], path) == 0) {
+            return T_TEXT0 + (int)j;
+        }
+    }
     for (int r = 0; r < CH_ROLE_N; r++) {
         if (strncmp(m->path[r], path, n) == 0 && m->path[r][n] == '.') {
             return T_NEST;
@@ -627,6 +636,11 @@ static int target_of(const ch_mapping_t *m, const char *path) {
     }
     for (size_t j = 0; j < m->n_fields; j++) {
         if (strncmp(m->fields[j], path, n) == 0 && m->fields[j][n] == '.') {
+            return T_NEST;
+        }
+    }
+    for (size_t j = 0; j < m->n_texts; j++) {
+        if (strncmp(m->texts[j], path, n) == 0 && m->texts[j][n] == '.') {
             return T_NEST;
         }
     }
@@ -643,6 +657,7 @@ typedef struct compiler {
     uint32_t found;    /* roles met */
     uint32_t nonnull;  /* roles met with a type without null */
     uint64_t found_fields;
+    uint32_t found_texts;
 } compiler_t;
 
 /* The JSON definition of a named type anywhere in t, or NULL. */
@@ -767,8 +782,10 @@ static bool compile_step(compiler_t *cc, step_t *st, const char *path, avro_sche
             if (!has_null(ft)) {
                 cc->nonnull |= 1u << t;
             }
-        } else {
+        } else if (t < T_TEXT0) {
             cc->found_fields |= UINT64_C(1) << (t - T_FIELD0);
+        } else {
+            cc->found_texts |= 1u << (t - T_TEXT0);
         }
     }
     if (t == CH_ROLE_TS) {
@@ -1008,7 +1025,12 @@ static int decode_step(ch_decoder_t *d, cursor_t *c, const step_t *st, ch_event_
         } else if ((r = rd_bytes(c, &s, &sl)) < 0) {
             return r;
         }
-        ch_event_set_text(ev, (ch_role_t)t, s, sl);
+        if (t >= T_TEXT0) {
+            ev->texts[t - T_TEXT0] = s;
+            ev->text_lens[t - T_TEXT0] = sl;
+        } else {
+            ch_event_set_text(ev, (ch_role_t)t, s, sl);
+        }
         return 0;
     }
     switch (t) {
@@ -1208,6 +1230,13 @@ static int reader_check(ch_decoder_t *d, json_t *json, const char *path, char *e
             r = fail(errbuf, errlen, -EPROTO,
                      "reader schema %s has no numeric field '%s' (read by a feature)", path,
                      d->map.fields[j]);
+        }
+    }
+    for (size_t j = 0; r == 0 && j < d->map.n_texts; j++) {
+        if (!(cc.found_texts & (1u << j))) {
+            r = fail(errbuf, errlen, -EPROTO,
+                     "reader schema %s has no field '%s' (read as text by a feature or tag)", path,
+                     d->map.texts[j]);
         }
     }
     program_done(&p);

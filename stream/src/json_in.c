@@ -241,5 +241,18 @@ int ch_json_decoder_decode(ch_json_decoder_t *d, const void *buf, size_t len, ch
         d->fields[j] = json_number_value(v);
         ev->fields_present |= UINT64_C(1) << j;
     }
+    for (size_t j = 0; j < m->n_texts; j++) {
+        json_t *v, *parent;
+        const char *key;
+        size_t key_len;
+        int r = lookup(o, m->texts[j], &v, &parent, &key, &key_len, errbuf, errlen);
+        if (r == 0 && v && !json_is_null(v)) {
+            r = text(v, parent, key, key_len, m->texts[j], &ev->texts[j], &ev->text_lens[j], errbuf,
+                     errlen);
+        }
+        if (r < 0) {
+            return r;
+        }
+    }
     return 0;
 }

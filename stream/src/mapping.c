@@ -54,26 +54,42 @@ bool ch_mapping_path_valid(const char *s, size_t n) {
     return !start;
 }
 
-int ch_mapping_add_field(ch_mapping_t *m, const char *path) {
-    size_t n = strlen(path);
-    if (!ch_mapping_path_valid(path, n)) {
-        return -EINVAL;
-    }
-    for (int r = 0; r < CH_ROLE_N; r++) {
-        if (strcmp(m->path[r], path) == 0) {
-            return -EINVAL;
-        }
-    }
-    for (size_t i = 0; i < m->n_fields; i++) {
-        if (strcmp(m->fields[i], path) == 0) {
+typedef char path_t[CH_MAPPING_PATH_MAX];
+
+static int index_of(path_t *list, size_t n, const char *path) {
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(list[i], path) == 0) {
             return (int)i;
         }
     }
-    if (m->n_fields == CH_MAPPING_MAX_FIELDS) {
+    return -1;
+}
+
+/* Add path to list (*n of cap) unless it is a role's path or in other. */
+static int add_path(ch_mapping_t *m, path_t *list, size_t *n, size_t cap, path_t *other,
+                    size_t n_other, const char *path) {
+    size_t len = strlen(path);
+    if (!ch_mapping_path_valid(path, len) || index_of(m->path, CH_ROLE_N, path) >= 0 ||
+        index_of(other, n_other, path) >= 0) {
+        return -EINVAL;
+    }
+    int i = index_of(list, *n, path);
+    if (i >= 0) {
+        return i;
+    }
+    if (*n == cap) {
         return -E2BIG;
     }
-    memcpy(m->fields[m->n_fields], path, n + 1);
-    return (int)m->n_fields++;
+    memcpy(list[*n], path, len + 1);
+    return (int)(*n)++;
+}
+
+int ch_mapping_add_field(ch_mapping_t *m, const char *path) {
+    return add_path(m, m->fields, &m->n_fields, CH_MAPPING_MAX_FIELDS, m->texts, m->n_texts, path);
+}
+
+int ch_mapping_add_text(ch_mapping_t *m, const char *path) {
+    return add_path(m, m->texts, &m->n_texts, CH_MAPPING_MAX_TEXTS, m->fields, m->n_fields, path);
 }
 
 /* ---------------------------------------------------------------- time */

@@ -290,8 +290,8 @@ def duration_ms(s):
 
 def offline_features(events, specs, default_hl):
     """Direct (non-incremental) evaluation of DESIGN.md section 5 for one user.
-    events: [(ts_ms, type, {field: value})], the event's item and category (if any) as
-    fields "@item" and "@category"; read at q = the latest event time. distinct() is
+    events: [(ts_ms, type, {field: value})], the event's item, category and other text
+    fields (if any) as fields "@item", "@category", "@<name>"; read at q = the latest event time. distinct() is
     the exact count of the values seen in (q - window, q]."""
     q = max(e[0] for e in events)
     values = {}
@@ -300,12 +300,11 @@ def offline_features(events, specs, default_hl):
         m = re.match(r"(\w+)(?:\(([^)]*)\))?\s*(.*)$", spec)
         kind, args, rest = m.group(1), m.group(2), m.group(3)
         opts = dict(kv.split("=", 1) for kv in rest.split())
-        filters = []
-        for key in ("type", "item", "category"):
-            for negate in (False, True):
-                k = key + ("!" if negate else "")
-                if k in opts:
-                    filters.append((key, negate, set(re.split(r"[|,]", opts[k]))))
+        filters = []  # type, item, category, or any other field by name ("@" + name)
+        for k, val in opts.items():
+            if k not in ("half_life", "default", "window", "k"):
+                negate = k.endswith("!")
+                filters.append((k.rstrip("!"), negate, set(re.split(r"[|,]", val))))
 
         def passes(ty, fv):
             for key, negate, vals in filters:

@@ -65,6 +65,9 @@ FEATURES = [
     ("gift_lines_30d", "count item=GIFT01|GIFT02|GIFT03 half_life=30d"),
     ("not_uk_share", "share category!=United_Kingdom half_life=30d"),
     ("products_7d", "distinct(item) window=7d k=16"),
+    # text fields by name, not roles: the channel (version 2 only) and the invoice
+    ("web_share", "share channel=web half_life=30d"),
+    ("invoices_30d", "distinct(invoice_no) window=30d k=16"),
 ]
 TAG = ("top_products", "top(item, 3) half_life=30d slots=40", 3, 30 * 8.64e7)
 
@@ -107,7 +110,7 @@ def produce(bootstrap, lines, schema, sid):
 def write_conf(tmp, reg, password_file, extra=""):
     reader = os.path.join(tmp, "invoice_line.avsc")
     with open(reader, "w") as f:
-        json.dump(LINE_V1, f)
+        json.dump(LINE_V2, f)  # the reader holds the newest version (version 1 lacks channel)
     path = os.path.join(tmp, "retail.conf")
     with open(path, "w") as f:
         f.write(f"""schema.dir = {SCHEMAS}
@@ -153,7 +156,9 @@ def check_features(lines, updates):
         by_user.setdefault(str(ln["customer"]["id"]), []).append(
             (ln["invoice_date"], None, {"amount": ln["unit_price"], "quantity": ln["quantity"],
                                         "@item": ln["stock_code"],
-                                        "@category": ln["customer"]["country"]}))
+                                        "@category": ln["customer"]["country"],
+                                        "@channel": ln.get("channel"),
+                                        "@invoice_no": ln["invoice_no"]}))
     last = {}
     for u in updates:
         last[u["user_id"]] = u  # a user's updates are in its partition's order
@@ -177,7 +182,7 @@ def check_features(lines, updates):
         assert got["tags"][TAG[0]] == [v for v, _ in ranked[:TAG[2]]], \
             f"customer {user}: tags {got['tags']} vs {ranked[:4]}"
         tag_users += 1
-    log(f"retail: {len(by_user)} customers, {len(lines)} lines: features equal the offline "
+    log(f"retail: {len(by_user)} customers, {len(lines)} lines: {len(FEATURES)} features equal the offline "
         f"computation (worst relative difference {worst:.2g}); top-3 products equal a direct "
         f"decayed count for {tag_users} customers ({tied} with a tie skipped)")
 
@@ -223,8 +228,10 @@ def run_main(broker, tmp, reg):
         # 2. the registry goes down; version 2 arrives
         reg.stop()
         sid_v2 = reg.add(json.dumps(LINE_V2))
-        produce(broker.bootstrap, [dict(ln, channel="web") for ln in lines[half:]], LINE_V2,
-                sid_v2)
+        rnd = random.Random(7)
+        for ln in lines[half:]:
+            ln["channel"] = rnd.choice(["web", "web", "store"])
+        produce(broker.bootstrap, lines[half:], LINE_V2, sid_v2)
 
         def held():
             m = d.metrics()

@@ -38,13 +38,17 @@ typedef enum ch_feat_kind {
     CH_FEAT_DISTINCT,
 } ch_feat_kind_t;
 
-/* The text fields of an event that filters (type=, item=, category=) and distinct()
- * read. */
+#define CH_FEATURES_MAX_TEXTS 5 /* text fields read by name (beyond type, item, category) */
+
+/* The text fields of an event that filters (type=, item=, category=, <path>=),
+ * distinct() and tags read: the three roles, then the fields named by path in the
+ * declarations (CH_TEXT_FIELD0 + j, j < ch_features_text_count()). */
 typedef enum ch_text_field {
     CH_TEXT_TYPE,
     CH_TEXT_ITEM,
     CH_TEXT_CATEGORY,
-    CH_TEXT_N,
+    CH_TEXT_FIELD0,
+    CH_TEXT_N = CH_TEXT_FIELD0 + CH_FEATURES_MAX_TEXTS,
 } ch_text_field_t;
 
 /*
@@ -144,6 +148,12 @@ double ch_features_longest_half_life(const ch_features_t *fs);
 size_t ch_features_field_count(const ch_features_t *fs);
 /** @brief Name of field i: "amount", "attrs.<key>" or a field path. */
 const char *ch_features_field_name(const ch_features_t *fs, size_t i);
+
+/** @brief Number of text fields read by name (filters, distinct() or tags on a field
+ *  other than type, item and category). */
+size_t ch_features_text_count(const ch_features_t *fs);
+/** @brief The name or dotted path of text field CH_TEXT_FIELD0 + j. */
+const char *ch_features_text_path(const ch_features_t *fs, size_t j);
 
 /**
  * @brief Set text field k of an observation from the event's value (NULL: the event

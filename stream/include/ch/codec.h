@@ -58,6 +58,8 @@ typedef struct ch_event_view {
     size_t n_attrs;
     const double *fields;    /* the mapping's numeric fields, by index */
     uint64_t fields_present; /* bit j: fields[j] was in the event */
+    const char *texts[CH_MAPPING_MAX_TEXTS]; /* the mapping's text fields; NULL: absent */
+    size_t text_lens[CH_MAPPING_MAX_TEXTS];
     int32_t schema_id;       /* writer schema id; -1 for plain framing */
 } ch_event_view_t;
 

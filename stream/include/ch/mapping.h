@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #define CH_MAPPING_MAX_FIELDS 64 /* numeric fields read by name */
+#define CH_MAPPING_MAX_TEXTS 5   /* text fields read by name (beyond the roles) */
 #define CH_MAPPING_PATH_MAX 256  /* bytes of a dotted path, NUL included */
 
 typedef enum ch_role {
@@ -52,6 +53,8 @@ typedef struct ch_mapping {
     ch_ts_unit_t ts_unit;
     char fields[CH_MAPPING_MAX_FIELDS][CH_MAPPING_PATH_MAX];
     size_t n_fields;
+    char texts[CH_MAPPING_MAX_TEXTS][CH_MAPPING_PATH_MAX]; /* text fields read by name */
+    size_t n_texts;
 } ch_mapping_t;
 
 /** @brief The role's name ("user_id", "ts", ...). */
@@ -74,6 +77,14 @@ bool ch_mapping_path_valid(const char *s, size_t n);
  * @returns its index, -EINVAL (not a valid path, or a role's path), -E2BIG.
  */
 int ch_mapping_add_field(ch_mapping_t *m, const char *path);
+
+/**
+ * @brief Add a text field read by name (a string, enum or integer that filters,
+ *        distinct() or tags read; duplicates are merged).
+ * @returns its index, -EINVAL (not a valid path, a role's path or a numeric field's),
+ *          -E2BIG.
+ */
+int ch_mapping_add_text(ch_mapping_t *m, const char *path);
 
 /**
  * @brief Parse an ISO-8601 date-time: YYYY-MM-DD, then 'T' or ' ', hh:mm[:ss[.frac]],

@@ -254,7 +254,8 @@ static void test_spec_errors(void **st) {
     expect_error("x", "sum(2price)", "bad field '2price'");
     expect_error("x", "sum(price..unit)", "bad field 'price..unit'");
     expect_error("x", "count half_life=soon", "bad half_life");
-    expect_error("x", "count colour=red", "unknown option");
+    expect_error("x", "count 9colour=red", "does not apply here");
+    expect_error("x", "count slots=3", "does not apply here");
     expect_error("x", "ratio(n, y)", "'y' is not a feature");
     expect_error("n", "count", "declared twice");
     expect_error("bad name", "count", "bad feature name");
@@ -334,6 +335,42 @@ static void cat_feed(cat_t *c, int64_t ts, const char *type, const char *item,
     ch_features_read(c->fs, c->state, c->t_ref, c->out);
 }
 
+/* Text fields by name or path (beyond type, item, category): filters, distinct() and
+ * tags read them like the roles; the set lists them for the event mapping. */
+static void test_text_fields_by_path(void **st) {
+    (void)st;
+    static const char *const decls[] = {
+        "web",      "count channel=web half_life=inf",
+        "not_de",   "share customer.country!=DE half_life=inf",
+        "invoices", "distinct(invoice_no) window=inf k=8",
+        NULL,
+    };
+    cat_t c;
+    cat_make(&c, decls);
+    assert_int_equal(ch_features_text_count(c.fs), 3);
+    assert_string_equal(ch_features_text_path(c.fs, 0), "channel");
+    assert_string_equal(ch_features_text_path(c.fs, 1), "customer.country");
+    assert_string_equal(ch_features_text_path(c.fs, 2), "invoice_no");
+    assert_string_equal(ch_features_spec(c.fs, 1),
+                        "share customer.country!=DE half_life=inf default=0");
+    static const char *const evs[][3] = {
+        {"web", "UK", "i1"}, {"store", "DE", "i1"}, {NULL, "DE", "i2"}, {"web", NULL, "i3"}};
+    for (size_t i = 0; i < 4; i++) {
+        ch_obs_t obs = {.ts_ms = (int64_t)i};
+        for (int j = 0; j < 3; j++) {
+            const char *v = evs[i][j];
+            ch_features_obs_text(c.fs, &obs, (ch_text_field_t)(CH_TEXT_FIELD0 + j), v,
+                                 v ? strlen(v) : 0);
+        }
+        ch_features_update(c.fs, c.state, &c.t_ref, &obs);
+    }
+    ch_features_read(c.fs, c.state, c.t_ref, c.out);
+    assert_double_equal(c.out[0], 2, 0);   /* web twice */
+    assert_double_equal(c.out[1], 0.5, 0); /* UK and none of 4 are not DE */
+    assert_double_equal(c.out[2], 3, 0);   /* i1, i2, i3 */
+    cat_done(&c);
+}
+
 static void test_text_filters_and_share(void **st) {
     (void)st;
     static const char *const decls[] = {
@@ -369,7 +406,7 @@ static void test_text_filters_and_share(void **st) {
     assert_int_equal(ch_features_new(H, &fs), 0);
     assert_int_equal(ch_features_add(fs, none[0], none[1], err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "share needs a filter"));
-    assert_int_equal(ch_features_add(fs, "d", "distinct(amount)", err, sizeof(err)), -EINVAL);
+    assert_int_equal(ch_features_add(fs, "d", "distinct(2amount)", err, sizeof(err)), -EINVAL);
     assert_int_equal(ch_features_add(fs, "d", "distinct(item) half_life=1h", err, sizeof(err)),
                      -EINVAL);
     assert_int_equal(ch_features_add(fs, "d", "count item=a item=b", err, sizeof(err)), -EINVAL);
@@ -494,7 +531,7 @@ static void test_tags(void **st) {
     assert_int_equal(ch_features_add_tag(c.fs, "cats", "top( category , 2) type!=refund slots=3",
                                          err, sizeof(err)),
                      0);
-    assert_int_equal(ch_features_add_tag(c.fs, "x", "top(amount, 2)", err, sizeof(err)), -EINVAL);
+    assert_int_equal(ch_features_add_tag(c.fs, "x", "top(a..b, 2)", err, sizeof(err)), -EINVAL);
     assert_int_equal(ch_features_add_tag(c.fs, "x", "top(item, 2) slots=1", err, sizeof(err)),
                      -EINVAL);
     assert_string_equal(ch_features_tag_spec(c.fs, 0),
@@ -540,6 +577,7 @@ int main(void) {
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_canonical_spec),
         cmocka_unit_test(test_duration_parse),
+        cmocka_unit_test(test_text_fields_by_path),
         cmocka_unit_test(test_text_filters_and_share),
         cmocka_unit_test(test_distinct_exact_in_any_order),
         cmocka_unit_test(test_distinct_estimate),

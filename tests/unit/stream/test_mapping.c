@@ -98,6 +98,14 @@ static void test_paths(void **st) {
     assert_int_equal(ch_mapping_add_field(&m, "price.unit"), 1);
     assert_int_equal(ch_mapping_add_field(&m, "qty"), 0);
     assert_int_equal(ch_mapping_add_field(&m, "user_id"), -EINVAL);
+    /* text fields: their own indexes, never a role's or a numeric field's path */
+    assert_int_equal(ch_mapping_add_text(&m, "channel"), 0);
+    assert_int_equal(ch_mapping_add_text(&m, "shop.region"), 1);
+    assert_int_equal(ch_mapping_add_text(&m, "channel"), 0);
+    assert_int_equal(ch_mapping_add_text(&m, "qty"), -EINVAL);
+    assert_int_equal(ch_mapping_add_text(&m, "type"), -EINVAL);
+    assert_int_equal(ch_mapping_add_text(&m, "9x"), -EINVAL);
+    assert_int_equal(ch_mapping_add_field(&m, "channel"), -EINVAL);
 }
 
 /* ---------------------------------------------------------------- Avro */
