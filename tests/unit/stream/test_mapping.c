@@ -17,6 +17,7 @@
 
 #include "../ch_test.h"
 #include "ch/codec.h"
+#include "ch/json_in.h"
 #include "ch/mapping.h"
 
 static void test_iso8601(void **st) {
@@ -153,6 +154,7 @@ static void test_avro_mapping(void **st) {
     strcpy(m.path[CH_ROLE_TYPE], "meta.kind");
     m.is_default[CH_ROLE_TYPE] = false;
     assert_int_equal(ch_mapping_add_field(&m, "qty"), 0);
+    assert_int_equal(ch_mapping_add_text(&m, "note"), 0); /* a text field by name */
     char err[512] = "";
     ch_decoder_t *d = decoder(path, &m, err, sizeof(err));
     assert_non_null(d);
@@ -179,6 +181,8 @@ static void test_avro_mapping(void **st) {
     assert_false(ev.has_amount);
     assert_int_equal(ev.fields_present, 1);
     assert_true(ev.fields[0] == 5.0);
+    assert_int_equal(ev.text_lens[0], 2);
+    assert_memory_equal(ev.texts[0], "hi", 2);
 
     n = 0; /* meta null: no event time */
     n += put_long(b + n, 7);
@@ -189,6 +193,25 @@ static void test_avro_mapping(void **st) {
     assert_non_null(strstr(err, "meta.at (ts) is null or absent"));
     ch_decoder_release(d);
     ch_decoder_free(d);
+
+    /* the same text field from JSON, by path too */
+    ch_json_decoder_t *jd = NULL;
+    assert_int_equal(ch_json_decoder_new(&m, &jd), 0);
+    const char *js = "{\"uid\": 5, \"meta\": {\"at\": 1000, \"kind\": \"A\"}, \"note\": \"yo\"}";
+    assert_int_equal(ch_json_decoder_decode(jd, js, strlen(js), &ev, err, sizeof(err)), 0);
+    assert_int_equal(ev.text_lens[0], 2);
+    assert_memory_equal(ev.texts[0], "yo", 2);
+    js = "{\"uid\": 5, \"meta\": {\"at\": 1000}}";
+    assert_int_equal(ch_json_decoder_decode(jd, js, strlen(js), &ev, err, sizeof(err)), 0);
+    assert_null(ev.texts[0]);
+    js = "{\"uid\": 5, \"meta\": {\"at\": 1000}, \"note\": [1]}";
+    assert_int_equal(ch_json_decoder_decode(jd, js, strlen(js), &ev, err, sizeof(err)), -EBADMSG);
+    ch_json_decoder_free(jd);
+    m.n_texts = 0;
+    assert_int_equal(ch_mapping_add_text(&m, "meta.colour"), 0);
+    assert_null(decoder(path, &m, err, sizeof(err)));
+    assert_non_null(strstr(err, "no field 'meta.colour' (read as text"));
+    m.n_texts = 0;
 
     /* a mapped path the schema lacks, or of the wrong type: refused at creation */
     strcpy(m.path[CH_ROLE_ITEM], "meta.sku");
