@@ -1181,6 +1181,19 @@ void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_m
 
 void ch_features_read(const ch_features_t *fs, const double *state, int64_t t_ref_ms,
                       double *out) {
+    ch_features_read_at(fs, state, t_ref_ms, t_ref_ms, out);
+}
+
+void ch_features_read_at(const ch_features_t *fs, const double *state, int64_t t_ref_ms,
+                         int64_t at_ms, double *out) {
+    double factor[CH_FEATURES_MAX + CH_TAGS_MAX];
+    if (at_ms < t_ref_ms) {
+        at_ms = t_ref_ms;
+    }
+    for (size_t h = 0; h < fs->n_half_lives; h++) {
+        factor[h] = at_ms == t_ref_ms ? 1.0 : decay((double)(at_ms - t_ref_ms), fs->half_lives[h]);
+    }
+    t_ref_ms = at_ms; /* since_last and distinct() are read at that time too */
     for (size_t i = 0; i < fs->n_feats; i++) {
         const feature_t *f = &fs->feats[i];
         const double *s = state + f->off;
@@ -1188,7 +1201,7 @@ void ch_features_read(const ch_features_t *fs, const double *state, int64_t t_re
         switch (f->kind) {
         case CH_FEAT_COUNT:
         case CH_FEAT_SUM:
-            v = s[0];
+            v = s[0] * factor[f->hl_index];
             break;
         case CH_FEAT_MEAN:
             if (s[0] > 0) {
@@ -1202,7 +1215,7 @@ void ch_features_read(const ch_features_t *fs, const double *state, int64_t t_re
             break;
         case CH_FEAT_MAX:
             if (s[0] != -INFINITY) {
-                v = s[0];
+                v = s[0] * factor[f->hl_index];
             }
             break;
         case CH_FEAT_SINCE_LAST:

@@ -50,36 +50,10 @@
 #include <string.h>
 
 #include "errbuf.h"
+#include "kmeans_int.h"
 
-#define BLOCK 1024      /* rows per distance block */
 #define MIN_STD 1e-6    /* below this a feature is treated as constant */
 #define WARMUP_INITS 4  /* k-means++ restarts at warm-up (buffered points) */
-#define SEED_INITS 10   /* k-means++ restarts when seeding on a population */
-#define RESTART_GAIN 0.02 /* a refresh's k-means++ candidate must lower the inertia by 2% */
-
-struct ch_kmeans {
-    ch_kmeans_opts_t o;
-    /* transform statistics */
-    double *mean, *m2, sw;
-    float *inv_std;
-    int64_t stats_ms;
-    /* warm-up buffer of l-values (W + max_batch rows) */
-    float *wbuf;
-    size_t n_w;
-    bool ready;
-    /* centroids */
-    float *c, *cnorm;
-    double *w;
-    uint32_t *gen;
-    int64_t t_ms;
-    int64_t refreshed_ms; /* stream time of seeding or the last refresh */
-    /* scratch */
-    float *z, *znorm, *dist, *sum;
-    size_t *cnt;
-    int32_t *nearest;
-    double *d2;
-    uint64_t rng, points, reseeds, refreshes, restarts;
-};
 
 void ch_kmeans_opts_default(ch_kmeans_opts_t *o, size_t k, size_t dim) {
     *o = (ch_kmeans_opts_t){.k = k,
@@ -276,7 +250,7 @@ static void stats_update(ch_kmeans_t *km, const float *l, size_t n, int64_t now_
     refresh_std(km);
 }
 
-static void zscore(const ch_kmeans_t *km, const float *l, size_t n, float *z) {
+void ch_km_zscore(const ch_kmeans_t *km, const float *l, size_t n, float *z) {
     size_t d = km->o.dim;
     for (size_t i = 0; i < n; i++) {
         for (size_t j = 0; j < d; j++) {
@@ -286,18 +260,25 @@ static void zscore(const ch_kmeans_t *km, const float *l, size_t n, float *z) {
 }
 
 /* The first step of the transform: l = sign(x) log1p(|x|) (or x), n rows. */
-static void log_rows(const ch_kmeans_t *km, const float *x, size_t n, float *ret_l) {
+void ch_km_log_rows(const ch_kmeans_t *km, const float *x, size_t n, float *ret_l) {
     for (size_t i = 0; i < n * km->o.dim; i++) {
         ret_l[i] = slog(x[i], km->o.log1p);
     }
 }
 
-void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float *ret_z) {
-    log_rows(km, x, n, ret_z);
-    zscore(km, ret_z, n, ret_z);
+void ch_kmeans_untransform(const ch_kmeans_t *km, const float *z, float *ret_x) {
+    for (size_t j = 0; j < km->o.dim; j++) {
+        double l = (double)z[j] / km->inv_std[j] + km->mean[j];
+        ret_x[j] = (float)(km->o.log1p ? copysign(expm1(fabs(l)), l) : l);
+    }
 }
 
-static void refresh_cnorm(ch_kmeans_t *km) {
+void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float *ret_z) {
+    ch_km_log_rows(km, x, n, ret_z);
+    ch_km_zscore(km, ret_z, n, ret_z);
+}
+
+void ch_km_refresh_cnorm(ch_kmeans_t *km) {
     size_t d = km->o.dim;
     for (size_t j = 0; j < km->o.k; j++) {
         float s = 0;
@@ -386,7 +367,7 @@ static void set_centroid(ch_kmeans_t *km, size_t j, const float *src) {
 
 /* Lower d2 with centroid j, row by row (after seeding j). */
 /* Squared Euclidean distance of two d-vectors, in double. */
-static double sqdist(const float *a, const float *b, size_t d) {
+double ch_km_sqdist(const float *a, const float *b, size_t d) {
     double s = 0;
     for (size_t t = 0; t < d; t++) {
         double diff = (double)a[t] - b[t];
@@ -399,7 +380,7 @@ static void lower_d2(const ch_kmeans_t *km, size_t j, const float *z, size_t n, 
     size_t d = km->o.dim;
     const float *c = km->c + j * d;
     for (size_t i = 0; i < n; i++) {
-        double s = sqdist(z + i * d, c, d);
+        double s = ch_km_sqdist(z + i * d, c, d);
         d2[i] = s < d2[i] ? s : d2[i];
     }
 }
@@ -436,7 +417,7 @@ static double lloyd(ch_kmeans_t *km, const float *z, size_t n, int32_t *near, do
                 }
             }
         }
-        refresh_cnorm(km);
+        ch_km_refresh_cnorm(km);
     }
     return inertia;
 }
@@ -491,7 +472,7 @@ static void fit_best(ch_kmeans_t *km, const float *z, size_t n, int inits, int32
     }
     free(best_c);
     free(best_w);
-    refresh_cnorm(km);
+    ch_km_refresh_cnorm(km);
     km->t_ms = stream_ms;
     km->refreshed_ms = stream_ms;
     km->ready = true;
@@ -500,185 +481,8 @@ static void fit_best(ch_kmeans_t *km, const float *z, size_t n, int inits, int32
 
 static void finish_warmup(ch_kmeans_t *km, int64_t stream_ms) {
     float *z = km->wbuf;
-    zscore(km, z, km->n_w, z); /* in place: the buffer holds l-values until now */
+    ch_km_zscore(km, z, km->n_w, z); /* in place: the buffer holds l-values until now */
     fit_best(km, z, km->n_w, WARMUP_INITS, km->nearest, km->d2, stream_ms);
-}
-
-int ch_kmeans_seed(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms) {
-    size_t d = km->o.dim;
-    if (km->ready || n < km->o.k) {
-        return -EINVAL;
-    }
-    float *z = malloc(n * d * sizeof(float));
-    int32_t *near = malloc(n * sizeof(int32_t));
-    double *d2 = malloc(n * sizeof(double));
-    int r = -ENOMEM;
-    if (z && near && d2) {
-        ch_kmeans_transform(km, x, n, z);
-        fit_best(km, z, n, SEED_INITS, near, d2, stream_ms);
-        r = 0;
-    }
-    free(z);
-    free(near);
-    free(d2);
-    return r;
-}
-
-/* ---- refresh on a population ---------------------------------------------- */
-
-/* Least-cost perfect matching of the rows of a k x k cost matrix to its columns
- * (Hungarian method with potentials, O(k^3)): ret_col[i] is row i's column. */
-static int match_min_cost(const double *cost, size_t k, size_t *ret_col) {
-    double *u = calloc(k + 1, sizeof(double)), *v = calloc(k + 1, sizeof(double));
-    double *minv = malloc((k + 1) * sizeof(double));
-    size_t *p = calloc(k + 1, sizeof(size_t)), *way = calloc(k + 1, sizeof(size_t));
-    bool *used = malloc((k + 1) * sizeof(bool));
-    int r = u && v && minv && p && way && used ? 0 : -ENOMEM;
-    /* 1-based: column 0 and row 0 are the method's sentinel */
-    for (size_t i = 1; r == 0 && i <= k; i++) {
-        p[0] = i;
-        size_t j0 = 0;
-        for (size_t j = 0; j <= k; j++) {
-            minv[j] = INFINITY;
-            used[j] = false;
-        }
-        do {
-            used[j0] = true;
-            size_t i0 = p[j0], j1 = 0;
-            double delta = INFINITY;
-            for (size_t j = 1; j <= k; j++) {
-                if (used[j]) {
-                    continue;
-                }
-                double cur = cost[(i0 - 1) * k + (j - 1)] - u[i0] - v[j];
-                if (cur < minv[j]) {
-                    minv[j] = cur;
-                    way[j] = j0;
-                }
-                if (minv[j] < delta) {
-                    delta = minv[j];
-                    j1 = j;
-                }
-            }
-            if (j1 == 0) { /* only with non-finite costs */
-                r = -EINVAL;
-                break;
-            }
-            for (size_t j = 0; j <= k; j++) {
-                if (used[j]) {
-                    u[p[j]] += delta;
-                    v[j] -= delta;
-                } else {
-                    minv[j] -= delta;
-                }
-            }
-            j0 = j1;
-        } while (p[j0] != 0);
-        for (; r == 0 && j0;) {
-            size_t j1 = way[j0];
-            p[j0] = p[j1];
-            j0 = j1;
-        }
-    }
-    for (size_t j = 1; r == 0 && j <= k; j++) {
-        ret_col[p[j] - 1] = j - 1;
-    }
-    free(u);
-    free(v);
-    free(minv);
-    free(p);
-    free(way);
-    free(used);
-    return r;
-}
-
-/* The candidate in km->c (points per centroid in km->w) takes the ids of the live
- * centroids it is matched to; an id whose new centroid is not the one nearest its
- * old one bumps its generation. cnt gets the points per id. */
-static int adopt_candidate(ch_kmeans_t *km, const float *live, float *cand, double *cost,
-                           size_t *col, size_t *cnt, size_t *ret_renewed) {
-    size_t k = km->o.k, d = km->o.dim;
-    for (size_t i = 0; i < k; i++) {
-        for (size_t m = 0; m < k; m++) {
-            cost[i * k + m] = sqdist(live + i * d, km->c + m * d, d);
-        }
-    }
-    int r = match_min_cost(cost, k, col);
-    if (r < 0) {
-        return r;
-    }
-    memcpy(cand, km->c, k * d * sizeof(float));
-    *ret_renewed = 0;
-    for (size_t i = 0; i < k; i++) {
-        size_t m = col[i], nearest = m;
-        for (size_t q = 0; q < k; q++) {
-            nearest = cost[i * k + q] < cost[i * k + nearest] ? q : nearest;
-        }
-        memcpy(km->c + i * d, cand + m * d, d * sizeof(float));
-        cnt[i] = (size_t)km->w[m];
-        if (nearest != m) {
-            km->gen[i]++;
-            (*ret_renewed)++;
-        }
-    }
-    return 0;
-}
-
-int ch_kmeans_refresh(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms,
-                      ch_kmeans_refresh_t *ret) {
-    size_t k = km->o.k, d = km->o.dim;
-    if (!km->ready || n < k) {
-        return -EINVAL;
-    }
-    float *z = malloc(n * d * sizeof(float));
-    float *live = malloc(k * d * sizeof(float)), *cand = malloc(k * d * sizeof(float));
-    int32_t *near = malloc(n * sizeof(int32_t));
-    double *d2 = malloc(n * sizeof(double)), *cost = malloc(k * k * sizeof(double));
-    size_t *col = malloc(k * sizeof(size_t)), *cnt = calloc(k, sizeof(size_t));
-    int r = -ENOMEM;
-    if (!z || !live || !cand || !near || !d2 || !cost || !col || !cnt) {
-        goto out;
-    }
-    ch_kmeans_refresh_t info = {.points = n};
-    double mass = 0;
-    for (size_t j = 0; j < k; j++) {
-        mass += km->w[j];
-    }
-    ch_kmeans_transform(km, x, n, z);
-    info.inertia_before = assign_all(km, z, n, near, d2);
-    info.inertia_lloyd = lloyd(km, z, n, near, d2);
-    memcpy(live, km->c, k * d * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        cnt[near[i]]++;
-    }
-    info.inertia_restart = warm_fit(km, z, n, near, d2);
-    bool better = info.inertia_restart < (1 - RESTART_GAIN) * info.inertia_lloyd;
-    if (better && adopt_candidate(km, live, cand, cost, col, cnt, &info.renewed) == 0) {
-        info.restarted = true;
-        km->restarts++;
-    } else {
-        memcpy(km->c, live, k * d * sizeof(float));
-    }
-    for (size_t j = 0; j < k; j++) {
-        km->w[j] = mass > 0 ? mass * (double)cnt[j] / (double)n : (double)cnt[j];
-    }
-    refresh_cnorm(km);
-    km->refreshed_ms = stream_ms;
-    km->refreshes++;
-    if (ret) {
-        *ret = info;
-    }
-    r = 0;
-out:
-    free(z);
-    free(live);
-    free(cand);
-    free(near);
-    free(d2);
-    free(cost);
-    free(col);
-    free(cnt);
-    return r;
 }
 
 static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t stream_ms) {
@@ -702,7 +506,7 @@ static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t str
         }
         wmax = km->w[j] > wmax ? km->w[j] : wmax;
     }
-    refresh_cnorm(km);
+    ch_km_refresh_cnorm(km);
     for (size_t j = 0; j < k; j++) {
         if (km->w[j] < km->o.dead_ratio * wmax && n > 0) {
             size_t p = d2_sample(km, km->d2, n);
@@ -722,7 +526,7 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
         return -EINVAL;
     }
     float *l = km->z;
-    log_rows(km, x, n, l);
+    ch_km_log_rows(km, x, n, l);
     stats_update(km, l, n, stream_ms);
     km->points += n;
     if (!km->ready && km->o.seed_by_caller) {
@@ -741,12 +545,12 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
             return 0;
         }
         finish_warmup(km, stream_ms);
-        zscore(km, l, n, km->z);
+        ch_km_zscore(km, l, n, km->z);
     } else {
         if (km->refreshed_ms == INT64_MIN) {
             km->refreshed_ms = stream_ms; /* restored: the refresh clock starts now */
         }
-        zscore(km, l, n, km->z);
+        ch_km_zscore(km, l, n, km->z);
         online_update(km, km->z, n, stream_ms);
     }
     /* report: nearest after the update, with hysteresis against the previous segment */
@@ -771,6 +575,25 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
         ret[i].previous = p >= 0 && (p != seg || !same_gen) ? p : -1;
     }
     return 0;
+}
+
+void ch_kmeans_assign(ch_kmeans_t *km, const float *x, size_t n, ch_kmeans_assign_t *ret) {
+    size_t k = km->o.k;
+    if (!km->ready) {
+        for (size_t i = 0; i < n; i++) {
+            ret[i] = (ch_kmeans_assign_t){.segment = -1, .previous = -1};
+        }
+        return;
+    }
+    ch_kmeans_transform(km, x, n, km->z);
+    distances(km, km->z, n);
+    for (size_t i = 0; i < n; i++) {
+        size_t best = argmin_row(km, i);
+        ret[i] = (ch_kmeans_assign_t){.segment = (int32_t)best,
+                                      .generation = km->gen[best],
+                                      .distance = sqrtf(km->dist[i * k + best]),
+                                      .previous = -1};
+    }
 }
 
 bool ch_kmeans_check(const ch_kmeans_t *km, char *why, size_t len) {
@@ -939,7 +762,7 @@ int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errle
         km->t_ms = t_ms;
         km->ready = true;
         km->n_w = 0;
-        refresh_cnorm(km);
+        ch_km_refresh_cnorm(km);
         km->refreshed_ms = INT64_MIN; /* the refresh clock starts at the next batch */
     }
     r = 0;

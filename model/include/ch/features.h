@@ -184,6 +184,15 @@ void ch_features_read(const ch_features_t *fs, const double *state, int64_t t_re
                       double *out);
 
 /**
+ * @brief Read every feature as it will be at at_ms >= t_ref_ms if no event comes
+ *        before (counts, sums and maxima decayed, since_last and distinct() windows at
+ *        at_ms; means, std and shares do not change by decay alone). The state is not
+ *        changed. An at_ms before t_ref_ms reads at t_ref_ms.
+ */
+void ch_features_read_at(const ch_features_t *fs, const double *state, int64_t t_ref_ms,
+                         int64_t at_ms, double *out);
+
+/**
  * @brief Parse a duration: "<number><unit>" with unit ms, s, m, h, d or w, or "inf".
  *        A bare number means milliseconds.
  * @returns 0 and *ret_ms, or -EINVAL.

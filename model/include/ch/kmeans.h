@@ -83,14 +83,14 @@ bool ch_kmeans_ready(const ch_kmeans_t *km);
 bool ch_kmeans_wants_seed(const ch_kmeans_t *km, size_t n);
 
 /**
- * @brief End the warm-up on a population: n raw vectors (for example every user's
- *        current features) are transformed with the statistics seen so far and
- *        several k-means++ seedings, each refined by Lloyd passes, are tried; the
- *        one of least inertia becomes the centroids (ids 0..k-1, generation 0).
+ * @brief End the warm-up on a population at once: n raw vectors (for example every
+ *        user's current features) are fitted as by a ch_kmeans_fit_t (10 k-means++
+ *        seedings refined by Lloyd, the least inertia wins); its centroids take ids
+ *        0..k-1, generation 0.
  * @param x n rows of dim raw values (finite); n >= k.
  * @param stream_ms the stream time the vectors were read at.
  * @returns 0, -EINVAL (fewer than k rows, or already ready), -ENOMEM.
- * @remark Allocates scratch for n rows for the duration of the call (once per life).
+ * @remark Allocates scratch for n rows for the duration of the call.
  */
 int ch_kmeans_seed(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms);
 
@@ -102,7 +102,7 @@ typedef struct ch_kmeans_refresh {
     double inertia_lloyd;   /* after Lloyd passes from them */
     double inertia_restart; /* of this refresh's k-means++ candidate */
     bool restarted;         /* the candidate won: it took the matched ids */
-    size_t renewed;         /* segments whose generation was bumped by the restart */
+    size_t renewed;         /* segments whose generation this refresh bumped */
 } ch_kmeans_refresh_t;
 
 /** @brief Whether a refresh is due: ready, refresh_ms > 0 and at least refresh_ms of
@@ -111,22 +111,69 @@ typedef struct ch_kmeans_refresh {
 bool ch_kmeans_wants_refresh(const ch_kmeans_t *km, int64_t stream_ms);
 
 /**
- * @brief Refresh the centroids on a population (for example every user's current
- *        features): Lloyd passes from the live centroids, then one k-means++
- *        candidate with Lloyd passes, which replaces them only if its inertia is
- *        lower by more than 2%. A replacing candidate's centroids take the ids of the
- *        old ones by an optimal matching (least total squared distance); an id whose
- *        new centroid is not the one nearest its old one bumps its generation. The
- *        weights keep their total, shared out by the population's counts (a segment
- *        with no member gets weight 0 and is re-seeded by the next batch).
+ * @brief Refresh the centroids on a population at once, as a ch_kmeans_fit_t does.
  * @param x n rows of dim raw values (finite); n >= k.
  * @param ret what was done (may be NULL).
  * @returns 0, -EINVAL (not ready, or fewer than k rows), -ENOMEM (model unchanged).
- * @remark O(n k d) per Lloyd pass (sgemm), O(k^3) for the matching after a restart;
- *         allocates scratch for n rows for the duration of the call.
  */
 int ch_kmeans_refresh(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms,
                       ch_kmeans_refresh_t *ret);
+
+/*
+ * A fit on a population (every user's current vector), done in slices: the caller adds
+ * rows, then steps with a budget of rows per call between its other work, then adopts
+ * the result. Candidates: Lloyd from the live centroids (when ready), and 10 k-means++
+ * seedings refined by Lloyd (on an even sample of at most 65,536 rows; the best of them
+ * then refined on every row). Lloyd runs to convergence (no row changes centroid; at
+ * most 100 passes);
+ * an empty centroid moves to the farthest row. The k-means++ result replaces
+ * Lloyd-from-live only if its inertia is lower by more than 0.5%, and then takes the
+ * live ids by an optimal matching (least total squared distance). Either way an id
+ * whose new centroid is not the one nearest its old one bumps its generation, and the
+ * weights keep their total, shared out by the population's counts. When not ready,
+ * adoption seeds the segmenter (ids 0..k-1, weights the counts).
+ * The live model is read when stepping starts (transform statistics, centroids) and
+ * written only by adoption, so online updates may go on between steps.
+ */
+typedef struct ch_kmeans_fit ch_kmeans_fit_t;
+
+/** @brief A fit of km's segments on up to max_rows rows. @returns 0, -EINVAL (max_rows
+ *  < k), -ENOMEM. @remark Holds 4 (dim + 4) bytes per row until freed. */
+int ch_kmeans_fit_new(ch_kmeans_t *km, size_t max_rows, ch_kmeans_fit_t **ret_fit);
+
+/** @brief Free. Accepts NULL. @returns NULL. */
+ch_kmeans_fit_t *ch_kmeans_fit_free(ch_kmeans_fit_t *f);
+
+/** @brief Add n raw rows (finite). @returns 0, -ENOSPC (beyond max_rows: none added),
+ *  -EINVAL (stepping has started). */
+int ch_kmeans_fit_add(ch_kmeans_fit_t *f, const float *x, size_t n);
+
+/** @brief Rows added. */
+size_t ch_kmeans_fit_rows(const ch_kmeans_fit_t *f);
+
+/**
+ * @brief Work on about `rows` rows (whole blocks of 1,024; the first call also
+ *        z-scores every row, O(rows added x dim)). The result does not depend on how
+ *        the work is cut into steps.
+ * @returns 1 more work, 0 done (adopt it), -EINVAL (fewer than k rows), -ENOMEM.
+ */
+int ch_kmeans_fit_step(ch_kmeans_fit_t *f, size_t rows);
+
+/**
+ * @brief Make the finished fit the live model (see above), once.
+ * @param ret what was done (may be NULL); at a seeding only points and
+ *        inertia_restart (the winner's) are set, the others are NaN.
+ * @returns 0, -EINVAL (not done, already adopted, or km was seeded or restored since
+ *          the fit started), -ENOMEM (model unchanged).
+ */
+int ch_kmeans_fit_adopt(ch_kmeans_fit_t *f, int64_t stream_ms, ch_kmeans_refresh_t *ret);
+
+/**
+ * @brief Nearest centroid of n raw points (no hysteresis, the model unchanged):
+ *        segment -1 while not ready.
+ * @param n 1..max(max_batch, 1024).
+ */
+void ch_kmeans_assign(ch_kmeans_t *km, const float *x, size_t n, ch_kmeans_assign_t *ret);
 
 /**
  * @brief Check the invariants: transform statistics finite, weights (of centroids
@@ -141,6 +188,10 @@ bool ch_kmeans_check(const ch_kmeans_t *km, char *why, size_t len);
  * @param x n rows of dim raw values; @param ret_z n rows of dim transformed values.
  */
 void ch_kmeans_transform(const ch_kmeans_t *km, const float *x, size_t n, float *ret_z);
+
+/** @brief Map one point of the transformed space back to feature units (the inverse of
+ *  ch_kmeans_transform with the current statistics). */
+void ch_kmeans_untransform(const ch_kmeans_t *km, const float *z, float *ret_x);
 
 /** @brief Centroid j (dim floats, transformed space), its weight and generation. */
 const float *ch_kmeans_centroid(const ch_kmeans_t *km, size_t j, double *ret_weight,

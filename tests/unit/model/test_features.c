@@ -194,6 +194,43 @@ static void test_since_last(void **st) {
     ch_features_free(fx.fs);
 }
 
+/* Reading at a later time equals the state an event matching no feature would leave at
+ * that time (decay alone), and does not change the state. */
+static void test_read_at_a_later_time(void **st) {
+    (void)st;
+    static const char *const decls[] = {
+        "n",  "count type=payment",
+        "s",  "sum(amount) type=payment half_life=3h",
+        "m",  "mean(amount) type=payment",
+        "sd", "std(amount) type=payment",
+        "mx", "max(amount) type=payment half_life=30m",
+        "sl", "since_last type=payment",
+        "r",  "ratio(s, n)",
+        NULL,
+    };
+    fixture_t fx;
+    make(&fx, decls);
+    double a = 10, b = 30;
+    feed(&fx, 0, "payment", &a);
+    feed(&fx, 600000, "payment", &b);
+    double at[32], again[32];
+    int64_t later = 600000 + 2 * H + 12345;
+    ch_features_read_at(fx.fs, fx.state, fx.t_ref, later, at);
+    ch_features_read_at(fx.fs, fx.state, fx.t_ref, later, again);
+    assert_memory_equal(at, again, 7 * sizeof(double)); /* the state is unchanged */
+    ch_features_read_at(fx.fs, fx.state, fx.t_ref, fx.t_ref - 5, again); /* earlier: at t_ref */
+    read_all(&fx);
+    assert_memory_equal(fx.out, again, 7 * sizeof(double));
+    assert_double_equal(at[0], fx.out[0] * exp2(-(double)(later - 600000) / H), 1e-12);
+    feed(&fx, later, "view", NULL); /* matches none of them */
+    read_all(&fx);
+    for (int i = 0; i < 7; i++) {
+        assert_double_equal(at[i], fx.out[i], 1e-12 * (1 + fabs(fx.out[i])));
+    }
+    assert_double_equal(at[5], (double)(later - 600000) / 1000.0, 0);
+    ch_features_free(fx.fs);
+}
+
 static void test_ratio(void **st) {
     (void)st;
     static const char *const decls[] = {
@@ -572,6 +609,7 @@ int main(void) {
         cmocka_unit_test(test_constant_values_have_zero_std),
         cmocka_unit_test(test_type_filters),
         cmocka_unit_test(test_since_last),
+        cmocka_unit_test(test_read_at_a_later_time),
         cmocka_unit_test(test_ratio),
         cmocka_unit_test(test_per_feature_half_life),
         cmocka_unit_test(test_spec_errors),

@@ -478,6 +478,139 @@ static void test_bad_arguments(void **state) {
     assert_null(ch_kmeans_free(NULL));
 }
 
+/* A seed_by_caller segmenter for 2-D points; with `fed`, it has seen 256 points of the
+ * 3 blobs (transform statistics learned), else it maps points unchanged. */
+static ch_kmeans_t *make_caller_seeded(size_t k, bool fed) {
+    ch_kmeans_opts_t o;
+    ch_kmeans_opts_default(&o, k, 2);
+    o.warmup = 256;
+    o.max_batch = 64;
+    o.log1p = false;
+    o.half_life_ms = INFINITY;
+    o.stats_half_life_ms = INFINITY;
+    o.seed_by_caller = true;
+    ch_kmeans_t *km = NULL;
+    assert_int_equal(ch_kmeans_new(&o, &km, NULL, 0), 0);
+    int64_t t = 0;
+    int seg[3];
+    if (fed) {
+        feed(km, 4, 7, &t, seg);
+    }
+    return km;
+}
+
+/* n rows: blob i % 3 plus a ring of noise, so Lloyd needs several passes. */
+static float *population_rows(size_t n) {
+    float *x = malloc(n * 2 * sizeof(float));
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++) {
+        blob_point((int)(i % 3), x + 2 * i);
+        x[2 * i] += (float)(4 * (unif() - 0.5));
+        x[2 * i + 1] += (float)(4 * (unif() - 0.5));
+    }
+    return x;
+}
+
+/* Run a fit in steps of `budget` rows; returns the steps it took. */
+static size_t fit_in_steps(ch_kmeans_t *km, const float *x, size_t n, size_t budget,
+                           ch_kmeans_refresh_t *info) {
+    ch_kmeans_fit_t *f = NULL;
+    assert_int_equal(ch_kmeans_fit_new(km, n, &f), 0);
+    assert_int_equal(ch_kmeans_fit_add(f, x, n / 2), 0);
+    assert_int_equal(ch_kmeans_fit_add(f, x + (n / 2) * 2, n - n / 2), 0);
+    assert_int_equal(ch_kmeans_fit_add(f, x, 1), -ENOSPC);
+    assert_int_equal(ch_kmeans_fit_rows(f), n);
+    size_t steps = 0;
+    int r;
+    while ((r = ch_kmeans_fit_step(f, budget)) == 1) {
+        steps++;
+    }
+    assert_int_equal(r, 0);
+    assert_int_equal(ch_kmeans_fit_add(f, x, 1), -EINVAL); /* stepping has started */
+    assert_int_equal(ch_kmeans_fit_adopt(f, 1000, info), 0);
+    assert_int_equal(ch_kmeans_fit_adopt(f, 1000, info), -EINVAL); /* once */
+    ch_kmeans_fit_free(f);
+    return steps + 1;
+}
+
+/* A fit cut into one-block slices gives the same centroids, bit for bit, as one done at
+ * once; so does a refresh after it. */
+static void test_fit_in_slices_equals_fit_at_once(void **state) {
+    (void)state;
+    size_t n = 5000;
+    float *x = population_rows(n);
+    ch_kmeans_t *a = make_caller_seeded(4, false), *b = make_caller_seeded(4, false);
+    ch_kmeans_refresh_t ia, ib;
+    size_t steps_a = fit_in_steps(a, x, n, 1, &ia);
+    size_t steps_b = fit_in_steps(b, x, n, SIZE_MAX, &ib);
+    assert_true(steps_a > 100); /* many passes of 5 blocks each */
+    assert_int_equal(steps_b, 1);
+    assert_true(ch_kmeans_ready(a) && ch_kmeans_ready(b));
+    assert_true(ia.inertia_restart == ib.inertia_restart);
+    for (size_t j = 0; j < 4; j++) {
+        assert_memory_equal(ch_kmeans_centroid(a, j, NULL, NULL),
+                            ch_kmeans_centroid(b, j, NULL, NULL), 2 * sizeof(float));
+    }
+    /* every centroid holds rows: none left empty */
+    ch_kmeans_assign_t out[64];
+    size_t count[4] = {0};
+    for (size_t i = 0; i + 64 <= n; i += 64) {
+        ch_kmeans_assign(a, x + 2 * i, 64, out);
+        for (size_t r = 0; r < 64; r++) {
+            assert_true(out[r].segment >= 0 && out[r].segment < 4);
+            count[out[r].segment]++;
+        }
+    }
+    for (size_t j = 0; j < 4; j++) {
+        assert_true(count[j] > 0);
+    }
+    /* a refresh (Lloyd from live + k-means++) in slices equals one at once too */
+    fit_in_steps(a, x, n, 1024, &ia);
+    fit_in_steps(b, x, n, SIZE_MAX, &ib);
+    for (size_t j = 0; j < 4; j++) {
+        assert_memory_equal(ch_kmeans_centroid(a, j, NULL, NULL),
+                            ch_kmeans_centroid(b, j, NULL, NULL), 2 * sizeof(float));
+    }
+    assert_sane(a);
+    ch_kmeans_free(a);
+    ch_kmeans_free(b);
+    free(x);
+}
+
+/* Refreshing an unchanged population changes nothing: no restart, no new generation,
+ * the same centroids, and every row keeps its segment. */
+static void test_refresh_of_an_unchanged_population_keeps_ids(void **state) {
+    (void)state;
+    size_t n = 3000;
+    float *x = population_rows(n);
+    ch_kmeans_t *km = make_caller_seeded(5, true);
+    assert_int_equal(ch_kmeans_seed(km, x, n, 1000), 0);
+    ch_kmeans_refresh_t info;
+    assert_int_equal(ch_kmeans_refresh(km, x, n, 2000, &info), 0); /* to a fixpoint */
+    float before[5 * 2];
+    uint32_t gen[5];
+    for (size_t j = 0; j < 5; j++) {
+        memcpy(before + 2 * j, ch_kmeans_centroid(km, j, NULL, &gen[j]), 2 * sizeof(float));
+    }
+    for (int round = 0; round < 3; round++) {
+        assert_int_equal(ch_kmeans_refresh(km, x, n, 3000 + round, &info), 0);
+        assert_false(info.restarted);
+        assert_int_equal(info.renewed, 0);
+        assert_true(info.inertia_lloyd == info.inertia_before); /* not one row moved */
+        for (size_t j = 0; j < 5; j++) {
+            uint32_t g;
+            assert_memory_equal(ch_kmeans_centroid(km, j, NULL, &g), before + 2 * j,
+                                2 * sizeof(float));
+            assert_int_equal(g, gen[j]);
+        }
+    }
+    uint64_t restarts = 0;
+    assert_int_equal(ch_kmeans_refreshes(km, &restarts), 4);
+    assert_sane(km);
+    ch_kmeans_free(km);
+    free(x);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_warmup_then_blobs_get_distinct_stable_ids),
@@ -489,6 +622,8 @@ int main(void) {
         cmocka_unit_test(test_refresh_follows_a_moved_population_at_once),
         cmocka_unit_test(test_refresh_timing_and_arguments),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_fit_in_slices_equals_fit_at_once),
+        cmocka_unit_test(test_refresh_of_an_unchanged_population_keeps_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
