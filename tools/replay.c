@@ -37,6 +37,8 @@ static void usage(FILE *f) {
             "  -x, --speed X         pace by event time, X times real time (default 0: no pacing)\n"
             "  -r, --rate N          at most N events/s (default 0: no cap)\n"
             "  -n, --limit N         stop after N events (default 0: the whole file)\n"
+            "      --skip N          start after the first N data rows (event ids keep their\n"
+            "                        row numbers, so a replay in parts equals one in one go)\n"
             "      --framing F       confluent (default) or plain\n"
             "      --schema-id N     Confluent schema id (default 1 = user_event.avsc)\n"
             "  -q, --quiet           no progress lines\n"
@@ -67,15 +69,21 @@ static int parse_rees_time(const char *s, int64_t *ret_ms) {
 int main(int argc, char **argv) {
     const char *brokers = NULL, *dataset = NULL, *file = NULL, *topic = "events";
     const char *framing = "confluent";
-    double speed = 0, rate = 0, limit = 0, schema_id = 1;
+    double speed = 0, rate = 0, limit = 0, skip = 0, schema_id = 1;
     bool quiet = false;
-    static const struct option opts[] = {
-        {"brokers", required_argument, NULL, 'b'}, {"dataset", required_argument, NULL, 'd'},
-        {"file", required_argument, NULL, 'f'},    {"topic", required_argument, NULL, 't'},
-        {"speed", required_argument, NULL, 'x'},   {"rate", required_argument, NULL, 'r'},
-        {"limit", required_argument, NULL, 'n'},   {"framing", required_argument, NULL, 'F'},
-        {"schema-id", required_argument, NULL, 'S'}, {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"brokers", required_argument, NULL, 'b'},
+                                         {"dataset", required_argument, NULL, 'd'},
+                                         {"file", required_argument, NULL, 'f'},
+                                         {"topic", required_argument, NULL, 't'},
+                                         {"speed", required_argument, NULL, 'x'},
+                                         {"rate", required_argument, NULL, 'r'},
+                                         {"limit", required_argument, NULL, 'n'},
+                                         {"framing", required_argument, NULL, 'F'},
+                                         {"schema-id", required_argument, NULL, 'S'},
+                                         {"quiet", no_argument, NULL, 'q'},
+                                         {"skip", required_argument, NULL, 'K'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "b:d:f:t:x:r:n:qh", opts, NULL)) != -1) {
         double *num = NULL;
@@ -109,6 +117,9 @@ int main(int argc, char **argv) {
             break;
         case 'S':
             num = &schema_id;
+            break;
+        case 'K':
+            num = &skip;
             break;
         case 'h':
             usage(stdout);
@@ -151,8 +162,8 @@ int main(int argc, char **argv) {
     uint64_t n = 0;
     while (!tool_stop && fgets(line, sizeof(line), in)) {
         lineno++;
-        if (lineno == 1) {
-            continue; /* header */
+        if (lineno == 1 || (double)(lineno - 1) <= skip) {
+            continue; /* the header, or a row skipped */
         }
         int nc = tool_csv_split(line, cols, MAX_COLS);
         ch_event_view_t ev = {0};

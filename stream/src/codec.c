@@ -1472,6 +1472,41 @@ int ch_encode_profile(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
     return r;
 }
 
+static int put_floats(ch_buf_t *b, const float *v, size_t n) {
+    int r = n ? put_long(b, (int64_t)n) : 0;
+    r = r || !n ? r : ch_buf_append(b, v, n * sizeof(float));
+    return r ? r : put_long(b, 0);
+}
+
+static int put_trends(ch_buf_t *b, const ch_trend_t *t, size_t n) {
+    int r = n ? put_long(b, (int64_t)n) : 0;
+    for (size_t i = 0; !r && i < n; i++) {
+        r = put_str(b, t[i].value, t[i].len);
+        r = r ? r : ch_buf_append(b, &t[i].weight, sizeof(double));
+    }
+    return r ? r : put_long(b, 0);
+}
+
+int ch_encode_segment(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
+                      const ch_segment_rec_t *s) {
+    int r = put_header(b, framing, schema_id);
+    r = r ? r : put_long(b, s->segment);
+    r = r ? r : put_long(b, s->generation);
+    r = r ? r : put_long(b, s->ts_ms);
+    r = r ? r : put_long(b, s->users);
+    r = r ? r : ch_buf_append(b, &s->weight, sizeof(double));
+    r = r || !s->n_features ? r : put_long(b, (int64_t)s->n_features);
+    for (size_t i = 0; !r && i < s->n_features; i++) {
+        r = put_str(b, s->feature_names[i], strlen(s->feature_names[i]));
+    }
+    r = r ? r : put_long(b, 0);
+    r = r ? r : put_floats(b, s->centroid, s->n_features);
+    r = r ? r : put_floats(b, s->feature_means, s->n_features);
+    r = r ? r : put_trends(b, s->items, s->n_items);
+    r = r ? r : put_trends(b, s->categories, s->n_categories);
+    return r;
+}
+
 int ch_encode_risk(ch_buf_t *b, ch_framing_t framing, int32_t schema_id, const ch_risk_t *k) {
     int r = put_header(b, framing, schema_id);
     r = r ? r : put_str(b, k->user_id, k->user_id_len);

@@ -128,17 +128,60 @@ int ch_json_encode_profile(ch_buf_t *b, const ch_profile_t *p) {
     r = r ? r : (seg ? ch_json_float(b, p->segment_distance) : LIT(b, "null"));
     r = r ? r : LIT(b, ",\"previous_segment\":");
     r = r ? r : opt_int(b, seg && p->previous_segment >= 0, p->previous_segment);
-    r = r ? r : LIT(b, ",\"features\":[");
-    for (size_t i = 0; !r && i < p->n_features; i++) {
-        r = i ? LIT(b, ",") : 0;
-        r = r ? r : ch_json_float(b, p->features[i]);
-    }
-    r = r ? r : LIT(b, "],\"model_version\":");
+    r = r ? r : LIT(b, ",\"features\":");
+    r = r ? r : ch_json_floats(b, p->features, p->n_features);
+    r = r ? r : LIT(b, ",\"model_version\":");
     r = r ? r
           : opt_string(b, p->model_version, p->model_version ? strlen(p->model_version) : 0);
     r = r || !p->with_tags ? r : ch_json_tags(b, p->tags, p->n_tags);
     r = r ? r : LIT(b, "}");
     return r;
+}
+
+int ch_json_floats(ch_buf_t *b, const float *v, size_t n) {
+    int r = LIT(b, "[");
+    for (size_t i = 0; !r && i < n; i++) {
+        r = i ? LIT(b, ",") : 0;
+        r = r ? r : ch_json_float(b, v[i]);
+    }
+    return r ? r : LIT(b, "]");
+}
+
+static int json_trends(ch_buf_t *b, const ch_trend_t *t, size_t n) {
+    int r = LIT(b, "[");
+    for (size_t i = 0; !r && i < n; i++) {
+        r = i ? LIT(b, ",") : 0;
+        r = r ? r : LIT(b, "{\"value\":");
+        r = r ? r : ch_json_string(b, t[i].value, t[i].len);
+        r = r ? r : LIT(b, ",\"weight\":");
+        r = r ? r : ch_json_double(b, t[i].weight);
+        r = r ? r : LIT(b, "}");
+    }
+    return r ? r : LIT(b, "]");
+}
+
+int ch_json_encode_segment(ch_buf_t *b, const ch_segment_rec_t *s) {
+    b->len = 0;
+    int r = ch_buf_printf(b,
+                          "{\"segment\":%d,\"generation\":%d,\"ts\":%lld,\"users\":%lld,"
+                          "\"weight\":",
+                          (int)s->segment, (int)s->generation, (long long)s->ts_ms,
+                          (long long)s->users);
+    r = r ? r : ch_json_double(b, s->weight);
+    r = r ? r : LIT(b, ",\"feature_names\":[");
+    for (size_t i = 0; !r && i < s->n_features; i++) {
+        r = i ? LIT(b, ",") : 0;
+        r = r ? r : ch_json_string(b, s->feature_names[i], strlen(s->feature_names[i]));
+    }
+    r = r ? r : LIT(b, "],\"centroid\":");
+    r = r ? r : ch_json_floats(b, s->centroid, s->n_features);
+    r = r ? r : LIT(b, ",\"feature_means\":");
+    r = r ? r : ch_json_floats(b, s->feature_means, s->n_features);
+    r = r ? r : LIT(b, ",\"trending_items\":");
+    r = r ? r : json_trends(b, s->items, s->n_items);
+    r = r ? r : LIT(b, ",\"trending_categories\":");
+    r = r ? r : json_trends(b, s->categories, s->n_categories);
+    return r ? r : LIT(b, "}");
 }
 
 int ch_json_tags(ch_buf_t *b, const ch_tag_values_t *tags, size_t n) {

@@ -92,6 +92,26 @@ typedef struct ch_profile {
     size_t n_tags;
 } ch_profile_t;
 
+/* One trending value of a segment. */
+typedef struct ch_trend {
+    const char *value; /* not NUL-terminated */
+    size_t len;
+    double weight;
+} ch_trend_t;
+
+/* A segment update as published (conf/schemas/segment_update.avsc). */
+typedef struct ch_segment_rec {
+    int32_t segment, generation;
+    int64_t ts_ms;
+    int64_t users;
+    double weight;
+    const char *const *feature_names;
+    const float *centroid, *feature_means; /* n_features each */
+    size_t n_features;
+    const ch_trend_t *items, *categories;
+    size_t n_items, n_categories;
+} ch_segment_rec_t;
+
 /* One reason code of a risk update. */
 typedef struct ch_reason {
     const char *feature;
@@ -219,6 +239,10 @@ int ch_buf_vprintf(ch_buf_t *b, const char *fmt, va_list ap) __attribute__((form
  */
 int ch_encode_profile(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
                       const ch_profile_t *p);
+
+/** @brief Encode a segment update into b (replacing its contents). @returns 0, -ENOMEM. */
+int ch_encode_segment(ch_buf_t *b, ch_framing_t framing, int32_t schema_id,
+                      const ch_segment_rec_t *s);
 
 /**
  * @brief Encode a risk update into b (replacing its contents).

@@ -23,6 +23,8 @@ int ch_json_string(ch_buf_t *b, const char *s, size_t n);
  */
 int ch_json_float(ch_buf_t *b, float v);
 int ch_json_double(ch_buf_t *b, double v);
+/** @brief Append a JSON array of n floats (as ch_json_float). @returns 0, -ENOMEM. */
+int ch_json_floats(ch_buf_t *b, const float *v, size_t n);
 
 /** @brief Append ,"tags":{name: [values...], ...} (the field with its leading comma).
  *  @returns 0, -ENOMEM. */
@@ -39,6 +41,9 @@ int ch_json_reasons(ch_buf_t *b, const ch_reason_t *reasons, size_t n);
  * @returns 0, -ENOMEM.
  */
 int ch_json_encode_profile(ch_buf_t *b, const ch_profile_t *p);
+
+/** @brief The same for a segment update (segment_update.avsc). @returns 0, -ENOMEM. */
+int ch_json_encode_segment(ch_buf_t *b, const ch_segment_rec_t *s);
 
 /** @brief The same for a risk update (risk_update.avsc). @returns 0, -ENOMEM. */
 int ch_json_encode_risk(ch_buf_t *b, const ch_risk_t *r);

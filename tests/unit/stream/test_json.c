@@ -146,6 +146,33 @@ static void test_profile_and_risk_objects(void **st) {
 }
 
 /* ch_buf_printf has no length limit: the metrics page prints escaped paths with it. */
+static void test_segment_object(void **st) {
+    (void)st;
+    ch_buf_t b;
+    ch_buf_init(&b);
+    const char *names[] = {"n", "amt"};
+    const float c[] = {0.5f, -1.0f}, means[] = {3.0f, 12.25f};
+    const ch_trend_t items[] = {{"sku\"1xx", 5, 2.5}, {"b", 1, 0.75}};
+    ch_segment_rec_t s = {.segment = 4,
+                          .generation = 1,
+                          .ts_ms = 1700000000000LL,
+                          .users = 42,
+                          .weight = 10.5,
+                          .feature_names = names,
+                          .centroid = c,
+                          .feature_means = means,
+                          .n_features = 2,
+                          .items = items,
+                          .n_items = 2};
+    assert_int_equal(ch_json_encode_segment(&b, &s), 0);
+    assert_buf(&b, "{\"segment\":4,\"generation\":1,\"ts\":1700000000000,\"users\":42,"
+                   "\"weight\":10.5,\"feature_names\":[\"n\",\"amt\"],\"centroid\":[0.5,-1],"
+                   "\"feature_means\":[3,12.25],\"trending_items\":[{\"value\":\"sku\\\"1\","
+                   "\"weight\":2.5},{\"value\":\"b\",\"weight\":0.75}],"
+                   "\"trending_categories\":[]}");
+    ch_buf_done(&b);
+}
+
 static void test_buf_printf_any_length(void **st) {
     (void)st;
     ch_buf_t b;
@@ -170,6 +197,7 @@ int main(void) {
         cmocka_unit_test(test_numbers_round_trip),
         cmocka_unit_test(test_profile_and_risk_objects),
         cmocka_unit_test(test_buf_printf_any_length),
+        cmocka_unit_test(test_segment_object),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
