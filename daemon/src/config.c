@@ -60,6 +60,8 @@ static const char *const levels[] = {"err", "warning", "notice", "info", "debug"
 static const int level_values[] = {3, 4, 5, 6, 7};
 static const char *const formats[] = {"avro", "json", NULL};
 static const char *const transforms[] = {"log1p", "none", NULL};
+static const char *const clocks[] = {"wall", "stream", NULL};
+static const int clock_values[] = {0, 1};
 static const int transform_values[] = {1, 0};
 static const char *const switches[] = {"off", "on", NULL};
 static const char *const ts_units[] = {"auto", "ms", "us", "s", "iso8601", NULL};
@@ -195,9 +197,9 @@ static const key_def_t keys[] = {
     {"segments.k", K_SIZE, OFF(segments.k), "16", 0, 1024, NULL, NULL,
      "Online segments (mini-batch K-Means clusters); 0 disables segmentation."},
     {"segments.warmup", K_SIZE, OFF(segments.warmup), "10000", 1, 10000000, NULL, NULL,
-     "Events seen before the segments are seeded; then k-means++ (10 tries, the least "
-     "inertia wins) runs on the current feature vectors of up to this many users in the "
-     "table. Segments are null until then."},
+     "Events seen before the segments are seeded; then, once the table holds segments.k "
+     "users, every user's current vector is fitted (as by a refresh) and every user gets a "
+     "segment. Segments are null until then."},
     {"segments.half_life", K_DURATION, OFF(segments.half_life_ms), "1d", 1, INFINITY, NULL, NULL,
      "Decay of centroid weights by stream time: how fast segments follow drift."},
     {"segments.stats_half_life", K_DURATION, OFF(segments.stats_half_life_ms), "7d", 1, INFINITY,
@@ -207,11 +209,30 @@ static const key_def_t keys[] = {
      "segment_generation increases)."},
     {"segments.hysteresis", K_FLOAT, OFF(segments.hysteresis), "0.05", 0, 0.99, NULL, NULL,
      "A user changes segment only if the new centroid is closer by this fraction."},
-    {"segments.refresh", K_DURATION, OFF(segments.refresh_ms), "0", 0, INFINITY, NULL, NULL,
-     "Off by default (0). Every this much stream time the segments are refreshed on the "
-     "population (the current vectors of up to segments.warmup users): Lloyd passes from "
-     "the live centroids, and one k-means++ candidate that replaces them (ids matched, "
-     "changed ones get a new generation) if it lowers the inertia by more than 2%."},
+    {"segments.refresh", K_DURATION, OFF(segments.refresh_ms), "1h", 0, INFINITY, NULL, NULL,
+     "Every this much time (segments.refresh_clock) the segments are refreshed on the whole "
+     "population: every user's vector read at the current stream time, Lloyd from the live "
+     "centroids and 10 k-means++ seedings run to convergence, the best kept (ids matched to "
+     "the old ones), and a profile update for each user whose segment changed. 0: only on "
+     "request (POST /segments/refresh)."},
+    {"segments.refresh_clock", K_FLAG, OFF(segments_refresh_stream), "wall", 0, 0, clocks,
+     clock_values,
+     "What segments.refresh counts: wall (real time) or stream (event time: a replay "
+     "refreshes as often as live traffic would have)."},
+    {"segments.topic", K_OPTSTR, OFF(segments_topic), "", 0, 0, NULL, NULL,
+     "Topic for segment updates (segment_update.avsc), keyed by segment id (make it "
+     "compacted): each segment's generation, users, centroid, its members' mean features "
+     "and trending items and categories, after every pass over the population and when a "
+     "segment's generation changes. Empty: not published."},
+    {"segments.trending", K_SIZE, OFF(segments_trending), "10", 0, 100, NULL, NULL,
+     "Trending items and categories per segment in segment updates (the heaviest by decayed "
+     "count of the segment's events); 0: none."},
+    {"segments.trending_half_life", K_DURATION, OFF(segments_trending_hl_ms), "1h", 1, INFINITY,
+     NULL, NULL, "Decay of the trending counts, by event time."},
+    {"segments.trending_slots", K_SIZE, OFF(segments_trending_slots), "64", 1, 4096, NULL, NULL,
+     "Values a segment's trending sketch holds (Space-Saving): counts are exact while a "
+     "segment has seen at most this many distinct values in its recent events, upper bounds "
+     "beyond; 2 x 64 x (48 + 64) bytes a segment at the default."},
     {"segments.transform", K_FLAG, OFF(segments.log1p), "log1p", 0, 0, transforms, transform_values,
      "Feature transform before the z-score: log1p (signed) or none."},
     {"segments.seed", K_U64, OFF(segments.seed), "1", 0, 2147483647, NULL, NULL,

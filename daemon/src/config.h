@@ -86,6 +86,11 @@ typedef struct ch_config {
      * segments off; dim and max_batch follow from the features and batch.max_events */
     ch_kmeans_opts_t segments;
     char segments_state_file[CH_CONF_STR];
+    bool segments_refresh_stream;     /* segments.refresh counts stream time, not wall time */
+    char segments_topic[CH_CONF_STR]; /* segment updates; "" none */
+    size_t segments_trending;         /* trending values per segment update */
+    double segments_trending_hl_ms;
+    size_t segments_trending_slots;
 
     long batch_max_events;
     long batch_max_inflight;

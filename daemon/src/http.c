@@ -2,8 +2,9 @@
  * http.c - minimal HTTP/1.1 server on the libev loop.
  *
  * Design notes
- * - Scope: health probes, Prometheus scrapes and curl. GET and HEAD, one request
- *   per connection ("Connection: close"), request head at most 8 KiB, no body.
+ * - Scope: health probes, Prometheus scrapes and curl. GET and HEAD, and POST for
+ *   the few actions the handler offers (a body is not read), one request per
+ *   connection ("Connection: close"), request head at most 8 KiB.
  *   Anything else gets a precise 4xx/5xx, never a crash or a hang.
  * - Probes first: slow or idle clients cannot starve /healthz and /readyz. A
  *   connection must deliver its whole request head within HEAD_TIMEOUT_S (a probe
@@ -158,14 +159,15 @@ static void conn_flush(conn_t *c) {
 }
 
 static void conn_reply(conn_t *c, int status, const char *ctype, const void *body, size_t len,
-                       bool head_only) {
+                       bool head_only, const char *allow) {
     ch_http_t *h = c->srv;
     c->out.len = 0;
     int r = ch_buf_printf(&c->out,
                           "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                          "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
-                          status, status_text(status), ctype, len,
-                          status == 405 ? "Allow: GET, HEAD\r\n" : "");
+                          "Cache-Control: no-store\r\nConnection: close\r\n%s%s%s\r\n",
+                          status, status_text(status), ctype, len, status == 405 ? "Allow: " : "",
+                          status == 405 ? (allow ? allow : "GET, HEAD") : "",
+                          status == 405 ? "\r\n" : "");
     if (r == 0 && !head_only && len) {
         r = ch_buf_append(&c->out, body, len);
     }
@@ -186,7 +188,7 @@ static void conn_reply(conn_t *c, int status, const char *ctype, const void *bod
 }
 
 static void reply_text(conn_t *c, int status, const char *text, bool head_only) {
-    conn_reply(c, status, "text/plain; charset=utf-8", text, strlen(text), head_only);
+    conn_reply(c, status, "text/plain; charset=utf-8", text, strlen(text), head_only, NULL);
 }
 
 static int hexval(char ch) {
@@ -239,8 +241,9 @@ int ch_http_parse(char *in, size_t end, ch_http_request_t *ret, const char **why
     }
     size_t mlen = (size_t)(sp1 - line);
     ret->head = mlen == 4 && memcmp(line, "HEAD", 4) == 0;
-    if (!ret->head && !(mlen == 3 && memcmp(line, "GET", 3) == 0)) {
-        *why = "only GET and HEAD are served\n";
+    ret->post = mlen == 4 && memcmp(line, "POST", 4) == 0;
+    if (!ret->head && !ret->post && !(mlen == 3 && memcmp(line, "GET", 3) == 0)) {
+        *why = "only GET, HEAD and POST are served\n";
         return 405;
     }
     char *path = sp1 + 1;
@@ -284,9 +287,9 @@ static void conn_serve(conn_t *c, size_t end) {
         return;
     }
     h->body.len = 0;
-    ch_http_reply_t rep = {404, "text/plain; charset=utf-8", &h->body};
-    h->handler(h->opaque, req.path, req.path_len, &rep);
-    conn_reply(c, rep.status, rep.content_type, h->body.data, h->body.len, req.head);
+    ch_http_reply_t rep = {404, "text/plain; charset=utf-8", &h->body, NULL};
+    h->handler(h->opaque, &req, &rep);
+    conn_reply(c, rep.status, rep.content_type, h->body.data, h->body.len, req.head, rep.allow);
 }
 
 static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents) {

@@ -1,6 +1,7 @@
 /*
  * http.h - a minimal HTTP/1.1 server on the daemon's libev loop, for health,
- * metrics and state inspection. GET and HEAD only, one request per connection.
+ * metrics and state inspection. GET, HEAD and POST (without a body), one request per
+ * connection.
  */
 #ifndef CH_HTTP_H
 #define CH_HTTP_H
@@ -20,13 +21,22 @@ typedef struct ch_http_reply {
     int status;
     const char *content_type;
     ch_buf_t *body; /* filled by the handler (emptied before the call) */
+    const char *allow; /* with 405: the Allow header's methods (NULL: "GET, HEAD") */
 } ch_http_reply_t;
 
+/** A parsed request line (views into the head). */
+typedef struct ch_http_request {
+    bool head;  /* HEAD */
+    bool post;  /* POST; neither: GET */
+    char *path; /* percent-decoded, starts with '/', without the query */
+    size_t path_len;
+} ch_http_request_t;
+
 /*
- * Serves one request (path without the query string, already percent-decoded;
+ * Serves one request (its path without the query string, already percent-decoded;
  * path_len bytes, may contain NUL). Runs on the loop thread.
  */
-typedef void(ch_http_handler_fn)(void *opaque, const char *path, size_t path_len,
+typedef void(ch_http_handler_fn)(void *opaque, const ch_http_request_t *req,
                                  ch_http_reply_t *reply);
 
 /**
@@ -52,13 +62,6 @@ ch_http_t *ch_http_free(ch_http_t *h);
 
 /** @brief The address actually bound, "HOST:PORT". */
 const char *ch_http_address(const ch_http_t *h);
-
-/** A parsed request line (views into the head). */
-typedef struct ch_http_request {
-    bool head;  /* HEAD, else GET */
-    char *path; /* percent-decoded, starts with '/', without the query */
-    size_t path_len;
-} ch_http_request_t;
 
 /**
  * @brief Parse the request line of a complete head in[0..end), decoding the path in

@@ -274,6 +274,7 @@ static void on_producer_io(struct ev_loop *loop, ev_io *w, int revents) {
         return;
     }
     ev_idle_start(d->loop, &d->drain_idle); /* acks may have freed ring slots */
+    ev_idle_start(d->loop, &d->restore_idle); /* background work may wait for one too */
 }
 
 static void on_safety(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -387,12 +388,55 @@ static void on_model_change(struct ev_loop *loop, ev_stat *w, int revents) {
 
 /* ---------------------------------------------------------------- HTTP routes */
 
-static void http_handler(void *opaque, const char *path, size_t len, ch_http_reply_t *rep) {
+static void segments_route(daemon_ctx_t *d, const ch_http_request_t *req, ch_http_reply_t *rep) {
+    ch_buf_t *b = rep->body;
+    const char *path = req->path + 9; /* after "/segments" */
+    size_t len = req->path_len - 9;
+    bool refresh = len == 8 && memcmp(path, "/refresh", 8) == 0;
+    bool export = len == 7 && memcmp(path, "/export", 7) == 0;
+    if (!refresh && !export && len) {
+        rep->status = 404;
+        ch_buf_printf(b, "not found (see /)\n");
+    } else if (refresh != req->post) {
+        rep->status = 405;
+        rep->allow = refresh ? "POST" : "GET, HEAD";
+        ch_buf_printf(b, "%s\n", refresh ? "POST to ask for a refresh" : "GET or HEAD");
+    } else if (refresh) {
+        int r = ch_pipeline_segments_refresh(d->pipe);
+        rep->status = r == 0 ? 202 : r == -ENOENT ? 404 : 503;
+        ch_buf_printf(b, "%s\n",
+                      r == 0         ? "refresh requested (see GET /segments)"
+                      : r == -ENOENT ? "segments are off (segments.k = 0)"
+                                     : "segments are not seeded yet");
+        if (r == 0) {
+            background_once(d);
+        }
+    } else {
+        int r = export ? ch_pipeline_segments_export(d->pipe, b)
+                       : ch_pipeline_segments_json(d->pipe, b);
+        rep->status = r == 0 ? 200 : r == -ENOENT ? 404 : 500;
+        rep->content_type = r == 0 && export ? "application/x-ndjson" : "application/json";
+        if (r < 0) {
+            b->len = 0;
+            ch_buf_printf(b, "{\"error\":\"%s\"}\n",
+                          r == -ENOENT ? "segments are off (segments.k = 0)" : "out of memory");
+        }
+    }
+}
+
+static void http_handler(void *opaque, const ch_http_request_t *req, ch_http_reply_t *rep) {
     daemon_ctx_t *d = opaque;
     ch_buf_t *b = rep->body;
+    const char *path = req->path;
+    size_t len = req->path_len;
     char why[256];
 #define IS(lit) (len == sizeof(lit) - 1 && memcmp(path, lit, len) == 0)
-    if (IS("/healthz")) {
+    if (len >= 9 && memcmp(path, "/segments", 9) == 0 && (len == 9 || path[9] == '/')) {
+        segments_route(d, req, rep);
+    } else if (req->post) {
+        rep->status = 405;
+        ch_buf_printf(b, "only GET and HEAD are served here\n");
+    } else if (IS("/healthz")) {
         rep->status = 200;
         ch_buf_printf(b, "ok\n");
     } else if (IS("/readyz")) {
@@ -419,9 +463,14 @@ static void http_handler(void *opaque, const char *path, size_t len, ch_http_rep
         }
     } else if (IS("/")) {
         rep->status = 200;
-        ch_buf_printf(b, "cohortd %s\n/healthz  process alive\n/readyz   ready to serve "
-                         "(503 with the reason otherwise)\n/metrics  Prometheus metrics\n"
-                         "/users/<user_id>  a user's features, segment and risk (JSON)\n",
+        ch_buf_printf(b,
+                      "cohortd %s\n/healthz  process alive\n/readyz   ready to serve "
+                      "(503 with the reason otherwise)\n/metrics  Prometheus metrics\n"
+                      "/users/<user_id>  a user's features, segment and risk (JSON)\n"
+                      "/segments  the segments and the last pass over the population (JSON)\n"
+                      "/segments/export  that, then every user's vector and segment "
+                      "(JSON Lines)\n"
+                      "POST /segments/refresh  refresh the segments on the population now\n",
                       CH_VERSION);
     } else {
         rep->status = 404;
@@ -447,7 +496,8 @@ static void usage(FILE *f) {
             "  -h, --help           this help\n"
             "  -V, --version        print the version\n\n"
             "Signals: SIGTERM/SIGINT stop gracefully (flush, commit, exit 0); SIGHUP reloads.\n"
-            "HTTP (http.listen, default 127.0.0.1:9180): /healthz /readyz /metrics /users/<id>.\n"
+            "HTTP (http.listen, default 127.0.0.1:9180): /healthz /readyz /metrics /users/<id> "
+            "/segments.\n"
             "Exit status: 0 clean stop, 1 runtime failure, 2 usage or configuration error.\n");
 }
 
@@ -696,7 +746,7 @@ int main(int argc, char **argv) {
             ch_config_done(&cfg);
             return r == -EINVAL ? 2 : 1;
         }
-        ch_log(CH_LOG_INFO, "http: serving /healthz /readyz /metrics /users/<id> on %s",
+        ch_log(CH_LOG_INFO, "http: serving /healthz /readyz /metrics /users/<id> /segments on %s",
                ch_http_address(d.http));
     }
     uint64_t wd_usec = 0;

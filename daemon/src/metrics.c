@@ -117,18 +117,28 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
             "Kafka client errors (consumer errors and client-level errors).", s.kafka_errors);
 
     /* ---- outputs */
-    static const char *const kinds[] = {"profile", "risk", "dead_letter", "changelog"};
-    const uint64_t sent[] = {s.profiles_sent, s.risk_sent, s.dlq_sent, s.changelog_sent};
-    const uint64_t acked[] = {s.profiles_acked, s.risk_acked, s.dlq_acked, s.changelog_acked};
-    int n_kinds = cfg->state_changelog[0] ? 4 : 3;
+    static const char *const kinds[] = {"profile", "risk", "dead_letter", "changelog", "segment"};
+    const uint64_t sent[] = {s.profiles_sent, s.risk_sent, s.dlq_sent, s.changelog_sent,
+                             s.segment_updates_sent};
+    const uint64_t acked[] = {s.profiles_acked, s.risk_acked, s.dlq_acked, s.changelog_acked,
+                              s.segment_updates_acked};
+    bool shown[] = {true, true, true, cfg->state_changelog[0] != '\0',
+                    cfg->segments.k > 0 && cfg->segments_topic[0]};
+    int n_kinds = 5;
     family(&o, "cohortd_outputs_sent_total", "counter", "Messages handed to the producer.");
     for (int i = 0; i < n_kinds; i++) {
+        if (!shown[i]) {
+            continue;
+        }
         put(&o, "cohortd_outputs_sent_total{output=\"%s\"} %llu\n", kinds[i],
             (unsigned long long)sent[i]);
     }
     family(&o, "cohortd_outputs_acked_total", "counter",
            "Messages acknowledged by the brokers (durable).");
     for (int i = 0; i < n_kinds; i++) {
+        if (!shown[i]) {
+            continue;
+        }
         put(&o, "cohortd_outputs_acked_total{output=\"%s\"} %llu\n", kinds[i],
             (unsigned long long)acked[i]);
     }
@@ -305,6 +315,24 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
         counter(&o, "cohortd_segment_restarts_total",
                 "Refreshes whose k-means++ candidate replaced the centroids.",
                 s.segment_restarts);
+        counter(&o, "cohortd_segment_passes_total",
+                "Passes over the population (the seeding, then refreshes) whose reassignment "
+                "of every user is done.",
+                s.segment_passes);
+        counter(&o, "cohortd_segment_pass_moves_total",
+                "Users whose segment those reassignments changed (each got a profile update).",
+                s.segment_moves);
+        gauge(&o, "cohortd_segment_pass_running",
+              "1 while a pass is requested, gathering, fitting or reassigning.",
+              s.segment_pass_running ? 1 : 0);
+        gauge(&o, "cohortd_segment_last_pass_users", "Users the last pass fitted.",
+              (double)s.segment_pass_users);
+        gauge(&o, "cohortd_segment_last_pass_seconds",
+              "Wall time of the last pass, from its start to the end of its reassignment.",
+              s.segment_pass_seconds);
+        gauge(&o, "cohortd_segment_last_pass_inertia",
+              "Inertia of the last pass's centroids on its users (transformed space).",
+              s.segment_pass_inertia);
         family(&o, "cohortd_segment_users", "gauge", "Users currently in each segment.");
         for (size_t j = 0; j < cfg->segments.k; j++) {
             uint64_t users = 0;

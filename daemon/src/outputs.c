@@ -5,7 +5,7 @@
  * Design notes
  * - Every output is counted in its batch of the delivery tracker before it is
  *   enqueued; the delivery report counts it back. The message opaque is the batch
- *   handle with the output's kind in its low two bits (handles are 8-aligned).
+ *   handle with the output's kind in its low three bits (handles are 8-aligned).
  * - A batch whose outputs are all acknowledged records its events' end-to-end
  *   latency at that moment; the tracker then releases the offsets of the oldest
  *   complete batches in order, and they are stored for librdkafka's commit.
@@ -32,7 +32,7 @@
 
 #include "emit.h"
 
-#define OUT_MASK ((uintptr_t)3)
+#define OUT_MASK ((uintptr_t)7)
 #define REDUCED_BYTES 1024 /* of key and of value kept in a reduced dead letter */
 #define FRAMING_BYTES 512  /* kept free of message.max.bytes for the record's framing */
 #define MAX_HEADERS 12
@@ -174,8 +174,8 @@ static bool is_reduced(const ch_msg_t *m) {
  * be (a changelog record, exactly_once, already reduced, out of memory). */
 static bool replace_refused(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *why) {
     ch_msg_t m;
-    if (kind == OUT_CHANGELOG || p->txn.on || ch_producer_reported(p->clients.producer, &m) < 0 ||
-        is_reduced(&m)) {
+    if (kind == OUT_CHANGELOG || kind == OUT_SEGMENT || p->txn.on ||
+        ch_producer_reported(p->clients.producer, &m) < 0 || is_reduced(&m)) {
         return false;
     }
     if (p->n_refused == p->cap_refused) {
@@ -218,6 +218,8 @@ void ch_outputs_delivered(void *opaque, void *msg_opaque, int32_t partition, int
             ch_snapshot_durable(p, partition, offset + 1);
         } else if (kind == OUT_RISK) {
             p->st.risk_acked++;
+        } else if (kind == OUT_SEGMENT) {
+            p->st.segment_updates_acked++;
         } else {
             p->st.profiles_acked++;
         }
@@ -486,8 +488,11 @@ static void publish(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const ch_
         p->failed = true;
         return;
     }
-    if (ch_outputs_send(p, b, kind, risk ? p->cfg->risk_topic : p->cfg->profile_topic, -1,
-                        r->uid, r->uid_len, p->out.data, p->out.len, NULL, 0) == 0) {
+    static const ch_header_t cause = {"cohortd-cause", "segment-refresh", 15};
+    bool marked = !risk && p->refreshing;
+    if (ch_outputs_send(p, b, kind, risk ? p->cfg->risk_topic : p->cfg->profile_topic, -1, r->uid,
+                        r->uid_len, p->out.data, p->out.len, marked ? &cause : NULL,
+                        marked ? 1 : 0) == 0) {
         (*(risk ? &p->st.risk_sent : &p->st.profiles_sent))++;
     }
 }

@@ -72,8 +72,17 @@ static void process(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m, double
     p->st.events_ok++;
     /* The vector after this event; scoring and outputs happen for the whole batch. */
     size_t i = p->n_rows++;
-    p->rows[i] =
-        (ch_row_t){u, ev.user_id, ev.event_id, ev.user_id_len, ev.event_id_len, u->t_ref_ms};
+    p->rows[i] = (ch_row_t){.u = u,
+                            .uid = ev.user_id,
+                            .eid = ev.event_id,
+                            .uid_len = ev.user_id_len,
+                            .eid_len = ev.event_id_len,
+                            .item = ev.item,
+                            .cat = ev.category,
+                            .item_len = ev.item_len,
+                            .cat_len = ev.category_len,
+                            .ev_ms = ev.ts_ms,
+                            .ts_ms = u->t_ref_ms};
     ch_features_read(p->fs, u->state, u->t_ref_ms, p->feats);
     float *x = p->X + i * p->n_feats;
     for (size_t f = 0; f < p->n_feats; f++) {
@@ -106,15 +115,24 @@ static void finish(ch_pipeline_t *p, ch_tracked_t *b) {
         ch_onnx_eval(p->scorer.model, p->X, n, p->scores);
         p->st.scored += n;
     }
+    if (p->segs && !p->ra.on &&
+        ch_segments_seed_inline(p->segs, p->users, p->fs, n, p->st.stream_time_ms)) {
+        ch_reassign_begin(p); /* the other users get theirs in the background */
+    }
     if (p->segs) {
-        ch_segments_update(p->segs, p->users, p->fs, p->X, n, p->st.stream_time_ms, p->prev_seg,
-                           p->prev_gen, p->assign);
+        ch_segments_update(p->segs, p->X, n, p->st.stream_time_ms, p->prev_seg, p->prev_gen,
+                           p->assign);
     }
     for (size_t i = 0; i < n && !p->failed; i++) {
         ch_user_t *u = row_user(p, &p->rows[i]);
         ch_outputs_profile(p, b, i, u);
         if (p->scorer.model) {
             ch_outputs_risk(p, b, i, u);
+        }
+        if (p->segs) {
+            const ch_row_t *r = &p->rows[i];
+            ch_segments_observe(p->segs, p->assign[i].segment, r->item, r->item_len, r->cat,
+                                r->cat_len, r->ev_ms);
         }
         if (u && p->segs && p->assign[i].segment >= 0) {
             ch_segments_moved(p->segs, u->segment, p->assign[i].segment);

@@ -24,12 +24,18 @@ typedef struct ch_pipeline_stats {
     uint64_t bad_total;
     uint64_t profiles_sent, profiles_acked;
     uint64_t risk_sent, risk_acked;
+    uint64_t segment_updates_sent, segment_updates_acked;
     uint64_t scored; /* rows scored by the risk model */
     uint64_t alerts; /* risk scores >= risk.threshold */
     uint64_t model_reloads, model_reload_failures;
     bool segments_ready;
     uint64_t segment_reseeds;
     uint64_t segment_refreshes, segment_restarts;
+    /* population passes (seeding and refreshes) with their reassignment done */
+    uint64_t segment_passes, segment_moves;
+    bool segment_pass_running;
+    size_t segment_pass_users;
+    double segment_pass_seconds, segment_pass_inertia;
     uint64_t dlq_sent, dlq_acked;
     uint64_t changelog_sent, changelog_acked, changelog_bytes, changelog_flushes;
     uint64_t changelog_tombstones; /* of evicted users, handed to the producer */
@@ -99,8 +105,25 @@ void ch_pipeline_registry_timeout(ch_pipeline_t *p);
 /** @brief The changelog reader's fd (readable when restore records wait), -1 if none. */
 int ch_pipeline_reader_fd(const ch_pipeline_t *p);
 
+/** @brief Ask for a refresh of the segments on the population (POST /segments/refresh).
+ *  @returns 0, -ENOENT (segments off), -EAGAIN (not seeded yet). */
+int ch_pipeline_segments_refresh(ch_pipeline_t *p);
+
+/** @brief The segments as JSON (GET /segments): the last pass and each segment's id,
+ *  generation, users, weight and centroid in the transformed space.
+ *  @returns 0, -ENOENT (segments off), -ENOMEM. */
+int ch_pipeline_segments_json(ch_pipeline_t *p, ch_buf_t *out);
+
+/** @brief GET /segments/export: that JSON on the first line, then one line per user in
+ *  the table: user_id, segment, generation, last_event_ts (the user's stream time), ts
+ *  and the vector read then (the current stream time), raw (x) and transformed (z). Built whole:
+ * O(users) memory.
+ *  @returns 0, -ENOENT (segments off), -ENOMEM. */
+int ch_pipeline_segments_export(ch_pipeline_t *p, ch_buf_t *out);
+
 /** @brief One budget of background work: restoring partitions (snapshot users, changelog
- *  records), writing a snapshot when one is due. @returns 1 if more may be waiting. */
+ *  records), writing a snapshot when one is due, a slice of the segments' population
+ *  pass (seeding, refresh, reassignment). @returns 1 if more may be waiting. */
 int ch_pipeline_background(ch_pipeline_t *p);
 int ch_pipeline_producer_fd(const ch_pipeline_t *p);
 

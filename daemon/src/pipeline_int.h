@@ -124,11 +124,25 @@ typedef struct ch_schemafetch {
     uint64_t requests, fetched, not_found, failures, holds;
     ch_ratelimit_t rl;
 } ch_schemafetch_t;
+/* The reassignment of every user after a population pass of the segments (reassign.c). */
+typedef struct ch_reassign {
+    bool on;
+    size_t cursor; /* user-table position */
+    int64_t at_ms; /* the stream time vectors are read at */
+    uint64_t users, moved;
+    double *sums;     /* k x features: members' raw vectors, for the segment updates */
+    uint64_t *counts; /* k */
+    bool publish_all; /* segments.topic: every segment's update is due */
+} ch_reassign_t;
+
 /* An event folded into user state in this batch, awaiting scoring and outputs. */
 typedef struct ch_row {
     ch_user_t *u; /* re-checked against the key before use (a later insert may evict) */
     const char *uid, *eid;
     size_t uid_len, eid_len;
+    const char *item, *cat; /* for the segments' trending values; NULL: none */
+    size_t item_len, cat_len;
+    int64_t ev_ms; /* the event's own time */
     int64_t ts_ms; /* the user's stream time after the event */
 } ch_row_t;
 
@@ -148,7 +162,7 @@ struct ch_pipeline {
     ch_segments_t *segs; /* NULL: segments.k = 0 */
     ch_clients_t clients;
     ch_tracker_t *tracker;
-    int32_t profile_schema_id, risk_schema_id;
+    int32_t profile_schema_id, risk_schema_id, segment_schema_id;
     /* tags.*: one profile's values (the v2 schema is used when there are any) */
     ch_tag_values_t tagv[CH_TAGS_MAX];
     const char *tag_vals[CH_TAGS_MAX][CH_TAG_TOP_MAX];
@@ -179,6 +193,8 @@ struct ch_pipeline {
     ch_snapshot_t sn;
     ch_txn_t txn;
     ch_schemafetch_t sf;
+    ch_reassign_t ra;
+    bool refreshing; /* profile updates being sent come from a segment refresh */
 
     struct ch_refused **refused; /* reduced dead letters waiting to be sent (outputs.c) */
     size_t n_refused, cap_refused;
@@ -220,10 +236,15 @@ void ch_outputs_done(ch_pipeline_t *p);
 #define OUT_DLQ ((uintptr_t)1)
 #define OUT_RISK ((uintptr_t)2)
 #define OUT_CHANGELOG ((uintptr_t)3)
+#define OUT_SEGMENT ((uintptr_t)4)
 #define CH_TOMBSTONE_OFFSET_HEADER "cohortd-offset" /* i64 LE: the user's last event */
 int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
                     int32_t partition, const void *key, size_t key_len, const void *value,
                     size_t value_len, const ch_header_t *h, size_t n_h);
+
+/* reassign.c: one slice of the segments' population pass; true if more is waiting */
+bool ch_reassign_step(ch_pipeline_t *p);
+void ch_reassign_begin(ch_pipeline_t *p); /* new centroids are live: walk every user */
 
 /* changelog.c */
 int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen);

@@ -140,7 +140,10 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
                        errbuf, errlen);
     if (r < 0 ||
         (cfg->model_path[0] && (r = output_schema_id(p, "risk_update.avsc", " with model.path set",
-                                                     &p->risk_schema_id, errbuf, errlen)) < 0)) {
+                                                     &p->risk_schema_id, errbuf, errlen)) < 0) ||
+        (cfg->segments.k > 0 && cfg->segments_topic[0] &&
+         (r = output_schema_id(p, "segment_update.avsc", " with segments.topic set",
+                               &p->segment_schema_id, errbuf, errlen)) < 0)) {
         goto out_fail;
     }
     if ((r = ch_schemafetch_init(p, profile_schema, errbuf, errlen)) < 0) {
@@ -148,6 +151,11 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     }
     if (cfg->segments.k > 0 && (r = ch_segments_new(cfg, p->n_feats, (size_t)cfg->batch_max_events,
                                                     &p->segs, errbuf, errlen)) < 0) {
+        goto out_fail;
+    }
+    if (p->segs && (!(p->ra.sums = calloc(cfg->segments.k * p->n_feats, sizeof(double))) ||
+                    !(p->ra.counts = calloc(cfg->segments.k, sizeof(uint64_t))))) {
+        r = -ENOMEM;
         goto out_fail;
     }
     if ((r = ch_tracker_new((size_t)cfg->batch_max_inflight, &p->tracker)) < 0) {
@@ -244,6 +252,8 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     ch_schemas_free(p->schemas);
     ch_users_free(p->users);
     p->segs = ch_segments_free(p->segs);
+    free(p->ra.sums);
+    free(p->ra.counts);
     ch_scorer_done(&p->scorer);
     ch_features_free(p->fs);
     ch_pseudonym_free(p->pseud);
@@ -277,6 +287,7 @@ int ch_pipeline_reader_fd(const ch_pipeline_t *p) {
 int ch_pipeline_background(ch_pipeline_t *p) {
     bool more = ch_restore_drain(p);
     more = ch_snapshot_step(p) || more;
+    more = ch_reassign_step(p) || more;
     return more ? 1 : 0;
 }
 

@@ -56,6 +56,17 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->registry_waiting = p->sf.partitions_waiting;
     ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
+    if (p->segs) {
+        ch_segments_status_t ss;
+        ch_segments_status(p->segs, &ss);
+        ret_stats->segment_passes = ss.passes;
+        ret_stats->segment_moves = ss.moved_total;
+        ret_stats->segment_pass_running =
+            p->ra.on || p->ra.publish_all || ss.phase != CH_SEG_IDLE || ss.asked;
+        ret_stats->segment_pass_users = ss.users;
+        ret_stats->segment_pass_seconds = ss.seconds;
+        ret_stats->segment_pass_inertia = ss.inertia;
+    }
     ret_stats->segment_refreshes =
         p->segs ? ch_segments_refreshes(p->segs, &ret_stats->segment_restarts) : 0;
 }
@@ -212,5 +223,110 @@ int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_
     size_t n_tags = ch_pipeline_tags(p, u);
     r = r || !n_tags ? r : ch_json_tags(out, p->tagv, n_tags);
     r = r ? r : LIT(out, "}");
+    return r;
+}
+
+int ch_pipeline_segments_refresh(ch_pipeline_t *p) {
+    if (!p->segs) {
+        return -ENOENT;
+    }
+    return ch_segments_request_refresh(p->segs);
+}
+
+static const char *phase_name(const ch_pipeline_t *p, const ch_segments_status_t *st) {
+    if (p->ra.on) {
+        return "reassigning";
+    }
+    return st->phase == CH_SEG_GATHERING ? "gathering"
+           : st->phase == CH_SEG_FITTING ? "fitting"
+           : st->asked                   ? "requested"
+                                         : "idle";
+}
+
+/* The segments' state: the last pass, and per segment its id, generation, users,
+ * weight and centroid (transformed space). */
+static int segments_head(ch_pipeline_t *p, ch_buf_t *out) {
+    ch_segments_status_t st;
+    ch_segments_status(p->segs, &st);
+    const ch_kmeans_t *km = ch_segments_model(p->segs);
+    size_t k = p->cfg->segments.k;
+    int r = ch_buf_printf(out,
+                          "{\"k\":%zu,\"ready\":%s,\"phase\":\"%s\",\"passes\":%llu,"
+                          "\"users_moved_total\":%llu,\"stream_time\":%lld,\"features\":[",
+                          k, ch_kmeans_ready(km) ? "true" : "false", phase_name(p, &st),
+                          (unsigned long long)st.passes, (unsigned long long)st.moved_total,
+                          (long long)p->st.stream_time_ms);
+    for (size_t i = 0; !r && i < p->n_feats; i++) {
+        r = i ? LIT(out, ",") : 0;
+        r = r ? r : ch_json_string(out, p->feat_names[i], strlen(p->feat_names[i]));
+    }
+    r = r ? r
+          : ch_buf_printf(out,
+                          "],\"last_pass\":{\"users\":%zu,\"inertia\":%.9g,\"restarted\":%s,"
+                          "\"renewed\":%zu,\"fit_seconds\":%.6f,\"seconds\":%.6f,\"moved\":%llu},"
+                          "\"segments\":[",
+                          st.users, st.inertia, st.restarted ? "true" : "false", st.renewed,
+                          st.fit_seconds, st.seconds, (unsigned long long)st.moved);
+    for (size_t j = 0; !r && ch_kmeans_ready(km) && j < k; j++) {
+        uint64_t users = 0;
+        double w = 0;
+        uint32_t gen = 0;
+        ch_segments_info(p->segs, j, &users, &w, &gen);
+        r = j ? LIT(out, ",") : 0;
+        r = r ? r
+              : ch_buf_printf(out,
+                              "{\"id\":%zu,\"generation\":%u,\"users\":%llu,\"weight\":%.9g,"
+                              "\"centroid\":",
+                              j, (unsigned)gen, (unsigned long long)users, w);
+        r = r ? r : ch_json_floats(out, ch_kmeans_centroid(km, j, NULL, NULL), p->n_feats);
+        r = r ? r : LIT(out, "}");
+    }
+    return r ? r : LIT(out, "]}");
+}
+
+int ch_pipeline_segments_json(ch_pipeline_t *p, ch_buf_t *out) {
+    if (!p->segs) {
+        return -ENOENT;
+    }
+    out->len = 0;
+    int r = segments_head(p, out);
+    return r ? r : LIT(out, "\n");
+}
+
+int ch_pipeline_segments_export(ch_pipeline_t *p, ch_buf_t *out) {
+    if (!p->segs) {
+        return -ENOENT;
+    }
+    out->len = 0;
+    int r = segments_head(p, out);
+    r = r ? r : LIT(out, "\n");
+    const ch_kmeans_t *km = ch_segments_model(p->segs);
+    int64_t at = p->st.stream_time_ms;
+    size_t cursor = 0;
+    float x[CH_FEATURES_MAX], z[CH_FEATURES_MAX];
+    for (ch_user_t *u; !r && (u = ch_users_next(p->users, &cursor));) {
+        int64_t t = at > u->t_ref_ms ? at : u->t_ref_ms;
+        ch_features_read_at(p->fs, u->state, u->t_ref_ms, t, p->feats);
+        for (size_t i = 0; i < p->n_feats; i++) {
+            x[i] = (float)p->feats[i];
+        }
+        ch_kmeans_transform(km, x, 1, z);
+        r = LIT(out, "{\"user_id\":");
+        r = r ? r : ch_json_string(out, ch_users_key(p->users, u), u->key_len);
+        if (!r && u->segment >= 0) {
+            r = ch_buf_printf(out, ",\"segment\":%d,\"generation\":%u", (int)u->segment,
+                              (unsigned)u->seg_gen);
+        } else if (!r) {
+            r = LIT(out, ",\"segment\":null,\"generation\":null");
+        }
+        r = r ? r
+              : ch_buf_printf(out,
+                              ",\"last_event_ts\":%lld,\"ts\":%lld,\"x\":", (long long)u->t_ref_ms,
+                              (long long)t);
+        r = r ? r : ch_json_floats(out, x, p->n_feats);
+        r = r ? r : LIT(out, ",\"z\":");
+        r = r ? r : ch_json_floats(out, z, p->n_feats);
+        r = r ? r : LIT(out, "}\n");
+    }
     return r;
 }

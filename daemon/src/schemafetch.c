@@ -257,6 +257,10 @@ int ch_schemafetch_init(ch_pipeline_t *p, const char *profile_schema, char *errb
             r = register_output(p, "risk_update.avsc", cfg->risk_topic, &p->risk_schema_id, errbuf,
                                 errlen);
         }
+        if (r == 0 && cfg->segments.k > 0 && cfg->segments_topic[0]) {
+            r = register_output(p, "segment_update.avsc", cfg->segments_topic,
+                                &p->segment_schema_id, errbuf, errlen);
+        }
     }
     return r;
 }

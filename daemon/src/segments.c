@@ -3,36 +3,67 @@
  *
  * Design notes
  * - The segmenter runs with seed_by_caller: during warm-up it only learns the
- *   transform statistics, and when segments.warmup events have been seen it is
- *   seeded from the population, i.e. the current vectors of the users in the
- *   table (every step-th user, at most segments.warmup of them), read at each
- *   user's stream time like the outputs. Seeding on users' first events instead
- *   (immature vectors) left the centroids in poor optima.
- * - With segments.refresh set, every that much stream time the same population
- *   refreshes the centroids (ch_kmeans_refresh: Lloyd passes, and a k-means++
- *   candidate kept only when clearly better). Stream time, not wall clock: a replay
- *   or a catch-up after downtime drifts by stream time, and a run is reproducible.
- *   The pass runs between batches on the loop, at ~2/11 of the seeding's cost. Off
- *   by default: it follows the k-means optimum of the moment, and in the middle of
- *   a drift that optimum can split a group that is still moving (segments test:
- *   one run had ARI ~0.8 for 50,000 events where online steps alone kept >= 0.95).
+ *   transform statistics. Seeding and refreshes are one kind of pass over the
+ *   population, run in slices between batches (ch_segments_step from the loop's
+ *   background work): every user's vector is read at the stream time of the pass's
+ *   start, so one who stopped shows it (counts decay, since_last grows), then fitted
+ *   (ch_kmeans_fit_t: Lloyd from the live centroids and 10 k-means++ seedings, to
+ *   convergence), and the result adopted; the caller then reassigns every user to the
+ *   nearest centroid and publishes the moves. So after a pass each user's segment is
+ *   the nearest centroid of their vector at that time, whatever their last event, and
+ *   no user in the table is left without one once seeded.
+ * - segments.refresh counts wall time by default (a refresh costs wall time, and
+ *   between refreshes the online steps follow drift); segments.refresh_clock = stream
+ *   makes a replay refresh as often as the live stream would have.
+ * - The seeding of a table of at most INLINE_SEED_USERS runs at once in the batch that
+ *   ends the warm-up (ch_segments_seed_inline), so that batch's events already get
+ *   segments, as before passes existed; the reassignment of the rest follows in slices.
+ * - Online steps keep running between the slices; the fit reads the live model when
+ *   its fitting starts and writes it only when adopting.
  * - Invariant: users[j] == the number of records in the table whose segment is j;
  *   the batch path reports moves, the table's eviction hook reports departures.
  */
 #include "segments.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ch/topk.h"
 #include "log.h"
+
+#define TREND_MAX_LEN 64 /* bytes of a trending value kept */
+/* Up to this many users the seeding runs at once in the batch that ends the warm-up
+ * (about 0.1 s at 10,000 users of 16 features), so that batch is already segmented;
+ * beyond, in slices between batches. */
+#define INLINE_SEED_USERS 100000
 
 struct ch_segments {
     const ch_config_t *cfg;
     ch_kmeans_t *km;
     size_t k, dim;
     uint64_t *users; /* users currently in each segment */
+    /* the pass over the population */
+    int phase;    /* CH_SEG_IDLE, CH_SEG_GATHERING, CH_SEG_FITTING */
+    bool seeding; /* the pass seeds (the segmenter was not ready) */
+    bool asked;   /* a refresh was requested */
+    ch_kmeans_fit_t *fit;
+    size_t cursor;     /* gathering: user-table position */
+    int64_t pass_ms;   /* the stream time the vectors are read at */
+    double t0, last_s; /* the pass's start; the end of the last one (wall clock) */
+    uint64_t passes, moved_total;
+    ch_segments_status_t last;
+    /* per segment: trending values since its generation began, member means */
+    ch_topk_t **items, **cats;
+    uint32_t *trend_gen;
+    float *means;            /* k x dim, feature units */
+    uint32_t *means_gen;     /* the generation the means were measured at; UINT32_MAX none */
+    uint32_t *published_gen; /* in the last segment update; UINT32_MAX none */
+    ch_topk_item_t *top;
+    ch_trend_t *trends; /* 2 x segments.trending */
+    float *cbuf;        /* dim: a centroid in feature units */
 };
 
 int ch_segments_new(const ch_config_t *cfg, size_t dim, size_t max_batch,
@@ -42,10 +73,32 @@ int ch_segments_new(const ch_config_t *cfg, size_t dim, size_t max_batch,
         return -ENOMEM;
     }
     s->cfg = cfg;
+    s->last_s = ch_now_s();
     s->k = cfg->segments.k;
     s->dim = dim;
     s->users = calloc(s->k ? s->k : 1, sizeof(*s->users));
-    if (!s->users) {
+    size_t k1 = s->k ? s->k : 1, nt = cfg->segments_trending;
+    s->items = calloc(k1, sizeof(*s->items));
+    s->cats = calloc(k1, sizeof(*s->cats));
+    s->trend_gen = calloc(k1, sizeof(uint32_t));
+    s->means = calloc(k1 * dim, sizeof(float));
+    s->means_gen = malloc(k1 * sizeof(uint32_t));
+    s->published_gen = malloc(k1 * sizeof(uint32_t));
+    s->top = calloc(nt ? nt : 1, sizeof(*s->top));
+    s->trends = calloc(2 * (nt ? nt : 1), sizeof(*s->trends));
+    s->cbuf = calloc(dim, sizeof(float));
+    bool ok = s->items && s->cats && s->trend_gen && s->means && s->means_gen && s->published_gen &&
+              s->top && s->trends && s->cbuf;
+    for (size_t j = 0; ok && j < s->k; j++) {
+        s->means_gen[j] = s->published_gen[j] = UINT32_MAX;
+        if (nt) {
+            ok = ch_topk_new(cfg->segments_trending_slots, TREND_MAX_LEN,
+                             cfg->segments_trending_hl_ms, &s->items[j]) == 0 &&
+                 ch_topk_new(cfg->segments_trending_slots, TREND_MAX_LEN,
+                             cfg->segments_trending_hl_ms, &s->cats[j]) == 0;
+        }
+    }
+    if (!s->users || !ok) {
         ch_segments_free(s);
         return -ENOMEM;
     }
@@ -69,6 +122,10 @@ int ch_segments_new(const ch_config_t *cfg, size_t dim, size_t max_batch,
             ch_log(CH_LOG_WARNING, "segments: not restoring: %s; starting fresh", why);
         }
     }
+    for (size_t j = 0; ch_kmeans_ready(s->km) && j < s->k; j++) {
+        /* restored: published before the restart; the next pass publishes them again */
+        ch_kmeans_centroid(s->km, j, NULL, &s->published_gen[j]);
+    }
     *ret_segments = s;
     return 0;
 }
@@ -77,96 +134,276 @@ ch_segments_t *ch_segments_free(ch_segments_t *s) {
     if (!s) {
         return NULL;
     }
+    ch_kmeans_fit_free(s->fit);
     ch_kmeans_free(s->km);
+    for (size_t j = 0; j < s->k && s->items && s->cats; j++) {
+        ch_topk_free(s->items[j]);
+        ch_topk_free(s->cats[j]);
+    }
+    free(s->items);
+    free(s->cats);
+    free(s->trend_gen);
+    free(s->means);
+    free(s->means_gen);
+    free(s->published_gen);
+    free(s->top);
+    free(s->trends);
+    free(s->cbuf);
     free(s->users);
     free(s);
     return NULL;
 }
 
-/* The population: the current vectors of up to segments.warmup users of the table
- * (every step-th), read at each user's stream time like the outputs. Returns the rows
- * (malloc'd, *ret_n of them) or NULL (out of memory). */
-static float *population(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs,
-                         size_t *ret_n) {
-    size_t count = ch_users_count(users), cap = s->cfg->segments.warmup;
-    /* step = floor(count / take) >= 1 reaches take users (a rounded-up step could
-     * stop short of k) */
-    size_t take = count < cap ? count : cap, step = count / take;
-    float *x = malloc(take * s->dim * sizeof(float));
-    double *row = malloc(s->dim * sizeof(double));
-    size_t n = 0, seen = 0, cursor = 0;
-    for (ch_user_t *u; x && row && n < take && (u = ch_users_next(users, &cursor)); seen++) {
-        if (seen % step) {
-            continue;
-        }
-        ch_features_read(fs, u->state, u->t_ref_ms, row);
+/* Gathering: the current vectors of the table's users, read at the stream time of the
+ * pass's start (so a user who stopped shows it), ROWS at a time. */
+#define ROWS 64
+
+static void pass_end(ch_segments_t *s) {
+    s->fit = ch_kmeans_fit_free(s->fit);
+    s->phase = CH_SEG_IDLE;
+}
+
+/* Start a pass on the table: a seeding (not ready) or a refresh. */
+static void pass_begin(ch_segments_t *s, ch_users_t *users, int64_t stream_ms, double now_s) {
+    size_t count = ch_users_count(users);
+    size_t cap = count + count / 4 + 1024; /* users arriving while it gathers */
+    int r = ch_kmeans_fit_new(s->km, cap, &s->fit);
+    if (r < 0) {
+        ch_log(CH_LOG_WARNING, "segments: no memory for a pass over %zu users (%s); will retry",
+               count, strerror(-r));
+        s->last_s = now_s;
+        return;
+    }
+    s->phase = CH_SEG_GATHERING;
+    s->seeding = !ch_kmeans_ready(s->km);
+    s->cursor = 0;
+    s->pass_ms = stream_ms;
+    s->t0 = now_s;
+    s->asked = false;
+}
+
+static bool gather(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs) {
+    float x[ROWS * CH_FEATURES_MAX];
+    double row[CH_FEATURES_MAX];
+    size_t n = 0;
+    ch_user_t *u = NULL;
+    while (n < ROWS && (u = ch_users_next(users, &s->cursor))) {
+        ch_features_read_at(fs, u->state, u->t_ref_ms, s->pass_ms, row);
         for (size_t t = 0; t < s->dim; t++) {
             x[n * s->dim + t] = (float)row[t];
         }
         n++;
     }
-    if (!row) { /* no room to read a vector: no population */
-        free(x);
-        x = NULL;
+    if (n && ch_kmeans_fit_add(s->fit, x, n) == -ENOSPC) {
+        u = NULL; /* the table grew by a quarter while gathering: the pass takes what it has */
     }
-    free(row);
-    *ret_n = n;
-    return x;
+    return u != NULL;
 }
 
-static void seed(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs, int64_t stream_ms) {
-    size_t n = 0;
-    float *x = population(s, users, fs, &n);
-    int r = x ? ch_kmeans_seed(s->km, x, n, stream_ms) : -ENOMEM;
-    if (r == 0) {
+static void adopted(ch_segments_t *s, const ch_kmeans_refresh_t *info, double now_s) {
+    size_t n = info->points;
+    s->last.users = n;
+    s->last.fit_seconds = now_s - s->t0;
+    s->last.inertia = info->restarted || s->seeding ? info->inertia_restart : info->inertia_lloyd;
+    s->last.restarted = info->restarted;
+    s->last.renewed = info->renewed;
+    if (s->seeding) {
         ch_log(CH_LOG_INFO,
-               "segments seeded: k-means++ on the current features of %zu of %zu users", n,
-               ch_users_count(users));
+               "segments seeded on the current vectors of %zu users: inertia per user %.4g "
+               "(%.2f s); assigning every user",
+               n, info->inertia_restart / (double)n, s->last.fit_seconds);
     } else {
-        ch_log(CH_LOG_WARNING, "segments: seeding on %zu users failed (%s); will retry", n,
-               strerror(-r));
+        ch_log(CH_LOG_INFO,
+               "segments refreshed on %zu users: inertia per user %.4g -> %.4g (%s; the best "
+               "k-means++ fit had %.4g); %zu segments get a new generation (%.2f s); "
+               "reassigning every user",
+               n, info->inertia_before / (double)n, s->last.inertia / (double)n,
+               info->restarted ? "k-means++ replaced Lloyd from the live centroids"
+                               : "Lloyd from the live centroids",
+               info->inertia_restart / (double)n, info->renewed, s->last.fit_seconds);
     }
-    free(x);
 }
 
-static void refresh(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs,
-                    int64_t stream_ms) {
-    size_t n = 0;
-    float *x = population(s, users, fs, &n);
+ch_seg_step_t ch_segments_step(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs,
+                               int64_t stream_ms, double now_s, double budget_s) {
+    if (s->phase == CH_SEG_IDLE) {
+        bool enough = ch_users_count(users) >= s->k;
+        bool seed = !ch_kmeans_ready(s->km) && ch_kmeans_wants_seed(s->km, 0);
+        double every = s->cfg->segments.refresh_ms;
+        bool due = ch_kmeans_ready(s->km) &&
+                   (s->asked || (every > 0 && (s->cfg->segments_refresh_stream
+                                                   ? ch_kmeans_wants_refresh(s->km, stream_ms)
+                                                   : (now_s - s->last_s) * 1000.0 >= every)));
+        if (!enough || !(seed || due)) {
+            return CH_SEG_IDLE;
+        }
+        pass_begin(s, users, stream_ms, now_s);
+        if (s->phase == CH_SEG_IDLE) {
+            return CH_SEG_IDLE;
+        }
+    }
+    double until = ch_now_s() + budget_s;
+    if (s->phase == CH_SEG_GATHERING) {
+        bool more = true;
+        while (more && ch_now_s() < until) {
+            more = gather(s, users, fs);
+        }
+        if (more) {
+            return CH_SEG_BUSY;
+        }
+        s->phase = CH_SEG_FITTING;
+    }
+    int r = 1;
+    while (r == 1 && ch_now_s() < until) {
+        r = ch_kmeans_fit_step(s->fit, 4096);
+    }
+    if (r == 1) {
+        return CH_SEG_BUSY;
+    }
     ch_kmeans_refresh_t info;
-    int r = x ? ch_kmeans_refresh(s->km, x, n, stream_ms, &info) : -ENOMEM;
-    free(x);
+    size_t n = ch_kmeans_fit_rows(s->fit);
+    if (r == 0) {
+        r = ch_kmeans_fit_adopt(s->fit, stream_ms, &info);
+    }
+    pass_end(s);
+    s->last_s = now_s;
     if (r < 0) {
-        /* retried at the next batch: a refresh is due until one succeeds */
-        ch_log(CH_LOG_WARNING, "segments: refresh on %zu users failed (%s)", n, strerror(-r));
+        /* fewer than k users, no memory, or restored meanwhile: the next one is due */
+        ch_log(CH_LOG_WARNING, "segments: the pass on %zu users failed (%s)", n, strerror(-r));
+        return CH_SEG_IDLE;
+    }
+    adopted(s, &info, now_s);
+    return CH_SEG_FITTED;
+}
+
+bool ch_segments_seed_inline(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs, size_t n,
+                             int64_t stream_ms) {
+    size_t count = ch_users_count(users);
+    if (s->phase != CH_SEG_IDLE || ch_kmeans_ready(s->km) || !ch_kmeans_wants_seed(s->km, n) ||
+        count < s->k || count > INLINE_SEED_USERS) {
+        return false;
+    }
+    double now = ch_now_s();
+    pass_begin(s, users, stream_ms, now);
+    return s->phase != CH_SEG_IDLE &&
+           ch_segments_step(s, users, fs, stream_ms, now, INFINITY) == CH_SEG_FITTED;
+}
+
+int ch_segments_request_refresh(ch_segments_t *s) {
+    if (!ch_kmeans_ready(s->km)) {
+        return -EAGAIN;
+    }
+    if (s->phase == CH_SEG_IDLE) {
+        s->asked = true;
+    }
+    return 0;
+}
+
+const ch_kmeans_t *ch_segments_model(const ch_segments_t *s) { return s->km; }
+
+void ch_segments_assign(ch_segments_t *s, const float *x, size_t n, ch_kmeans_assign_t *ret) {
+    ch_kmeans_assign(s->km, x, n, ret);
+}
+
+void ch_segments_reassigned(ch_segments_t *s, uint64_t users, uint64_t moved, double now_s) {
+    s->last.moved = moved;
+    s->last.seconds = now_s - s->t0;
+    s->moved_total += moved;
+    s->passes++;
+    ch_log(CH_LOG_INFO, "segments: %llu of %llu users changed segment (the pass took %.2f s)",
+           (unsigned long long)moved, (unsigned long long)users, s->last.seconds);
+}
+
+void ch_segments_status(const ch_segments_t *s, ch_segments_status_t *ret) {
+    *ret = s->last;
+    ret->phase = s->phase;
+    ret->passes = s->passes;
+    ret->moved_total = s->moved_total;
+    ret->asked = s->asked;
+}
+
+void ch_segments_update(ch_segments_t *s, const float *x, size_t n, int64_t stream_ms,
+                        const int32_t *prev, const uint32_t *prev_gen, ch_kmeans_assign_t *ret) {
+    ch_kmeans_update(s->km, x, n, stream_ms, prev, prev_gen, ret);
+}
+
+/* A segment's sketches follow its generation: a new centroid starts them afresh. */
+static void trend_sync(ch_segments_t *s, size_t j) {
+    uint32_t gen = 0;
+    ch_kmeans_centroid(s->km, j, NULL, &gen);
+    if (s->items[j] && s->trend_gen[j] != gen) {
+        ch_topk_clear(s->items[j]);
+        ch_topk_clear(s->cats[j]);
+        s->trend_gen[j] = gen;
+    }
+}
+
+void ch_segments_observe(ch_segments_t *s, int32_t seg, const char *item, size_t item_len,
+                         const char *cat, size_t cat_len, int64_t ts_ms) {
+    if (seg < 0 || (size_t)seg >= s->k || !s->items[seg]) {
         return;
     }
-    double before = info.inertia_before / (double)n;
-    double lloyd = info.inertia_lloyd / (double)n;
-    double cand = info.inertia_restart / (double)n;
-    if (info.restarted) {
-        ch_log(CH_LOG_INFO,
-               "segments refreshed on %zu users: restarted from k-means++ (inertia per user "
-               "%.4g -> %.4g, Lloyd from the live centroids %.4g); %zu segments get a new "
-               "generation",
-               n, before, cand, lloyd, info.renewed);
-    } else {
-        ch_log(CH_LOG_DEBUG,
-               "segments refreshed on %zu users: inertia per user %.4g -> %.4g (a k-means++ "
-               "candidate had %.4g)",
-               n, before, lloyd, cand);
+    trend_sync(s, (size_t)seg);
+    if (item) {
+        ch_topk_add(s->items[seg], item, item_len, ts_ms, 1.0);
+    }
+    if (cat) {
+        ch_topk_add(s->cats[seg], cat, cat_len, ts_ms, 1.0);
     }
 }
 
-void ch_segments_update(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs,
-                        const float *x, size_t n, int64_t stream_ms, const int32_t *prev,
-                        const uint32_t *prev_gen, ch_kmeans_assign_t *ret) {
-    if (ch_kmeans_wants_seed(s->km, n) && ch_users_count(users) >= s->k) {
-        seed(s, users, fs, stream_ms);
-    } else if (ch_kmeans_wants_refresh(s->km, stream_ms) && ch_users_count(users) >= s->k) {
-        refresh(s, users, fs, stream_ms);
+void ch_segments_set_means(ch_segments_t *s, const double *sums, const uint64_t *counts) {
+    for (size_t j = 0; j < s->k; j++) {
+        uint32_t gen = 0;
+        ch_kmeans_centroid(s->km, j, NULL, &gen);
+        for (size_t t = 0; t < s->dim; t++) {
+            s->means[j * s->dim + t] =
+                counts[j] ? (float)(sums[j * s->dim + t] / (double)counts[j]) : 0.0f;
+        }
+        s->means_gen[j] = counts[j] ? gen : UINT32_MAX;
     }
-    ch_kmeans_update(s->km, x, n, stream_ms, prev, prev_gen, ret);
+}
+
+bool ch_segments_unpublished(const ch_segments_t *s, size_t j) {
+    uint32_t gen = 0;
+    ch_kmeans_centroid(s->km, j, NULL, &gen);
+    return ch_kmeans_ready(s->km) && s->published_gen[j] != gen;
+}
+
+static size_t trends(ch_topk_t *t, size_t n, int64_t now_ms, ch_topk_item_t *top, ch_trend_t *ret) {
+    size_t m = t ? ch_topk_top(t, now_ms, n, top) : 0;
+    for (size_t i = 0; i < m; i++) {
+        ret[i] = (ch_trend_t){top[i].value, top[i].len, top[i].weight};
+    }
+    return m;
+}
+
+void ch_segments_record(ch_segments_t *s, size_t j, int64_t now_ms, const char *const *names,
+                        ch_segment_rec_t *ret) {
+    uint32_t gen = 0;
+    double w = 0;
+    const float *c = ch_kmeans_centroid(s->km, j, &w, &gen);
+    trend_sync(s, j);
+    const float *means = s->means + j * s->dim;
+    if (s->means_gen[j] != gen) { /* no member measured since this centroid began */
+        ch_kmeans_untransform(s->km, c, s->cbuf);
+        means = s->cbuf;
+    }
+    size_t nt = s->cfg->segments_trending;
+    *ret = (ch_segment_rec_t){.segment = (int32_t)j,
+                              .generation = (int32_t)gen,
+                              .ts_ms = now_ms,
+                              .users = (int64_t)s->users[j],
+                              .weight = w,
+                              .feature_names = names,
+                              .centroid = c,
+                              .feature_means = means,
+                              .n_features = s->dim,
+                              .items = s->trends,
+                              .categories = s->trends + nt};
+    ret->n_items = trends(s->items[j], nt, now_ms, s->top, s->trends);
+    ret->n_categories = trends(s->cats[j], nt, now_ms, s->top, s->trends + nt);
+    s->published_gen[j] = gen;
 }
 
 void ch_segments_moved(ch_segments_t *s, int32_t from, int32_t to) {

@@ -53,6 +53,11 @@ def main():
         assert m["rss_bytes"] > 0 and 0 < m["state_bytes_per_user"] < 4096, m
     assert mem[1]["rss_bytes"] > mem[0]["rss_bytes"]
 
+    rf = r["refresh"]
+    assert rf["pass"]["users"] >= rf["users"] and rf["seconds_per_m_users"] > 0, rf
+    for mode in ("without", "during"):
+        assert rf[mode]["batches"] > 0 and rf[mode]["batch_p99_s"] is not None, (mode, rf)
+
     sc = r["scaling"]
     assert [e["d"] for e in sc["features"]] == [8, 16, 32, 128]
     assert [e["k"] for e in sc["segments"]] == [4, 16, 64]

@@ -209,10 +209,12 @@ def run(cmd, timeout=300):
     return r
 
 
-def consume(bootstrap, topic, expect, timeout=120, idle=5.0, timestamps=False):
+def consume(bootstrap, topic, expect, timeout=120, idle=5.0, timestamps=False, refreshes=False):
     """Reads a topic from the start until `expect` messages (or `idle` s without any once
     `expect` is reached or exceeded). Returns [(partition, offset, key, value, headers)],
-    with the record timestamp (ms) appended to each if `timestamps`."""
+    with the record timestamp (ms) appended to each if `timestamps`. Profile updates a
+    segment refresh published (header cohortd-cause) are left out unless `refreshes`:
+    they answer no event."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe([topic])
@@ -228,9 +230,11 @@ def consume(bootstrap, topic, expect, timeout=120, idle=5.0, timestamps=False):
                 continue
             if m.error():
                 continue
+            last = time.time()
+            if not refreshes and any(h[0] == "cohortd-cause" for h in m.headers() or []):
+                continue
             row = (m.partition(), m.offset(), m.key(), m.value(), m.headers() or [])
             out.append(row + (m.timestamp()[1],) if timestamps else row)
-            last = time.time()
     finally:
         c.close()
     return out

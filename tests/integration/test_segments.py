@@ -48,11 +48,19 @@ def stream(tmp, events, drift_at=None, extra=()):
                    f"segments.state_file={state}", f"segments.warmup={WARMUP}", *extra) as d:
         d.wait_assigned()
         run(gen + ["--brokers", broker.bootstrap])
-        msgs = consume(broker.bootstrap, "profiles", expect=events, timeout=300)
+        msgs = consume(broker.bootstrap, "profiles", expect=events, timeout=300, refreshes=True)
         metrics = d.metrics()
         rc = d.stop()
         assert rc == 0, f"cohortd exited {rc}"
         broker.stop()
+    reader = avro_reader("profile_update.avsc")
+    latest, ev_msgs = {}, []  # each user's segment as last published (refreshes too)
+    for m in sorted(msgs, key=lambda x: (x[0], x[1])):
+        _, r = decode_confluent(reader, m[3])
+        latest[r["user_id"]] = r["segment"]
+        if r["event_id"] is not None:
+            ev_msgs.append(m)
+    msgs = ev_msgs
     assert len(msgs) == events, f"{len(msgs)} profile updates for {events} events"
     group = {}
     with open(labels) as f:
@@ -60,14 +68,15 @@ def stream(tmp, events, drift_at=None, extra=()):
         for line in f:
             u, g = line.strip().split(",")
             group[u] = int(g)
-    reader = avro_reader("profile_update.avsc")
     rows = []
     for _, _, _, value, _ in msgs:
         _, r = decode_confluent(reader, value)
         i = int(r["event_id"].rsplit("-", 1)[1])
         rows.append((i, r["user_id"], r["segment"], r["segment_generation"], r["features"]))
     rows.sort()
-    return rows, group, read_state(state), metrics
+    st = read_state(state)
+    st["latest"] = latest
+    return rows, group, st, metrics
 
 
 def read_state(path):
@@ -129,6 +138,8 @@ def stationary(tmp):
     maps = []
     for lo in range(WARMUP, events - WINDOW // 2 + 1, WINDOW // 2):
         m = majority(rows[lo:lo + WINDOW // 2], group)
+        if not m:
+            continue  # the seeding pass (between batches, just after the warm-up) not over yet
         maps.append((lo, {g: seg for g, (seg, _) in m.items()}, min(f for _, f in m.values())))
     settled = next((i for i, (_, m, purity) in enumerate(maps)
                     if len(set(m.values())) == K and purity >= 0.9), None)

@@ -18,6 +18,9 @@ Phases, in order (--only takes a comma list):
   restore     users/s restored from a local snapshot and from the changelog alone, and
               start-to-ready time, at 100k and 1M users (d = 4)
   eos         events/s with processing.guarantee = exactly_once against at_least_once
+  refresh     the segments' population refresh on 1M users (20k with --quick): its wall
+              time per million users, and the p99 of batch duration and of end-to-end
+              latency under a paced load while it runs against the same load without
 
 Writes OUT_DIR/report.md, report.json and *.png. Rates are measured by an outside
 observer (the output topics' high watermarks, sampled every 50 ms) between 10% and 90%
@@ -551,6 +554,63 @@ class Bench:
                 self.stop(broker)
         self.r["restore"] = res
 
+    def phase_refresh(self):
+        users = 20_000 if self.quick else min(1_000_000, self.max_users)
+        chunk = 50_000 if self.quick else 500_000
+        rate = 1_000 if self.quick else 5_000
+        conf = self.config("refresh", segments__refresh=0,
+                           segments__warmup=min(10_000, users // 2),
+                           state__max_users=users + users // 4)
+        broker, bs = self.broker()
+        res = {"users": users, "rate": rate}
+        try:
+            p = self.cohortd(bs, conf, "bench-refresh")
+            have = 0
+            while have < users:  # every user once, in chunks the broker can hold
+                n = min(chunk, users - have)
+                self.gen(bs, n, n, 11, "--cover", "--user-base", have)
+                have += n
+                wait_metric(p, lambda m: m.get("cohortd_events_processed_total", 0) >= have,
+                            1800)
+            wait_metric(p, lambda m: m.get("cohortd_segment_passes_total", 0) >= 1 and
+                        m.get("cohortd_segment_pass_running", 1) == 0, 1800)
+            seconds = None
+            for mode in ("during", "without"):
+                # a paced load (wall-clock event times), started before the window opens
+                g = self.gen(bs, 0, users, 30 if mode == "during" else 31, "--rate", rate,
+                             wait=False)
+                wait_metric(p, lambda m, base=m_processed(p): m_processed(p) > base + rate, 120)
+                before, passes = histograms(p.http), scrape(p.http)["cohortd_segment_passes_total"]
+                t0 = time.monotonic()
+                if mode == "during":
+                    http_post(p.http, "/segments/refresh")
+                    wait_metric(p, lambda m: m["cohortd_segment_passes_total"] > passes and
+                                m["cohortd_segment_pass_running"] == 0, 3600)
+                    seconds = max(time.monotonic() - t0, 2.0)
+                else:
+                    time.sleep(seconds)  # the same window, nothing else running
+                after = histograms(p.http)
+                self.stop(g)
+                res[mode] = {"window_s": round(time.monotonic() - t0, 2),
+                             "batch_p99_s": p99(after, before, "batch"),
+                             "e2e_p99_s": p99(after, before, "e2e"),
+                             "batches": int(after["batch"][-1][1] - before["batch"][-1][1])}
+                log(f"refresh {mode}: {res[mode]}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{p.http}/segments", timeout=30) as r:
+                last = json.loads(r.read())["last_pass"]
+            res["pass"] = last
+            res["seconds_per_m_users"] = last["seconds"] / last["users"] * 1e6
+            res["fit_seconds_per_m_users"] = last["fit_seconds"] / last["users"] * 1e6
+            log(f"refresh: {last['users']:,} users in {last['seconds']:.2f} s "
+                f"({res['seconds_per_m_users']:.1f} s per million users), fit "
+                f"{last['fit_seconds']:.2f} s, {last['moved']:,} moved")
+            rc = self.stop(p)
+            if rc != 0:
+                raise RuntimeError(f"cohortd exited {rc}:\n{self.tail(p)}")
+        finally:
+            self.stop(broker)
+        self.r["refresh"] = res
+
     def phase_parity(self):
         """The baseline must be the same job: on one input, its features and scores equal
         cohortd's (features exactly as float32, scores to 1e-5)."""
@@ -686,6 +746,47 @@ def scrape(port):
     return out
 
 
+def m_processed(p):
+    return scrape(p.http).get("cohortd_events_processed_total", 0)
+
+
+def http_post(port, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        if r.status != 202:
+            raise RuntimeError(f"POST {path}: {r.status}")
+
+
+def histograms(port):
+    """Cumulative buckets [(le, count)] of the batch duration and of the end-to-end
+    latency from the Kafka timestamp."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {"batch": [], "e2e": []}
+    for line in text.splitlines():
+        m = re.match(r'^cohortd_batch_duration_seconds_bucket\{le="([^"]+)"\} (\d+)$', line)
+        if m:
+            out["batch"].append((float(m.group(1)), int(m.group(2))))
+        m = re.match(r'^cohortd_e2e_latency_seconds_bucket\{from="kafka_timestamp",le="([^"]+)"\} '
+                     r'(\d+)$', line)
+        if m:
+            out["e2e"].append((float(m.group(1)), int(m.group(2))))
+    return out
+
+
+def p99(after, before, name):
+    """The upper bound of the bucket holding the 99th percentile of what was observed
+    between two histograms() (None if nothing was)."""
+    a, b = after[name], before[name]
+    total = a[-1][1] - b[-1][1]
+    if total <= 0:
+        return None
+    for (le, ca), (_, cb) in zip(a, b):
+        if ca - cb >= 0.99 * total:
+            return le
+    return a[-1][0]
+
+
 def read_topic(bs, topic, partitions, limit_per_partition=None, timeout=30):
     c = Consumer({"bootstrap.servers": bs, "group.id": "bench-reader", "enable.auto.commit": False})
     try:
@@ -775,7 +876,8 @@ def main():
     ap.add_argument("--build", required=True, help="a cohortd build directory")
     ap.add_argument("--out", required=True, help="where report.md/json and plots go")
     ap.add_argument("--quick", action="store_true", help="small sizes (the ctest bench label)")
-    ap.add_argument("--only", default="parity,throughput,latency,memory,scaling,restore,eos")
+    ap.add_argument("--only",
+                    default="parity,throughput,latency,memory,scaling,restore,eos,refresh")
     ap.add_argument("--max-users", type=int, default=None,
                     help="largest user count of the memory phase (default: 10M if the "
                          "machine has the memory, else 1M)")

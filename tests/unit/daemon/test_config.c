@@ -130,7 +130,11 @@ static void test_scoring_and_segment_keys(void **st) {
     assert_int_equal(c.segments.k, 16);
     assert_int_equal(c.segments.warmup, 10000);
     assert_true(c.segments.log1p);
-    assert_true(c.segments.refresh_ms == 0); /* population refresh: opt-in */
+    assert_true(c.segments.refresh_ms == 3600e3); /* population refresh: hourly */
+    assert_false(c.segments_refresh_stream);      /* by the wall clock */
+    assert_int_equal(ch_config_set(&c, "segments.refresh_clock=stream", err, sizeof(err)), 0);
+    assert_true(c.segments_refresh_stream);
+    assert_int_equal(ch_config_set(&c, "segments.refresh_clock=event", err, sizeof(err)), -EINVAL);
     assert_int_equal(c.segments.lloyd_iters, 10); /* no key: the segmenter's default */
     assert_string_equal(c.model_path, ""); /* no model unless configured */
     assert_int_equal(ch_config_set(&c, "risk.threshold=0.125", err, sizeof(err)), 0);
