@@ -91,7 +91,7 @@ int ch_segments_new(const ch_config_t *cfg, size_t dim, size_t max_batch,
               s->top && s->trends && s->cbuf;
     for (size_t j = 0; ok && j < s->k; j++) {
         s->means_gen[j] = s->published_gen[j] = UINT32_MAX;
-        if (nt) {
+        if (nt && cfg->segments_topic[0]) { /* only segment updates show them */
             ok = ch_topk_new(cfg->segments_trending_slots, TREND_MAX_LEN,
                              cfg->segments_trending_hl_ms, &s->items[j]) == 0 &&
                  ch_topk_new(cfg->segments_trending_slots, TREND_MAX_LEN,
