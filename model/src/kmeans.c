@@ -527,7 +527,10 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
     }
     float *l = km->z;
     ch_km_log_rows(km, x, n, l);
-    stats_update(km, l, n, stream_ms);
+    bool follow = km->follow && km->ready;
+    if (!follow) {
+        stats_update(km, l, n, stream_ms);
+    }
     km->points += n;
     if (!km->ready && km->o.seed_by_caller) {
         for (size_t i = 0; i < n; i++) {
@@ -551,7 +554,9 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
             km->refreshed_ms = stream_ms; /* restored: the refresh clock starts now */
         }
         ch_km_zscore(km, l, n, km->z);
-        online_update(km, km->z, n, stream_ms);
+        if (!follow) { /* following, the centroids change only by ch_kmeans_read() */
+            online_update(km, km->z, n, stream_ms);
+        }
     }
     /* report: nearest after the update, with hysteresis against the previous segment */
     distances(km, km->z, n);
@@ -594,6 +599,57 @@ void ch_kmeans_assign(ch_kmeans_t *km, const float *x, size_t n, ch_kmeans_assig
                                       .distance = sqrtf(km->dist[i * k + best]),
                                       .previous = -1};
     }
+}
+
+void ch_kmeans_follow(ch_kmeans_t *km, bool on) { km->follow = on; }
+
+int ch_kmeans_set_centroids(ch_kmeans_t *km, const float *c, const double *w) {
+    size_t k = km->o.k, d = km->o.dim;
+    if (!km->ready) {
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < k * d; i++) {
+        if (!isfinite(c[i])) {
+            return -EINVAL;
+        }
+    }
+    for (size_t j = 0; j < k; j++) {
+        if (!isfinite(w[j]) || w[j] < 0) {
+            return -EINVAL;
+        }
+    }
+    memcpy(km->c, c, k * d * sizeof(float));
+    memcpy(km->w, w, k * sizeof(double));
+    ch_km_refresh_cnorm(km);
+    return 0;
+}
+
+int ch_kmeans_accumulate(ch_kmeans_t *km, const float *x, size_t n, int32_t *near,
+                         ch_kmeans_sums_t *acc) {
+    size_t k = km->o.k, d = km->o.dim;
+    if (!km->ready) {
+        return -EINVAL;
+    }
+    for (size_t b = 0; b < n; b += BLOCK) {
+        size_t m = n - b < BLOCK ? n - b : BLOCK;
+        const float *xb = x + b * d;
+        ch_kmeans_transform(km, xb, m, km->z);
+        distances(km, km->z, m);
+        for (size_t i = 0; i < m; i++) {
+            size_t j = argmin_row(km, i);
+            if (near[b + i] != (int32_t)j) {
+                acc->changed++;
+                near[b + i] = (int32_t)j;
+            }
+            acc->inertia += km->dist[i * k + j];
+            acc->counts[j]++;
+            for (size_t t = 0; t < d; t++) {
+                acc->sums[j * d + t] += km->z[i * d + t];
+            }
+        }
+        acc->rows += m;
+    }
+    return 0;
 }
 
 bool ch_kmeans_check(const ch_kmeans_t *km, char *why, size_t len) {
@@ -639,16 +695,9 @@ bool ch_kmeans_check(const ch_kmeans_t *km, char *why, size_t len) {
 
 /* ---- persistence --------------------------------------------------------- */
 
-int ch_kmeans_save(const ch_kmeans_t *km, const char *path, char *errbuf, size_t errlen) {
+/* The model as text (the format of a segments.state_file) into f. */
+static void write_model(const ch_kmeans_t *km, FILE *f) {
     size_t k = km->o.k, d = km->o.dim;
-    char tmp[4096];
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
-        return fail(errbuf, errlen, -EINVAL, "%s: path too long", path);
-    }
-    FILE *f = fopen(tmp, "we");
-    if (!f) {
-        return fail(errbuf, errlen, -EIO, "%s: %s", tmp, strerror(errno));
-    }
     fprintf(f, "cohortd-kmeans 1\nk %zu\ndim %zu\nlog1p %d\nready %d\n", k, d, km->o.log1p ? 1 : 0,
             km->ready ? 1 : 0);
     fprintf(f, "points %llu\nreseeds %llu\nstream_ms %lld\nstats_ms %lld\nsw %.17g\n",
@@ -670,12 +719,42 @@ int ch_kmeans_save(const ch_kmeans_t *km, const char *path, char *errbuf, size_t
         }
         fputc('\n', f);
     }
+}
+
+int ch_kmeans_save(const ch_kmeans_t *km, const char *path, char *errbuf, size_t errlen) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+        return fail(errbuf, errlen, -EINVAL, "%s: path too long", path);
+    }
+    FILE *f = fopen(tmp, "we");
+    if (!f) {
+        return fail(errbuf, errlen, -EIO, "%s: %s", tmp, strerror(errno));
+    }
+    write_model(km, f);
     int bad = ferror(f);
     if (fclose(f) != 0 || bad || rename(tmp, path) < 0) {
         int e = errno;
         remove(tmp);
         return fail(errbuf, errlen, -EIO, "%s: %s", path, strerror(e));
     }
+    return 0;
+}
+
+int ch_kmeans_write(const ch_kmeans_t *km, char **ret_buf, size_t *ret_len) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        return -ENOMEM;
+    }
+    write_model(km, f);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        free(buf);
+        return -ENOMEM;
+    }
+    *ret_buf = buf;
+    *ret_len = len;
     return 0;
 }
 
@@ -692,12 +771,10 @@ static bool literal(FILE *f, const char *word) {
     return c == ' ' && ungetc(c, f) != EOF;
 }
 
-int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errlen) {
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        return fail(errbuf, errlen, errno == ENOENT ? -ENOENT : -EIO, "%s: %s", path,
-                    strerror(errno));
-    }
+/* Read a model written by write_model() from f (closed here) into km; name is for
+ * messages. shared: a model from another instance, whose counters are not ours. */
+static int read_model(ch_kmeans_t *km, FILE *f, const char *name, bool shared, char *errbuf,
+                      size_t errlen) {
     size_t k = km->o.k, d = km->o.dim, fk, fd;
     int log1p_on, ready, r = -EINVAL;
     unsigned long long points, reseeds;
@@ -715,12 +792,14 @@ int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errle
                &ready) != 4 ||
         fscanf(f, " points %llu reseeds %llu stream_ms %lld stats_ms %lld sw %lg", &points,
                &reseeds, &t_ms, &stats_ms, &sw) != 5) {
-        fail(errbuf, errlen, r, "%s: not a cohortd segment model", path);
+        fail(errbuf, errlen, r, "%s: not a cohortd segment model", name);
         goto out;
     }
     if (fk != k || fd != d || log1p_on != (km->o.log1p ? 1 : 0)) {
-        fail(errbuf, errlen, r, "%s: saved with k=%zu, %zu features, log1p=%d; configured k=%zu, "
-             "%zu features, log1p=%d", path, fk, fd, log1p_on, k, d, km->o.log1p ? 1 : 0);
+        fail(errbuf, errlen, r,
+             "%s: saved with k=%zu, %zu features, log1p=%d; configured k=%zu, "
+             "%zu features, log1p=%d",
+             name, fk, fd, log1p_on, k, d, km->o.log1p ? 1 : 0);
         goto out;
     }
     double dummy;
@@ -745,15 +824,17 @@ int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errle
         }
     }
     if (!ok || !isfinite(sw) || sw < 0) {
-        fail(errbuf, errlen, r, "%s: damaged segment model file", path);
+        fail(errbuf, errlen, r, "%s: damaged segment model", name);
         goto out;
     }
     memcpy(km->mean, mean, d * sizeof(double));
     memcpy(km->m2, m2, d * sizeof(double));
     km->sw = sw;
     km->stats_ms = stats_ms;
-    km->points = points;
-    km->reseeds = reseeds;
+    if (!shared) {
+        km->points = points;
+        km->reseeds = reseeds;
+    }
     refresh_std(km);
     if (ready) {
         memcpy(km->c, c, k * d * sizeof(float));
@@ -774,4 +855,21 @@ out:
     free(gen);
     fclose(f);
     return r;
+}
+
+int ch_kmeans_load(ch_kmeans_t *km, const char *path, char *errbuf, size_t errlen) {
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        return fail(errbuf, errlen, errno == ENOENT ? -ENOENT : -EIO, "%s: %s", path,
+                    strerror(errno));
+    }
+    return read_model(km, f, path, false, errbuf, errlen);
+}
+
+int ch_kmeans_read(ch_kmeans_t *km, const char *buf, size_t len, char *errbuf, size_t errlen) {
+    FILE *f = len ? fmemopen((void *)buf, len, "r") : NULL;
+    if (!f) {
+        return fail(errbuf, errlen, -EINVAL, "shared segment model: empty or unreadable");
+    }
+    return read_model(km, f, "shared segment model", true, errbuf, errlen);
 }

@@ -23,6 +23,7 @@ struct ch_kmeans {
     float *wbuf;
     size_t n_w;
     bool ready;
+    bool follow; /* ch_kmeans_follow(): updates only assign */
     /* centroids */
     float *c, *cnorm;
     double *w;

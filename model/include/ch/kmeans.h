@@ -175,6 +175,50 @@ int ch_kmeans_fit_adopt(ch_kmeans_fit_t *f, int64_t stream_ms, ch_kmeans_refresh
  */
 void ch_kmeans_assign(ch_kmeans_t *km, const float *x, size_t n, ch_kmeans_assign_t *ret);
 
+/*
+ * One set of segments across instances (the daemon's segments.sync_topic): one
+ * instance fits, every instance applies the same model, written as text and read back
+ * bit for bit, and contributes the statistics of its users to the Lloyd steps of the
+ * fit on the whole population.
+ */
+
+/** @brief The model (options' shape, transform statistics, centroids) as the text of a
+ *  segments.state_file, in a malloc'd buffer. @returns 0, -ENOMEM. */
+int ch_kmeans_write(const ch_kmeans_t *km, char **ret_buf, size_t *ret_len);
+
+/**
+ * @brief Make a model written by ch_kmeans_write() (by any instance) km's: transform
+ *        statistics, centroids, weights and generations; km's own counters stay.
+ * @returns 0, -EINVAL (another shape or damaged: km unchanged; errbuf says why), -ENOMEM.
+ */
+int ch_kmeans_read(ch_kmeans_t *km, const char *buf, size_t len, char *errbuf, size_t errlen);
+
+/** @brief Following: once ready, ch_kmeans_update() only assigns (with hysteresis);
+ *  the transform statistics and centroids change only through ch_kmeans_read(). */
+void ch_kmeans_follow(ch_kmeans_t *km, bool on);
+
+/** @brief Replace every centroid (k x dim, transformed space) and weight, generations
+ *  unchanged. @returns 0, -EINVAL (not ready, or a value not finite or a weight < 0). */
+int ch_kmeans_set_centroids(ch_kmeans_t *km, const float *c, const double *w);
+
+/* A Lloyd step's statistics of some rows: per centroid, the sum of the transformed rows
+ * nearest it and their count; the rows' inertia; rows whose nearest centroid changed. */
+typedef struct ch_kmeans_sums {
+    double *sums;     /* k x dim, caller's */
+    uint64_t *counts; /* k, caller's */
+    double inertia;
+    uint64_t rows, changed;
+} ch_kmeans_sums_t;
+
+/**
+ * @brief Add n raw rows' statistics under the live centroids to acc.
+ * @param near n nearest centroids from the previous step (-1: none), updated; a row
+ *        whose nearest centroid differs counts as changed.
+ * @returns 0, -EINVAL (not ready).
+ */
+int ch_kmeans_accumulate(ch_kmeans_t *km, const float *x, size_t n, int32_t *near,
+                         ch_kmeans_sums_t *acc);
+
 /**
  * @brief Check the invariants: transform statistics finite, weights (of centroids
  *        and their children) finite and >= 0, centroids finite with their cached

@@ -611,6 +611,144 @@ static void test_refresh_of_an_unchanged_population_keeps_ids(void **state) {
     free(x);
 }
 
+/* Shared segments: a model written by one instance and read by another is the same model
+ * bit for bit; a following model never moves; statistics of a population cut into parts
+ * add up to the whole's; Lloyd steps made of them lower the inertia. */
+static void test_shared_model_write_read_follow_and_lloyd_from_parts(void **state) {
+    (void)state;
+    size_t n = 3000, k = 5, d = 2;
+    float *x = population_rows(n);
+    ch_kmeans_t *a = make_caller_seeded(k, true), *b = make_caller_seeded(k, false);
+    assert_int_equal(ch_kmeans_seed(a, x, n, 1000), 0);
+    char *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(ch_kmeans_write(a, &buf, &len), 0);
+    char why[256];
+    assert_int_equal(ch_kmeans_read(b, buf, len, why, sizeof(why)), 0);
+    assert_true(ch_kmeans_ready(b));
+    for (size_t j = 0; j < k; j++) {
+        uint32_t ga, gb;
+        double wa, wb;
+        assert_memory_equal(ch_kmeans_centroid(a, j, &wa, &ga), ch_kmeans_centroid(b, j, &wb, &gb),
+                            d * sizeof(float));
+        assert_true(wa == wb && ga == gb);
+    }
+    ch_kmeans_assign_t ra[64], rb[64];
+    for (size_t i = 0; i + 64 <= n; i += 64) {
+        ch_kmeans_assign(a, x + d * i, 64, ra);
+        ch_kmeans_assign(b, x + d * i, 64, rb);
+        for (size_t r = 0; r < 64; r++) {
+            assert_int_equal(ra[r].segment, rb[r].segment);
+            assert_true(ra[r].distance == rb[r].distance);
+        }
+    }
+    /* another shape, or damaged text: refused, the model unchanged */
+    ch_kmeans_t *other = make_caller_seeded(k + 1, false);
+    assert_int_equal(ch_kmeans_read(other, buf, len, why, sizeof(why)), -EINVAL);
+    assert_false(ch_kmeans_ready(other));
+    assert_int_equal(ch_kmeans_read(b, buf, len / 2, why, sizeof(why)), -EINVAL);
+    assert_int_equal(ch_kmeans_read(b, "", 0, why, sizeof(why)), -EINVAL);
+    free(buf);
+
+    /* following: a batch far from every centroid moves neither centroids nor transform */
+    float before[5 * 2], z0[2], z1[2], far[64 * 2];
+    for (size_t j = 0; j < k; j++) {
+        memcpy(before + d * j, ch_kmeans_centroid(b, j, NULL, NULL), d * sizeof(float));
+    }
+    ch_kmeans_transform(b, x, 1, z0);
+    for (size_t i = 0; i < 64; i++) {
+        far[2 * i] = 50 + (float)unif();
+        far[2 * i + 1] = -50;
+    }
+    ch_kmeans_follow(b, true);
+    assert_int_equal(ch_kmeans_update(b, far, 64, 5000, NULL, NULL, rb), 0);
+    assert_int_equal(ch_kmeans_update(a, far, 64, 5000, NULL, NULL, ra), 0);
+    for (size_t j = 0; j < k; j++) {
+        assert_memory_equal(ch_kmeans_centroid(b, j, NULL, NULL), before + d * j,
+                            d * sizeof(float));
+        assert_true(rb[0].segment >= 0 && (size_t)rb[0].segment < k);
+    }
+    ch_kmeans_transform(b, x, 1, z1);
+    assert_memory_equal(z0, z1, sizeof(z0));
+    bool moved = false; /* the same batch moves a model that does not follow */
+    for (size_t j = 0; j < k; j++) {
+        moved = moved || memcmp(ch_kmeans_centroid(a, j, NULL, NULL), before + d * j,
+                                d * sizeof(float)) != 0;
+    }
+    assert_true(moved);
+
+    /* statistics in three parts add up to those of the whole */
+    double sums[4][5 * 2];
+    uint64_t counts[4][5];
+    ch_kmeans_sums_t acc[4];
+    int32_t *near = malloc(n * sizeof(int32_t)), *near_all = malloc(n * sizeof(int32_t));
+    assert_true(near && near_all);
+    for (size_t i = 0; i < n; i++) {
+        near[i] = near_all[i] = -1;
+    }
+    memset(sums, 0, sizeof(sums));
+    memset(counts, 0, sizeof(counts));
+    for (int q = 0; q < 4; q++) {
+        acc[q] = (ch_kmeans_sums_t){sums[q], counts[q], 0, 0, 0};
+    }
+    size_t cut[4] = {0, 1000, 2100, n};
+    for (int q = 0; q < 3; q++) {
+        assert_int_equal(
+            ch_kmeans_accumulate(b, x + d * cut[q], cut[q + 1] - cut[q], near + cut[q], &acc[q]),
+            0);
+    }
+    assert_int_equal(ch_kmeans_accumulate(b, x, n, near_all, &acc[3]), 0);
+    assert_int_equal(acc[3].rows, n);
+    assert_int_equal(acc[3].changed, n); /* every row had no centroid before */
+    double inertia = acc[0].inertia + acc[1].inertia + acc[2].inertia;
+    assert_true(fabs(inertia - acc[3].inertia) <= 1e-9 * acc[3].inertia);
+    for (size_t j = 0; j < k; j++) {
+        assert_int_equal(counts[0][j] + counts[1][j] + counts[2][j], counts[3][j]);
+        for (size_t t = 0; t < d; t++) {
+            double part = sums[0][j * d + t] + sums[1][j * d + t] + sums[2][j * d + t];
+            assert_true(fabs(part - sums[3][j * d + t]) <= 1e-9 * (1 + fabs(sums[3][j * d + t])));
+        }
+    }
+    assert_memory_equal(near, near_all, n * sizeof(int32_t));
+
+    /* Lloyd steps from the statistics: the inertia never rises; at the fixpoint no row
+     * changes centroid */
+    double last = acc[3].inertia;
+    for (int step = 0; step < 100; step++) {
+        float c[5 * 2];
+        double w[5];
+        for (size_t j = 0; j < k; j++) {
+            for (size_t t = 0; t < d; t++) {
+                c[j * d + t] = counts[3][j] ? (float)(sums[3][j * d + t] / (double)counts[3][j])
+                                            : ch_kmeans_centroid(b, j, NULL, NULL)[t];
+            }
+            w[j] = (double)counts[3][j];
+        }
+        assert_int_equal(ch_kmeans_set_centroids(b, c, w), 0);
+        memset(sums[3], 0, sizeof(sums[3]));
+        memset(counts[3], 0, sizeof(counts[3]));
+        acc[3] = (ch_kmeans_sums_t){sums[3], counts[3], 0, 0, 0};
+        assert_int_equal(ch_kmeans_accumulate(b, x, n, near_all, &acc[3]), 0);
+        assert_true(acc[3].inertia <= last * (1 + 1e-6));
+        last = acc[3].inertia;
+        if (acc[3].changed == 0) {
+            break;
+        }
+    }
+    assert_int_equal(acc[3].changed, 0);
+    float bad[5 * 2] = {NAN};
+    double w1[5] = {1, 1, 1, 1, 1};
+    assert_int_equal(ch_kmeans_set_centroids(b, bad, w1), -EINVAL);
+    assert_int_equal(ch_kmeans_set_centroids(other, before, w1), -EINVAL); /* not ready */
+    assert_sane(b);
+    free(near);
+    free(near_all);
+    ch_kmeans_free(a);
+    ch_kmeans_free(b);
+    ch_kmeans_free(other);
+    free(x);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_warmup_then_blobs_get_distinct_stable_ids),
@@ -624,6 +762,7 @@ int main(void) {
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_fit_in_slices_equals_fit_at_once),
         cmocka_unit_test(test_refresh_of_an_unchanged_population_keeps_ids),
+        cmocka_unit_test(test_shared_model_write_read_follow_and_lloyd_from_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
