@@ -77,18 +77,23 @@ void ch_clients_transactional_id(const ch_config_t *cfg, char *buf, size_t len) 
 
 /* One client's settings as librdkafka pairs: with exactly_once, the producer is
  * transactional and the consumer commits only through transactions. */
-static int settings_for(const ch_config_t *cfg, ch_kafka_scope_t client, ch_clients_t *c,
-                        ch_kafka_conf_t *ret_kc) {
-    ch_kafka_setting_t *user = calloc(cfg->n_kafka + 1, sizeof(*user));
+static int settings_for(const ch_config_t *cfg, ch_kafka_scope_t client, bool plain,
+                        ch_clients_t *c, ch_kafka_conf_t *ret_kc) {
+    ch_kafka_setting_t *user = calloc(cfg->n_kafka + 2, sizeof(*user));
     if (!user) {
         return -ENOMEM;
     }
     size_t n_user = 0;
+    if (plain && client == CH_KAFKA_CONSUMER) {
+        /* a side channel's records are few and awaited: do not let an idle fetch hold
+         * them for librdkafka's default 500 ms (a kafka.* setting still wins) */
+        user[n_user++] = (ch_kafka_setting_t){"fetch.wait.max.ms", "50", CH_KAFKA_CONSUMER};
+    }
     for (size_t i = 0; i < cfg->n_kafka; i++) {
         user[n_user++] =
             (ch_kafka_setting_t){cfg->kafka[i].key, cfg->kafka[i].value, cfg->kafka[i].scope};
     }
-    bool eos = cfg->processing_guarantee == CH_EXACTLY_ONCE;
+    bool eos = cfg->processing_guarantee == CH_EXACTLY_ONCE && !plain;
     if (eos && client == CH_KAFKA_PRODUCER) {
         ch_clients_transactional_id(cfg, c->txn_id, sizeof(c->txn_id));
         user[n_user++] = (ch_kafka_setting_t){"transactional.id", c->txn_id, CH_KAFKA_PRODUCER};
@@ -117,7 +122,7 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
     *c = (ch_clients_t){0};
     ch_ratelimit_init(&c->rl, 10);
     ch_kafka_conf_t kc;
-    int r = settings_for(cfg, CH_KAFKA_PRODUCER, c, &kc);
+    int r = settings_for(cfg, CH_KAFKA_PRODUCER, false, c, &kc);
     if (r < 0) {
         return r;
     }
@@ -134,7 +139,7 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
             return -EIO;
         }
     }
-    if ((r = settings_for(cfg, CH_KAFKA_CONSUMER, c, &kc)) < 0) {
+    if ((r = settings_for(cfg, CH_KAFKA_CONSUMER, false, c, &kc)) < 0) {
         return r;
     }
     r = ch_consumer_new(&kc, cfg->input_topic, hooks, &c->consumer, errbuf, errlen);
@@ -155,12 +160,34 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
 int ch_clients_reader(ch_clients_t *c, const ch_config_t *cfg, const char *topic, char *errbuf,
                       size_t errlen) {
     ch_kafka_conf_t kc;
-    int r = settings_for(cfg, CH_KAFKA_CONSUMER, c, &kc);
+    int r = settings_for(cfg, CH_KAFKA_CONSUMER, false, c, &kc);
     if (r < 0) {
         return r;
     }
     r = ch_reader_new(&kc, topic, &c->reader, errbuf, errlen);
     settings_done(&kc);
+    return r;
+}
+
+int ch_clients_side(ch_clients_t *c, const ch_config_t *cfg, const char *topic,
+                    ch_delivery_fn *on_delivery, void *delivery_opaque,
+                    ch_producer_t **ret_producer, ch_reader_t **ret_reader, char *errbuf,
+                    size_t errlen) {
+    ch_kafka_conf_t kc;
+    int r = settings_for(cfg, CH_KAFKA_PRODUCER, true, c, &kc);
+    if (r < 0) {
+        return r;
+    }
+    r = ch_producer_new(&kc, on_delivery, delivery_opaque, ret_producer, errbuf, errlen);
+    settings_done(&kc);
+    if (r < 0 || (r = settings_for(cfg, CH_KAFKA_CONSUMER, true, c, &kc)) < 0) {
+        return r;
+    }
+    r = ch_reader_new(&kc, topic, ret_reader, errbuf, errlen);
+    settings_done(&kc);
+    if (r < 0) {
+        *ret_producer = ch_producer_free(*ret_producer);
+    }
     return r;
 }
 

@@ -45,6 +45,17 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
 int ch_clients_reader(ch_clients_t *c, const ch_config_t *cfg, const char *topic, char *errbuf,
                       size_t errlen);
 
+/**
+ * @brief A side channel on topic: a producer that is never transactional (idempotent,
+ *        whatever processing.guarantee) and a reader, both with the kafka.* keys meant
+ *        for them; the caller frees them.
+ * @returns 0, -EINVAL, -EIO, -ENOMEM.
+ */
+int ch_clients_side(ch_clients_t *c, const ch_config_t *cfg, const char *topic,
+                    ch_delivery_fn *on_delivery, void *delivery_opaque,
+                    ch_producer_t **ret_producer, ch_reader_t **ret_reader, char *errbuf,
+                    size_t errlen);
+
 /** @brief Free the clients (the consumer closes if it was not closed). */
 void ch_clients_done(ch_clients_t *c);
 

@@ -224,6 +224,21 @@ static const key_def_t keys[] = {
      "compacted): each segment's generation, users, centroid, its members' mean features "
      "and trending items and categories, after every pass over the population and when a "
      "segment's generation changes. Empty: not published."},
+    {"segments.sync_topic", K_OPTSTR, OFF(segments_sync_topic), "", 0, 0, NULL, NULL,
+     "One set of segments across the instances of the consumer group: the topic (one "
+     "partition, compacted) through which the coordinator (the owner of input partition 0) "
+     "runs each seeding and refresh with every instance's statistics and publishes "
+     "versioned centroids that every instance applies (README: One set of segments across "
+     "instances). Empty: each instance keeps its own segments."},
+    {"segments.sync_timeout", K_DURATION, OFF(segments_sync_timeout_ms), "30s", 100, 3600000, NULL,
+     NULL,
+     "How long the coordinator waits for the statistics of every input partition in one "
+     "step of a shared refresh before giving it up (it is tried again after as long)."},
+    {"segments.sync_sample", K_SIZE, OFF(segments_sync_sample), "65536", 100, 10000000, NULL, NULL,
+     "Shared segments: about this many users' vectors, drawn evenly from every instance, "
+     "make the sample the coordinator fits k-means++ candidates on (as one instance fits "
+     "on at most 65,536 of its users) before Lloyd steps on every user; each sampled user "
+     "costs about 12 bytes a feature on the sync topic per refresh."},
     {"segments.trending", K_SIZE, OFF(segments_trending), "10", 0, 100, NULL, NULL,
      "Trending items and categories per segment in segment updates (the heaviest by decayed "
      "count of the segment's events); 0: none."},
@@ -762,6 +777,18 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
         return fail(errbuf, errlen, -EINVAL,
                     "segments.warmup (%zu) must be at least segments.k (%zu)",
                     cfg->segments.warmup, cfg->segments.k);
+    }
+    if (cfg->segments_sync_topic[0] && cfg->segments.k == 0) {
+        return fail(errbuf, errlen, -EINVAL, "segments.sync_topic needs segments (segments.k > 0)");
+    }
+    const char *others[] = {cfg->input_topic,   cfg->segments_topic, cfg->state_changelog,
+                            cfg->profile_topic, cfg->risk_topic,     cfg->dlq_topic};
+    for (size_t i = 0; cfg->segments_sync_topic[0] && i < 6; i++) {
+        if (!strcmp(cfg->segments_sync_topic, others[i])) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "segments.sync_topic (%s) must be a topic of its own",
+                        cfg->segments_sync_topic);
+        }
     }
     char host[64], port[16];
     if (strcmp(cfg->http_listen, "off") != 0) {

@@ -88,6 +88,9 @@ typedef struct ch_config {
     char segments_state_file[CH_CONF_STR];
     bool segments_refresh_stream;     /* segments.refresh counts stream time, not wall time */
     char segments_topic[CH_CONF_STR]; /* segment updates; "" none */
+    char segments_sync_topic[CH_CONF_STR]; /* one set of segments across instances; "" off */
+    double segments_sync_timeout_ms;
+    size_t segments_sync_sample;      /* users in the coordinator's sample */
     size_t segments_trending;         /* trending values per segment update */
     double segments_trending_hl_ms;
     size_t segments_trending_slots;

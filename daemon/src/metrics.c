@@ -333,6 +333,25 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
         gauge(&o, "cohortd_segment_last_pass_inertia",
               "Inertia of the last pass's centroids on its users (transformed space).",
               s.segment_pass_inertia);
+        if (s.segments_shared) {
+            gauge(&o, "cohortd_segments_version",
+                  "segments.sync_topic: the shared version of the centroids applied (0: none).",
+                  (double)s.segments_version);
+            gauge(&o, "cohortd_segments_coordinator",
+                  "segments.sync_topic: 1 while this instance coordinates (owns input "
+                  "partition 0).",
+                  s.segments_coordinator ? 1 : 0);
+            family(&o, "cohortd_segment_rounds_total", "counter",
+                   "segments.sync_topic: shared rounds this instance coordinated, by result.");
+            put(&o, "cohortd_segment_rounds_total{result=\"published\"} %llu\n",
+                (unsigned long long)s.segment_rounds_done);
+            put(&o, "cohortd_segment_rounds_total{result=\"dropped\"} %llu\n",
+                (unsigned long long)s.segment_rounds_dropped);
+            counter(&o, "cohortd_segment_round_stats_total",
+                    "segments.sync_topic: Lloyd steps this instance sent its users' statistics "
+                    "to.",
+                    s.segment_stats_sent);
+        }
         family(&o, "cohortd_segment_users", "gauge", "Users currently in each segment.");
         for (size_t j = 0; j < cfg->segments.k; j++) {
             uint64_t users = 0;

@@ -36,6 +36,9 @@ typedef struct ch_pipeline_stats {
     bool segment_pass_running;
     size_t segment_pass_users;
     double segment_pass_seconds, segment_pass_inertia;
+    /* segments.sync_topic */
+    bool segments_shared, segments_coordinator;
+    uint64_t segments_version, segment_rounds_done, segment_rounds_dropped, segment_stats_sent;
     uint64_t dlq_sent, dlq_acked;
     uint64_t changelog_sent, changelog_acked, changelog_bytes, changelog_flushes;
     uint64_t changelog_tombstones; /* of evicted users, handed to the producer */
@@ -104,6 +107,10 @@ void ch_pipeline_registry_timeout(ch_pipeline_t *p);
 
 /** @brief The changelog reader's fd (readable when restore records wait), -1 if none. */
 int ch_pipeline_reader_fd(const ch_pipeline_t *p);
+
+/** @brief The segments.sync_topic reader's fd (readable when its records wait), -1 if
+ *  none. */
+int ch_pipeline_sync_fd(const ch_pipeline_t *p);
 
 /** @brief Ask for a refresh of the segments on the population (POST /segments/refresh).
  *  @returns 0, -ENOENT (segments off), -EAGAIN (not seeded yet). */

@@ -187,6 +187,8 @@ struct ch_pipeline {
 
     bool *assigned; /* by partition number */
     size_t n_assigned_cap;
+    uint64_t rebalances;     /* assignments and revocations so far */
+    struct ch_segsync *sync; /* segments.sync_topic; else NULL */
 
     ch_changelog_t cl;
     ch_restore_t rs;

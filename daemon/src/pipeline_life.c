@@ -13,6 +13,7 @@
  *   invariants, so every integration run verifies them.
  */
 #include "pipeline_int.h"
+#include "segsync.h"
 
 #include <errno.h>
 #include <math.h>
@@ -166,7 +167,9 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
             0 ||
         (r = ch_changelog_init(p, errbuf, errlen)) < 0 ||
         (r = ch_restore_init(p, errbuf, errlen)) < 0 ||
-        (r = ch_snapshot_init(p, errbuf, errlen)) < 0 || (r = ch_txn_init(p, errbuf, errlen)) < 0) {
+        (r = ch_snapshot_init(p, errbuf, errlen)) < 0 || (r = ch_txn_init(p, errbuf, errlen)) < 0 ||
+        (p->segs && cfg->segments_sync_topic[0] &&
+         (r = ch_segsync_new(p, &p->sync, errbuf, errlen)) < 0)) {
         goto out_fail;
     }
     *ret_pipeline = p;
@@ -240,6 +243,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     if (!p) {
         return NULL;
     }
+    p->sync = ch_segsync_free(p->sync);
     ch_clients_done(&p->clients);
     ch_snapshot_done(p);
     ch_txn_done(p);
@@ -287,8 +291,11 @@ int ch_pipeline_reader_fd(const ch_pipeline_t *p) {
 int ch_pipeline_background(ch_pipeline_t *p) {
     bool more = ch_restore_drain(p);
     more = ch_snapshot_step(p) || more;
+    more = ch_segsync_work(p) || more;
     more = ch_reassign_step(p) || more;
     return more ? 1 : 0;
 }
+
+int ch_pipeline_sync_fd(const ch_pipeline_t *p) { return p->sync ? ch_segsync_fd(p->sync) : -1; }
 
 int ch_pipeline_producer_fd(const ch_pipeline_t *p) { return ch_producer_fd(p->clients.producer); }

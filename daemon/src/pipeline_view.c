@@ -7,6 +7,7 @@
  *   consistent state and may use the batch scratch (row 0) freely.
  */
 #include "pipeline_int.h"
+#include "segsync.h"
 
 #include <errno.h>
 #include <math.h>
@@ -69,6 +70,17 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     }
     ret_stats->segment_refreshes =
         p->segs ? ch_segments_refreshes(p->segs, &ret_stats->segment_restarts) : 0;
+    if (p->sync) {
+        ch_segsync_status_t ys;
+        ch_segsync_status(p->sync, &ys);
+        ret_stats->segments_shared = true;
+        ret_stats->segments_coordinator = ys.coordinating;
+        ret_stats->segments_version = ys.version;
+        ret_stats->segment_rounds_done = ys.rounds_done;
+        ret_stats->segment_rounds_dropped = ys.rounds_dropped;
+        ret_stats->segment_stats_sent = ys.stats_sent;
+        ret_stats->segment_pass_running = ret_stats->segment_pass_running || ys.round_open;
+    }
 }
 
 int ch_pipeline_lag(ch_pipeline_t *p, ch_partition_lag_t *out, size_t cap) {
@@ -230,7 +242,7 @@ int ch_pipeline_segments_refresh(ch_pipeline_t *p) {
     if (!p->segs) {
         return -ENOENT;
     }
-    return ch_segments_request_refresh(p->segs);
+    return p->sync ? ch_segsync_ask(p) : ch_segments_request_refresh(p->segs);
 }
 
 static const char *phase_name(const ch_pipeline_t *p, const ch_segments_status_t *st) {
@@ -252,10 +264,23 @@ static int segments_head(ch_pipeline_t *p, ch_buf_t *out) {
     size_t k = p->cfg->segments.k;
     int r = ch_buf_printf(out,
                           "{\"k\":%zu,\"ready\":%s,\"phase\":\"%s\",\"passes\":%llu,"
-                          "\"users_moved_total\":%llu,\"stream_time\":%lld,\"features\":[",
+                          "\"users_moved_total\":%llu,\"stream_time\":%lld,",
                           k, ch_kmeans_ready(km) ? "true" : "false", phase_name(p, &st),
                           (unsigned long long)st.passes, (unsigned long long)st.moved_total,
                           (long long)p->st.stream_time_ms);
+    if (!r && p->sync) {
+        ch_segsync_status_t ys;
+        ch_segsync_status(p->sync, &ys);
+        r = ch_buf_printf(out,
+                          "\"shared\":{\"version\":%llu,\"coordinator\":%s,\"round_open\":%s,"
+                          "\"step\":%d,\"rounds_done\":%llu,\"rounds_dropped\":%llu,"
+                          "\"stats_sent\":%llu},",
+                          (unsigned long long)ys.version, ys.coordinating ? "true" : "false",
+                          ys.round_open ? "true" : "false", ys.iteration,
+                          (unsigned long long)ys.rounds_done, (unsigned long long)ys.rounds_dropped,
+                          (unsigned long long)ys.stats_sent);
+    }
+    r = r ? r : LIT(out, "\"features\":[");
     for (size_t i = 0; !r && i < p->n_feats; i++) {
         r = i ? LIT(out, ",") : 0;
         r = r ? r : ch_json_string(out, p->feat_names[i], strlen(p->feat_names[i]));

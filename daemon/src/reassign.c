@@ -28,6 +28,7 @@
  *   its own events assign it.
  */
 #include "pipeline_int.h"
+#include "segsync.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -151,10 +152,16 @@ bool ch_reassign_step(ch_pipeline_t *p) {
     if (!p->segs || p->stopping || ch_pipeline_failed(p)) {
         return false;
     }
-    if (!ra->on && p->cfg->segments_topic[0]) {
+    /* shared segments: the coordinator publishes the segments' updates */
+    if (!ra->on && p->cfg->segments_topic[0] && (!p->sync || ch_segsync_coordinating(p->sync))) {
         publish_segments(p);
     }
-    if (!ra->on) {
+    if (!ra->on && p->sync) {
+        if (!ch_segsync_apply(p)) {
+            return false; /* segsync.c runs the passes */
+        }
+        ch_reassign_begin(p);
+    } else if (!ra->on) {
         ch_seg_step_t r =
             ch_segments_step(p->segs, p->users, p->fs, p->st.stream_time_ms, ch_now_s(), SLICE_S);
         if (r != CH_SEG_FITTED) {

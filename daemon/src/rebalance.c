@@ -25,6 +25,7 @@ bool ch_rebalance_owns(const ch_pipeline_t *p, int32_t partition) {
 
 void ch_rebalance_assigned(void *opaque, const int32_t *parts, size_t n) {
     ch_pipeline_t *p = opaque;
+    p->rebalances++;
     for (size_t i = 0; i < n; i++) {
         if (parts[i] < 0) {
             continue;
@@ -99,6 +100,7 @@ void ch_rebalance_revoked(void *opaque, const int32_t *parts, size_t n, bool los
         ch_txn_abort(p, "partitions were lost (session timeout) with the transaction open");
     }
     size_t dropped = 0;
+    p->rebalances++;
     for (size_t i = 0; i < n; i++) {
         if (ch_rebalance_owns(p, parts[i])) {
             p->assigned[parts[i]] = false;

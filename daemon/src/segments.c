@@ -43,6 +43,10 @@
 struct ch_segments {
     const ch_config_t *cfg;
     ch_kmeans_t *km;
+    /* segments.sync_topic: km follows the shared versions; the coordinator fits master */
+    bool shared, coordinating;
+    ch_kmeans_t *master;
+    uint64_t version; /* the shared version applied (0: none) */
     size_t k, dim;
     uint64_t *users; /* users currently in each segment */
     /* the pass over the population */
@@ -64,6 +68,7 @@ struct ch_segments {
     ch_topk_item_t *top;
     ch_trend_t *trends; /* 2 x segments.trending */
     float *cbuf;        /* dim: a centroid in feature units */
+    ch_kmeans_opts_t opts;
 };
 
 int ch_segments_new(const ch_config_t *cfg, size_t dim, size_t max_batch,
@@ -106,6 +111,8 @@ int ch_segments_new(const ch_config_t *cfg, size_t dim, size_t max_batch,
     o.dim = dim;
     o.max_batch = max_batch;
     o.seed_by_caller = true;
+    s->opts = o;
+    s->shared = cfg->segments_sync_topic[0] != '\0';
     char why[256];
     int r = ch_kmeans_new(&o, &s->km, why, sizeof(why));
     if (r < 0) {
@@ -113,7 +120,13 @@ int ch_segments_new(const ch_config_t *cfg, size_t dim, size_t max_batch,
         ch_segments_free(s);
         return r;
     }
-    if (cfg->segments_state_file[0]) {
+    ch_kmeans_follow(s->km, s->shared);
+    if (cfg->segments_state_file[0] && s->shared) {
+        ch_log(CH_LOG_INFO,
+               "segments: shared through %s: segments.state_file is not used (the "
+               "topic holds the centroids)",
+               cfg->segments_sync_topic);
+    } else if (cfg->segments_state_file[0]) {
         r = ch_kmeans_load(s->km, cfg->segments_state_file, why, sizeof(why));
         if (r == 0) {
             ch_log(CH_LOG_INFO, "segments restored from %s (%s)", cfg->segments_state_file,
@@ -136,6 +149,7 @@ ch_segments_t *ch_segments_free(ch_segments_t *s) {
     }
     ch_kmeans_fit_free(s->fit);
     ch_kmeans_free(s->km);
+    ch_kmeans_free(s->master);
     for (size_t j = 0; j < s->k && s->items && s->cats; j++) {
         ch_topk_free(s->items[j]);
         ch_topk_free(s->cats[j]);
@@ -161,6 +175,20 @@ ch_segments_t *ch_segments_free(ch_segments_t *s) {
 static void pass_end(ch_segments_t *s) {
     s->fit = ch_kmeans_fit_free(s->fit);
     s->phase = CH_SEG_IDLE;
+}
+
+/* Shared: the coordinator's fit runs on a copy of the applied model (or, at the
+ * seeding, of the transform statistics its own events taught it), not on the model its
+ * events are assigned with. */
+static int master_copy(ch_segments_t *s) {
+    s->master = ch_kmeans_free(s->master);
+    char why[256], *buf = NULL;
+    size_t len = 0;
+    int r = ch_kmeans_new(&s->opts, &s->master, why, sizeof(why));
+    r = r ? r : ch_kmeans_write(s->km, &buf, &len);
+    r = r ? r : ch_kmeans_read(s->master, buf, len, why, sizeof(why));
+    free(buf);
+    return r;
 }
 
 /* Start a pass on the table: a seeding (not ready) or a refresh. */
@@ -207,7 +235,13 @@ static void adopted(ch_segments_t *s, const ch_kmeans_refresh_t *info, double no
     s->last.inertia = info->restarted || s->seeding ? info->inertia_restart : info->inertia_lloyd;
     s->last.restarted = info->restarted;
     s->last.renewed = info->renewed;
-    if (s->seeding) {
+    if (s->shared) {
+        ch_log(CH_LOG_INFO,
+               "segments: %s fitted on a sample of %zu users of every instance (inertia per "
+               "user %.4g, %.2f s); Lloyd steps on all their users follow",
+               s->seeding ? "seeding" : "refresh", n, s->last.inertia / (double)n,
+               s->last.fit_seconds);
+    } else if (s->seeding) {
         ch_log(CH_LOG_INFO,
                "segments seeded on the current vectors of %zu users: inertia per user %.4g "
                "(%.2f s); assigning every user",
@@ -224,17 +258,54 @@ static void adopted(ch_segments_t *s, const ch_kmeans_refresh_t *info, double no
     }
 }
 
+void ch_segments_drop(ch_segments_t *s) {
+    if (s->phase != CH_SEG_IDLE) {
+        pass_end(s);
+    }
+}
+
+bool ch_segments_due(const ch_segments_t *s, const ch_users_t *users, int64_t stream_ms,
+                     double now_s) {
+    bool enough = ch_users_count(users) >= s->k;
+    bool seed = !ch_kmeans_ready(s->km) && ch_kmeans_wants_seed(s->km, 0);
+    double every = s->cfg->segments.refresh_ms;
+    bool due = ch_kmeans_ready(s->km) &&
+               (s->asked || (every > 0 && (s->cfg->segments_refresh_stream
+                                               ? ch_kmeans_wants_refresh(s->km, stream_ms)
+                                               : (now_s - s->last_s) * 1000.0 >= every)));
+    return s->phase == CH_SEG_IDLE && enough && (seed || due);
+}
+
+int ch_segments_fit_rows(ch_segments_t *s, const float *x, size_t n, int64_t stream_ms,
+                         double now_s) {
+    if (s->phase != CH_SEG_IDLE || n < s->k) {
+        return -EINVAL;
+    }
+    int r = master_copy(s);
+    r = r ? r : ch_kmeans_fit_new(s->master, n, &s->fit);
+    r = r ? r : ch_kmeans_fit_add(s->fit, x, n);
+    if (r < 0) {
+        s->fit = ch_kmeans_fit_free(s->fit);
+        return r;
+    }
+    s->phase = CH_SEG_FITTING;
+    s->seeding = !ch_kmeans_ready(s->km);
+    s->pass_ms = stream_ms;
+    s->t0 = now_s;
+    s->asked = false;
+    return 0;
+}
+
 ch_seg_step_t ch_segments_step(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs,
                                int64_t stream_ms, double now_s, double budget_s) {
+    if (s->shared && (!s->coordinating || s->phase == CH_SEG_IDLE)) {
+        if (s->phase != CH_SEG_IDLE) {
+            pass_end(s); /* no longer the coordinator */
+        }
+        return CH_SEG_IDLE; /* segsync.c starts the coordinator's fits */
+    }
     if (s->phase == CH_SEG_IDLE) {
-        bool enough = ch_users_count(users) >= s->k;
-        bool seed = !ch_kmeans_ready(s->km) && ch_kmeans_wants_seed(s->km, 0);
-        double every = s->cfg->segments.refresh_ms;
-        bool due = ch_kmeans_ready(s->km) &&
-                   (s->asked || (every > 0 && (s->cfg->segments_refresh_stream
-                                                   ? ch_kmeans_wants_refresh(s->km, stream_ms)
-                                                   : (now_s - s->last_s) * 1000.0 >= every)));
-        if (!enough || !(seed || due)) {
+        if (!ch_segments_due(s, users, stream_ms, now_s)) {
             return CH_SEG_IDLE;
         }
         pass_begin(s, users, stream_ms, now_s);
@@ -279,8 +350,8 @@ ch_seg_step_t ch_segments_step(ch_segments_t *s, ch_users_t *users, const ch_fea
 bool ch_segments_seed_inline(ch_segments_t *s, ch_users_t *users, const ch_features_t *fs, size_t n,
                              int64_t stream_ms) {
     size_t count = ch_users_count(users);
-    if (s->phase != CH_SEG_IDLE || ch_kmeans_ready(s->km) || !ch_kmeans_wants_seed(s->km, n) ||
-        count < s->k || count > INLINE_SEED_USERS) {
+    if (s->shared || s->phase != CH_SEG_IDLE || ch_kmeans_ready(s->km) ||
+        !ch_kmeans_wants_seed(s->km, n) || count < s->k || count > INLINE_SEED_USERS) {
         return false;
     }
     double now = ch_now_s();
@@ -300,6 +371,29 @@ int ch_segments_request_refresh(ch_segments_t *s) {
 }
 
 const ch_kmeans_t *ch_segments_model(const ch_segments_t *s) { return s->km; }
+
+void ch_segments_coordinate(ch_segments_t *s, bool on) { s->coordinating = on; }
+
+ch_kmeans_t *ch_segments_master(ch_segments_t *s) { return s->master; }
+
+int ch_segments_apply(ch_segments_t *s, const char *buf, size_t len, uint64_t version, double now_s,
+                      char *errbuf, size_t errlen) {
+    int r = ch_kmeans_read(s->km, buf, len, errbuf, errlen);
+    if (r < 0) {
+        return r;
+    }
+    s->version = version;
+    s->t0 = now_s;     /* the reassignment that follows is timed from here */
+    s->last_s = now_s; /* the next refresh is due segments.refresh after this one */
+    return 0;
+}
+
+uint64_t ch_segments_version(const ch_segments_t *s) { return s->version; }
+
+void ch_segments_shared_fit(ch_segments_t *s, size_t users, double inertia) {
+    s->last.users = users;
+    s->last.inertia = inertia;
+}
 
 void ch_segments_assign(ch_segments_t *s, const float *x, size_t n, ch_kmeans_assign_t *ret) {
     ch_kmeans_assign(s->km, x, n, ret);
@@ -393,7 +487,8 @@ void ch_segments_record(ch_segments_t *s, size_t j, int64_t now_ms, const char *
     *ret = (ch_segment_rec_t){.segment = (int32_t)j,
                               .generation = (int32_t)gen,
                               .ts_ms = now_ms,
-                              .users = (int64_t)s->users[j],
+                              /* shared: the users of every instance at the last version */
+                              .users = s->shared ? (int64_t)llround(w) : (int64_t)s->users[j],
                               .weight = w,
                               .feature_names = names,
                               .centroid = c,
@@ -441,7 +536,7 @@ uint64_t ch_segments_refreshes(const ch_segments_t *s, uint64_t *ret_restarts) {
 }
 
 int ch_segments_save(const ch_segments_t *s) {
-    if (!s->cfg->segments_state_file[0]) {
+    if (!s->cfg->segments_state_file[0] || s->shared) {
         return 0;
     }
     char err[512];

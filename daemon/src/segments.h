@@ -71,6 +71,51 @@ bool ch_segments_seed_inline(ch_segments_t *s, ch_users_t *users, const ch_featu
  *  @returns 0, -EAGAIN (not seeded yet). */
 int ch_segments_request_refresh(ch_segments_t *s);
 
+/*
+ * segments.sync_topic (segsync.c): the segmenter only follows versions applied with
+ * ch_segments_apply(); the instance that coordinates runs its passes on a copy of the
+ * applied model (ch_segments_master()) and ch_segments_step()'s CH_SEG_FITTED means that
+ * copy is fitted on this instance's users (the Lloyd steps on everyone's follow).
+ */
+
+/** @brief Whether this instance coordinates (its passes run); on losing the role a
+ *  pass in progress is dropped at the next step. */
+void ch_segments_coordinate(ch_segments_t *s, bool on);
+
+/** @brief Whether a pass is due (no pass running; at least segments.k users here; the
+ *  warm-up over and not seeded yet, or segments.refresh since the last pass or one
+ *  requested). */
+bool ch_segments_due(const ch_segments_t *s, const ch_users_t *users, int64_t stream_ms,
+                     double now_s);
+
+/**
+ * @brief Shared, coordinating: start a fit of a copy of the live model (the
+ *        coordinator's copy) on n raw rows (a sample of every instance's users, read at
+ *        stream_ms); ch_segments_step() then fits it in slices and returns CH_SEG_FITTED
+ *        once the copy holds the result.
+ * @returns 0, -EINVAL (a pass is running, or n < segments.k), -ENOMEM.
+ */
+int ch_segments_fit_rows(ch_segments_t *s, const float *x, size_t n, int64_t stream_ms,
+                         double now_s);
+
+/** @brief Drop the pass in progress, if any (a shared round given up). */
+void ch_segments_drop(ch_segments_t *s);
+
+/** @brief The coordinator's fitted copy (NULL before its first pass). */
+ch_kmeans_t *ch_segments_master(ch_segments_t *s);
+
+/** @brief Make a shared version (ch_kmeans_write() text) the live model; the next
+ *  refresh is due segments.refresh after now_s. @returns 0, -EINVAL (errbuf), -ENOMEM. */
+int ch_segments_apply(ch_segments_t *s, const char *buf, size_t len, uint64_t version, double now_s,
+                      char *errbuf, size_t errlen);
+
+/** @brief The shared version applied (0: none). */
+uint64_t ch_segments_version(const ch_segments_t *s);
+
+/** @brief A shared fit is over: users and inertia of its last Lloyd step, over every
+ *  instance (for ch_segments_status()). */
+void ch_segments_shared_fit(ch_segments_t *s, size_t users, double inertia);
+
 /** @brief The segmenter (read only). */
 const ch_kmeans_t *ch_segments_model(const ch_segments_t *s);
 
