@@ -7,27 +7,30 @@
  *   beginning, and acts on its records in log order. All instances read the same order,
  *   so they all make the same choices. A record is one text line (the header) and a
  *   body:
- *     round <token> <step> <pass_ms>              body: the step's model (ch_kmeans_write)
+ *     round <token> <step> <pass_ms> <rate>       body: the step's model (none at step -1)
+ *     sample <token> <instance> <chunk> <chunks> <rows> <n_parts>
+ *                                                 body: partitions; rows of raw vectors
  *     stats <token> <step> <instance> <rows> <changed> <inertia> <n_parts>
  *                                                 body: partitions; counts; sums
  *     version <version> <token> <users> <inertia> body: the model every instance applies
  *     ask <instance> <version>                    a refresh request (POST /segments/refresh)
- *   keyed round, stats:<instance>, version, ask: a compacted topic keeps the latest of
- *   each, and the latest version is all a new instance needs.
+ *   keyed round, sample:<instance>:<chunk>, stats:<instance>, version, ask: a compacted
+ *   topic keeps the latest of each, and the latest version is all a new instance needs.
  * - The coordinator is the instance that owns input partition 0 (the group gives each
- *   partition one owner; a new one takes over when it leaves). At a seeding or refresh
- *   it fits its own users (segments.c's pass, on a copy of the live model: Lloyd from
- *   the live centroids and 10 k-means++ seedings, ids matched to the old ones), then
- *   runs Lloyd steps on everyone's users: each step's round record carries the
- *   centroids; every instance (the coordinator too) reads its users' vectors at the
- *   round's stream time once per round, and answers each step with, per centroid, the
- *   sum of its users' transformed vectors nearest it and their count, plus the
- *   partitions those users came from. When the answers cover every input partition
- *   exactly once, the coordinator moves each centroid to its members' mean; once no user
- *   changed centroid (or after MAX_STEPS) it publishes the result as the next version.
- *   So a shared refresh is Lloyd on the whole population, started from the best of the
- *   coordinator's fits on its share of it (an even sample: users are spread over
- *   partitions by key hash).
+ *   partition one owner; a new one takes over when it leaves). A seeding or refresh is
+ *   a round. Step -1 asks for a sample: every instance (the coordinator too) reads its
+ *   users' vectors at the round's stream time, once per round, and sends those of the
+ *   users whose key hashes under the round's rate (about segments.sync_sample in all,
+ *   the rate estimated from the coordinator's share). The coordinator fits the sample
+ *   as one instance fits its population (segments.c's pass on a copy of the live model:
+ *   Lloyd from the live centroids and 10 k-means++ seedings, ids matched to the old
+ *   ones). Steps 0, 1, ... are Lloyd on everyone's users: each step's round record
+ *   carries the centroids, and every instance answers with, per centroid, the sum of
+ *   its users' transformed vectors nearest it and their count, plus the partitions
+ *   those users came from. When the answers (of the sample, or of a step) cover every
+ *   input partition exactly once, the coordinator goes on: it fits the sample, or moves
+ *   each centroid to its members' mean; once no user changed centroid (or after
+ *   MAX_STEPS) it publishes the result as the next version.
  * - Every instance applies a version newer than its own (number in the log, not a
  *   clock) and reassigns every user to the nearest centroid: the same vector gets the
  *   same segment on every instance. Between versions nothing moves the shared
