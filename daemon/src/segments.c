@@ -282,6 +282,7 @@ int ch_segments_fit_rows(ch_segments_t *s, const float *x, size_t n, int64_t str
         return -EINVAL;
     }
     int r = master_copy(s);
+    r = r ? r : ch_kmeans_restat(s->master, x, n); /* the transform of the population now */
     r = r ? r : ch_kmeans_fit_new(s->master, n, &s->fit);
     r = r ? r : ch_kmeans_fit_add(s->fit, x, n);
     if (r < 0) {

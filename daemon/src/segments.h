@@ -91,8 +91,9 @@ bool ch_segments_due(const ch_segments_t *s, const ch_users_t *users, int64_t st
 /**
  * @brief Shared, coordinating: start a fit of a copy of the live model (the
  *        coordinator's copy) on n raw rows (a sample of every instance's users, read at
- *        stream_ms); ch_segments_step() then fits it in slices and returns CH_SEG_FITTED
- *        once the copy holds the result.
+ *        stream_ms), whose transform statistics become the rows' (ch_kmeans_restat);
+ *        ch_segments_step() then fits it in slices and returns CH_SEG_FITTED once the
+ *        copy holds the result.
  * @returns 0, -EINVAL (a pass is running, or n < segments.k), -ENOMEM.
  */
 int ch_segments_fit_rows(ch_segments_t *s, const float *x, size_t n, int64_t stream_ms,

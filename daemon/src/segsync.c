@@ -24,19 +24,17 @@
  *   the rate estimated from the coordinator's share). The coordinator fits the sample
  *   as one instance fits its population (segments.c's pass on a copy of the live model:
  *   Lloyd from the live centroids and 10 k-means++ seedings, ids matched to the old
- *   ones). Steps 0, 1, ... are Lloyd on everyone's users: each step's round record
- *   carries the centroids, and every instance answers with, per centroid, the sum of
- *   its users' transformed vectors nearest it and their count, plus the partitions
- *   those users came from. When the answers (of the sample, or of a step) cover every
- *   input partition exactly once, the coordinator goes on: it fits the sample, or moves
- *   each centroid to its members' mean; once no user changed centroid (or after
- *   MAX_STEPS) it publishes the result as the next version.
+ *   ones), after taking the transform statistics from the sample (ch_kmeans_restat: the
+ *   population as it is now). Steps 0, 1, ... are Lloyd on everyone's users: each step's round
+ * record carries the centroids, and every instance answers with, per centroid, the sum of its
+ * users' transformed vectors nearest it and their count, plus the partitions those users came from.
+ * When the answers (of the sample, or of a step) cover every input partition exactly once, the
+ * coordinator goes on: it fits the sample, or moves each centroid to its members' mean; once no
+ * user changed centroid (or after MAX_STEPS) it publishes the result as the next version.
  * - Every instance applies a version newer than its own (number in the log, not a
  *   clock) and reassigns every user to the nearest centroid: the same vector gets the
  *   same segment on every instance. Between versions nothing moves the shared
  *   centroids or the transform (ch_kmeans_follow); events are assigned with hysteresis.
- *   The transform statistics are those the first coordinator learned from its events
- *   during warm-up, carried by every version.
  * - Failures: a round the coordinator cannot complete (an instance died or partitions
  *   moved, so some partition's statistics are missing or come twice) is given up after
  *   segments.sync_timeout and tried again as long after; the live version stays. If the

@@ -603,6 +603,48 @@ void ch_kmeans_assign(ch_kmeans_t *km, const float *x, size_t n, ch_kmeans_assig
 
 void ch_kmeans_follow(ch_kmeans_t *km, bool on) { km->follow = on; }
 
+int ch_kmeans_restat(ch_kmeans_t *km, const float *x, size_t n) {
+    size_t k = km->o.k, d = km->o.dim;
+    if (n == 0) {
+        return -EINVAL;
+    }
+    /* mean, m2, the old mean; then the old 1 / std and one row of l-values */
+    double *acc = calloc(3 * d, sizeof(double));
+    float *f = malloc(2 * d * sizeof(float));
+    if (!acc || !f) {
+        free(acc);
+        free(f);
+        return -ENOMEM;
+    }
+    double *mean = acc, *m2 = acc + d, *old_mean = acc + 2 * d;
+    float *old_inv = f, *l = f + d;
+    for (size_t i = 0; i < n; i++) { /* Welford, every row of weight 1 */
+        ch_km_log_rows(km, x + i * d, 1, l);
+        for (size_t t = 0; t < d; t++) {
+            double delta = l[t] - mean[t];
+            mean[t] += delta / (double)(i + 1);
+            m2[t] += delta * (l[t] - mean[t]);
+        }
+    }
+    memcpy(old_inv, km->inv_std, d * sizeof(float));
+    memcpy(old_mean, km->mean, d * sizeof(double));
+    memcpy(km->mean, mean, d * sizeof(double));
+    memcpy(km->m2, m2, d * sizeof(double));
+    km->sw = (double)n;
+    refresh_std(km);
+    /* each centroid stays the same point of the l-space: l = z std + mean */
+    for (size_t j = 0; km->ready && j < k; j++) {
+        for (size_t t = 0; t < d; t++) {
+            double lv = (double)km->c[j * d + t] / old_inv[t] + old_mean[t];
+            km->c[j * d + t] = (float)((lv - km->mean[t]) * km->inv_std[t]);
+        }
+    }
+    ch_km_refresh_cnorm(km);
+    free(acc);
+    free(f);
+    return 0;
+}
+
 int ch_kmeans_set_centroids(ch_kmeans_t *km, const float *c, const double *w) {
     size_t k = km->o.k, d = km->o.dim;
     if (!km->ready) {

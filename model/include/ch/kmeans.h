@@ -197,6 +197,15 @@ int ch_kmeans_read(ch_kmeans_t *km, const char *buf, size_t len, char *errbuf, s
  *  the transform statistics and centroids change only through ch_kmeans_read(). */
 void ch_kmeans_follow(ch_kmeans_t *km, bool on);
 
+/**
+ * @brief Make the transform statistics those of n raw rows (for example an even sample
+ *        of the population): mean and variance of their (log1p) values, with weight n.
+ *        Each centroid stays where it is in feature units (its transformed coordinates
+ *        change with the statistics).
+ * @returns 0, -EINVAL (n = 0), -ENOMEM (km unchanged).
+ */
+int ch_kmeans_restat(ch_kmeans_t *km, const float *x, size_t n);
+
 /** @brief Replace every centroid (k x dim, transformed space) and weight, generations
  *  unchanged. @returns 0, -EINVAL (not ready, or a value not finite or a weight < 0). */
 int ch_kmeans_set_centroids(ch_kmeans_t *km, const float *c, const double *w);

@@ -736,6 +736,42 @@ static void test_shared_model_write_read_follow_and_lloyd_from_parts(void **stat
         }
     }
     assert_int_equal(acc[3].changed, 0);
+    /* new transform statistics from rows: the centroids stay where they are in
+     * feature units; the rows' mean maps to 0 and their spread to 1 */
+    float fu[5][2], fu2[2], zm[2], mrow[2] = {0, 0};
+    double m[2] = {0, 0}, v[2] = {0, 0};
+    for (size_t j = 0; j < k; j++) {
+        ch_kmeans_untransform(b, ch_kmeans_centroid(b, j, NULL, NULL), fu[j]);
+    }
+    size_t half = n / 2;
+    for (size_t i = 0; i < half; i++) {
+        for (size_t t = 0; t < d; t++) {
+            m[t] += x[d * i + t] / (double)half;
+        }
+    }
+    for (size_t i = 0; i < half; i++) {
+        for (size_t t = 0; t < d; t++) {
+            v[t] += (x[d * i + t] - m[t]) * (x[d * i + t] - m[t]) / (double)half;
+        }
+    }
+    assert_int_equal(ch_kmeans_restat(b, x, half), 0);
+    for (size_t j = 0; j < k; j++) {
+        ch_kmeans_untransform(b, ch_kmeans_centroid(b, j, NULL, NULL), fu2);
+        for (size_t t = 0; t < d; t++) {
+            assert_true(fabsf(fu2[t] - fu[j][t]) <= 1e-4f * (1 + fabsf(fu[j][t])));
+        }
+    }
+    for (size_t t = 0; t < d; t++) {
+        mrow[t] = (float)m[t];
+    }
+    ch_kmeans_transform(b, mrow, 1, zm);
+    float one[2] = {(float)(m[0] + sqrt(v[0])), (float)(m[1] + sqrt(v[1]))}, z1s[2];
+    ch_kmeans_transform(b, one, 1, z1s);
+    for (size_t t = 0; t < d; t++) {
+        assert_true(fabsf(zm[t]) < 1e-5f);
+        assert_true(fabsf(z1s[t] - 1) < 1e-4f);
+    }
+    assert_int_equal(ch_kmeans_restat(b, x, 0), -EINVAL);
     float bad[5 * 2] = {NAN};
     double w1[5] = {1, 1, 1, 1, 1};
     assert_int_equal(ch_kmeans_set_centroids(b, bad, w1), -EINVAL);
