@@ -20,6 +20,10 @@
  *   segments, as before passes existed; the reassignment of the rest follows in slices.
  * - Online steps keep running between the slices; the fit reads the live model when
  *   its fitting starts and writes it only when adopting.
+ * - With segments.sync_topic (segsync.c) the live model only follows shared versions
+ *   (ch_segments_apply); this instance's passes run only while it coordinates, on a
+ *   copy of the live model, on a sample of every instance's users (ch_segments_fit_rows,
+ *   whose transform statistics become the sample's).
  * - Invariant: users[j] == the number of records in the table whose segment is j;
  *   the batch path reports moves, the table's eviction hook reports departures.
  */
@@ -177,9 +181,8 @@ static void pass_end(ch_segments_t *s) {
     s->phase = CH_SEG_IDLE;
 }
 
-/* Shared: the coordinator's fit runs on a copy of the applied model (or, at the
- * seeding, of the transform statistics its own events taught it), not on the model its
- * events are assigned with. */
+/* Shared: the coordinator's fit runs on a copy of the applied model (at the seeding,
+ * of the unseeded one), not on the model its events are assigned with. */
 static int master_copy(ch_segments_t *s) {
     s->master = ch_kmeans_free(s->master);
     char why[256], *buf = NULL;
