@@ -220,6 +220,19 @@ static inline int ch_budget_ms(const ch_pipeline_t *p, double ms) {
     return ms <= 0 ? 0 : ms > 3600000 ? 3600000 : (int)ms;
 }
 
+/* User u's raw feature vector read at at_ms, or at its own last event if later (decay
+ * never runs backwards), as n_feats floats into x (p->feats is the scratch).
+ * @returns the time it was read at. */
+static inline int64_t ch_user_vector(ch_pipeline_t *p, const ch_user_t *u, int64_t at_ms,
+                                     float *x) {
+    int64_t t = at_ms > u->t_ref_ms ? at_ms : u->t_ref_ms;
+    ch_features_read_at(p->fs, u->state, u->t_ref_ms, t, p->feats);
+    for (size_t f = 0; f < p->n_feats; f++) {
+        x[f] = (float)p->feats[f];
+    }
+    return t;
+}
+
 /* outputs.c */
 void ch_outputs_profile(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);
 void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u);

@@ -330,11 +330,7 @@ int ch_pipeline_segments_export(ch_pipeline_t *p, ch_buf_t *out) {
     size_t cursor = 0;
     float x[CH_FEATURES_MAX], z[CH_FEATURES_MAX];
     for (ch_user_t *u; !r && (u = ch_users_next(p->users, &cursor));) {
-        int64_t t = at > u->t_ref_ms ? at : u->t_ref_ms;
-        ch_features_read_at(p->fs, u->state, u->t_ref_ms, t, p->feats);
-        for (size_t i = 0; i < p->n_feats; i++) {
-            x[i] = (float)p->feats[i];
-        }
+        int64_t t = ch_user_vector(p, u, at, x);
         ch_kmeans_transform(km, x, 1, z);
         r = LIT(out, "{\"user_id\":");
         r = r ? r : ch_json_string(out, ch_users_key(p->users, u), u->key_len);

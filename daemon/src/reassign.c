@@ -45,12 +45,7 @@ static bool walk(ch_pipeline_t *p) {
     size_t m = 0, max = (size_t)p->cfg->batch_max_events;
     ch_user_t *u = NULL;
     while (m < max && (u = ch_users_next(p->users, &ra->cursor))) {
-        int64_t t = ra->at_ms > u->t_ref_ms ? ra->at_ms : u->t_ref_ms;
-        ch_features_read_at(p->fs, u->state, u->t_ref_ms, t, p->feats);
-        float *x = p->X + m * p->n_feats;
-        for (size_t f = 0; f < p->n_feats; f++) {
-            x[f] = (float)p->feats[f];
-        }
+        int64_t t = ch_user_vector(p, u, ra->at_ms, p->X + m * p->n_feats);
         p->rows[m] =
             (ch_row_t){.u = u, .uid = ch_users_key(p->users, u), .uid_len = u->key_len, .ts_ms = t};
         p->prev_seg[m] = u->segment;

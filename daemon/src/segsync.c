@@ -539,10 +539,9 @@ static void on_record(ch_segsync_t *y, const ch_pipeline_t *p, const ch_msg_t *m
     } else if (!strncmp(h, "round ", 6)) {
         on_round(y, p, h, body, n, m->timestamp_ms);
     } else if (!strncmp(h, "stats ", 6) || !strncmp(h, "sample ", 7)) {
-        char *b = malloc(n + 1); /* strtod needs the end marked */
-        if (b) {
-            memcpy(b, body, n);
-            b[n] = '\0';
+        char *b = NULL; /* strtod needs the end marked */
+        size_t len = 0;
+        if (copy_body(&b, &len, body, n)) {
             if (h[1] == 't') {
                 on_stats(y, h, b);
             } else {
@@ -838,11 +837,7 @@ static bool gather(ch_segsync_t *y, ch_pipeline_t *p, double until) {
             me->cap = cap;
         }
         me->pick[me->n] = in_sample(ch_users_key(p->users, u), u->key_len, y->round_rate);
-        int64_t t = y->round_ms > u->t_ref_ms ? y->round_ms : u->t_ref_ms;
-        ch_features_read_at(p->fs, u->state, u->t_ref_ms, t, p->feats);
-        for (size_t f = 0; f < d; f++) {
-            me->x[me->n * d + f] = (float)p->feats[f];
-        }
+        ch_user_vector(p, u, y->round_ms, me->x + me->n * d);
         me->n++;
     } while ((me->n & 63) || ch_now_s() < until);
     if (u) {
