@@ -1,22 +1,35 @@
 #!/usr/bin/python3
-"""Export a scikit-learn classifier to an ONNX file that cohortd can load.
+"""Export a scikit-learn or XGBoost classifier to an ONNX file that cohortd can load.
 
 Supported: LogisticRegression (binary or multinomial), MLPClassifier (relu, tanh,
 logistic, identity hidden layers), and Pipelines of StandardScaler followed by one of
-them. The graph uses only standard ONNX ops (Sub, Div, Gemm, Relu, Tanh, Sigmoid,
-Softmax), float32, one input [N, d] named "features" and one output "score" whose last
-column is the probability of the positive (last) class.
+them, written with standard ONNX ops (Sub, Div, Gemm, Relu, Tanh, Sigmoid, Softmax);
+and the tree ensembles RandomForestClassifier, ExtraTreesClassifier,
+GradientBoostingClassifier, HistGradientBoostingClassifier and XGBoost's XGBClassifier
+or Booster (gbtree; read from its JSON model), written as one ai.onnx.ml
+TreeEnsembleClassifier node. Every graph is float32 with one input [N, d] named
+"features"; its first output "score" has the probability of the positive (last) class
+in its last column.
+
+Trees: a split keeps the estimator's own rule (sklearn: x <= t on float32 x with a
+double t, written as the largest float32 <= t, so every float32 input goes the same
+way; XGBoost: x < t, BRANCH_LT). Each node's training cover (sklearn: weighted sample
+count; HistGradientBoosting: sample count; XGBoost: hessian sum) goes to
+nodes_hitrates, from which cohortd computes exact Shapley values (TreeSHAP).
 
 Library use:
     from export_onnx import export
     export(model, "risk.onnx", feature_names, version="risk-2026-11-22")
 
-Command line (a model saved with joblib or pickle):
+Command line (a model saved with joblib or pickle; an XGBoost model also as its
+.json/.ubj file):
     export_onnx.py MODEL.pkl OUT.onnx --features a,b,c [--version V]
 
-Run with Debian's /usr/bin/python3 (python3-sklearn, python3-onnx).
+Run with Debian's /usr/bin/python3 (python3-sklearn, python3-onnx; python3-xgboost
+for XGBoost models).
 """
 import argparse
+import json
 import pickle
 import sys
 
@@ -25,6 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 13
+ML_OPSET = 3
 
 
 class _Graph:
@@ -82,15 +96,208 @@ def _mlp(g, x, mlp):
     return x
 
 
+class _Trees:
+    """The attribute lists of one TreeEnsembleClassifier node."""
+
+    def __init__(self, d):
+        self.d = d
+        self.a = {k: [] for k in (
+            "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
+            "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
+            "nodes_hitrates", "class_treeids", "class_nodeids", "class_ids", "class_weights")}
+        self.n_trees = 0
+
+    def add(self, left, right, feature, threshold, cover, missing_left, leaf_weights,
+            mode="BRANCH_LEQ"):
+        """One tree in array form: left/right children (-1 at leaves), per-node feature,
+        float32 threshold, cover, NaN-goes-left flag, and leaf_weights(node) -> a list of
+        (class id, weight)."""
+        a, t = self.a, self.n_trees
+        self.n_trees += 1
+        for i in range(len(left)):
+            leaf = left[i] < 0
+            a["nodes_treeids"].append(t)
+            a["nodes_nodeids"].append(i)
+            a["nodes_featureids"].append(0 if leaf else int(feature[i]))
+            a["nodes_modes"].append("LEAF" if leaf else mode)
+            a["nodes_values"].append(0.0 if leaf else float(threshold[i]))
+            a["nodes_truenodeids"].append(0 if leaf else int(left[i]))
+            a["nodes_falsenodeids"].append(0 if leaf else int(right[i]))
+            a["nodes_missing_value_tracks_true"].append(0 if leaf else int(bool(missing_left[i])))
+            a["nodes_hitrates"].append(float(cover[i]))
+            if leaf:
+                for c, w in leaf_weights(i):
+                    a["class_treeids"].append(t)
+                    a["class_nodeids"].append(i)
+                    a["class_ids"].append(int(c))
+                    a["class_weights"].append(float(w))
+
+    def node(self, n_classes, post, base):
+        extra = {"base_values": [float(b) for b in base]} if len(base) else {}
+        return helper.make_node(
+            "TreeEnsembleClassifier", ["features"], ["label", "score"], name="trees",
+            domain="ai.onnx.ml", classlabels_int64s=list(range(n_classes)),
+            post_transform=post, **extra, **self.a)
+
+
+def _f32_below(t):
+    """The largest float32 <= t, elementwise: x <= t and x <= it agree on float32 x."""
+    t = np.asarray(t, dtype=np.float64)
+    f = t.astype(np.float32)
+    up = f.astype(np.float64) > t
+    f[up] = np.nextafter(f[up], np.float32(-np.inf))
+    return f
+
+
+def _sk_tree(tr, tree, weights, missing_left=None):
+    """Add an sklearn tree_ (sklearn.tree._tree.Tree)."""
+    tr.add(tree.children_left, tree.children_right, tree.feature, _f32_below(tree.threshold),
+           tree.weighted_n_node_samples,
+           missing_left if missing_left is not None else np.zeros(tree.node_count, bool),
+           weights)
+
+
+def _forest(est, d):
+    """RandomForest/ExtraTrees: the mean of the trees' leaf class frequencies."""
+    tr, k, n = _Trees(d), len(est.classes_), len(est.estimators_)
+    for e in est.estimators_:
+        v = e.tree_.value[:, 0, :]
+        p = v / v.sum(axis=1, keepdims=True)
+        _sk_tree(tr, e.tree_, lambda i, p=p: [(c, p[i, c] / n) for c in range(k)])
+    return tr.node(k, "NONE", [])
+
+
+def _raw_init(est, d):
+    """A boosted model's constant raw score per tree column (its init estimator)."""
+    raw = est._raw_predict_init(np.zeros((1, d), dtype=np.float32))
+    return np.asarray(raw, dtype=np.float64).ravel()
+
+
+def _gradient_boosting(est, d):
+    if est.init_ == "zero":
+        base = np.zeros(est.estimators_.shape[1])
+    else:
+        base = _raw_init(est, d)
+    tr, lr = _Trees(d), est.learning_rate
+    k = est.estimators_.shape[1]
+    for stage in est.estimators_:
+        for c, e in enumerate(stage):
+            v = e.tree_.value[:, 0, 0]
+            _sk_tree(tr, e.tree_, lambda i, v=v, c=c: [(c, lr * v[i])])
+    if k == 1:
+        return tr.node(2, "LOGISTIC", base)
+    return tr.node(k, "SOFTMAX", base)
+
+
+def _hist_gradient_boosting(est, d):
+    if getattr(est, "is_categorical_", None) is not None and np.any(est.is_categorical_):
+        raise ValueError("HistGradientBoostingClassifier with categorical features is not "
+                         "supported (cohortd's features are numeric)")
+    tr = _Trees(d)
+    k = est.n_trees_per_iteration_
+    for it in est._predictors:
+        for c, pred in enumerate(it):
+            nd = pred.nodes
+            left = np.where(nd["is_leaf"], -1, nd["left"]).astype(np.int64)
+            right = np.where(nd["is_leaf"], -1, nd["right"]).astype(np.int64)
+            tr.add(left, right, nd["feature_idx"], _f32_below(nd["num_threshold"]), nd["count"],
+                   nd["missing_go_to_left"],
+                   lambda i, nd=nd, c=c: [(c, float(nd["value"][i]))])
+    base = np.asarray(est._baseline_prediction, dtype=np.float64).ravel()
+    if k == 1:
+        return tr.node(2, "LOGISTIC", base)
+    return tr.node(k, "SOFTMAX", base)
+
+
+def _xgboost(booster, d):
+    """An XGBoost gbtree booster, read from its JSON model (exact float32 values)."""
+    js = json.loads(bytes(booster.save_raw("json")))["learner"]
+    gb = js["gradient_booster"]
+    if gb.get("name") != "gbtree":
+        raise ValueError(f"XGBoost booster {gb.get('name')!r} is not supported (gbtree only)")
+    obj = js["objective"]["name"]
+    base = float(js["learner_model_param"]["base_score"])
+    k = max(1, int(js["learner_model_param"].get("num_class", "0")))
+    trees = gb["model"]["trees"]
+    info = gb["model"]["tree_info"]
+    tr = _Trees(d)
+    for t, c in zip(trees, info):
+        left = np.asarray(t["left_children"], dtype=np.int64)
+        right = np.asarray(t["right_children"], dtype=np.int64)
+        cond = np.asarray(t["split_conditions"], dtype=np.float32)
+        feat = np.asarray(t["split_indices"], dtype=np.int64)
+        if np.any(feat[left >= 0] >= d):
+            raise ValueError(f"XGBoost model splits on feature {feat.max()}, {d} names given")
+        tr.add(left, right, feat, cond, t["sum_hessian"], t["default_left"],
+               lambda i, cond=cond, c=c: [(c, float(cond[i]))], mode="BRANCH_LT")
+    if obj == "binary:logistic":
+        margin = float(np.log(base / (1 - base)))
+        return tr.node(2, "LOGISTIC", [margin])
+    if obj == "multi:softprob" or obj == "multi:softmax":
+        return tr.node(k, "SOFTMAX", [base] * k)
+    raise ValueError(f"XGBoost objective {obj!r} is not supported (binary:logistic, "
+                     "multi:softprob)")
+
+
+def _tree_model(model, d):
+    """The TreeEnsembleClassifier node for a tree model, or None for other models."""
+    try:
+        import xgboost
+        if isinstance(model, xgboost.XGBClassifier):
+            return _xgboost(model.get_booster(), d)
+        if isinstance(model, xgboost.Booster):
+            return _xgboost(model, d)
+    except ImportError:
+        pass
+    from sklearn.ensemble import (ExtraTreesClassifier, GradientBoostingClassifier,
+                                  HistGradientBoostingClassifier, RandomForestClassifier)
+    if isinstance(model, (RandomForestClassifier, ExtraTreesClassifier)):
+        return _forest(model, d)
+    if isinstance(model, GradientBoostingClassifier):
+        return _gradient_boosting(model, d)
+    if isinstance(model, HistGradientBoostingClassifier):
+        return _hist_gradient_boosting(model, d)
+    return None
+
+
+def _finish(m, feature_names, version):
+    m.ir_version = 8
+    meta = {"cohortd.features": ",".join(feature_names)}
+    if version:
+        meta["model_version"] = version
+    for k, v in meta.items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.checker.check_model(m)
+    return m
+
+
 def to_onnx(model, feature_names, version=None):
-    """Build the ONNX ModelProto for a fitted sklearn model."""
+    """Build the ONNX ModelProto for a fitted sklearn or XGBoost model."""
+    d = len(feature_names)
+    trees = _tree_model(model, d)
+    if trees is not None:
+        n_in = getattr(model, "n_features_in_", None)
+        if n_in is None and hasattr(model, "num_features"):
+            n_in = model.num_features()
+        if n_in is not None and n_in != d:
+            raise ValueError(f"model was fitted on {n_in} features, {d} names given")
+        n_out = len([a for a in trees.attribute if a.name == "classlabels_int64s"][0].ints)
+        graph = helper.make_graph(
+            [trees], "cohortd_risk",
+            [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", d])],
+            [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", n_out]),
+             helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])])
+        m = helper.make_model(graph, producer_name="cohortd export_onnx.py",
+                              opset_imports=[helper.make_opsetid("", OPSET),
+                                             helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+        return _finish(m, feature_names, version)
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     steps = [s for _, s in model.steps] if isinstance(model, Pipeline) else [model]
-    d = len(feature_names)
     g = _Graph()
     x = "features"
     for i, s in enumerate(steps):
@@ -103,7 +310,10 @@ def to_onnx(model, feature_names, version=None):
             x = _mlp(g, x, s)
         else:
             raise ValueError(f"cannot export {type(s).__name__} at step {i}: supported are "
-                             "StandardScaler steps followed by LogisticRegression or MLPClassifier")
+                             "StandardScaler steps followed by LogisticRegression or "
+                             "MLPClassifier, and the tree ensembles RandomForestClassifier, "
+                             "ExtraTreesClassifier, GradientBoostingClassifier, "
+                             "HistGradientBoostingClassifier, XGBClassifier")
     n_in = getattr(steps[-1], "n_features_in_", d)
     if n_in != d:
         raise ValueError(f"model was fitted on {n_in} features, {d} names given")
@@ -117,15 +327,7 @@ def to_onnx(model, feature_names, version=None):
         g.inits)
     m = helper.make_model(graph, producer_name="cohortd export_onnx.py",
                           opset_imports=[helper.make_opsetid("", OPSET)])
-    m.ir_version = 8
-    meta = {"cohortd.features": ",".join(feature_names)}
-    if version:
-        meta["model_version"] = version
-    for k, v in meta.items():
-        e = m.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.checker.check_model(m)
-    return m
+    return _finish(m, feature_names, version)
 
 
 def export(model, path, feature_names, version=None):
@@ -144,12 +346,17 @@ def main():
                     help="comma-separated feature names in cohortd.conf order")
     ap.add_argument("--version", help="model_version string carried in cohortd's outputs")
     a = ap.parse_args()
-    try:
-        import joblib
-        model = joblib.load(a.model)
-    except ImportError:
-        with open(a.model, "rb") as f:
-            model = pickle.load(f)
+    if a.model.endswith((".json", ".ubj")):
+        import xgboost
+        model = xgboost.Booster()
+        model.load_model(a.model)
+    else:
+        try:
+            import joblib
+            model = joblib.load(a.model)
+        except ImportError:
+            with open(a.model, "rb") as f:
+                model = pickle.load(f)
     try:
         export(model, a.out, a.features.split(","), a.version)
     except ValueError as e:

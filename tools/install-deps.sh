@@ -7,7 +7,7 @@ PKGS=(gcc make cmake pkg-config
       libopenblas-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev
       libsystemd-dev libssl-dev libjansson-dev libcurl4-openssl-dev systemd curl kcat clang-14 libclang-rt-14-dev
       python3 python3-confluent-kafka python3-avro python3-sklearn python3-onnx
-      python3-numpy python3-matplotlib)
+      python3-numpy python3-matplotlib python3-xgboost)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

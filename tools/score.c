@@ -142,8 +142,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (check) {
-        printf("%s: ok, %ld inputs, %zu nodes, version %s\n", path, d, ch_onnx_nodes(m),
-               ch_onnx_version(m));
+        printf("%s: ok, %ld inputs, %zu nodes, version %s, reasons: %s\n", path, d,
+               ch_onnx_nodes(m), ch_onnx_version(m), ch_onnx_reasons(m));
         ch_onnx_free(m);
         return 0;
     }
@@ -176,7 +176,11 @@ int main(int argc, char **argv) {
             for (size_t i = 0; i < n; i++) {
                 printf("%.9g", scores[i]);
                 if (contrib) {
-                    ch_onnx_contributions(m, i, cbuf);
+                    if (ch_onnx_contributions(m, i, cbuf) < 0) {
+                        fprintf(stderr, "cohort-score: no contributions: %s\n", ch_onnx_reasons(m));
+                        rc = 1;
+                        goto out;
+                    }
                     for (long j = 0; j < d; j++) {
                         printf(",%.9g", cbuf[j]);
                     }

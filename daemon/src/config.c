@@ -188,7 +188,8 @@ static const key_def_t keys[] = {
      "alert = score >= risk.threshold."},
     {"risk.reasons", K_INT, OFF(risk_reasons), "3", 0, 64, NULL, NULL,
      "Reason codes per alert: the features with the largest contributions (gradient x "
-     "input of the logit; w_i x_i for a logistic regression)."},
+     "input of the logit; w_i x_i for a logistic regression; Shapley values for a tree "
+     "ensemble)."},
     {"risk.emit", K_ENUM, OFF(risk_emit), "every", 0, 0, policies, NULL,
      "every: one risk update per event; change: only when the alert flag flips, the score "
      "moves by more than risk.delta, or emit.heartbeat of stream time has passed."},

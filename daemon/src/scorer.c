@@ -31,8 +31,8 @@ int ch_scorer_init(ch_scorer_t *s, const ch_config_t *cfg, const char *const *na
     }
     int r = load(s, &s->model, errbuf, errlen);
     if (r == 0) {
-        ch_log(CH_LOG_INFO, "model %s loaded: version %s, %zu nodes", cfg->model_path,
-               ch_onnx_version(s->model), ch_onnx_nodes(s->model));
+        ch_log(CH_LOG_INFO, "model %s loaded: version %s, %zu nodes, reasons: %s", cfg->model_path,
+               ch_onnx_version(s->model), ch_onnx_nodes(s->model), ch_onnx_reasons(s->model));
     }
     return r;
 }
@@ -61,8 +61,9 @@ int ch_scorer_reload(ch_scorer_t *s) {
         ch_log(CH_LOG_INFO, "model reload: %s unchanged (version %s)", s->cfg->model_path,
                ch_onnx_version(m));
     } else {
-        ch_log(CH_LOG_NOTICE, "model reloaded: version %s -> %s",
-               s->model ? ch_onnx_version(s->model) : "(none)", ch_onnx_version(m));
+        ch_log(CH_LOG_NOTICE, "model reloaded: version %s -> %s (reasons: %s)",
+               s->model ? ch_onnx_version(s->model) : "(none)", ch_onnx_version(m),
+               ch_onnx_reasons(m));
     }
     ch_onnx_free(s->model);
     s->model = m;

@@ -36,6 +36,7 @@
 #include "onnx.pb-c.h"
 
 #include "errbuf.h"
+#include "trees_int.h"
 
 #define MAX_ELEMS (64u << 20) /* per tensor */
 
@@ -51,6 +52,7 @@ typedef enum op {
     OP_TANH,
     OP_SOFTMAX,
     OP_COPY,
+    OP_TREES, /* ai.onnx.ml TreeEnsembleClassifier / TreeEnsembleRegressor */
 } op_t;
 
 typedef struct val {
@@ -69,7 +71,8 @@ typedef struct step {
     int a, b, c, y; /* value indices; -1 absent */
     bool trans_b;
     float alpha, beta;
-    size_t k, m; /* gemm: A is [N,k], output [N,m] */
+    size_t k, m;       /* gemm: A is [N,k], output [N,m] */
+    ch_trees_t *trees; /* OP_TREES */
 } step_t;
 
 struct ch_onnx {
@@ -81,6 +84,10 @@ struct ch_onnx {
     size_t n_inputs, max_batch, last_n;
     int seed_val, seed_step; /* backward start */
     int seed_kind;           /* 0 output column, 1 sigmoid input, 2 softmax log-odds */
+    int shap_step;           /* >= 0: contributions are this tree step's Shapley values */
+    bool no_reasons;         /* trees that cannot be explained: reasons says why */
+    double *phi;             /* n_inputs, for shap_step */
+    char reasons[200];       /* how contributions are computed, or why there are none */
     char version[CH_ONNX_VERSION_MAX];
 };
 
@@ -94,8 +101,12 @@ ch_onnx_t *ch_onnx_free(ch_onnx_t *m) {
         free(m->vals[i].ints);
         free(m->vals[i].grad);
     }
+    for (size_t i = 0; i < m->n_steps; i++) {
+        ch_trees_free(m->steps[i].trees);
+    }
     free(m->vals);
     free(m->steps);
+    free(m->phi);
     free(m);
     return NULL;
 }
@@ -111,6 +122,8 @@ const char *ch_onnx_version(const ch_onnx_t *m) {
 size_t ch_onnx_nodes(const ch_onnx_t *m) {
     return m->n_steps;
 }
+
+const char *ch_onnx_reasons(const ch_onnx_t *m) { return m->reasons; }
 
 /* ---- load ---------------------------------------------------------------- */
 
@@ -279,14 +292,98 @@ static inline float elem(const val_t *v, size_t i, size_t j) {
     return v->data[r * v->cols + (v->cols == 1 ? 0 : j)];
 }
 
+/* A node's output value: [N, cols] for the batch, or [1, cols] when folded at load. */
+static int add_out(ch_onnx_t *m, const char *out, int rank, size_t cols, bool is_const) {
+    int yi = add_val(m, out);
+    if (yi < 0) {
+        return yi;
+    }
+    val_t *Y = &m->vals[yi];
+    Y->rank = rank;
+    Y->cols = cols;
+    Y->rows = 1;
+    Y->is_const = is_const;
+    Y->produced = true;
+    Y->data = calloc((is_const ? 1 : m->max_batch) * cols, sizeof(float));
+    Y->grad = is_const ? NULL : calloc(cols, sizeof(float));
+    if (!Y->data || (!is_const && !Y->grad)) {
+        return -ENOMEM;
+    }
+    return yi;
+}
+
+static int push_step(ch_onnx_t *m, const step_t *s) {
+    step_t *ns = realloc(m->steps, (m->n_steps + 1) * sizeof(*ns));
+    if (!ns) {
+        return -ENOMEM;
+    }
+    m->steps = ns;
+    m->steps[m->n_steps++] = *s;
+    return 0;
+}
+
+/* A tree ensemble: one [N, d] batch input; outputs (label, scores) or (values). */
+static int compile_trees(ch_onnx_t *m, const Onnx__NodeProto *nd, const char *where, char *errbuf,
+                         size_t errlen) {
+    bool classifier = strcmp(nd->op_type, "TreeEnsembleClassifier") == 0;
+    if (nd->n_input != 1 || !nd->input[0][0] || nd->n_output < (classifier ? 2u : 1u)) {
+        return fail(errbuf, errlen, -EINVAL, "%s: %zu inputs and %zu outputs (expected 1, %d)",
+                    where, nd->n_input, nd->n_output, classifier ? 2 : 1);
+    }
+    int a = find_val(m, nd->input[0]);
+    if (a < 0 || m->vals[a].is_const || m->vals[a].is_int || m->vals[a].rank != 2) {
+        return fail(errbuf, errlen, -EINVAL, "%s: input '%s' must be the [N, d] float batch", where,
+                    nd->input[0]);
+    }
+    for (size_t i = 0; i < nd->n_output; i++) {
+        if (nd->output[i][0] && find_val(m, nd->output[i]) >= 0) {
+            return fail(errbuf, errlen, -EINVAL, "%s: output '%s' is produced twice", where,
+                        nd->output[i]);
+        }
+    }
+    step_t s = {.op = OP_TREES, .a = a, .b = -1, .c = -1};
+    int r = ch_trees_compile(nd, m->vals[a].cols, m->max_batch, where, &s.trees, errbuf, errlen);
+    if (r < 0) {
+        return r;
+    }
+    const char *out = nd->output[classifier ? 1 : 0];
+    if (classifier && nd->output[0][0]) { /* the label: int64, never computed */
+        int li = add_val(m, nd->output[0]);
+        if (li < 0) {
+            ch_trees_free(s.trees);
+            return li;
+        }
+        m->vals[li].is_int = m->vals[li].produced = true;
+        m->vals[li].rank = 1;
+        m->vals[li].cols = 1;
+    }
+    if (!out[0]) {
+        ch_trees_free(s.trees);
+        return fail(errbuf, errlen, -EINVAL, "%s: the scores output is unnamed", where);
+    }
+    s.y = add_out(m, out, 2, ch_trees_cols(s.trees), false);
+    r = s.y < 0 ? s.y : push_step(m, &s);
+    if (r < 0) {
+        ch_trees_free(s.trees);
+    }
+    return r;
+}
+
 static int compile_node(ch_onnx_t *m, const Onnx__NodeProto *nd, size_t idx, int64_t opset,
                         char *errbuf, size_t errlen) {
     char where[160];
     snprintf(where, sizeof(where), "node %zu '%s' (%s)", idx, nd->name ? nd->name : "",
              nd->op_type ? nd->op_type : "?");
+    if (nd->domain && strcmp(nd->domain, "ai.onnx.ml") == 0 && nd->op_type &&
+        (strcmp(nd->op_type, "TreeEnsembleClassifier") == 0 ||
+         strcmp(nd->op_type, "TreeEnsembleRegressor") == 0)) {
+        return compile_trees(m, nd, where, errbuf, errlen);
+    }
     if (nd->domain && nd->domain[0] && strcmp(nd->domain, "ai.onnx") != 0) {
-        return fail(errbuf, errlen, -EINVAL, "%s: operator domain '%s' is not supported", where,
-                    nd->domain);
+        return fail(errbuf, errlen, -EINVAL,
+                    "%s: operator domain '%s' is not supported (ai.onnx.ml: only "
+                    "TreeEnsembleClassifier and TreeEnsembleRegressor)",
+                    where, nd->domain);
     }
     size_t t;
     for (t = 0; t < sizeof(op_table) / sizeof(op_table[0]); t++) {
@@ -471,33 +568,54 @@ static int compile_node(ch_onnx_t *m, const Onnx__NodeProto *nd, size_t idx, int
         break;
     }
 
-    int yi = add_val(m, nd->output[0]);
-    if (yi < 0) {
-        return yi;
+    s.y = add_out(m, nd->output[0], rank, cols, is_const);
+    if (s.y < 0) {
+        return s.y;
     }
-    val_t *Y = &m->vals[yi];
-    Y->rank = rank;
-    Y->cols = cols;
-    Y->rows = 1;
-    Y->is_const = is_const;
-    Y->produced = true;
-    size_t rows = is_const ? 1 : m->max_batch;
-    Y->data = calloc(rows * cols, sizeof(float));
-    Y->grad = is_const ? NULL : calloc(cols, sizeof(float));
-    if (!Y->data || (!is_const && !Y->grad)) {
-        return -ENOMEM;
-    }
-    s.y = yi;
     if (is_const) { /* fold now: it never depends on the batch */
         run_step(m, &s, 1);
         return 0;
     }
-    step_t *ns = realloc(m->steps, (m->n_steps + 1) * sizeof(*ns));
-    if (!ns) {
+    return push_step(m, &s);
+}
+
+/*
+ * How contributions are computed. A tree ensemble that reads the graph input and
+ * produces the scores is explained by its Shapley values; gradients through trees
+ * are zero, so any other graph with trees has no reasons.
+ */
+static int plan_reasons(ch_onnx_t *m) {
+    m->shap_step = -1;
+    size_t trees = 0;
+    int at = -1;
+    for (size_t i = 0; i < m->n_steps; i++) {
+        if (m->steps[i].op == OP_TREES) {
+            trees++;
+            at = (int)i;
+        }
+    }
+    if (trees == 0) {
+        snprintf(m->reasons, sizeof(m->reasons), "gradient x input of the logit");
+        return 0;
+    }
+    const step_t *s = &m->steps[at];
+    m->no_reasons = true;
+    if (trees > 1 || s->a != m->input || s->y != m->output) {
+        snprintf(m->reasons, sizeof(m->reasons),
+                 "no reasons: a tree ensemble is explained only when it reads the graph input "
+                 "and produces the scores");
+        return 0;
+    }
+    snprintf(m->reasons, sizeof(m->reasons), "%s", ch_trees_explain(s->trees));
+    if (strncmp(ch_trees_explain(s->trees), "no reasons", 10) == 0) {
+        return 0;
+    }
+    m->no_reasons = false;
+    m->phi = calloc(m->n_inputs, sizeof(double));
+    if (!m->phi) {
         return -ENOMEM;
     }
-    m->steps = ns;
-    m->steps[m->n_steps++] = s;
+    m->shap_step = at;
     return 0;
 }
 
@@ -627,11 +745,22 @@ static int compile_model(ch_onnx_t *m, const Onnx__ModelProto *mp,
     if (g->n_output < 1 || !g->output[0]->name) {
         return fail(errbuf, errlen, -EINVAL, "graph has no output");
     }
+    /* The scores: the first output, or a tree classifier's scores after its label. */
+    size_t oi = 0;
     m->output = find_val(m, g->output[0]->name);
+    while (m->output >= 0 && m->vals[m->output].is_int && oi + 1 < g->n_output &&
+           g->output[oi + 1]->name) {
+        m->output = find_val(m, g->output[++oi]->name);
+    }
+    if (m->output >= 0 && m->vals[m->output].is_int) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "graph output '%s' is an int64 tensor (a label); the scores must be float",
+                    g->output[oi]->name);
+    }
     if (m->output < 0 || m->vals[m->output].is_const) {
         return fail(errbuf, errlen, -EINVAL,
                     "graph output '%s' is not computed from the input by any node",
-                    g->output[0]->name);
+                    g->output[oi]->name);
     }
     /* The logit for contributions: the input of a final Sigmoid/Softmax, else the score. */
     m->seed_val = m->output;
@@ -654,7 +783,7 @@ static int compile_model(ch_onnx_t *m, const Onnx__ModelProto *mp,
     if (m->seed_step < 0 && m->seed_kind == 0) {
         m->seed_step = (int)m->n_steps - 1;
     }
-    return 0;
+    return plan_reasons(m);
 }
 
 int ch_onnx_load_buffer(const void *buf, size_t len, const char *version_hint, size_t n_inputs,
@@ -753,6 +882,9 @@ static void run_step(ch_onnx_t *m, const step_t *s, size_t n) {
     size_t cols = Y->cols;
     float *y = Y->data;
     switch (s->op) {
+    case OP_TREES:
+        ch_trees_eval(s->trees, A->data, n, A->cols, y);
+        break;
     case OP_GEMM: {
         float beta = 0;
         if (s->c >= 0) {
@@ -842,6 +974,8 @@ static void back_step(ch_onnx_t *m, const step_t *s, size_t r) {
     size_t cols = Y->cols;
     const float *yr = Y->data + r * cols;
     switch (s->op) {
+    case OP_TREES: /* piecewise constant: no gradient */
+        break;
     case OP_GEMM:
         for (size_t kk = 0; kk < s->k; kk++) {
             float acc = 0;
@@ -910,6 +1044,20 @@ static void back_step(ch_onnx_t *m, const step_t *s, size_t r) {
 int ch_onnx_contributions(ch_onnx_t *m, size_t row, float *ret_contrib) {
     if (row >= m->last_n) {
         return -EINVAL;
+    }
+    if (m->shap_step >= 0) {
+        const step_t *s = &m->steps[m->shap_step];
+        int r = ch_trees_shap(s->trees, m->vals[m->input].data + row * m->n_inputs, m->phi);
+        if (r < 0) {
+            return r;
+        }
+        for (size_t j = 0; j < m->n_inputs; j++) {
+            ret_contrib[j] = (float)m->phi[j];
+        }
+        return 0;
+    }
+    if (m->no_reasons) {
+        return -ENOTSUP;
     }
     for (size_t i = 0; i < m->n_vals; i++) {
         if (m->vals[i].grad) {

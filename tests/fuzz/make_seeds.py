@@ -98,6 +98,22 @@ def onnx():
     for path in glob.glob(os.path.join(SRC, "conf", "models", "*.onnx")):
         with open(path, "rb") as f:
             write("onnx", os.path.basename(path), f.read())
+    onnx_trees()
+
+
+def onnx_trees():
+    """Small tree ensembles (ai.onnx.ml TreeEnsembleClassifier) for 16 features."""
+    import numpy as np
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    sys.path.insert(0, os.path.join(SRC, "tools"))
+    from export_onnx import to_onnx
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(400, 16)).astype(np.float32)
+    y = (X[:, 0] + X[:, 3] * X[:, 5] > 0).astype(int)
+    names = [f"f{i}" for i in range(16)]
+    for name, m in (("trees_gb.onnx", GradientBoostingClassifier(n_estimators=4, max_depth=2, random_state=0)),
+                    ("trees_rf.onnx", RandomForestClassifier(3, max_depth=3, random_state=0))):
+        write("onnx", name, to_onnx(m.fit(X, y), names).SerializeToString())
 
 
 def state():

@@ -21,6 +21,10 @@ Phases, in order (--only takes a comma list):
   refresh     the segments' population refresh on 1M users (20k with --quick): its wall
               time per million users, and the p99 of batch duration and of end-to-end
               latency under a paced load while it runs against the same load without
+  trees       a 300-tree depth-6 XGBoost model on d = 16 (50 trees with --quick):
+              rows/s of cohortd's evaluator (cohort-bench-trees, one thread) against
+              XGBoost's own inplace_predict on one thread and on every core, and of
+              cohortd's TreeSHAP reasons against xgboost's pred_contribs, same rows
 
 Writes OUT_DIR/report.md, report.json and *.png. Rates are measured by an outside
 observer (the output topics' high watermarks, sampled every 50 ms) between 10% and 90%
@@ -637,6 +641,66 @@ class Bench:
             raise RuntimeError(f"the Python baseline does not compute what cohortd does: {res}")
 
 
+    def phase_trees(self):
+        """Tree ensembles: cohortd's evaluator against XGBoost's predict on the same rows
+        in the same run (rates are ratios: the machine is shared)."""
+        import numpy as np
+        import xgboost
+        sys.path.insert(0, os.path.join(ROOT, "tools"))
+        from export_onnx import export
+        trees, depth, d = (50 if self.quick else 300), 6, 16
+        n_rows, seconds = (5_000, 0.3) if self.quick else (100_000, 3.0)
+        rng = np.random.default_rng(16)
+        X = rng.lognormal(size=(20_000, d)).astype(np.float32)
+        y = (X[:, :4].sum(1) * X[:, 5] + rng.normal(size=len(X)) > 6).astype(int)
+        model = xgboost.XGBClassifier(n_estimators=trees, max_depth=depth, nthread=2,
+                                      random_state=0).fit(X, y)
+        path = os.path.join(self.work, "trees.onnx")
+        export(model, path, [f"f{i}" for i in range(d)], version=f"bench-xgb-{trees}")
+        rows = rng.lognormal(size=(n_rows, d)).astype(np.float32)
+        rows_path = os.path.join(self.work, "trees.f32")
+        rows.tofile(rows_path)
+        out = subprocess.run([self.bin("tools", "cohort-bench-trees"), path, rows_path, str(d),
+                              str(seconds)], env=dict(os.environ, CH_BENCH_SCORES="1"),
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+        res = json.loads(out[0])
+        got = np.array([float(v) for v in out[1:] if v])
+        booster = model.get_booster()
+
+        def rate(fn, nthread):
+            booster.set_param({"nthread": nthread})
+            fn()  # warm
+            done, t0 = 0, time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                fn()
+                done += n_rows
+            return done / (time.monotonic() - t0)
+
+        want = booster.inplace_predict(rows)
+        res["max_abs_diff_vs_xgboost"] = float(np.abs(got - want).max())
+        res["xgboost_rows_per_s_1_thread"] = rate(lambda: booster.inplace_predict(rows), 1)
+        res["xgboost_rows_per_s_all_threads"] = rate(lambda: booster.inplace_predict(rows),
+                                                     os.cpu_count())
+        dm = xgboost.DMatrix(rows[: n_rows // 10])
+        booster.set_param({"nthread": 1})
+        t0 = time.monotonic()
+        booster.predict(dm, pred_contribs=True)
+        res["xgboost_shap_rows_per_s_1_thread"] = (n_rows // 10) / (time.monotonic() - t0)
+        res.update(trees=trees, depth=depth, xgboost=xgboost.__version__,
+                   ratio_1_thread=res["rows_per_s"] / res["xgboost_rows_per_s_1_thread"],
+                   ratio_all_threads=res["rows_per_s"] / res["xgboost_rows_per_s_all_threads"],
+                   shap_ratio_1_thread=(res["explained_rows_per_s"] /
+                                        res["xgboost_shap_rows_per_s_1_thread"]))
+        self.r["trees"] = res
+        log(f"trees: {trees} trees depth {depth} d={d}: cohortd {res['rows_per_s']:,.0f} rows/s "
+            f"({res['ratio_1_thread']:.2f} x xgboost 1 thread, {res['ratio_all_threads']:.2f} x "
+            f"{os.cpu_count()} threads); TreeSHAP {res['explained_rows_per_s']:,.0f} rows/s "
+            f"({res['shap_ratio_1_thread']:.2f} x pred_contribs); max |diff| "
+            f"{res['max_abs_diff_vs_xgboost']:.1e}")
+        if res["max_abs_diff_vs_xgboost"] > 1e-5:
+            raise RuntimeError(f"cohortd's scores differ from xgboost's: {res}")
+
+
 # ---------------------------------------------------------------- helpers
 
 MODEL_SCRIPT = r"""
@@ -877,7 +941,7 @@ def main():
     ap.add_argument("--out", required=True, help="where report.md/json and plots go")
     ap.add_argument("--quick", action="store_true", help="small sizes (the ctest bench label)")
     ap.add_argument("--only",
-                    default="parity,throughput,latency,memory,scaling,restore,eos,refresh")
+                    default="parity,throughput,latency,memory,scaling,restore,eos,refresh,trees")
     ap.add_argument("--max-users", type=int, default=None,
                     help="largest user count of the memory phase (default: 10M if the "
                          "machine has the memory, else 1M)")

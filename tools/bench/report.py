@@ -276,6 +276,23 @@ def write_report(r, out):
                      f"{_fmt(e['batch_p99_s'], 4)} | {_fmt(e['e2e_p99_s'], 4)} |")
         L += ["", "p99 values are histogram bucket bounds (the bucket holding the 99th "
               "percentile).", ""]
+    if tr := r.get("trees"):
+        L += ["## Tree ensembles", "", f"An XGBoost model of {tr['trees']} trees of depth "
+              f"{tr['depth']} on d = {tr['d']} (exported by tools/export_onnx.py), "
+              f"{tr['rows']:,} rows in memory. cohortd: `cohort-bench-trees` (the daemon's "
+              f"evaluator, batches of {tr['batch']}, one thread); XGBoost {tr['xgboost']}: "
+              "`inplace_predict` on the same float32 rows in the same run. Reasons: "
+              "cohortd's TreeSHAP one row at a time (as alerts are explained) against "
+              "`predict(pred_contribs=True)` on one thread.", "",
+              "| measure | cohortd rows/s | XGBoost rows/s | ratio |", "|---|---:|---:|---:|",
+              f"| scores, XGBoost on 1 thread | {tr['rows_per_s']:,.0f} | "
+              f"{tr['xgboost_rows_per_s_1_thread']:,.0f} | {tr['ratio_1_thread']:.2f} |",
+              f"| scores, XGBoost on every core | {tr['rows_per_s']:,.0f} | "
+              f"{tr['xgboost_rows_per_s_all_threads']:,.0f} | {tr['ratio_all_threads']:.2f} |",
+              f"| Shapley values | {tr['explained_rows_per_s']:,.0f} | "
+              f"{tr['xgboost_shap_rows_per_s_1_thread']:,.0f} | {tr['shap_ratio_1_thread']:.2f} |",
+              "", f"Largest difference between the two scores: "
+              f"{tr['max_abs_diff_vs_xgboost']:.1e}.", ""]
     L += ["Raw numbers: report.json."]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(L) + "\n")

@@ -3,9 +3,12 @@
  *
  * A model is compiled once at load into a list of steps over preallocated buffers;
  * evaluation is allocation-free. The risk score is the last column of the graph's
- * first output. Reason codes are gradient x input of the model's logit (for a
- * logistic regression: exactly w_i * x_i), computed by a backward pass over the
- * same steps for one row of the last evaluated batch.
+ * first output (for an ai.onnx.ml TreeEnsembleClassifier whose label is that output:
+ * of its scores, the next one). Reason codes are gradient x input of the model's
+ * logit (for a logistic regression: exactly w_i * x_i), computed by a backward pass
+ * over the same steps for one row of the last evaluated batch; for a tree ensemble
+ * they are its Shapley values (path-dependent TreeSHAP of the last column's raw
+ * score, from the node covers in nodes_hitrates).
  *
  * @locality Not thread-safe: evaluation writes into the model's own buffers. Use one
  *           model per thread.
@@ -56,9 +59,12 @@ int ch_onnx_eval(ch_onnx_t *m, const float *x, size_t n, float *ret_scores);
 /**
  * @brief Per-feature contributions for row `row` of the last ch_onnx_eval() batch:
  *        d(logit)/dx_i * x_i, where logit is the input of a final Sigmoid, the log-odds
- *        of the last class of a final Softmax, or else the score itself.
+ *        of the last class of a final Softmax, or else the score itself; for a tree
+ *        ensemble, the Shapley value of feature i for the last column's raw score
+ *        (before post_transform: the log-odds of a boosted classifier).
  * @param ret_contrib n_inputs floats.
- * @returns 0, -EINVAL (row not in the last batch).
+ * @returns 0, -EINVAL (row not in the last batch), -ENOTSUP (a model without reasons:
+ *          ch_onnx_reasons() says why).
  */
 int ch_onnx_contributions(ch_onnx_t *m, size_t row, float *ret_contrib);
 
@@ -73,5 +79,11 @@ const char *ch_onnx_version(const ch_onnx_t *m);
 
 /** @brief Number of compiled steps (graph nodes), for logs. */
 size_t ch_onnx_nodes(const ch_onnx_t *m);
+
+/**
+ * @brief How ch_onnx_contributions() explains this model ("gradient x input of the
+ *        logit", "TreeSHAP (...)"), or "no reasons: <why>", for logs.
+ */
+const char *ch_onnx_reasons(const ch_onnx_t *m);
 
 #endif
