@@ -195,6 +195,26 @@ static const key_def_t keys[] = {
      "moves by more than risk.delta, or emit.heartbeat of stream time has passed."},
     {"risk.delta", K_FLOAT, OFF(risk_delta), "0.05", 0, 1, NULL, NULL,
      "With risk.emit = change: the score change that triggers an update."},
+    {"evaluation.labels_topic", K_OPTSTR, OFF(eval_labels_topic), "", 0, 0, NULL, NULL,
+     "Live evaluation of the risk model: the topic of labels (JSON objects: event_id, label "
+     "0/1 or false/true, ts in ms, optional: the record's timestamp) joined to the scores "
+     "cohortd gave those events; every instance reads all of it from its end. Empty: off."},
+    {"evaluation.score_ttl", K_DURATION, OFF(eval_score_ttl_ms), "7d", 1000, 31536000000.0, NULL,
+     NULL,
+     "How long, in event time behind the newest score, a score waits for its label; later "
+     "labels are counted as unknown."},
+    {"evaluation.max_scores", K_SIZE, OFF(eval_max_scores), "1000000", 1, 100000000, NULL, NULL,
+     "Scores held at most waiting for labels (28 bytes each); the oldest leave first."},
+    {"evaluation.window", K_DURATION, OFF(eval_window_ms), "7d", 1000, 31536000000.0, NULL, NULL,
+     "The live figures cover the labelled events whose label time is within this much of the "
+     "newest label's."},
+    {"evaluation.window_max", K_SIZE, OFF(eval_window_max), "200000", 10, 10000000, NULL, NULL,
+     "... and at most this many of them (the newest)."},
+    {"evaluation.metrics_topic", K_OPTSTR, OFF(eval_metrics_topic), "", 0, 0, NULL, NULL,
+     "Where the live figures go as a JSON record every evaluation.interval (keyed by the "
+     "instance). Empty: /metrics only."},
+    {"evaluation.interval", K_DURATION, OFF(eval_interval_ms), "1m", 1000, 86400000, NULL, NULL,
+     "Wall time between two records on evaluation.metrics_topic."},
     {"segments.k", K_SIZE, OFF(segments.k), "16", 0, 1024, NULL, NULL,
      "Online segments (mini-batch K-Means clusters); 0 disables segmentation."},
     {"segments.warmup", K_SIZE, OFF(segments.warmup), "10000", 1, 10000000, NULL, NULL,
@@ -790,6 +810,34 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
                         "segments.sync_topic (%s) must be a topic of its own",
                         cfg->segments_sync_topic);
         }
+    }
+    if ((cfg->eval_labels_topic[0] || cfg->eval_metrics_topic[0]) && !cfg->model_path[0]) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "evaluation.labels_topic and evaluation.metrics_topic need a risk model "
+                    "(model.path)");
+    }
+    if (cfg->eval_metrics_topic[0] && !cfg->eval_labels_topic[0]) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "evaluation.metrics_topic needs evaluation.labels_topic");
+    }
+    const char *own[] = {cfg->input_topic,        cfg->segments_topic, cfg->state_changelog,
+                         cfg->profile_topic,      cfg->risk_topic,     cfg->dlq_topic,
+                         cfg->segments_sync_topic};
+    for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) {
+        if (cfg->eval_labels_topic[0] && !strcmp(cfg->eval_labels_topic, own[i])) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "evaluation.labels_topic (%s) must be a topic of its own",
+                        cfg->eval_labels_topic);
+        }
+        if (cfg->eval_metrics_topic[0] && !strcmp(cfg->eval_metrics_topic, own[i])) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "evaluation.metrics_topic (%s) must be a topic of its own",
+                        cfg->eval_metrics_topic);
+        }
+    }
+    if (cfg->eval_labels_topic[0] && !strcmp(cfg->eval_labels_topic, cfg->eval_metrics_topic)) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "evaluation.labels_topic and evaluation.metrics_topic must differ");
     }
     char host[64], port[16];
     if (strcmp(cfg->http_listen, "off") != 0) {

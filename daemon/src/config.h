@@ -82,6 +82,15 @@ typedef struct ch_config {
     ch_emit_policy_t risk_emit;
     double risk_delta;
 
+    /* evaluation.*: live quality of the risk model from delayed labels; "" off */
+    char eval_labels_topic[CH_CONF_STR];
+    char eval_metrics_topic[CH_CONF_STR];
+    double eval_score_ttl_ms; /* event time a score waits for its label */
+    size_t eval_max_scores;   /* scores held at most */
+    double eval_window_ms;    /* label time the figures cover */
+    size_t eval_window_max;   /* labelled pairs the figures cover at most */
+    double eval_interval_ms;  /* between records on the metrics topic */
+
     /* segments.*: the key table writes the K-Means options directly; k = 0 turns
      * segments off; dim and max_batch follow from the features and batch.max_events */
     ch_kmeans_opts_t segments;

@@ -54,7 +54,7 @@ typedef struct daemon_ctx {
     struct ev_loop *loop;
     ch_pipeline_t *pipe;
     const ch_config_t *cfg;
-    ev_io consumer_io, producer_io, reader_io, sync_io;
+    ev_io consumer_io, producer_io, reader_io, sync_io, eval_io;
     ev_idle drain_idle, restore_idle;
     ev_timer safety, stats, housekeeping, watchdog, status;
     ev_signal sigterm, sigint, sighup;
@@ -694,7 +694,7 @@ int main(int argc, char **argv) {
     ev_io_init(&d.producer_io, on_producer_io, ch_pipeline_producer_fd(d.pipe), EV_READ);
     ev_idle_init(&d.drain_idle, on_drain_idle);
     ev_idle_init(&d.restore_idle, on_restore_idle);
-    d.reader_io.data = d.restore_idle.data = d.sync_io.data = &d;
+    d.reader_io.data = d.restore_idle.data = d.sync_io.data = d.eval_io.data = &d;
     if (ch_pipeline_sync_fd(d.pipe) >= 0) { /* the same work as the changelog reader's */
         ev_io_init(&d.sync_io, on_reader_io, ch_pipeline_sync_fd(d.pipe), EV_READ);
         ev_io_start(d.loop, &d.sync_io);
@@ -702,6 +702,10 @@ int main(int argc, char **argv) {
     if (ch_pipeline_reader_fd(d.pipe) >= 0) {
         ev_io_init(&d.reader_io, on_reader_io, ch_pipeline_reader_fd(d.pipe), EV_READ);
         ev_io_start(d.loop, &d.reader_io);
+    }
+    if (ch_pipeline_eval_fd(d.pipe) >= 0) {
+        ev_io_init(&d.eval_io, on_reader_io, ch_pipeline_eval_fd(d.pipe), EV_READ);
+        ev_io_start(d.loop, &d.eval_io);
     }
     ev_timer_init(&d.reg_timer, on_reg_timer, 0.0, 0.0);
     d.reg_timer.data = &d;

@@ -19,6 +19,8 @@
 
 #include "ch/kafka.h"
 
+#include "evaluate.h"
+
 #define MAX_LAG_PARTITIONS 4096
 
 typedef struct out {
@@ -84,6 +86,82 @@ static void histogram(out_t *o, const char *name, const char *labels, const ch_h
     } else {
         put(o, "%s_sum %.17g\n%s_count %llu\n", name, h->sum, name,
             (unsigned long long)h->count);
+    }
+}
+
+/* Live evaluation (evaluation.labels_topic): counters, and the window's figures. */
+static void eval_metrics(out_t *o, ch_pipeline_t *p) {
+    ch_evaluate_status_t es;
+    if (ch_pipeline_evaluation(p, &es) < 0) {
+        return; /* off, or no memory for the figures this time */
+    }
+    const ch_eval_figures_t *f = &es.fig;
+    family(o, "cohortd_eval_labels_total", "counter",
+           "Labels read from evaluation.labels_topic, by result: matched to a held score; "
+           "unknown (no score held: scored by another instance, before a restart, or expired); "
+           "bad (sent to the dead-letter topic); pending_dropped (too many waiting).");
+    const struct {
+        const char *r;
+        uint64_t v;
+    } lr[] = {{"matched", es.labels_matched},
+              {"unknown", es.labels_unknown},
+              {"bad", es.labels_bad},
+              {"pending_dropped", es.labels_pending_dropped}};
+    for (size_t i = 0; i < sizeof(lr) / sizeof(lr[0]); i++) {
+        put(o, "cohortd_eval_labels_total{result=\"%s\"} %llu\n", lr[i].r,
+            (unsigned long long)lr[i].v);
+    }
+    gauge(o, "cohortd_eval_labels_pending",
+          "Labels waiting for the stream time to reach their time (their event may come).",
+          (double)es.labels_pending);
+    gauge(o, "cohortd_eval_label_partitions_ready",
+          "Partitions of evaluation.labels_topic read to their end at least once.",
+          (double)es.label_partitions_ready);
+    gauge(o, "cohortd_eval_scores_held", "Scores held waiting for their label.",
+          (double)es.store.held);
+    family(o, "cohortd_eval_scores_dropped_total", "counter",
+           "Scores that left the store without a label: expired (evaluation.score_ttl) or "
+           "evicted (evaluation.max_scores).");
+    put(o, "cohortd_eval_scores_dropped_total{reason=\"expired\"} %llu\n",
+        (unsigned long long)es.store.expired);
+    put(o, "cohortd_eval_scores_dropped_total{reason=\"evicted\"} %llu\n",
+        (unsigned long long)es.store.evicted);
+    counter(o, "cohortd_eval_records_total", "Records sent to evaluation.metrics_topic.",
+            es.records_sent);
+    const struct {
+        const char *name, *help;
+        double v;
+    } g[] = {
+        {"cohortd_eval_pairs", "Labelled scores in the window (evaluation.window).", (double)f->n},
+        {"cohortd_eval_positives", "Positive labels in the window.", (double)f->positives},
+        {"cohortd_eval_roc_auc", "ROC AUC over the window (NaN with one class only).", f->roc_auc},
+        {"cohortd_eval_average_precision", "Average precision over the window.",
+         f->average_precision},
+        {"cohortd_eval_precision", "Precision at risk.threshold over the window.", f->precision},
+        {"cohortd_eval_recall", "Recall at risk.threshold over the window.", f->recall},
+        {"cohortd_eval_log_loss", "Log loss over the window (scores clipped to [1e-15, 1-1e-15]).",
+         f->log_loss},
+    };
+    for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
+        family(o, g[i].name, "gauge", g[i].help);
+        put(o, "%s{model=\"champion\"} %.17g\n", g[i].name, g[i].v);
+    }
+    family(o, "cohortd_eval_calibration_pairs", "gauge",
+           "Pairs in each score decile of the window (calibration_curve, quantile bins).");
+    for (int d = 0; d < CH_EVAL_BINS; d++) {
+        put(o, "cohortd_eval_calibration_pairs{model=\"champion\",decile=\"%d\"} %zu\n", d + 1,
+            f->bin_n[d]);
+    }
+    family(o, "cohortd_eval_calibration_score", "gauge", "Mean score in each decile.");
+    for (int d = 0; d < CH_EVAL_BINS; d++) {
+        put(o, "cohortd_eval_calibration_score{model=\"champion\",decile=\"%d\"} %.17g\n", d + 1,
+            f->bin_score[d]);
+    }
+    family(o, "cohortd_eval_calibration_positive_rate", "gauge",
+           "Fraction of positive labels in each decile (against the mean score: calibration).");
+    for (int d = 0; d < CH_EVAL_BINS; d++) {
+        put(o, "cohortd_eval_calibration_positive_rate{model=\"champion\",decile=\"%d\"} %.17g\n",
+            d + 1, f->bin_positive[d]);
     }
 }
 
@@ -391,6 +469,7 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
                 "Reloads that failed (the previous model stays in service).",
                 s.model_reload_failures);
     }
+    eval_metrics(&o, p);
     counter(&o, "cohortd_http_requests_total", "HTTP requests answered.", ctx->http_requests);
     counter(&o, "cohortd_http_connections_evicted_total",
             "HTTP connections closed before their request arrived, to serve a newer one "

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "emit.h"
+#include "evaluate.h"
 
 #define OUT_MASK ((uintptr_t)7)
 #define REDUCED_BYTES 1024 /* of key and of value kept in a reduced dead letter */
@@ -538,6 +539,9 @@ void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u) 
     bool alert = score >= thr;
     if (alert) {
         p->st.alerts++;
+    }
+    if (p->eval && r->eid_len) { /* every scored event, whatever the emit policy */
+        ch_evaluate_scored(p->eval, r->eid, r->eid_len, r->ts_ms, score);
     }
     if (u) {
         ch_userrec_t *ur = ch_userrec(p->users, u);

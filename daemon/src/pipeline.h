@@ -112,6 +112,13 @@ int ch_pipeline_reader_fd(const ch_pipeline_t *p);
  *  none. */
 int ch_pipeline_sync_fd(const ch_pipeline_t *p);
 
+/** @brief The live evaluation's labels reader fd, or -1 when evaluation is off. */
+int ch_pipeline_eval_fd(const ch_pipeline_t *p);
+
+/** @brief Live evaluation counters and figures. @returns 0, -ENOENT (off), -ENOMEM. */
+struct ch_evaluate_status;
+int ch_pipeline_evaluation(ch_pipeline_t *p, struct ch_evaluate_status *ret);
+
 /** @brief Ask for a refresh of the segments on the population (POST /segments/refresh).
  *  @returns 0, -ENOENT (segments off), -EAGAIN (not seeded yet). */
 int ch_pipeline_segments_refresh(ch_pipeline_t *p);

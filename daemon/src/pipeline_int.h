@@ -189,6 +189,7 @@ struct ch_pipeline {
     size_t n_assigned_cap;
     uint64_t rebalances;     /* assignments and revocations so far */
     struct ch_segsync *sync; /* segments.sync_topic; else NULL */
+    struct ch_evaluate *eval; /* evaluation.labels_topic; else NULL */
 
     ch_changelog_t cl;
     ch_restore_t rs;

@@ -12,6 +12,7 @@
  *   sanitizer build), it then checks the user table's and the segments'
  *   invariants, so every integration run verifies them.
  */
+#include "evaluate.h"
 #include "pipeline_int.h"
 #include "segsync.h"
 
@@ -169,7 +170,8 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
         (r = ch_restore_init(p, errbuf, errlen)) < 0 ||
         (r = ch_snapshot_init(p, errbuf, errlen)) < 0 || (r = ch_txn_init(p, errbuf, errlen)) < 0 ||
         (p->segs && cfg->segments_sync_topic[0] &&
-         (r = ch_segsync_new(p, &p->sync, errbuf, errlen)) < 0)) {
+         (r = ch_segsync_new(p, &p->sync, errbuf, errlen)) < 0) ||
+        (cfg->eval_labels_topic[0] && (r = ch_evaluate_new(p, &p->eval, errbuf, errlen)) < 0)) {
         goto out_fail;
     }
     *ret_pipeline = p;
@@ -244,6 +246,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
         return NULL;
     }
     p->sync = ch_segsync_free(p->sync);
+    p->eval = ch_evaluate_free(p->eval);
     ch_clients_done(&p->clients);
     ch_snapshot_done(p);
     ch_txn_done(p);
@@ -292,10 +295,17 @@ int ch_pipeline_background(ch_pipeline_t *p) {
     bool more = ch_restore_drain(p);
     more = ch_snapshot_step(p) || more;
     more = ch_segsync_work(p) || more;
+    more = ch_evaluate_work(p) || more;
     more = ch_reassign_step(p) || more;
     return more ? 1 : 0;
 }
 
 int ch_pipeline_sync_fd(const ch_pipeline_t *p) { return p->sync ? ch_segsync_fd(p->sync) : -1; }
+
+int ch_pipeline_eval_fd(const ch_pipeline_t *p) { return p->eval ? ch_evaluate_fd(p->eval) : -1; }
+
+int ch_pipeline_evaluation(ch_pipeline_t *p, ch_evaluate_status_t *ret) {
+    return p->eval ? ch_evaluate_status(p->eval, ret) : -ENOENT;
+}
 
 int ch_pipeline_producer_fd(const ch_pipeline_t *p) { return ch_producer_fd(p->clients.producer); }

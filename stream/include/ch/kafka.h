@@ -308,6 +308,7 @@ int ch_reader_fd(const ch_reader_t *r);
 /** @brief Read a partition from offset from (CH_READ_BEGINNING: its first record); its end
  *  is reported once as an entry with eof set (offset: the end). @returns 0, -EIO. */
 #define CH_READ_BEGINNING ((int64_t)-2)
+#define CH_READ_END ((int64_t)-1) /* only records written after the start */
 int ch_reader_start(ch_reader_t *r, int32_t partition, int64_t from, char *errbuf, size_t errlen);
 
 /** @brief The first offset a partition still holds (its log start), asking the broker
