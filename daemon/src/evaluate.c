@@ -332,7 +332,8 @@ static void settle_pending(ch_evaluate_t *e) {
 int ch_evaluate_status(ch_evaluate_t *e, ch_evaluate_status_t *ret) {
     memset(ret, 0, sizeof(*ret));
     size_t cap = e->cfg->eval_window_max;
-    int64_t from = e->newest_label - (int64_t)e->cfg->eval_window_ms;
+    int64_t span = (int64_t)e->cfg->eval_window_ms;
+    int64_t from = e->newest_label < INT64_MIN + span ? INT64_MIN : e->newest_label - span;
     while (e->win_n && e->win[e->win_head].ts < from) {
         e->win_head = (e->win_head + 1) % cap;
         e->win_n--;
