@@ -19,7 +19,8 @@ nodes_hitrates, from which cohortd computes exact Shapley values (TreeSHAP).
 
 Library use:
     from export_onnx import export
-    export(model, "risk.onnx", feature_names, version="risk-2026-11-22")
+    export(model, "risk.onnx", feature_names, version="risk-2026-11-22",
+           drift_data=X_train)   # optional: per-feature training bins for drift (PSI)
 
 Command line (a model saved with joblib or pickle; an XGBoost model also as its
 .json/.ubj file):
@@ -260,11 +261,36 @@ def _tree_model(model, d):
     return None
 
 
-def _finish(m, feature_names, version):
+DRIFT_BINS = 10
+
+
+def drift_bins(X, bins=DRIFT_BINS):
+    """Each feature's training distribution for cohortd's drift check (PSI): the inner
+    quantile edges of its values (ties merged, so a feature with many equal values has
+    fewer bins) and the share of the training rows in each bin. A value equal to an
+    edge belongs to the lower bin (numpy.searchsorted side="left")."""
+    X = np.asarray(X, dtype=np.float32)
+    out = []
+    for j in range(X.shape[1]):
+        x = X[:, j]
+        edges = np.unique(np.quantile(x, np.arange(1, bins) / bins).astype(np.float32))
+        counts = np.bincount(np.searchsorted(edges, x, side="left"),
+                             minlength=len(edges) + 1)
+        out.append({"edges": [float(e) for e in edges],
+                    "expected": [float(c) / len(x) for c in counts]})
+    return {"bins": bins, "rows": int(X.shape[0]), "features": out}
+
+
+def _finish(m, feature_names, version, drift_data=None):
     m.ir_version = 8
     meta = {"cohortd.features": ",".join(feature_names)}
     if version:
         meta["model_version"] = version
+    if drift_data is not None:
+        if np.asarray(drift_data).shape[1:] != (len(feature_names),):
+            raise ValueError(f"drift data has shape {np.asarray(drift_data).shape}; expected "
+                             f"[rows, {len(feature_names)}]")
+        meta["cohortd.drift"] = json.dumps(drift_bins(drift_data), separators=(",", ":"))
     for k, v in meta.items():
         e = m.metadata_props.add()
         e.key, e.value = k, v
@@ -272,7 +298,7 @@ def _finish(m, feature_names, version):
     return m
 
 
-def to_onnx(model, feature_names, version=None):
+def to_onnx(model, feature_names, version=None, drift_data=None):
     """Build the ONNX ModelProto for a fitted sklearn or XGBoost model."""
     d = len(feature_names)
     trees = _tree_model(model, d)
@@ -291,7 +317,7 @@ def to_onnx(model, feature_names, version=None):
         m = helper.make_model(graph, producer_name="cohortd export_onnx.py",
                               opset_imports=[helper.make_opsetid("", OPSET),
                                              helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
-        return _finish(m, feature_names, version)
+        return _finish(m, feature_names, version, drift_data)
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import Pipeline
@@ -327,12 +353,14 @@ def to_onnx(model, feature_names, version=None):
         g.inits)
     m = helper.make_model(graph, producer_name="cohortd export_onnx.py",
                           opset_imports=[helper.make_opsetid("", OPSET)])
-    return _finish(m, feature_names, version)
+    return _finish(m, feature_names, version, drift_data)
 
 
-def export(model, path, feature_names, version=None):
-    """Write a fitted sklearn model to path as ONNX."""
-    m = to_onnx(model, list(feature_names), version)
+def export(model, path, feature_names, version=None, drift_data=None):
+    """Write a fitted sklearn or XGBoost model to path as ONNX. drift_data: training
+    feature vectors [rows, d]; each feature's distribution over them goes to the
+    metadata ("cohortd.drift"), and cohortd compares live vectors with it (PSI)."""
+    m = to_onnx(model, list(feature_names), version, drift_data)
     with open(path, "wb") as f:
         f.write(m.SerializeToString())
     return m
@@ -345,6 +373,10 @@ def main():
     ap.add_argument("--features", required=True,
                     help="comma-separated feature names in cohortd.conf order")
     ap.add_argument("--version", help="model_version string carried in cohortd's outputs")
+    ap.add_argument("--drift-data", metavar="CSV",
+                    help="training feature vectors (comma-separated rows, d columns): their "
+                         "per-feature distribution goes into the model for cohortd's drift "
+                         "check")
     a = ap.parse_args()
     if a.model.endswith((".json", ".ubj")):
         import xgboost
@@ -358,7 +390,8 @@ def main():
             with open(a.model, "rb") as f:
                 model = pickle.load(f)
     try:
-        export(model, a.out, a.features.split(","), a.version)
+        drift = np.loadtxt(a.drift_data, delimiter=",", ndmin=2) if a.drift_data else None
+        export(model, a.out, a.features.split(","), a.version, drift)
     except ValueError as e:
         print(f"export_onnx: {e}", file=sys.stderr)
         return 1

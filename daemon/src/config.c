@@ -215,6 +215,14 @@ static const key_def_t keys[] = {
      "instance). Empty: /metrics only."},
     {"evaluation.interval", K_DURATION, OFF(eval_interval_ms), "1m", 1000, 86400000, NULL, NULL,
      "Wall time between two records on evaluation.metrics_topic."},
+    {"drift.window", K_SIZE, OFF(drift_window), "10000", 100, 10000000, NULL, NULL,
+     "Feature drift: each feature's PSI (population stability index) is computed over the "
+     "last this many scored vectors against the training distribution stored in the model "
+     "(tools/export_onnx.py drift_data); d bytes a vector."},
+    {"drift.warn", K_FLOAT, OFF(drift_warn), "0.25", 0, 100, NULL, NULL,
+     "A feature whose PSI rises above this (checked every tenth of drift.window once the "
+     "window is full) is logged as a warning, and again at notice level when it is back "
+     "below (0.1: a small shift; 0.25: a major one, by the usual rule of thumb)."},
     {"segments.k", K_SIZE, OFF(segments.k), "16", 0, 1024, NULL, NULL,
      "Online segments (mini-batch K-Means clusters); 0 disables segmentation."},
     {"segments.warmup", K_SIZE, OFF(segments.warmup), "10000", 1, 10000000, NULL, NULL,

@@ -91,6 +91,9 @@ typedef struct ch_config {
     size_t eval_window_max;   /* labelled pairs the figures cover at most */
     double eval_interval_ms;  /* between records on the metrics topic */
 
+    size_t drift_window; /* scored vectors the PSI covers */
+    double drift_warn;   /* a feature's PSI above this logs a warning */
+
     /* segments.*: the key table writes the K-Means options directly; k = 0 turns
      * segments off; dim and max_batch follow from the features and batch.max_events */
     ch_kmeans_opts_t segments;

@@ -89,6 +89,31 @@ static void histogram(out_t *o, const char *name, const char *labels, const ch_h
     }
 }
 
+/* Feature drift (a model exported with training bins). */
+static void drift_metrics(out_t *o, ch_pipeline_t *p) {
+    const char *name = NULL;
+    double psi = 0;
+    size_t vectors = 0;
+    uint64_t warnings = 0;
+    size_t d = ch_pipeline_drift(p, SIZE_MAX, &name, &psi, &vectors, &warnings);
+    if (d == 0) {
+        return;
+    }
+    gauge(o, "cohortd_drift_vectors", "Scored vectors in the drift window (drift.window).",
+          (double)vectors);
+    counter(o, "cohortd_drift_warnings_total",
+            "Times a feature's PSI rose above drift.warn (each logged as a warning).", warnings);
+    family(o, "cohortd_drift_psi", "gauge",
+           "Each feature's population stability index over the drift window against the "
+           "model's training distribution (0.1: a small shift; 0.25: a major one).");
+    char e1[256];
+    for (size_t j = 0; j < d; j++) {
+        ch_pipeline_drift(p, j, &name, &psi, &vectors, &warnings);
+        put(o, "cohortd_drift_psi{feature=\"%s\"} %.17g\n", escape_label(name, e1, sizeof(e1)),
+            psi);
+    }
+}
+
 /* Live evaluation (evaluation.labels_topic): counters, and the window's figures. */
 static void eval_metrics(out_t *o, ch_pipeline_t *p) {
     ch_evaluate_status_t es;
@@ -469,6 +494,7 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
                 "Reloads that failed (the previous model stays in service).",
                 s.model_reload_failures);
     }
+    drift_metrics(&o, p);
     eval_metrics(&o, p);
     counter(&o, "cohortd_http_requests_total", "HTTP requests answered.", ctx->http_requests);
     counter(&o, "cohortd_http_connections_evicted_total",

@@ -113,6 +113,7 @@ static void finish(ch_pipeline_t *p, ch_tracked_t *b) {
     }
     if (p->scorer.model) {
         ch_onnx_eval(p->scorer.model, p->X, n, p->scores);
+        ch_scorer_observe(&p->scorer, p->X, n);
         p->st.scored += n;
     }
     if (p->segs && !p->ra.on &&

@@ -202,6 +202,14 @@ int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_
 /** @brief The metric label of a bad-input reason. */
 const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r);
 
+/**
+ * @brief Feature drift of the risk model's inputs: feature j's name and PSI over the
+ *        window (j < d), the window's vectors and the warnings logged.
+ * @returns d, or 0 when drift is not checked (no model, or no training bins in it).
+ */
+size_t ch_pipeline_drift(const ch_pipeline_t *p, size_t j, const char **ret_name, double *ret_psi,
+                         size_t *ret_vectors, uint64_t *ret_warnings);
+
 /* What a stop left undone. */
 typedef struct ch_pipeline_stop {
     size_t unacked;              /* outputs unacknowledged: their events will be reprocessed */

@@ -158,6 +158,21 @@ const char *ch_pipeline_model_version(const ch_pipeline_t *p) {
 
 int ch_pipeline_reload_model(ch_pipeline_t *p) { return ch_scorer_reload(&p->scorer); }
 
+size_t ch_pipeline_drift(const ch_pipeline_t *p, size_t j, const char **ret_name, double *ret_psi,
+                         size_t *ret_vectors, uint64_t *ret_warnings) {
+    const ch_scorer_t *s = &p->scorer;
+    if (!s->drift) {
+        return 0;
+    }
+    *ret_vectors = ch_drift_vectors(s->drift);
+    *ret_warnings = s->drift_warnings;
+    if (j < s->d) {
+        *ret_name = s->names[j];
+        *ret_psi = ch_drift_psi(s->drift, j);
+    }
+    return s->d;
+}
+
 int ch_pipeline_save_segments(ch_pipeline_t *p) { return p->segs ? ch_segments_save(p->segs) : 0; }
 
 #define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)

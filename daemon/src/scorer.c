@@ -19,11 +19,66 @@ static int load(const ch_scorer_t *s, ch_onnx_t **ret_model, char *errbuf, size_
     return ch_onnx_load(s->cfg->model_path, s->d, s->names, s->max_rows, ret_model, errbuf, errlen);
 }
 
+/* The drift window of a newly loaded model: from its training bins, or none. */
+static void drift_for(ch_scorer_t *s) {
+    s->drift = ch_drift_free(s->drift);
+    s->drift_since = 0;
+    memset(s->drift_above, 0, s->d * sizeof(bool));
+    const char *meta = ch_onnx_drift_meta(s->model);
+    if (!meta) {
+        ch_log(CH_LOG_INFO,
+               "drift: model %s has no training bins (export with drift_data to "
+               "check drift)",
+               ch_onnx_version(s->model));
+        return;
+    }
+    char err[256];
+    if (ch_drift_new(meta, s->d, s->cfg->drift_window, &s->drift, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_WARNING, "drift: not checked for model %s: %s", ch_onnx_version(s->model),
+               err);
+        return;
+    }
+    ch_log(CH_LOG_INFO,
+           "drift: PSI of every feature over the last %zu vectors against the "
+           "training bins of model %s (warning above %g)",
+           s->cfg->drift_window, ch_onnx_version(s->model), s->cfg->drift_warn);
+}
+
+void ch_scorer_observe(ch_scorer_t *s, const float *x, size_t n) {
+    if (!s->drift) {
+        return;
+    }
+    ch_drift_add(s->drift, x, n);
+    s->drift_since += n;
+    size_t every = s->cfg->drift_window / 10;
+    if (ch_drift_vectors(s->drift) < s->cfg->drift_window || s->drift_since < every) {
+        return;
+    }
+    s->drift_since = 0;
+    for (size_t j = 0; j < s->d; j++) {
+        double psi = ch_drift_psi(s->drift, j);
+        bool above = psi > s->cfg->drift_warn;
+        if (above && !s->drift_above[j]) {
+            s->drift_warnings++;
+            ch_log(CH_LOG_WARNING,
+                   "drift: feature %s has PSI %.3f over the last %zu vectors, above drift.warn "
+                   "%g: its live distribution is not the training one (model %s)",
+                   s->names[j], psi, s->cfg->drift_window, s->cfg->drift_warn,
+                   ch_onnx_version(s->model));
+        } else if (!above && s->drift_above[j]) {
+            ch_log(CH_LOG_NOTICE, "drift: feature %s is back to PSI %.3f (drift.warn %g)",
+                   s->names[j], psi, s->cfg->drift_warn);
+        }
+        s->drift_above[j] = above;
+    }
+}
+
 int ch_scorer_init(ch_scorer_t *s, const ch_config_t *cfg, const char *const *names, size_t d,
                    size_t max_rows, char *errbuf, size_t errlen) {
     *s = (ch_scorer_t){.cfg = cfg, .names = names, .d = d, .max_rows = max_rows};
     s->contrib = calloc(d ? d : 1, sizeof(float));
-    if (!s->contrib) {
+    s->drift_above = calloc(d ? d : 1, sizeof(bool));
+    if (!s->contrib || !s->drift_above) {
         return -ENOMEM;
     }
     if (!cfg->model_path[0]) {
@@ -33,14 +88,18 @@ int ch_scorer_init(ch_scorer_t *s, const ch_config_t *cfg, const char *const *na
     if (r == 0) {
         ch_log(CH_LOG_INFO, "model %s loaded: version %s, %zu nodes, reasons: %s", cfg->model_path,
                ch_onnx_version(s->model), ch_onnx_nodes(s->model), ch_onnx_reasons(s->model));
+        drift_for(s);
     }
     return r;
 }
 
 void ch_scorer_done(ch_scorer_t *s) {
     s->model = ch_onnx_free(s->model);
+    s->drift = ch_drift_free(s->drift);
     free(s->contrib);
+    free(s->drift_above);
     s->contrib = NULL;
+    s->drift_above = NULL;
 }
 
 int ch_scorer_reload(ch_scorer_t *s) {
@@ -68,6 +127,7 @@ int ch_scorer_reload(ch_scorer_t *s) {
     ch_onnx_free(s->model);
     s->model = m;
     s->reloads++;
+    drift_for(s);
     return 0;
 }
 

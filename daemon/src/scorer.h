@@ -11,6 +11,7 @@
 #include "ch/codec.h"
 #include "ch/onnx.h"
 #include "config.h"
+#include "drift.h"
 
 typedef struct ch_scorer {
     const ch_config_t *cfg;
@@ -19,6 +20,10 @@ typedef struct ch_scorer {
     ch_onnx_t *model; /* NULL: no model configured */
     float *contrib;   /* d: scratch for reasons */
     uint64_t reloads, reload_failures;
+    ch_drift_t *drift;  /* the model's training bins and the live window; NULL: none */
+    bool *drift_above;  /* d: the feature's PSI was above drift.warn at the last check */
+    size_t drift_since; /* vectors since the last check */
+    uint64_t drift_warnings;
 } ch_scorer_t;
 
 /**
@@ -37,6 +42,13 @@ void ch_scorer_done(ch_scorer_t *s);
  * @returns 0, the load error.
  */
 int ch_scorer_reload(ch_scorer_t *s);
+
+/**
+ * @brief Count n scored vectors (rows of d) in the drift window, and log a warning
+ *        when a feature's PSI crosses drift.warn (checked every tenth of the window
+ *        once it is full).
+ */
+void ch_scorer_observe(ch_scorer_t *s, const float *x, size_t n);
 
 /** @brief The loaded model's version, NULL without one. */
 const char *ch_scorer_version(const ch_scorer_t *s);

@@ -88,6 +88,7 @@ struct ch_onnx {
     bool no_reasons;         /* trees that cannot be explained: reasons says why */
     double *phi;             /* n_inputs, for shap_step */
     char reasons[200];       /* how contributions are computed, or why there are none */
+    char *drift_meta;        /* metadata "cohortd.drift", or NULL */
     char version[CH_ONNX_VERSION_MAX];
 };
 
@@ -107,6 +108,7 @@ ch_onnx_t *ch_onnx_free(ch_onnx_t *m) {
     free(m->vals);
     free(m->steps);
     free(m->phi);
+    free(m->drift_meta);
     free(m);
     return NULL;
 }
@@ -124,6 +126,8 @@ size_t ch_onnx_nodes(const ch_onnx_t *m) {
 }
 
 const char *ch_onnx_reasons(const ch_onnx_t *m) { return m->reasons; }
+
+const char *ch_onnx_drift_meta(const ch_onnx_t *m) { return m->drift_meta; }
 
 /* ---- load ---------------------------------------------------------------- */
 
@@ -649,6 +653,12 @@ static int compile_model(ch_onnx_t *m, const Onnx__ModelProto *mp,
         const Onnx__StringStringEntryProto *e = mp->metadata_props[i];
         if (!e->key || !e->value) {
             continue;
+        }
+        if (strcmp(e->key, "cohortd.drift") == 0 && !m->drift_meta) {
+            m->drift_meta = strdup(e->value);
+            if (!m->drift_meta) {
+                return -ENOMEM;
+            }
         }
         if (strcmp(e->key, "model_version") == 0 && e->value[0]) {
             snprintf(m->version, sizeof(m->version), "%s", e->value);

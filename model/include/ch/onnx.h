@@ -86,4 +86,10 @@ size_t ch_onnx_nodes(const ch_onnx_t *m);
  */
 const char *ch_onnx_reasons(const ch_onnx_t *m);
 
+/**
+ * @brief The model's training distribution per feature for the drift check: metadata
+ *        "cohortd.drift" as tools/export_onnx.py writes it (JSON), or NULL.
+ */
+const char *ch_onnx_drift_meta(const ch_onnx_t *m);
+
 #endif
