@@ -11,6 +11,13 @@ TreeEnsembleClassifier node. Every graph is float32 with one input [N, d] named
 "features"; its first output "score" has the probability of the positive (last) class
 in its last column.
 
+Autoencoders (cohortd's model.kind = autoencoder, anomaly scores without labels): an
+MLPRegressor trained X -> X, after an optional StandardScaler, with error_data (the
+training rows). The graph outputs the reconstruction in feature units; the metadata
+holds the scaler's scale and 1,001 quantiles of error_data's reconstruction errors
+(mean over features of the squared scaled difference); cohortd scores a row by its
+error's percentile among them.
+
 Trees: a split keeps the estimator's own rule (sklearn: x <= t on float32 x with a
 double t, written as the largest float32 <= t, so every float32 input goes the same
 way; XGBoost: x < t, BRANCH_LT). Each node's training cover (sklearn: weighted sample
@@ -92,6 +99,8 @@ def _mlp(g, x, mlp):
             x = g.op("Sigmoid", [x])
         elif mlp.out_activation_ == "softmax":
             x = g.op("Softmax", [x], axis=-1)
+        elif mlp.out_activation_ == "identity" and not hasattr(mlp, "classes_"):
+            pass  # a regressor (an autoencoder's reconstruction)
         else:
             raise ValueError(f"MLP output activation {mlp.out_activation_!r} is not a classifier")
     return x
@@ -281,9 +290,47 @@ def drift_bins(X, bins=DRIFT_BINS):
     return {"bins": bins, "rows": int(X.shape[0]), "features": out}
 
 
-def _finish(m, feature_names, version, drift_data=None):
+def _autoencoder(steps, feature_names, version, drift_data, error_data):
+    """Pipeline(StandardScaler, MLPRegressor) or MLPRegressor trained X -> X: the graph
+    outputs the reconstruction in feature units; the metadata holds the error's scale
+    per feature and the quantiles of error_data's reconstruction errors."""
+    from sklearn.preprocessing import StandardScaler
+    d = len(feature_names)
+    sc = steps[0] if len(steps) == 2 and isinstance(steps[0], StandardScaler) else None
+    ae = steps[-1]
+    if len(steps) != (2 if sc else 1) or ae.n_outputs_ != d or ae.n_features_in_ != d:
+        raise ValueError(f"an autoencoder is an MLPRegressor (after an optional StandardScaler) "
+                         f"trained X -> X on the {d} features")
+    if error_data is None:
+        raise ValueError("an autoencoder needs error_data: the training rows, whose "
+                         "reconstruction errors make the scale of its score")
+    mean = sc.mean_ if sc is not None and sc.with_mean else np.zeros(d)
+    scale = sc.scale_ if sc is not None and sc.with_std else np.ones(d)
+    g = _Graph()
+    x = _scaler(g, "features", sc) if sc is not None else "features"
+    x = _mlp(g, x, ae)
+    x = g.op("Mul", [x, g.const("ae_scale", scale)])
+    g.op("Add", [x, g.const("ae_mean", mean)])
+    g.nodes[-1].output[0] = "score"
+    Z = np.asarray(error_data, dtype=np.float32).astype(np.float64)
+    T = (Z - mean) / scale
+    err = ((T - ae.predict(T)) ** 2).mean(axis=1)
+    quantiles = np.quantile(err, np.linspace(0, 1, 1001))
+    graph = helper.make_graph(
+        g.nodes, "cohortd_autoencoder",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", d])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", d])], g.inits)
+    m = helper.make_model(graph, producer_name="cohortd export_onnx.py",
+                          opset_imports=[helper.make_opsetid("", OPSET)])
+    extra = {"cohortd.autoencoder.scale": ",".join(repr(float(v)) for v in scale),
+             "cohortd.autoencoder.error_quantiles": ",".join(repr(float(v)) for v in quantiles)}
+    return _finish(m, feature_names, version, drift_data, extra)
+
+
+def _finish(m, feature_names, version, drift_data=None, extra=None):
     m.ir_version = 8
     meta = {"cohortd.features": ",".join(feature_names)}
+    meta.update(extra or {})
     if version:
         meta["model_version"] = version
     if drift_data is not None:
@@ -298,7 +345,7 @@ def _finish(m, feature_names, version, drift_data=None):
     return m
 
 
-def to_onnx(model, feature_names, version=None, drift_data=None):
+def to_onnx(model, feature_names, version=None, drift_data=None, error_data=None):
     """Build the ONNX ModelProto for a fitted sklearn or XGBoost model."""
     d = len(feature_names)
     trees = _tree_model(model, d)
@@ -319,11 +366,13 @@ def to_onnx(model, feature_names, version=None, drift_data=None):
                                              helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
         return _finish(m, feature_names, version, drift_data)
     from sklearn.linear_model import LogisticRegression
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     steps = [s for _, s in model.steps] if isinstance(model, Pipeline) else [model]
+    if isinstance(steps[-1], MLPRegressor):
+        return _autoencoder(steps, feature_names, version, drift_data, error_data)
     g = _Graph()
     x = "features"
     for i, s in enumerate(steps):
@@ -356,11 +405,14 @@ def to_onnx(model, feature_names, version=None, drift_data=None):
     return _finish(m, feature_names, version, drift_data)
 
 
-def export(model, path, feature_names, version=None, drift_data=None):
+def export(model, path, feature_names, version=None, drift_data=None, error_data=None):
     """Write a fitted sklearn or XGBoost model to path as ONNX. drift_data: training
     feature vectors [rows, d]; each feature's distribution over them goes to the
-    metadata ("cohortd.drift"), and cohortd compares live vectors with it (PSI)."""
-    m = to_onnx(model, list(feature_names), version, drift_data)
+    metadata ("cohortd.drift"), and cohortd compares live vectors with it (PSI).
+    error_data: for an autoencoder (an MLPRegressor trained X -> X, after an optional
+    StandardScaler; cohortd's model.kind = autoencoder), the training rows whose
+    reconstruction errors' quantiles map a live error to its percentile."""
+    m = to_onnx(model, list(feature_names), version, drift_data, error_data)
     with open(path, "wb") as f:
         f.write(m.SerializeToString())
     return m
@@ -377,6 +429,9 @@ def main():
                     help="training feature vectors (comma-separated rows, d columns): their "
                          "per-feature distribution goes into the model for cohortd's drift "
                          "check")
+    ap.add_argument("--error-data", metavar="CSV",
+                    help="an autoencoder's training rows: their reconstruction errors make the "
+                         "percentile scale of its score")
     a = ap.parse_args()
     if a.model.endswith((".json", ".ubj")):
         import xgboost
@@ -391,7 +446,8 @@ def main():
                 model = pickle.load(f)
     try:
         drift = np.loadtxt(a.drift_data, delimiter=",", ndmin=2) if a.drift_data else None
-        export(model, a.out, a.features.split(","), a.version, drift)
+        errs = np.loadtxt(a.error_data, delimiter=",", ndmin=2) if a.error_data else None
+        export(model, a.out, a.features.split(","), a.version, drift, errs)
     except ValueError as e:
         print(f"export_onnx: {e}", file=sys.stderr)
         return 1

@@ -55,6 +55,7 @@ typedef struct key_def {
 
 static const char *const framings[] = {"confluent", "plain", NULL};
 static const char *const policies[] = {"every", "change", NULL};
+const char *const ch_config_model_kinds[] = {"classifier", "autoencoder", NULL};
 static const char *const guarantees[] = {"at_least_once", "exactly_once", NULL};
 static const char *const levels[] = {"err", "warning", "notice", "info", "debug", NULL};
 static const int level_values[] = {3, 4, 5, 6, 7};
@@ -178,6 +179,12 @@ static const key_def_t keys[] = {
     {"model.path", K_PATH, OFF(model_path), "", 0, 0, NULL, NULL,
      "ONNX risk model (tools/export_onnx.py); input [N, number of features]. Empty: no "
      "risk scoring and no risk updates."},
+    {"model.kind", K_ENUM, OFF(model_kind), "classifier", 0, 0, ch_config_model_kinds, NULL,
+     "classifier: the score is the probability of the positive class (the last column of the "
+     "model's output); autoencoder: the model reconstructs its input, and the score is the "
+     "percentile (0..1) of the reconstruction error among the training rows' (no labels "
+     "needed; tools/export_onnx.py writes both kinds). A model of the other kind does not "
+     "load."},
     {"model.watch", K_DURATION, OFF(model_watch_ms), "2s", 0, INFINITY, NULL, NULL,
      "How often to check model.path for a new file (reloaded between batches, like "
      "SIGHUP); 0 disables the watch."},

@@ -75,6 +75,7 @@ typedef struct ch_config {
     double emit_heartbeat_ms;
 
     char model_path[CH_CONF_STR];
+    int model_kind; /* 0 classifier, 1 autoencoder (ch_config_model_kinds) */
     double model_watch_ms;
     char risk_topic[CH_CONF_STR];
     double risk_threshold;
@@ -214,5 +215,8 @@ void ch_config_print_help(FILE *out, bool markdown);
 
 /** @brief Whether a librdkafka property holds a secret (never printed or logged). */
 bool ch_config_is_secret(const char *key);
+
+/* model.kind's names, by value. */
+extern const char *const ch_config_model_kinds[];
 
 #endif

@@ -49,6 +49,7 @@
 #include "metrics.h"
 #include "pipeline.h"
 #include "pseudonym.h"
+#include "scorer.h"
 
 typedef struct daemon_ctx {
     struct ev_loop *loop;
@@ -556,9 +557,9 @@ static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size
             names[i] = ch_features_name(fs, i);
         }
         if (r == 0 && (r = ch_onnx_load(cfg->model_path, d, names, 1, &m, errbuf, errlen)) == 0 &&
-            print) {
-            printf("# model: %s, version %s, %zu nodes\n", cfg->model_path, ch_onnx_version(m),
-                   ch_onnx_nodes(m));
+            (r = ch_scorer_check_kind(cfg, m, errbuf, errlen)) == 0 && print) {
+            printf("# model: %s, version %s, %zu nodes, %s, reasons: %s\n", cfg->model_path,
+                   ch_onnx_version(m), ch_onnx_nodes(m), ch_onnx_kind(m), ch_onnx_reasons(m));
         }
         ch_onnx_free(m);
         free(names);

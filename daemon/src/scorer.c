@@ -9,14 +9,32 @@
 #include "scorer.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "emit.h"
 #include "log.h"
 
+int ch_scorer_check_kind(const ch_config_t *cfg, const ch_onnx_t *m, char *errbuf, size_t errlen) {
+    const char *want = ch_config_model_kinds[cfg->model_kind];
+    if (strcmp(ch_onnx_kind(m), want) == 0) {
+        return 0;
+    }
+    snprintf(errbuf, errlen,
+             "model.kind is %s but the model (%s) is of kind %s (set model.kind = %s, or "
+             "export the other kind)",
+             want, ch_onnx_version(m), ch_onnx_kind(m), ch_onnx_kind(m));
+    return -EINVAL;
+}
+
 static int load(const ch_scorer_t *s, ch_onnx_t **ret_model, char *errbuf, size_t errlen) {
-    return ch_onnx_load(s->cfg->model_path, s->d, s->names, s->max_rows, ret_model, errbuf, errlen);
+    int r =
+        ch_onnx_load(s->cfg->model_path, s->d, s->names, s->max_rows, ret_model, errbuf, errlen);
+    if (r == 0 && (r = ch_scorer_check_kind(s->cfg, *ret_model, errbuf, errlen)) < 0) {
+        *ret_model = ch_onnx_free(*ret_model);
+    }
+    return r;
 }
 
 /* The drift window of a newly loaded model: from its training bins, or none. */

@@ -50,6 +50,9 @@ int ch_scorer_reload(ch_scorer_t *s);
  */
 void ch_scorer_observe(ch_scorer_t *s, const float *x, size_t n);
 
+/** @brief 0 if the model is of model.kind, else -EINVAL (errbuf says so). */
+int ch_scorer_check_kind(const ch_config_t *cfg, const ch_onnx_t *m, char *errbuf, size_t errlen);
+
 /** @brief The loaded model's version, NULL without one. */
 const char *ch_scorer_version(const ch_scorer_t *s);
 

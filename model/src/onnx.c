@@ -89,6 +89,13 @@ struct ch_onnx {
     double *phi;             /* n_inputs, for shap_step */
     char reasons[200];       /* how contributions are computed, or why there are none */
     char *drift_meta;        /* metadata "cohortd.drift", or NULL */
+    /* an autoencoder (metadata cohortd.autoencoder.*): the output is the input's
+     * reconstruction; the score is the percentile of the scaled squared error among
+     * the training errors */
+    float *ae_scale;  /* n_inputs, or NULL: not an autoencoder */
+    double *ae_quant; /* the training errors' quantiles, ascending */
+    size_t ae_n_quant;
+    const char *ae_meta_scale, *ae_meta_quant; /* during load */
     char version[CH_ONNX_VERSION_MAX];
 };
 
@@ -109,6 +116,8 @@ ch_onnx_t *ch_onnx_free(ch_onnx_t *m) {
     free(m->steps);
     free(m->phi);
     free(m->drift_meta);
+    free(m->ae_scale);
+    free(m->ae_quant);
     free(m);
     return NULL;
 }
@@ -623,6 +632,120 @@ static int plan_reasons(ch_onnx_t *m) {
     return 0;
 }
 
+/* A comma-separated list of at most max finite numbers; returns the count or -1. */
+static long parse_list(const char *s, double *out, size_t max) {
+    size_t n = 0;
+    while (*s) {
+        char *end;
+        double v = strtod(s, &end);
+        if (end == s || !isfinite(v) || n == max || (*end && *end != ',')) {
+            return -1;
+        }
+        out[n++] = v;
+        s = *end ? end + 1 : end;
+    }
+    return (long)n;
+}
+
+#define AE_MAX_QUANTILES 10001
+
+/* An autoencoder: its output reconstructs the input; the metadata gives the error's
+ * per-feature scale and the training errors' quantiles. */
+static int plan_autoencoder(ch_onnx_t *m, char *errbuf, size_t errlen) {
+    if (!m->ae_meta_scale || !m->ae_meta_quant) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "metadata: an autoencoder needs both cohortd.autoencoder.scale and "
+                    "cohortd.autoencoder.error_quantiles");
+    }
+    const val_t *out = &m->vals[m->output];
+    if (out->cols != m->n_inputs) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "autoencoder: output '%s' has %zu columns; a reconstruction of the input "
+                    "has %zu",
+                    out->name, out->cols, m->n_inputs);
+    }
+    double *scale = malloc(m->n_inputs * sizeof(double));
+    m->ae_scale = malloc(m->n_inputs * sizeof(float));
+    m->ae_quant = malloc(AE_MAX_QUANTILES * sizeof(double));
+    if (!scale || !m->ae_scale || !m->ae_quant) {
+        free(scale);
+        return -ENOMEM;
+    }
+    long ns = parse_list(m->ae_meta_scale, scale, m->n_inputs);
+    for (long j = 0; j < ns; j++) {
+        m->ae_scale[j] = (float)scale[j];
+        if (!(scale[j] > 0)) {
+            ns = -1;
+        }
+    }
+    free(scale);
+    if (ns != (long)m->n_inputs) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "metadata cohortd.autoencoder.scale: expected %zu positive numbers",
+                    m->n_inputs);
+    }
+    long nq = parse_list(m->ae_meta_quant, m->ae_quant, AE_MAX_QUANTILES);
+    for (long i = 1; i < nq; i++) {
+        if (m->ae_quant[i] < m->ae_quant[i - 1]) {
+            nq = -1;
+        }
+    }
+    if (nq < 2) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "metadata cohortd.autoencoder.error_quantiles: expected 2 to %d "
+                    "non-decreasing numbers",
+                    AE_MAX_QUANTILES);
+    }
+    m->ae_n_quant = (size_t)nq;
+    m->ae_meta_scale = m->ae_meta_quant = NULL; /* they point into the parsed file */
+    snprintf(m->reasons, sizeof(m->reasons),
+             "autoencoder: each feature's share of the reconstruction error");
+    m->shap_step = -1;
+    return 0;
+}
+
+/* The scaled squared reconstruction error of row i of the last batch. */
+static double ae_error(const ch_onnx_t *m, size_t i, float *ret_terms) {
+    const float *x = m->vals[m->input].data + i * m->n_inputs;
+    const float *r = m->vals[m->output].data + i * m->n_inputs;
+    double sum = 0;
+    for (size_t j = 0; j < m->n_inputs; j++) {
+        double t = ((double)x[j] - (double)r[j]) / m->ae_scale[j];
+        t = t * t / (double)m->n_inputs;
+        if (ret_terms) {
+            ret_terms[j] = (float)t;
+        }
+        sum += t;
+    }
+    return sum;
+}
+
+/* The error's percentile among the training errors, as a fraction in [0, 1]: linear
+ * between the stored quantiles (0 below the first, 1 above the last). */
+static float ae_percentile(const ch_onnx_t *m, double err) {
+    const double *q = m->ae_quant;
+    size_t n = m->ae_n_quant;
+    if (!(err > q[0])) {
+        return 0.0f;
+    }
+    if (err >= q[n - 1]) {
+        return 1.0f;
+    }
+    size_t lo = 0, hi = n - 1; /* q[lo] < err <= q[hi] */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (q[mid] < err) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    double f = (err - q[lo]) / (q[hi] - q[lo]);
+    return (float)(((double)lo + f) / (double)(n - 1));
+}
+
+const char *ch_onnx_kind(const ch_onnx_t *m) { return m->ae_scale ? "autoencoder" : "classifier"; }
+
 static uint32_t fnv1a(const void *p, size_t n) {
     const unsigned char *b = p;
     uint32_t h = 2166136261u;
@@ -653,6 +776,11 @@ static int compile_model(ch_onnx_t *m, const Onnx__ModelProto *mp,
         const Onnx__StringStringEntryProto *e = mp->metadata_props[i];
         if (!e->key || !e->value) {
             continue;
+        }
+        if (strcmp(e->key, "cohortd.autoencoder.scale") == 0) {
+            m->ae_meta_scale = e->value;
+        } else if (strcmp(e->key, "cohortd.autoencoder.error_quantiles") == 0) {
+            m->ae_meta_quant = e->value;
         }
         if (strcmp(e->key, "cohortd.drift") == 0 && !m->drift_meta) {
             m->drift_meta = strdup(e->value);
@@ -792,6 +920,9 @@ static int compile_model(ch_onnx_t *m, const Onnx__ModelProto *mp,
     }
     if (m->seed_step < 0 && m->seed_kind == 0) {
         m->seed_step = (int)m->n_steps - 1;
+    }
+    if (m->ae_meta_scale || m->ae_meta_quant) {
+        return plan_autoencoder(m, errbuf, errlen);
     }
     return plan_reasons(m);
 }
@@ -968,7 +1099,8 @@ int ch_onnx_eval(ch_onnx_t *m, const float *x, size_t n, float *ret_scores) {
     }
     const val_t *out = &m->vals[m->output];
     for (size_t i = 0; i < n; i++) {
-        ret_scores[i] = out->data[i * out->cols + out->cols - 1];
+        ret_scores[i] = m->ae_scale ? ae_percentile(m, ae_error(m, i, NULL))
+                                    : out->data[i * out->cols + out->cols - 1];
     }
     m->last_n = n;
     return 0;
@@ -1054,6 +1186,10 @@ static void back_step(ch_onnx_t *m, const step_t *s, size_t r) {
 int ch_onnx_contributions(ch_onnx_t *m, size_t row, float *ret_contrib) {
     if (row >= m->last_n) {
         return -EINVAL;
+    }
+    if (m->ae_scale) {
+        ae_error(m, row, ret_contrib);
+        return 0;
     }
     if (m->shap_step >= 0) {
         const step_t *s = &m->steps[m->shap_step];

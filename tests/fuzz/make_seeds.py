@@ -102,7 +102,8 @@ def onnx():
 
 
 def onnx_trees():
-    """Small tree ensembles (ai.onnx.ml TreeEnsembleClassifier) for 16 features."""
+    """Small tree ensembles (ai.onnx.ml TreeEnsembleClassifier) and an autoencoder for
+    16 features."""
     import numpy as np
     from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
     sys.path.insert(0, os.path.join(SRC, "tools"))
@@ -114,6 +115,9 @@ def onnx_trees():
     for name, m in (("trees_gb.onnx", GradientBoostingClassifier(n_estimators=4, max_depth=2, random_state=0)),
                     ("trees_rf.onnx", RandomForestClassifier(3, max_depth=3, random_state=0))):
         write("onnx", name, to_onnx(m.fit(X, y), names).SerializeToString())
+    from sklearn.neural_network import MLPRegressor
+    ae = MLPRegressor((4,), max_iter=50, random_state=0).fit(X, X)
+    write("onnx", "autoencoder.onnx", to_onnx(ae, names, error_data=X).SerializeToString())
 
 
 def state():

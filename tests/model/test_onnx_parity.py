@@ -23,7 +23,7 @@ SRC = os.environ.get("CH_SOURCE_DIR", os.path.join(os.path.dirname(__file__), ".
 BUILD = os.environ.get("CH_BUILD_DIR", os.path.join(SRC, "build"))
 SCORE = os.path.join(BUILD, "tools", "cohort-score")
 sys.path.insert(0, os.path.join(SRC, "tools"))
-from export_onnx import export  # noqa: E402
+from export_onnx import export, to_onnx  # noqa: E402
 
 D = 16
 N = 10_000
@@ -209,6 +209,50 @@ def robustness(tmp, rng):
     m = node_model([helper.make_node("Relu", ["C"], ["score"], name="const_out")], [C])
     rc, msg = load_error(write("const.onnx", m.SerializeToString()))
     check(rc == 1 and "not computed from the input" in msg, f"constant output: {msg}")
+    autoencoder(tmp, rng, write)
+
+
+def autoencoder(tmp, rng, write):
+    """An autoencoder's score against sklearn, and its metadata errors."""
+    from sklearn.neural_network import MLPRegressor
+    X, _ = data(rng, 3000)
+    sc = StandardScaler().fit(X)
+    ae = MLPRegressor((6,), activation="tanh", max_iter=300, random_state=4)
+    ae.fit(sc.transform(X), sc.transform(X))
+    path = os.path.join(tmp, "ae.onnx")
+    m = to_onnx(make_pipeline(sc, ae), NAMES, error_data=X)
+    with open(path, "wb") as f:
+        f.write(m.SerializeToString())
+    Xt, _ = data(rng, N)
+    got, contrib = score(path, Xt, contributions=True)
+
+    def errors(Z):
+        T = sc.transform(Z.astype(np.float64))
+        return ((T - ae.predict(T)) ** 2).mean(axis=1)
+
+    q = np.quantile(errors(X), np.linspace(0, 1, 1001))
+    err = errors(Xt)
+    worst = float(np.abs(got - np.interp(err, q, np.linspace(0, 1, 1001))).max())
+    check(worst <= TOL, f"autoencoder: percentile of the reconstruction error equals sklearn's "
+                        f"(max diff {worst:.2e})")
+    cerr = float(np.abs(contrib.sum(axis=1) - err).max() / err.max())
+    check(cerr <= 1e-5, f"autoencoder: contributions add up to the error (rel {cerr:.1e})")
+    meta = {p.key: p.value for p in m.metadata_props}
+    for name, key, value, want in (
+            ("no quantiles", "cohortd.autoencoder.error_quantiles", None, "needs both"),
+            ("bad scale", "cohortd.autoencoder.scale", "1,2", "scale"),
+            ("zero scale", "cohortd.autoencoder.scale", ",".join(["0"] * D), "positive"),
+            ("decreasing", "cohortd.autoencoder.error_quantiles", "3,2,1", "non-decreasing")):
+        bad = onnx.ModelProto()
+        bad.CopyFrom(m)
+        del bad.metadata_props[:]
+        for k, v in meta.items():
+            if k == key and value is None:
+                continue
+            e = bad.metadata_props.add()
+            e.key, e.value = k, value if k == key else v
+        rc, msg = load_error(write(f"ae_{name.replace(' ', '_')}.onnx", bad.SerializeToString()))
+        check(rc == 1 and want in msg, f"autoencoder metadata ({name}) refused: {msg}")
 
 
 def torch_export(tmp, rng):

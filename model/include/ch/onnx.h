@@ -92,4 +92,14 @@ const char *ch_onnx_reasons(const ch_onnx_t *m);
  */
 const char *ch_onnx_drift_meta(const ch_onnx_t *m);
 
+/**
+ * @brief "classifier", or "autoencoder" for a model whose metadata carries
+ *        cohortd.autoencoder.scale and cohortd.autoencoder.error_quantiles
+ *        (tools/export_onnx.py): its output reconstructs the input, and
+ *        ch_onnx_eval()'s score is the percentile (0..1) of the row's reconstruction
+ *        error, mean over features of ((x - r) / scale)^2, among the training rows'
+ *        errors; contributions are each feature's term of that mean.
+ */
+const char *ch_onnx_kind(const ch_onnx_t *m);
+
 #endif
