@@ -185,6 +185,12 @@ static const key_def_t keys[] = {
      "percentile (0..1) of the reconstruction error among the training rows' (no labels "
      "needed; tools/export_onnx.py writes both kinds). A model of the other kind does not "
      "load."},
+    {"model.challenger_path", K_PATH, OFF(model_challenger_path), "", 0, 0, NULL, NULL,
+     "Champion and challenger: a second ONNX model (of model.kind) scored on the same "
+     "vectors; its score and alert go into each risk update (field challenger, schema "
+     "risk_update_v2.avsc) and, with evaluation.labels_topic, its live figures into /metrics "
+     "next to the champion's (model=\"challenger\"). It never alerts, explains or drives "
+     "anything. Empty: none."},
     {"model.watch", K_DURATION, OFF(model_watch_ms), "2s", 0, INFINITY, NULL, NULL,
      "How often to check model.path for a new file (reloaded between batches, like "
      "SIGHUP); 0 disables the watch."},
@@ -825,6 +831,9 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
                         "segments.sync_topic (%s) must be a topic of its own",
                         cfg->segments_sync_topic);
         }
+    }
+    if (cfg->model_challenger_path[0] && !cfg->model_path[0]) {
+        return fail(errbuf, errlen, -EINVAL, "model.challenger_path needs a champion (model.path)");
     }
     if ((cfg->eval_labels_topic[0] || cfg->eval_metrics_topic[0]) && !cfg->model_path[0]) {
         return fail(errbuf, errlen, -EINVAL,

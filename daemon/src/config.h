@@ -76,6 +76,7 @@ typedef struct ch_config {
 
     char model_path[CH_CONF_STR];
     int model_kind; /* 0 classifier, 1 autoencoder (ch_config_model_kinds) */
+    char model_challenger_path[CH_CONF_STR]; /* a second model scored alongside; "" none */
     double model_watch_ms;
     char risk_topic[CH_CONF_STR];
     double risk_threshold;

@@ -51,7 +51,7 @@ typedef struct pending {
 } pending_t;
 
 typedef struct wpair {
-    float score;
+    float score, score2; /* score2: the challenger's, NaN without one */
     uint8_t label;
     int64_t ts;
 } wpair_t;
@@ -186,20 +186,21 @@ int ch_evaluate_new(ch_pipeline_t *p, ch_evaluate_t **ret, char *errbuf, size_t 
 int ch_evaluate_fd(const ch_evaluate_t *e) { return ch_reader_fd(e->reader); }
 
 void ch_evaluate_scored(ch_evaluate_t *e, const char *event_id, size_t len, int64_t ts_ms,
-                        float score) {
-    float sc[CH_SCORESTORE_MODELS] = {score, NAN};
+                        float score, float challenger_score) {
+    float sc[CH_SCORESTORE_MODELS] = {score, challenger_score};
     ch_scorestore_put(e->store, event_id, len, ts_ms, sc);
 }
 
 /* ---- labels -------------------------------------------------------------- */
 
-static void window_add(ch_evaluate_t *e, float score, uint8_t label, int64_t ts) {
+static void window_add(ch_evaluate_t *e, const float *score, uint8_t label, int64_t ts) {
     size_t cap = e->cfg->eval_window_max;
     if (e->win_n == cap) {
         e->win_head = (e->win_head + 1) % cap;
         e->win_n--;
     }
-    e->win[(e->win_head + e->win_n) % cap] = (wpair_t){.score = score, .label = label, .ts = ts};
+    e->win[(e->win_head + e->win_n) % cap] =
+        (wpair_t){.score = score[0], .score2 = score[1], .label = label, .ts = ts};
     e->win_n++;
     if (ts > e->newest_label) {
         e->newest_label = ts;
@@ -213,7 +214,7 @@ static int join(ch_evaluate_t *e, const char *id, size_t len, uint8_t label, int
     if (ch_scorestore_take(e->store, id, len, sc, &scored_ts) < 0) {
         return -ENOENT;
     }
-    window_add(e, sc[0], label, ts);
+    window_add(e, sc, label, ts);
     e->matched++;
     return 0;
 }
@@ -361,35 +362,36 @@ int ch_evaluate_status(ch_evaluate_t *e, ch_evaluate_status_t *ret) {
     ret->window_from_ms = n ? lo : 0;
     ret->window_to_ms = n ? e->newest_label : 0;
     ch_scorestore_stats(e->store, &ret->store);
-    return ch_eval_figures(e->tmp_s, e->tmp_y, n, e->cfg->risk_threshold, &ret->fig);
+    int r = ch_eval_figures(e->tmp_s, e->tmp_y, n, e->cfg->risk_threshold, &ret->fig);
+    /* the challenger's figures, over the pairs it scored */
+    size_t n2 = 0;
+    for (size_t i = 0; r == 0 && i < e->win_n; i++) {
+        const wpair_t *w = &e->win[(e->win_head + i) % cap];
+        if (w->ts >= from && !isnan(w->score2)) {
+            e->tmp_s[n2] = w->score2;
+            e->tmp_y[n2] = w->label;
+            n2++;
+        }
+    }
+    ret->challenger = n2 > 0;
+    return r ? r : ch_eval_figures(e->tmp_s, e->tmp_y, n2, e->cfg->risk_threshold, &ret->fig2);
 }
 
 #define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)
 
-static int encode_record(ch_buf_t *b, const ch_evaluate_status_t *s, const char *instance,
-                         const char *model_version, double threshold) {
-    const ch_eval_figures_t *f = &s->fig;
-    int r = ch_buf_printf(b, "{\"instance\":");
-    r = r ? r : ch_json_string(b, instance, strlen(instance));
-    r = r ? r : ch_buf_printf(b, ",\"ts\":%lld,\"model_version\":", (long long)(ch_now_s() * 1e3));
-    r = r ? r : ch_json_string(b, model_version, strlen(model_version));
-    r = r ? r
-          : ch_buf_printf(b,
-                          ",\"window\":{\"from\":%lld,\"to\":%lld,\"pairs\":%zu,\"positives\":%zu}"
-                          ",\"threshold\":",
-                          (long long)s->window_from_ms, (long long)s->window_to_ms, f->n,
-                          f->positives);
+/* "pairs":..,"positives":..,"roc_auc":.., ... "calibration":[...] of one model. */
+static int encode_figures(ch_buf_t *b, const ch_eval_figures_t *f) {
+    int r = ch_buf_printf(b, "\"pairs\":%zu,\"positives\":%zu", f->n, f->positives);
     const struct {
         const char *name;
         double v;
-    } figs[] = {{"threshold", threshold},
-                {"roc_auc", f->roc_auc},
+    } figs[] = {{"roc_auc", f->roc_auc},
                 {"average_precision", f->average_precision},
                 {"precision", f->precision},
                 {"recall", f->recall},
                 {"log_loss", f->log_loss}};
     for (size_t i = 0; !r && i < sizeof(figs) / sizeof(figs[0]); i++) {
-        r = i ? ch_buf_printf(b, ",\"%s\":", figs[i].name) : 0;
+        r = ch_buf_printf(b, ",\"%s\":", figs[i].name);
         r = r ? r : ch_json_double(b, figs[i].v);
     }
     r = r ? r
@@ -403,9 +405,34 @@ static int encode_record(ch_buf_t *b, const ch_evaluate_status_t *s, const char 
         r = r ? r : ch_json_double(b, f->bin_positive[d]);
         r = r ? r : LIT(b, "}");
     }
+    return r ? r : LIT(b, "]");
+}
+
+static int encode_record(ch_buf_t *b, const ch_evaluate_status_t *s, const char *instance,
+                         const char *version, const char *version2, double threshold) {
+    int r = ch_buf_printf(b, "{\"instance\":");
+    r = r ? r : ch_json_string(b, instance, strlen(instance));
+    r = r ? r : ch_buf_printf(b, ",\"ts\":%lld,\"model_version\":", (long long)(ch_now_s() * 1e3));
+    r = r ? r : ch_json_string(b, version, strlen(version));
+    r = r ? r
+          : ch_buf_printf(b, ",\"window\":{\"from\":%lld,\"to\":%lld},\"threshold\":",
+                          (long long)s->window_from_ms, (long long)s->window_to_ms);
+    r = r ? r : ch_json_double(b, threshold);
+    r = r ? r : LIT(b, ",");
+    r = r ? r : encode_figures(b, &s->fig);
+    r = r ? r : LIT(b, ",\"challenger\":");
+    if (!r && s->challenger) {
+        r = LIT(b, "{\"model_version\":");
+        r = r ? r : ch_json_string(b, version2 ? version2 : "", version2 ? strlen(version2) : 0);
+        r = r ? r : LIT(b, ",");
+        r = r ? r : encode_figures(b, &s->fig2);
+        r = r ? r : LIT(b, "}");
+    } else if (!r) {
+        r = LIT(b, "null");
+    }
     return r ? r
              : ch_buf_printf(b,
-                             "],\"labels\":{\"matched\":%llu,\"unknown\":%llu,\"bad\":%llu,"
+                             ",\"labels\":{\"matched\":%llu,\"unknown\":%llu,\"bad\":%llu,"
                              "\"pending\":%zu,\"pending_dropped\":%llu},\"scores_held\":%zu}",
                              (unsigned long long)s->labels_matched,
                              (unsigned long long)s->labels_unknown,
@@ -422,8 +449,8 @@ static void send_record(ch_pipeline_t *p, ch_evaluate_t *e) {
     const char *version = ch_scorer_version(&p->scorer);
     e->out.len = 0;
     char err[256];
-    if (encode_record(&e->out, &s, e->instance, version ? version : "", p->cfg->risk_threshold) <
-            0 ||
+    if (encode_record(&e->out, &s, e->instance, version ? version : "",
+                      ch_scorer_version(&p->challenger), p->cfg->risk_threshold) < 0 ||
         ch_producer_send(e->prod, p->cfg->eval_metrics_topic, -1, e->instance, strlen(e->instance),
                          e->out.data, e->out.len, NULL, 0, NULL, -1, err, sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "evaluation: a record to %s was not sent",

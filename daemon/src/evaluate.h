@@ -27,6 +27,8 @@ typedef struct ch_evaluate_status {
     int label_partitions, label_partitions_ready; /* ready: read to the end once */
     ch_scorestore_stats_t store;
     ch_eval_figures_t fig;                /* over the window */
+    ch_eval_figures_t fig2;               /* the challenger's, over its pairs in the window */
+    bool challenger;                      /* fig2 is set: a challenger score is in the window */
     int64_t window_from_ms, window_to_ms; /* label times covered (0 without pairs) */
 } ch_evaluate_status_t;
 
@@ -43,9 +45,10 @@ ch_evaluate_t *ch_evaluate_free(ch_evaluate_t *e);
 /** @brief The reader's fd (readable when labels are there). */
 int ch_evaluate_fd(const ch_evaluate_t *e);
 
-/** @brief Keep the score cohortd gave an event (called for every scored event with an id). */
+/** @brief Keep the scores cohortd gave an event (called for every scored event with an
+ *  id; challenger_score NaN without a challenger). */
 void ch_evaluate_scored(ch_evaluate_t *e, const char *event_id, size_t len, int64_t ts_ms,
-                        float score);
+                        float score, float challenger_score);
 
 /**
  * @brief The loop's share: read labels, join those whose event is scored (a label whose

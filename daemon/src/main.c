@@ -556,12 +556,16 @@ static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size
         for (size_t i = 0; names && i < d; i++) {
             names[i] = ch_features_name(fs, i);
         }
-        if (r == 0 && (r = ch_onnx_load(cfg->model_path, d, names, 1, &m, errbuf, errlen)) == 0 &&
-            (r = ch_scorer_check_kind(cfg, m, errbuf, errlen)) == 0 && print) {
-            printf("# model: %s, version %s, %zu nodes, %s, reasons: %s\n", cfg->model_path,
-                   ch_onnx_version(m), ch_onnx_nodes(m), ch_onnx_kind(m), ch_onnx_reasons(m));
+        const char *paths[2] = {cfg->model_path, cfg->model_challenger_path};
+        for (int k = 0; r == 0 && k < 2 && paths[k][0]; k++) { /* champion, challenger */
+            if ((r = ch_onnx_load(paths[k], d, names, 1, &m, errbuf, errlen)) == 0 &&
+                (r = ch_scorer_check_kind(cfg, m, errbuf, errlen)) == 0 && print) {
+                printf("# %s: %s, version %s, %zu nodes, %s, reasons: %s\n",
+                       k ? "challenger" : "model", paths[k], ch_onnx_version(m), ch_onnx_nodes(m),
+                       ch_onnx_kind(m), ch_onnx_reasons(m));
+            }
+            m = ch_onnx_free(m);
         }
-        ch_onnx_free(m);
         free(names);
     }
     if (r == 0 && cfg->privacy_pseudonymize) { /* the key must be usable (never printed) */

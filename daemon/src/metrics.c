@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -120,7 +121,6 @@ static void eval_metrics(out_t *o, ch_pipeline_t *p) {
     if (ch_pipeline_evaluation(p, &es) < 0) {
         return; /* off, or no memory for the figures this time */
     }
-    const ch_eval_figures_t *f = &es.fig;
     family(o, "cohortd_eval_labels_total", "counter",
            "Labels read from evaluation.labels_topic, by result: matched to a held score; "
            "unknown (no score held: scored by another instance, before a restart, or expired); "
@@ -153,40 +153,58 @@ static void eval_metrics(out_t *o, ch_pipeline_t *p) {
         (unsigned long long)es.store.evicted);
     counter(o, "cohortd_eval_records_total", "Records sent to evaluation.metrics_topic.",
             es.records_sent);
+    /* the champion's figures, and the challenger's next to them */
+    const ch_eval_figures_t *figs[2] = {&es.fig, es.challenger ? &es.fig2 : NULL};
+    const char *const model[2] = {"champion", "challenger"};
     const struct {
         const char *name, *help;
-        double v;
+        size_t off;
+        bool count;
     } g[] = {
-        {"cohortd_eval_pairs", "Labelled scores in the window (evaluation.window).", (double)f->n},
-        {"cohortd_eval_positives", "Positive labels in the window.", (double)f->positives},
-        {"cohortd_eval_roc_auc", "ROC AUC over the window (NaN with one class only).", f->roc_auc},
+#define F(field) offsetof(ch_eval_figures_t, field)
+        {"cohortd_eval_pairs", "Labelled scores in the window (evaluation.window).", F(n), true},
+        {"cohortd_eval_positives", "Positive labels in the window.", F(positives), true},
+        {"cohortd_eval_roc_auc", "ROC AUC over the window (NaN with one class only).", F(roc_auc),
+         false},
         {"cohortd_eval_average_precision", "Average precision over the window.",
-         f->average_precision},
-        {"cohortd_eval_precision", "Precision at risk.threshold over the window.", f->precision},
-        {"cohortd_eval_recall", "Recall at risk.threshold over the window.", f->recall},
+         F(average_precision), false},
+        {"cohortd_eval_precision", "Precision at risk.threshold over the window.", F(precision),
+         false},
+        {"cohortd_eval_recall", "Recall at risk.threshold over the window.", F(recall), false},
         {"cohortd_eval_log_loss", "Log loss over the window (scores clipped to [1e-15, 1-1e-15]).",
-         f->log_loss},
+         F(log_loss), false},
+#undef F
     };
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
         family(o, g[i].name, "gauge", g[i].help);
-        put(o, "%s{model=\"champion\"} %.17g\n", g[i].name, g[i].v);
+        for (int k = 0; k < 2 && figs[k]; k++) {
+            const char *at = (const char *)figs[k] + g[i].off;
+            double v = g[i].count ? (double)*(const size_t *)at : *(const double *)at;
+            put(o, "%s{model=\"%s\"} %.17g\n", g[i].name, model[k], v);
+        }
     }
     family(o, "cohortd_eval_calibration_pairs", "gauge",
            "Pairs in each score decile of the window (calibration_curve, quantile bins).");
-    for (int d = 0; d < CH_EVAL_BINS; d++) {
-        put(o, "cohortd_eval_calibration_pairs{model=\"champion\",decile=\"%d\"} %zu\n", d + 1,
-            f->bin_n[d]);
+    for (int k = 0; k < 2 && figs[k]; k++) {
+        for (int d = 0; d < CH_EVAL_BINS; d++) {
+            put(o, "cohortd_eval_calibration_pairs{model=\"%s\",decile=\"%d\"} %zu\n", model[k],
+                d + 1, figs[k]->bin_n[d]);
+        }
     }
     family(o, "cohortd_eval_calibration_score", "gauge", "Mean score in each decile.");
-    for (int d = 0; d < CH_EVAL_BINS; d++) {
-        put(o, "cohortd_eval_calibration_score{model=\"champion\",decile=\"%d\"} %.17g\n", d + 1,
-            f->bin_score[d]);
+    for (int k = 0; k < 2 && figs[k]; k++) {
+        for (int d = 0; d < CH_EVAL_BINS; d++) {
+            put(o, "cohortd_eval_calibration_score{model=\"%s\",decile=\"%d\"} %.17g\n", model[k],
+                d + 1, figs[k]->bin_score[d]);
+        }
     }
     family(o, "cohortd_eval_calibration_positive_rate", "gauge",
            "Fraction of positive labels in each decile (against the mean score: calibration).");
-    for (int d = 0; d < CH_EVAL_BINS; d++) {
-        put(o, "cohortd_eval_calibration_positive_rate{model=\"champion\",decile=\"%d\"} %.17g\n",
-            d + 1, f->bin_positive[d]);
+    for (int k = 0; k < 2 && figs[k]; k++) {
+        for (int d = 0; d < CH_EVAL_BINS; d++) {
+            put(o, "cohortd_eval_calibration_positive_rate{model=\"%s\",decile=\"%d\"} %.17g\n",
+                model[k], d + 1, figs[k]->bin_positive[d]);
+        }
     }
 }
 
@@ -489,6 +507,15 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
         put(&o, "cohortd_model_info{path=\"%s\",version=\"%s\"} 1\n",
             escape_label(cfg->model_path, e1, sizeof(e1)),
             escape_label(version ? version : "", e2, sizeof(e2)));
+        const char *v2 = ch_pipeline_challenger_version(p);
+        if (cfg->model_challenger_path[0]) {
+            family(&o, "cohortd_challenger_info", "gauge",
+                   "The challenger model (model.challenger_path), scored next to the champion; "
+                   "version empty while none is loaded.");
+            put(&o, "cohortd_challenger_info{path=\"%s\",version=\"%s\"} %d\n",
+                escape_label(cfg->model_challenger_path, e1, sizeof(e1)),
+                escape_label(v2 ? v2 : "", e2, sizeof(e2)), v2 ? 1 : 0);
+        }
         counter(&o, "cohortd_model_reloads_total", "Successful model reloads.", s.model_reloads);
         counter(&o, "cohortd_model_reload_failures_total",
                 "Reloads that failed (the previous model stays in service).",

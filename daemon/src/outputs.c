@@ -540,8 +540,10 @@ void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u) 
     if (alert) {
         p->st.alerts++;
     }
+    bool has2 = p->challenger.model != NULL;
     if (p->eval && r->eid_len) { /* every scored event, whatever the emit policy */
-        ch_evaluate_scored(p->eval, r->eid, r->eid_len, r->ts_ms, score);
+        ch_evaluate_scored(p->eval, r->eid, r->eid_len, r->ts_ms, score,
+                           has2 ? p->scores2[i] : NAN);
     }
     if (u) {
         ch_userrec_t *ur = ch_userrec(p->users, u);
@@ -561,7 +563,12 @@ void ch_outputs_risk(ch_pipeline_t *p, ch_tracked_t *b, size_t i, ch_user_t *u) 
                     .threshold = thr,
                     .reasons = p->reasons,
                     .n_reasons = alert ? ch_scorer_reasons(&p->scorer, i, p->reasons) : 0,
-                    .model_version = ch_scorer_version(&p->scorer)};
+                    .model_version = ch_scorer_version(&p->scorer),
+                    .with_challenger = p->cfg->model_challenger_path[0] != '\0',
+                    .has_challenger = has2,
+                    .challenger_score = has2 ? p->scores2[i] : 0,
+                    .challenger_alert = has2 && p->scores2[i] >= thr,
+                    .challenger_version = ch_scorer_version(&p->challenger)};
     publish(p, b, OUT_RISK, r,
             p->cfg->output_format == CH_FORMAT_JSON
                 ? ch_json_encode_risk(&p->out, &rk)

@@ -115,6 +115,9 @@ static void finish(ch_pipeline_t *p, ch_tracked_t *b) {
         ch_onnx_eval(p->scorer.model, p->X, n, p->scores);
         ch_scorer_observe(&p->scorer, p->X, n);
         p->st.scored += n;
+        if (p->challenger.model) { /* the same rows: compared, never acted on */
+            ch_onnx_eval(p->challenger.model, p->X, n, p->scores2);
+        }
     }
     if (p->segs && !p->ra.on &&
         ch_segments_seed_inline(p->segs, p->users, p->fs, n, p->st.stream_time_ms)) {

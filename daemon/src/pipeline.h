@@ -202,6 +202,12 @@ int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_
 /** @brief The metric label of a bad-input reason. */
 const char *ch_pipeline_bad_reason_name(ch_bad_reason_t r);
 
+/** @brief The risk updates' schema: risk_update_v2.avsc with a challenger, else v1. */
+const char *ch_pipeline_risk_schema(const ch_config_t *cfg);
+
+/** @brief The challenger model's version, NULL without one. */
+const char *ch_pipeline_challenger_version(const ch_pipeline_t *p);
+
 /**
  * @brief Feature drift of the risk model's inputs: feature j's name and PSI over the
  *        window (j < d), the window's vectors and the warnings logged.

@@ -159,6 +159,7 @@ struct ch_pipeline {
     ch_schemas_t *schemas;
     ch_events_t *events;
     ch_scorer_t scorer;
+    ch_scorer_t challenger; /* model.challenger_path; its model NULL when none */
     ch_segments_t *segs; /* NULL: segments.k = 0 */
     ch_clients_t clients;
     ch_tracker_t *tracker;
@@ -172,7 +173,7 @@ struct ch_pipeline {
     ch_msg_t *msgs;
     ch_row_t *rows;
     size_t n_rows;
-    float *X, *scores;
+    float *X, *scores, *scores2; /* scores2: the challenger's */
     int32_t *prev_seg;
     uint32_t *prev_gen;
     ch_kmeans_assign_t *assign;

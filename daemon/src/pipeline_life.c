@@ -63,6 +63,7 @@ static int alloc_scratch(ch_pipeline_t *p) {
     p->rows = calloc(rows, sizeof(*p->rows));
     p->X = calloc(rows * d, sizeof(float));
     p->scores = calloc(rows, sizeof(float));
+    p->scores2 = calloc(rows, sizeof(float));
     p->prev_seg = calloc(rows, sizeof(int32_t));
     p->prev_gen = calloc(rows, sizeof(uint32_t));
     p->assign = calloc(rows, sizeof(*p->assign));
@@ -72,9 +73,9 @@ static int alloc_scratch(ch_pipeline_t *p) {
     p->kafka_ts = calloc(slots * rows, sizeof(int64_t));
     p->n_ts = calloc(slots, sizeof(size_t));
     p->observed = calloc(slots, sizeof(bool));
-    if (!p->feat_names || !p->msgs || !p->rows || !p->X || !p->scores || !p->prev_seg ||
-        !p->prev_gen || !p->assign || !p->reasons || !p->feats || !p->ev_ts || !p->kafka_ts ||
-        !p->n_ts || !p->observed) {
+    if (!p->feat_names || !p->msgs || !p->rows || !p->X || !p->scores || !p->scores2 ||
+        !p->prev_seg || !p->prev_gen || !p->assign || !p->reasons || !p->feats || !p->ev_ts ||
+        !p->kafka_ts || !p->n_ts || !p->observed) {
         return -ENOMEM;
     }
     for (size_t i = 0; i < d; i++) {
@@ -138,11 +139,19 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
         (r = alloc_scratch(p)) < 0) {
         goto out_fail;
     }
-    r = ch_scorer_init(&p->scorer, cfg, p->feat_names, p->n_feats, (size_t)cfg->batch_max_events,
-                       errbuf, errlen);
+    r = ch_scorer_init(&p->scorer, cfg, cfg->model_path, "champion", p->feat_names, p->n_feats,
+                       (size_t)cfg->batch_max_events, errbuf, errlen);
+    if (r == 0) {
+        r = ch_scorer_init(&p->challenger, cfg, cfg->model_challenger_path, "challenger",
+                           p->feat_names, p->n_feats, (size_t)cfg->batch_max_events, errbuf,
+                           errlen);
+    }
     if (r < 0 ||
-        (cfg->model_path[0] && (r = output_schema_id(p, "risk_update.avsc", " with model.path set",
-                                                     &p->risk_schema_id, errbuf, errlen)) < 0) ||
+        (cfg->model_path[0] &&
+         (r = output_schema_id(p, ch_pipeline_risk_schema(cfg),
+                               cfg->model_challenger_path[0] ? " with model.challenger_path set"
+                                                             : " with model.path set",
+                               &p->risk_schema_id, errbuf, errlen)) < 0) ||
         (cfg->segments.k > 0 && cfg->segments_topic[0] &&
          (r = output_schema_id(p, "segment_update.avsc", " with segments.topic set",
                                &p->segment_schema_id, errbuf, errlen)) < 0)) {
@@ -262,6 +271,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     free(p->ra.sums);
     free(p->ra.counts);
     ch_scorer_done(&p->scorer);
+    ch_scorer_done(&p->challenger);
     ch_features_free(p->fs);
     ch_pseudonym_free(p->pseud);
     free(p->pseud_ids);
@@ -270,6 +280,7 @@ ch_pipeline_t *ch_pipeline_free(ch_pipeline_t *p) {
     free(p->rows);
     free(p->X);
     free(p->scores);
+    free(p->scores2);
     free(p->prev_seg);
     free(p->prev_gen);
     free(p->assign);

@@ -156,7 +156,22 @@ const char *ch_pipeline_model_version(const ch_pipeline_t *p) {
     return ch_scorer_version(&p->scorer);
 }
 
-int ch_pipeline_reload_model(ch_pipeline_t *p) { return ch_scorer_reload(&p->scorer); }
+int ch_pipeline_reload_model(ch_pipeline_t *p) {
+    int r = ch_scorer_reload(&p->scorer);
+    if (p->cfg->model_challenger_path[0]) {
+        int r2 = ch_scorer_reload(&p->challenger);
+        r = r < 0 ? r : r2;
+    }
+    return r;
+}
+
+const char *ch_pipeline_risk_schema(const ch_config_t *cfg) {
+    return cfg->model_challenger_path[0] ? "risk_update_v2.avsc" : "risk_update.avsc";
+}
+
+const char *ch_pipeline_challenger_version(const ch_pipeline_t *p) {
+    return ch_scorer_version(&p->challenger);
+}
 
 size_t ch_pipeline_drift(const ch_pipeline_t *p, size_t j, const char **ret_name, double *ret_psi,
                          size_t *ret_vectors, uint64_t *ret_warnings) {

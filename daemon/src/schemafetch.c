@@ -254,8 +254,8 @@ int ch_schemafetch_init(ch_pipeline_t *p, const char *profile_schema, char *errb
         r = register_output(p, profile_schema, cfg->profile_topic, &p->profile_schema_id, errbuf,
                             errlen);
         if (r == 0 && cfg->model_path[0]) {
-            r = register_output(p, "risk_update.avsc", cfg->risk_topic, &p->risk_schema_id, errbuf,
-                                errlen);
+            r = register_output(p, ch_pipeline_risk_schema(cfg), cfg->risk_topic,
+                                &p->risk_schema_id, errbuf, errlen);
         }
         if (r == 0 && cfg->segments.k > 0 && cfg->segments_topic[0]) {
             r = register_output(p, "segment_update.avsc", cfg->segments_topic,

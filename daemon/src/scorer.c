@@ -29,8 +29,7 @@ int ch_scorer_check_kind(const ch_config_t *cfg, const ch_onnx_t *m, char *errbu
 }
 
 static int load(const ch_scorer_t *s, ch_onnx_t **ret_model, char *errbuf, size_t errlen) {
-    int r =
-        ch_onnx_load(s->cfg->model_path, s->d, s->names, s->max_rows, ret_model, errbuf, errlen);
+    int r = ch_onnx_load(s->path, s->d, s->names, s->max_rows, ret_model, errbuf, errlen);
     if (r == 0 && (r = ch_scorer_check_kind(s->cfg, *ret_model, errbuf, errlen)) < 0) {
         *ret_model = ch_onnx_free(*ret_model);
     }
@@ -40,6 +39,9 @@ static int load(const ch_scorer_t *s, ch_onnx_t **ret_model, char *errbuf, size_
 /* The drift window of a newly loaded model: from its training bins, or none. */
 static void drift_for(ch_scorer_t *s) {
     s->drift = ch_drift_free(s->drift);
+    if (strcmp(s->role, "champion") != 0) {
+        return; /* the inputs are the same: the champion's window watches them */
+    }
     s->drift_since = 0;
     memset(s->drift_above, 0, s->d * sizeof(bool));
     const char *meta = ch_onnx_drift_meta(s->model);
@@ -91,20 +93,22 @@ void ch_scorer_observe(ch_scorer_t *s, const float *x, size_t n) {
     }
 }
 
-int ch_scorer_init(ch_scorer_t *s, const ch_config_t *cfg, const char *const *names, size_t d,
-                   size_t max_rows, char *errbuf, size_t errlen) {
-    *s = (ch_scorer_t){.cfg = cfg, .names = names, .d = d, .max_rows = max_rows};
+int ch_scorer_init(ch_scorer_t *s, const ch_config_t *cfg, const char *path, const char *role,
+                   const char *const *names, size_t d, size_t max_rows, char *errbuf,
+                   size_t errlen) {
+    *s = (ch_scorer_t){
+        .cfg = cfg, .path = path, .role = role, .names = names, .d = d, .max_rows = max_rows};
     s->contrib = calloc(d ? d : 1, sizeof(float));
     s->drift_above = calloc(d ? d : 1, sizeof(bool));
     if (!s->contrib || !s->drift_above) {
         return -ENOMEM;
     }
-    if (!cfg->model_path[0]) {
+    if (!path[0]) {
         return 0;
     }
     int r = load(s, &s->model, errbuf, errlen);
     if (r == 0) {
-        ch_log(CH_LOG_INFO, "model %s loaded: version %s, %zu nodes, reasons: %s", cfg->model_path,
+        ch_log(CH_LOG_INFO, "%s model %s loaded: version %s, %zu nodes, reasons: %s", role, path,
                ch_onnx_version(s->model), ch_onnx_nodes(s->model), ch_onnx_reasons(s->model));
         drift_for(s);
     }
@@ -121,8 +125,8 @@ void ch_scorer_done(ch_scorer_t *s) {
 }
 
 int ch_scorer_reload(ch_scorer_t *s) {
-    if (!s->cfg->model_path[0]) {
-        ch_log(CH_LOG_NOTICE, "reload: no model configured (model.path is empty)");
+    if (!s->path[0]) {
+        ch_log(CH_LOG_NOTICE, "reload: no %s model configured", s->role);
         return 0;
     }
     char err[512];
@@ -130,15 +134,15 @@ int ch_scorer_reload(ch_scorer_t *s) {
     int r = load(s, &m, err, sizeof(err));
     if (r < 0) {
         s->reload_failures++;
-        ch_log(CH_LOG_ERR, "model reload failed, keeping version %s: %s",
+        ch_log(CH_LOG_ERR, "%s model reload failed, keeping version %s: %s", s->role,
                s->model ? ch_onnx_version(s->model) : "(none)", err);
         return r;
     }
     if (s->model && strcmp(ch_onnx_version(s->model), ch_onnx_version(m)) == 0) {
-        ch_log(CH_LOG_INFO, "model reload: %s unchanged (version %s)", s->cfg->model_path,
+        ch_log(CH_LOG_INFO, "%s model reload: %s unchanged (version %s)", s->role, s->path,
                ch_onnx_version(m));
     } else {
-        ch_log(CH_LOG_NOTICE, "model reloaded: version %s -> %s (reasons: %s)",
+        ch_log(CH_LOG_NOTICE, "%s model reloaded: version %s -> %s (reasons: %s)", s->role,
                s->model ? ch_onnx_version(s->model) : "(none)", ch_onnx_version(m),
                ch_onnx_reasons(m));
     }

@@ -15,6 +15,8 @@
 
 typedef struct ch_scorer {
     const ch_config_t *cfg;
+    const char *path;         /* model.path or model.challenger_path ("" none), borrowed */
+    const char *role;         /* "champion" or "challenger", for logs */
     const char *const *names; /* the d feature names, borrowed */
     size_t d, max_rows;
     ch_onnx_t *model; /* NULL: no model configured */
@@ -27,11 +29,13 @@ typedef struct ch_scorer {
 } ch_scorer_t;
 
 /**
- * @brief Load model.path (if set) for d features and batches of max_rows.
+ * @brief Load path (if not empty) for d features and batches of max_rows.
+ * @param role "champion" (model.path: drift is watched on it) or "challenger".
  * @returns 0, the load error (errbuf names the problem), -ENOMEM.
  */
-int ch_scorer_init(ch_scorer_t *s, const ch_config_t *cfg, const char *const *names, size_t d,
-                   size_t max_rows, char *errbuf, size_t errlen);
+int ch_scorer_init(ch_scorer_t *s, const ch_config_t *cfg, const char *path, const char *role,
+                   const char *const *names, size_t d, size_t max_rows, char *errbuf,
+                   size_t errlen);
 
 /** @brief Free the model and scratch. */
 void ch_scorer_done(ch_scorer_t *s);

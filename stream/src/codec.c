@@ -1526,6 +1526,16 @@ int ch_encode_risk(ch_buf_t *b, ch_framing_t framing, int32_t schema_id, const c
     r = r ? r : put_long(b, 0); /* end of the reasons array */
     const char *v = k->model_version ? k->model_version : "";
     r = r ? r : put_str(b, v, strlen(v));
+    if (!r && k->with_challenger) { /* ["null", Challenger] */
+        r = put_long(b, k->has_challenger ? 1 : 0);
+        if (!r && k->has_challenger) {
+            uint8_t a = k->challenger_alert ? 1 : 0;
+            const char *cv = k->challenger_version ? k->challenger_version : "";
+            r = ch_buf_append(b, &k->challenger_score, 4);
+            r = r ? r : ch_buf_append(b, &a, 1);
+            r = r ? r : put_str(b, cv, strlen(cv));
+        }
+    }
     return r;
 }
 

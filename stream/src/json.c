@@ -228,6 +228,17 @@ int ch_json_encode_risk(ch_buf_t *b, const ch_risk_t *k) {
     const char *v = k->model_version ? k->model_version : "";
     r = r ? r : LIT(b, ",\"model_version\":");
     r = r ? r : ch_json_string(b, v, strlen(v));
+    if (!r && k->with_challenger && !k->has_challenger) {
+        r = LIT(b, ",\"challenger\":null");
+    } else if (!r && k->with_challenger) {
+        const char *cv = k->challenger_version ? k->challenger_version : "";
+        r = LIT(b, ",\"challenger\":{\"score\":");
+        r = r ? r : ch_json_float(b, k->challenger_score);
+        r = r ? r : (k->challenger_alert ? LIT(b, ",\"alert\":true") : LIT(b, ",\"alert\":false"));
+        r = r ? r : LIT(b, ",\"model_version\":");
+        r = r ? r : ch_json_string(b, cv, strlen(cv));
+        r = r ? r : LIT(b, "}");
+    }
     r = r ? r : LIT(b, "}");
     return r;
 }

@@ -145,7 +145,7 @@ def main():
         last = [r for r in recs if r["labels"]["matched"] == len(rows)][-1]
         for k in ("roc_auc", "average_precision", "precision", "recall", "log_loss"):
             assert abs(last[k] - final[k]) <= 1e-12, (k, last[k], final[k])
-        assert last["window"]["pairs"] == final["pairs"] and last["threshold"] == THR
+        assert last["pairs"] == final["pairs"] and last["threshold"] == THR
         assert [c["pairs"] for c in last["calibration"]] == [b[0] for b in final["bins"]]
         # bad labels: dead letters with the reason; an unknown event: counted
         for bad in (b"not json", b'{"event_id": "x", "label": 2, "ts": 1}',
@@ -154,6 +154,7 @@ def main():
         prod.produce("labels", value=json.dumps({"event_id": "never-scored", "label": 1,
                                                  "ts": rows[-1]["ts"]}))
         prod.flush(30)
+        del prod
         wait_for("bad and unknown labels counted", lambda: (
             metric(d.metrics(), "cohortd_eval_labels_total", result="bad") == 3 and
             metric(d.metrics(), "cohortd_eval_labels_total", result="unknown") == 1), [d],

@@ -131,6 +131,11 @@ typedef struct ch_risk {
     const ch_reason_t *reasons;
     size_t n_reasons;
     const char *model_version;
+    /* risk_update_v2.avsc: the challenger model's score (with_challenger: the v2 layout,
+     * the field present; has_challenger: not null) */
+    bool with_challenger, has_challenger, challenger_alert;
+    float challenger_score;
+    const char *challenger_version;
 } ch_risk_t;
 
 /* A growable output buffer. Embedded; ch_buf_done() frees. */

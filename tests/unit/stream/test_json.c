@@ -142,6 +142,20 @@ static void test_profile_and_risk_objects(void **st) {
     assert_int_equal(ch_json_encode_risk(&b, &k), 0);
     assert_buf(&b, "{\"user_id\":\"u2\",\"event_id\":\"e\",\"ts\":5,\"score\":0.875,"
                    "\"alert\":false,\"threshold\":0.5,\"reasons\":[],\"model_version\":\"v1\"}");
+    /* risk_update_v2: the challenger's score, or null while none is loaded */
+    k.with_challenger = true;
+    assert_int_equal(ch_json_encode_risk(&b, &k), 0);
+    assert_buf(&b, "{\"user_id\":\"u2\",\"event_id\":\"e\",\"ts\":5,\"score\":0.875,"
+                   "\"alert\":false,\"threshold\":0.5,\"reasons\":[],\"model_version\":\"v1\","
+                   "\"challenger\":null}");
+    k.has_challenger = k.challenger_alert = true;
+    k.challenger_score = 0.625f;
+    k.challenger_version = "lr\"2";
+    assert_int_equal(ch_json_encode_risk(&b, &k), 0);
+    assert_buf(&b,
+               "{\"user_id\":\"u2\",\"event_id\":\"e\",\"ts\":5,\"score\":0.875,"
+               "\"alert\":false,\"threshold\":0.5,\"reasons\":[],\"model_version\":\"v1\","
+               "\"challenger\":{\"score\":0.625,\"alert\":true,\"model_version\":\"lr\\\"2\"}}");
     ch_buf_done(&b);
 }
 
