@@ -699,12 +699,12 @@ static int build(const ctx_t *c, ch_trees_t *t, raw_t *r) {
 #define PERFECT_MAX_DEPTH 14
 #define PERFECT_MAX_GROWTH 8 /* complete trees may take 8x the nodes of the real ones */
 
-static uint8_t depth_of(const ch_trees_t *t, uint32_t k) {
+static unsigned depth_of(const ch_trees_t *t, uint32_t k) {
     if (t->nodes[k].leaf) {
         return 0;
     }
-    uint8_t a = depth_of(t, t->nodes[k].kid[0]), b = depth_of(t, t->nodes[k].kid[1]);
-    return (uint8_t)(1 + (a > b ? a : b));
+    unsigned a = depth_of(t, t->nodes[k].kid[0]), b = depth_of(t, t->nodes[k].kid[1]);
+    return 1 + (a > b ? a : b);
 }
 
 static void fill_perfect(ch_trees_t *t, uint32_t k, size_t pos, unsigned level, unsigned depth,
@@ -740,11 +740,11 @@ static int build_perfect(ch_trees_t *t) {
     }
     size_t splits = 0, leaves = 0;
     for (size_t tr = 0; tr < t->n_trees; tr++) {
-        uint8_t dep = depth_of(t, t->roots[tr]);
+        unsigned dep = depth_of(t, t->roots[tr]);
         if (dep > PERFECT_MAX_DEPTH) {
             goto sparse;
         }
-        t->p_depth[tr] = dep;
+        t->p_depth[tr] = (uint8_t)dep;
         t->p_split_off[tr] = splits;
         t->p_leaf_off[tr] = leaves;
         splits += ((size_t)1 << dep) - 1;

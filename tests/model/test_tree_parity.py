@@ -104,6 +104,85 @@ def parity(tmp, rng):
         check(err <= SHAP_TOL, f"xgboost TreeSHAP: max |cohortd - pred_contribs| = {err:.2e} "
                                f"over 2,000 rows (<= {SHAP_TOL:g})")
     regressor(tmp, rng, Xtr, Xte)
+    deep_chains(tmp, rng, Xte)
+
+
+def deep_forest(depth, rng, full=0, full_depth=10):
+    """A TreeEnsembleRegressor (SUM) of one tree that is a single long path (node i
+    splits feature i % D, its true child a leaf, its false child the next split) and
+    `full` complete trees of full_depth levels; and its prediction, walked here."""
+    a = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes",
+                         "nodes_values", "nodes_truenodeids", "nodes_falsenodeids",
+                         "target_treeids", "target_nodeids", "target_ids", "target_weights")}
+
+    def add(t, i, feat, thr, true, false, weight=None):
+        leaf = weight is not None
+        for k, v in (("nodes_treeids", t), ("nodes_nodeids", i),
+                     ("nodes_featureids", 0 if leaf else feat),
+                     ("nodes_modes", "LEAF" if leaf else "BRANCH_LEQ"),
+                     ("nodes_values", 0.0 if leaf else float(thr)),
+                     ("nodes_truenodeids", 0 if leaf else true),
+                     ("nodes_falsenodeids", 0 if leaf else false)):
+            a[k].append(v)
+        if leaf:
+            for k, v in (("target_treeids", t), ("target_nodeids", i), ("target_ids", 0),
+                         ("target_weights", float(weight))):
+                a[k].append(v)
+
+    feats = [i % D for i in range(depth)]
+    thr = rng.uniform(-0.5, 0.02, depth).astype(np.float32)  # most rows go far down
+    for i in range(depth):
+        add(0, 2 * i, feats[i], thr[i], 2 * i + 1, 2 * i + 2)
+        add(0, 2 * i + 1, 0, 0, 0, 0, weight=2 * i + 1)
+    add(0, 2 * depth, 0, 0, 0, 0, weight=2 * depth)
+    inner = 2 ** full_depth - 1
+    fulls = []
+    for t in range(1, full + 1):
+        f = rng.integers(0, D, inner)
+        th = rng.choice(np.concatenate([[0.0], np.linspace(0.5, 30, 50)]), inner).astype(np.float32)
+        w = rng.normal(size=inner + 1).astype(np.float32)
+        for i in range(inner):
+            add(t, i, f[i], th[i], 2 * i + 1, 2 * i + 2)
+        for i in range(inner + 1):
+            add(t, inner + i, 0, 0, 0, 0, weight=w[i])
+        fulls.append((f, th, w))
+    node = helper.make_node("TreeEnsembleRegressor", ["features"], ["value"],
+                            domain="ai.onnx.ml", n_targets=1, **a)
+
+    def predict(X):
+        out = np.full(len(X), float(2 * depth))
+        done = np.zeros(len(X), bool)
+        for i in range(depth):
+            hit = ~done & (X[:, feats[i]] <= thr[i])
+            out[hit] = 2 * i + 1
+            done |= hit
+        for f, th, w in fulls:
+            at = np.zeros(len(X), dtype=np.int64)
+            for _ in range(full_depth):
+                at = 2 * at + 1 + (X[np.arange(len(X)), f[at]] > th[at])
+            out += w[at - inner].astype(np.float64)
+        return out
+    return node, predict
+
+
+def deep_chains(tmp, rng, Xte):
+    """A tree deeper than 255 levels (past a byte) among dense ones is walked, not laid
+    out as a complete tree; deeper than 512 it is refused."""
+    node, predict = deep_forest(270, rng, full=3)
+    path = os.path.join(tmp, "deep270.onnx")
+    save(path, node, out_name="value")
+    X = Xte[:3000]
+    got, _ = score(path, X)
+    want = predict(X)
+    err = float(np.abs(got - want).max())
+    check(err <= TOL * max(1.0, float(np.abs(want).max())),
+          f"a 270-level path next to 3 complete 10-level trees scores as walked by hand "
+          f"(max diff {err:.1e})")
+    node, _ = deep_forest(600, rng)
+    path = os.path.join(tmp, "deep600.onnx")
+    save(path, node, out_name="value")
+    rc, err = load_error(path)
+    check(rc == 1 and "deeper than 512" in err, f"a tree 600 levels deep is refused: {err[-80:]}")
 
 
 # ---- a TreeEnsembleRegressor written here ----------------------------------
