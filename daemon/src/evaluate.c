@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -230,16 +231,23 @@ static void dead_letter(ch_evaluate_t *e, const ch_msg_t *m, const char *why) {
     char part[16], off[24];
     snprintf(part, sizeof(part), "%d", m->partition);
     snprintf(off, sizeof(off), "%lld", (long long)m->offset);
+    /* with privacy.drop_fields, a label that did not parse may hold any of them: its
+     * bytes stay out of the dead letter, as an undecodable event's do */
+    const char *drop = e->cfg->privacy_drop_fields;
+    bool redact = drop[0] != '\0';
     ch_header_t h[] = {
         {"cohortd.error.reason", "bad_label", 9},
         {"cohortd.error.detail", why, strlen(why)},
         {"cohortd.source.topic", m->topic, strlen(m->topic)},
         {"cohortd.source.partition", part, strlen(part)},
         {"cohortd.source.offset", off, strlen(off)},
+        {"cohortd.redacted", drop, strlen(drop)},
     };
     char err[256];
-    if (ch_producer_send(e->prod, e->cfg->dlq_topic, -1, m->key, m->key_len, m->value, m->value_len,
-                         h, sizeof(h) / sizeof(h[0]), NULL, -1, err, sizeof(err)) < 0) {
+    if (ch_producer_send(e->prod, e->cfg->dlq_topic, -1, redact ? NULL : m->key,
+                         redact ? 0 : m->key_len, redact ? NULL : m->value,
+                         redact ? 0 : m->value_len, h, sizeof(h) / sizeof(h[0]) - !redact, NULL, -1,
+                         err, sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "evaluation: a bad label could not be sent to %s: %s",
                e->cfg->dlq_topic, err);
     }
