@@ -420,7 +420,8 @@ def export(model, path, feature_names, version=None, drift_data=None, error_data
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", help="a fitted sklearn model saved with pickle or joblib")
+    ap.add_argument("model", help="a fitted sklearn model saved with pickle or joblib, or an "
+                                  "XGBoost model saved as .json or .ubj")
     ap.add_argument("out", help="the .onnx file to write")
     ap.add_argument("--features", required=True,
                     help="comma-separated feature names in cohortd.conf order")
