@@ -217,7 +217,8 @@ static const key_def_t keys[] = {
      "How long, in event time behind the newest score, a score waits for its label; later "
      "labels are counted as unknown."},
     {"evaluation.max_scores", K_SIZE, OFF(eval_max_scores), "1000000", 1, 100000000, NULL, NULL,
-     "Scores held at most waiting for labels (28 bytes each); the oldest leave first."},
+     "Scores held at most waiting for labels (32 to 40 bytes each with the index); the "
+     "oldest leave first."},
     {"evaluation.window", K_DURATION, OFF(eval_window_ms), "7d", 1000, 31536000000.0, NULL, NULL,
      "The live figures cover the labelled events whose label time is within this much of the "
      "newest label's."},

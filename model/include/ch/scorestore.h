@@ -4,8 +4,9 @@
  *
  * Bounded two ways: entries older than the TTL (in event time: behind the newest
  * score's time) leave, and when full the oldest leaves. Events are kept by a keyed
- * 64-bit SipHash of their id (random key per process), 28 bytes an entry with its
- * index; two ids share a hash with probability 2^-64 per pair.
+ * 64-bit SipHash of their id (random key per process), 24 bytes an entry plus 8 to
+ * 16 bytes of index (two to four 4-byte slots an entry); two ids share a hash with
+ * probability 2^-64 per pair.
  *
  * @locality Not thread-safe.
  */
