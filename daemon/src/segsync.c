@@ -23,7 +23,7 @@
  *   users whose key hashes under the round's rate (about segments.sync_sample in all,
  *   the rate estimated from the coordinator's share). The coordinator fits the sample
  *   as one instance fits its population (segments.c's pass on a copy of the live model:
- *   Lloyd from the live centroids and 10 k-means++ seedings, ids matched to the old
+ *   Lloyd from the live centroids and 40 k-means++ seedings, ids matched to the old
  *   ones), after taking the transform statistics from the sample (ch_kmeans_restat: the
  *   population as it is now). Steps 0, 1, ... are Lloyd on everyone's users: each step's round
  * record carries the centroids, and every instance answers with, per centroid, the sum of its

@@ -37,13 +37,12 @@
 
 #include "kmeans_int.h"
 
-#define FIT_INITS 10         /* k-means++ seedings tried (sklearn's n_init) */
+#define FIT_INITS 10         /* k-means++ seedings tried by default (sklearn's n_init) */
 #define FIT_SAMPLE 65536     /* rows they are fitted on, at most */
 #define FIT_MAX_ITERS 100    /* Lloyd passes per candidate, at most */
 #define RESTART_GAIN 0.005   /* a k-means++ candidate must lower the inertia by 0.5% */
 #define MAX_TRIALS 16        /* greedy k-means++ trials per centroid: 2 + ln k */
 #define STAGE_LIVE (-1)      /* stage: Lloyd from the live centroids */
-#define STAGE_FULL FIT_INITS /* stage: the best candidate refined on every row */
 
 typedef enum { PH_GATHER, PH_SEED, PH_LLOYD, PH_DONE, PH_ADOPTED } phase_t;
 
@@ -67,7 +66,8 @@ struct ch_kmeans_fit {
     size_t *cnt;
     result_t live, best, final;
     bool has_live;
-    int stage;
+    int stage; /* STAGE_LIVE, a seeding 0 .. inits - 1, or inits: the best refined */
+    int inits; /* k-means++ seedings tried */
     phase_t ph;
     size_t j, pos, iter, changed;
     bool final_pass;
@@ -95,6 +95,14 @@ static int result_alloc(result_t *r, size_t k, size_t d) {
 static void result_free(result_t *r) {
     free(r->c);
     free(r->cnt);
+}
+
+int ch_kmeans_fit_set_inits(ch_kmeans_fit_t *f, int inits) {
+    if (inits < 1 || inits > 1000) {
+        return -EINVAL;
+    }
+    f->inits = inits;
+    return 0;
 }
 
 ch_kmeans_fit_t *ch_kmeans_fit_free(ch_kmeans_fit_t *f) {
@@ -130,6 +138,7 @@ int ch_kmeans_fit_new(ch_kmeans_t *km, size_t max_rows, ch_kmeans_fit_t **ret_fi
     if (!f) {
         return -ENOMEM;
     }
+    f->inits = FIT_INITS;
     f->km = km;
     f->k = k;
     f->d = d;
@@ -188,7 +197,7 @@ static void norms(const float *z, size_t n, size_t d, float *ret) {
 static void set_norms(ch_kmeans_fit_t *f) { norms(f->c, f->k, f->d, f->cn); }
 
 /* Rows of the current stage, and their norms. */
-static bool on_sample(const ch_kmeans_fit_t *f) { return f->stage >= 0 && f->stage < FIT_INITS; }
+static bool on_sample(const ch_kmeans_fit_t *f) { return f->stage >= 0 && f->stage < f->inits; }
 
 static void begin_stage(ch_kmeans_fit_t *f, int stage) {
     size_t k = f->k, d = f->d;
@@ -203,7 +212,7 @@ static void begin_stage(ch_kmeans_fit_t *f, int stage) {
     if (stage == STAGE_LIVE) {
         memcpy(f->c, f->km->c, k * d * sizeof(float));
         f->ph = PH_LLOYD;
-    } else if (stage == STAGE_FULL) {
+    } else if (stage == f->inits) {
         memcpy(f->c, f->best.c, k * d * sizeof(float));
         f->ph = PH_LLOYD;
     } else {
@@ -260,17 +269,17 @@ static void end_stage(ch_kmeans_fit_t *f, double inertia) {
     if (f->stage == STAGE_LIVE) {
         keep(&f->live, f, inertia);
         begin_stage(f, 0);
-    } else if (f->stage == STAGE_FULL) {
+    } else if (f->stage == f->inits) {
         keep(&f->final, f, inertia);
         f->ph = PH_DONE;
     } else {
         if (inertia < f->best.inertia) {
             keep(&f->best, f, inertia);
         }
-        if (f->stage + 1 < FIT_INITS) {
+        if (f->stage + 1 < f->inits) {
             begin_stage(f, f->stage + 1);
         } else if (f->ns < f->n) {
-            begin_stage(f, STAGE_FULL);
+            begin_stage(f, f->inits);
         } else {
             result_t t = f->final; /* the best on the sample is the best on every row */
             f->final = f->best;

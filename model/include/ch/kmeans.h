@@ -144,6 +144,12 @@ int ch_kmeans_fit_new(ch_kmeans_t *km, size_t max_rows, ch_kmeans_fit_t **ret_fi
 /** @brief Free. Accepts NULL. @returns NULL. */
 ch_kmeans_fit_t *ch_kmeans_fit_free(ch_kmeans_fit_t *f);
 
+/**
+ * @brief The k-means++ seedings to try (default 10, sklearn's n_init); call before the
+ *        first ch_kmeans_fit_step(). @returns 0, -EINVAL (not in 1..1000).
+ */
+int ch_kmeans_fit_set_inits(ch_kmeans_fit_t *f, int inits);
+
 /** @brief Add n raw rows (finite). @returns 0, -ENOSPC (beyond max_rows: none added),
  *  -EINVAL (stepping has started). */
 int ch_kmeans_fit_add(ch_kmeans_fit_t *f, const float *x, size_t n);
