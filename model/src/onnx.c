@@ -620,7 +620,7 @@ static int plan_reasons(ch_onnx_t *m) {
         return 0;
     }
     snprintf(m->reasons, sizeof(m->reasons), "%s", ch_trees_explain(s->trees));
-    if (strncmp(ch_trees_explain(s->trees), "no reasons", 10) == 0) {
+    if (!ch_trees_explains(s->trees)) {
         return 0;
     }
     m->no_reasons = false;

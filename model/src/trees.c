@@ -114,6 +114,8 @@ size_t ch_trees_cols(const ch_trees_t *t) { return t->cols; }
 
 bool ch_trees_is_classifier(const ch_trees_t *t) { return t->classifier; }
 
+bool ch_trees_explains(const ch_trees_t *t) { return t->cover != NULL; }
+
 const char *ch_trees_explain(const ch_trees_t *t) { return t->explain; }
 
 size_t ch_trees_count(const ch_trees_t *t) { return t->n_trees; }

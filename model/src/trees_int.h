@@ -53,6 +53,9 @@ int ch_trees_shap(ch_trees_t *t, const float *x, double *phi);
 /** @brief "TreeSHAP" or why there are no Shapley values for this model. */
 const char *ch_trees_explain(const ch_trees_t *t);
 
+/** @brief Whether ch_trees_shap() works: every node has a positive cover. */
+bool ch_trees_explains(const ch_trees_t *t);
+
 /** @brief Trees and nodes, for logs. */
 size_t ch_trees_count(const ch_trees_t *t);
 size_t ch_trees_nodes(const ch_trees_t *t);
