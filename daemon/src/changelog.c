@@ -21,6 +21,8 @@
  *   any record). A flush writes its tombstones before its states: a user evicted and
  *   seen again within one interval ends with its new state. Users dropped because
  *   their partition moved (or by a restore) are not tombstoned: their state lives on.
+ * - Every record carries header cohortd-writer, 8 random bytes drawn at start: the
+ *   watch (restore.c) skips its own records when it reads the tail back.
  * - The topic must exist with the input's partition count (record partition = input
  *   partition); cohortd does not create it (the embedded broker has no CreateTopics;
  *   a production topic wants cleanup.policy=compact, set by whoever creates it).
@@ -31,6 +33,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "le.h"
 #include "staterec.h"
@@ -119,6 +123,10 @@ int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
     if (!cl->pending || !cl->rec || grow(cl) < 0) {
         return -ENOMEM;
     }
+    if (getrandom(cl->writer, sizeof(cl->writer), GRND_NONBLOCK) != (ssize_t)sizeof(cl->writer)) {
+        uint64_t w = (uint64_t)getpid() << 32 ^ (uint64_t)(ch_now_s() * 1e6);
+        memcpy(cl->writer, &w, sizeof(w));
+    }
     cl->partitions = in;
     cl->on = true;
     cl->flushed_s = ch_now_s();
@@ -172,14 +180,10 @@ void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u) {
     }
 }
 
-void ch_changelog_evicted(ch_pipeline_t *p, const ch_user_t *u) {
+void ch_changelog_tombstone(ch_pipeline_t *p, int32_t partition, int64_t offset, const char *key,
+                            size_t key_len) {
     ch_changelog_t *cl = &p->cl;
-    ch_changelog_forget(p, u);
-    if (!cl->on || p->dropping) {
-        return;
-    }
-    const ch_userrec_t *ur = ch_userrec(p->users, u);
-    size_t need = 14 + u->key_len;
+    size_t need = 14 + key_len;
     if (cl->tomb_len + need > cl->tomb_cap) {
         size_t cap = cl->tomb_cap ? 2 * cl->tomb_cap : 4096;
         while (cap < cl->tomb_len + need) {
@@ -195,12 +199,22 @@ void ch_changelog_evicted(ch_pipeline_t *p, const ch_user_t *u) {
         cl->tomb_cap = cap;
     }
     unsigned char *t = cl->tomb + cl->tomb_len;
-    ch_put32(t, (uint32_t)ur->partition);
-    ch_put64(t + 4, (uint64_t)ur->offset);
-    ch_put16(t + 12, u->key_len);
-    memcpy(t + 14, ch_users_key(p->users, u), u->key_len);
+    ch_put32(t, (uint32_t)partition);
+    ch_put64(t + 4, (uint64_t)offset);
+    ch_put16(t + 12, (uint16_t)key_len);
+    memcpy(t + 14, key, key_len);
     cl->tomb_len += need;
     cl->n_tomb++;
+}
+
+void ch_changelog_evicted(ch_pipeline_t *p, const ch_user_t *u) {
+    ch_changelog_t *cl = &p->cl;
+    ch_changelog_forget(p, u);
+    if (!cl->on || p->dropping) {
+        return;
+    }
+    const ch_userrec_t *ur = ch_userrec(p->users, u);
+    ch_changelog_tombstone(p, ur->partition, ur->offset, ch_users_key(p->users, u), u->key_len);
 }
 
 void ch_changelog_revoked(ch_pipeline_t *p, int32_t partition) {
@@ -228,10 +242,11 @@ static void write_tombstones(ch_pipeline_t *p, ch_tracked_t *b) {
         const unsigned char *t = cl->tomb + at;
         int32_t partition = (int32_t)ch_get32(t);
         size_t key_len = ch_get16(t + 12);
-        ch_header_t h = {CH_TOMBSTONE_OFFSET_HEADER, t + 4, 8};
+        ch_header_t h[2] = {{CH_TOMBSTONE_OFFSET_HEADER, t + 4, 8},
+                            {CH_WRITER_HEADER, cl->writer, sizeof(cl->writer)}};
         if (partition >= 0 &&
             ch_outputs_send(p, b, OUT_CHANGELOG, p->cfg->state_changelog, partition, t + 14,
-                            key_len, NULL, 0, &h, 1) == 0) {
+                            key_len, NULL, 0, h, 2) == 0) {
             p->st.changelog_tombstones++;
             p->st.changelog_sent++;
         }
@@ -252,10 +267,10 @@ void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b) {
 
 void ch_changelog_flush(ch_pipeline_t *p, bool force) {
     ch_changelog_t *cl = &p->cl;
-    /* Every change is made inside a batch that joins the pending list before any flush
-     * can run, so with no pending batch there is nothing to write but the tombstones of
-     * idle evictions, which happen without input. */
-    if (!cl->on || (cl->n_pending == 0 && cl->n_tomb == 0)) {
+    /* Every change by an event is made inside a batch that joins the pending list before
+     * any flush can run; without a pending batch there can still be the tombstones of idle
+     * evictions and the users a restore or the watch found a stale record for. */
+    if (!cl->on || (cl->n_pending == 0 && cl->n_tomb == 0 && cl->n_dirty == 0)) {
         return;
     }
     double now = ch_now_s();
@@ -273,6 +288,7 @@ void ch_changelog_flush(ch_pipeline_t *p, bool force) {
     ch_tracked_t *b = cl->pending[0];
     write_tombstones(p, b);
     size_t state_len = ch_features_state_len(p->fs), size = ch_staterec_size(state_len);
+    ch_header_t wh = {CH_WRITER_HEADER, cl->writer, sizeof(cl->writer)};
     for (size_t k = 0; k < cl->n_dirty && !p->failed; k++) {
         const ch_dirty_t *d = &cl->dirty[k];
         if (!d->u) {
@@ -281,8 +297,8 @@ void ch_changelog_flush(ch_pipeline_t *p, bool force) {
         const ch_userrec_t *ur = ch_userrec(p->users, d->u);
         ch_staterec_encode(cl->layout, ur->offset, d->u, state_len, ur, cl->rec);
         if (ch_outputs_send(p, b, OUT_CHANGELOG, p->cfg->state_changelog, ur->partition,
-                            ch_users_key(p->users, d->u), d->u->key_len, cl->rec, size, NULL,
-                            0) == 0) {
+                            ch_users_key(p->users, d->u), d->u->key_len, cl->rec, size, &wh,
+                            1) == 0) {
             p->st.changelog_sent++;
             p->st.changelog_bytes += size;
         }

@@ -125,6 +125,15 @@ static const key_def_t keys[] = {
     {"input.max_future", K_DURATION, OFF(input_max_future_ms), "1d", 0, INFINITY, NULL, NULL,
      "Events stamped further than this past the wall clock are bad input (ts_in_future); "
      "0: no limit."},
+    {"input.max_abs", K_FLOAT, OFF(input_max_abs), "1e15", 1, 1e300, NULL, NULL,
+     "Every number a feature reads (amount, numeric fields, attrs.<key>) must lie within "
+     "-this..this, unless input.range.<field> gives its own range; beyond it the event is "
+     "bad input (out_of_range). Keeps every value, and the decayed sums and squares of "
+     "values, far inside what the float32 vectors and the segments can hold."},
+    {"input.max_age", K_DURATION, OFF(input_max_age_ms), "0", 0, INFINITY, NULL, NULL,
+     "Events stamped further than this before the wall clock are bad input (ts_too_old), "
+     "e.g. 1970 timestamps of a broken producer; 0: no limit (a replay of old history "
+     "needs none)."},
     {"input.max_skew", K_DURATION, OFF(input_max_skew_ms), "1h", 0, INFINITY, NULL, NULL,
      "Timestamp alignment (0: off): a partition's records wait while another partition that "
      "still has records on the broker is more than this behind, by record timestamp, so a "
@@ -316,6 +325,14 @@ static const key_def_t keys[] = {
      "Topic that records every user's state (empty: none), from which a partition gained "
      "is restored before it is processed. It must exist with the input's partition count "
      "(cleanup.policy=compact); cohortd refuses to start otherwise."},
+    {"state.changelog_watch", K_FLAG, OFF(state_changelog_watch), "on", 0, 0, switches,
+     switch_values,
+     "With state.changelog: after a partition is restored, keep reading its changelog and "
+     "rewrite any user a record lands for that reflects an older input offset than the "
+     "user's state (an instance paused past its session timeout delivering writes late), so "
+     "the changelog's last record of every user is its newest state, also after "
+     "compaction. Costs reading back what this instance writes; off: only restores skip "
+     "such records."},
     {"commit.interval", K_DURATION, OFF(commit_interval_ms), "100ms", 1, 60000, NULL, NULL,
      "With state.changelog: a user changed many times within this interval is written once; "
      "offsets are committed only after the changelog records of their events are acknowledged."},
@@ -521,6 +538,31 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
     return -EINVAL;
 }
 
+int ch_config_parse_range(const char *s, double *ret_lo, double *ret_hi) {
+    /* split at "..": strtod alone would read "0." of "0..5" as a number */
+    const char *dots = strstr(s, "..");
+    char left[64];
+    if (!dots || dots == s || (size_t)(dots - s) >= sizeof(left)) {
+        return -EINVAL;
+    }
+    memcpy(left, s, (size_t)(dots - s));
+    left[dots - s] = '\0';
+    char *end;
+    errno = 0;
+    double lo = strtod(left, &end);
+    if (errno || *end) {
+        return -EINVAL;
+    }
+    const char *h = dots + 2;
+    double hi = strtod(h, &end);
+    if (errno || end == h || *end || !isfinite(lo) || !isfinite(hi) || lo > hi) {
+        return -EINVAL;
+    }
+    *ret_lo = lo;
+    *ret_hi = hi;
+    return 0;
+}
+
 static int add_pair(ch_conf_pair_t **arr, size_t *n, const char *key, const char *value,
                     ch_kafka_scope_t scope, const char *where, bool replace) {
     if (replace) {
@@ -590,6 +632,21 @@ static int apply(ch_config_t *cfg, const char *key, const char *value, const cha
         r = add_pair(&cfg->features, &cfg->n_features, name, value, CH_KAFKA_BOTH, where, true);
         return r < 0 ? fail(errbuf, errlen, r, "%s: out of memory", where) : 0;
     }
+    if (strncmp(key, "input.range.", 12) == 0) {
+        const char *name = key + 12;
+        double lo, hi;
+        if (!*name) {
+            return fail(errbuf, errlen, -EINVAL, "%s: '%s' names no field", where, key);
+        }
+        if (ch_config_parse_range(value, &lo, &hi) < 0) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "%s: %s = '%s': expected LOW..HIGH, two finite numbers with LOW <= HIGH "
+                        "(e.g. 0..100000)",
+                        where, key, value);
+        }
+        r = add_pair(&cfg->ranges, &cfg->n_ranges, name, value, CH_KAFKA_BOTH, where, true);
+        return r < 0 ? fail(errbuf, errlen, r, "%s: out of memory", where) : 0;
+    }
     if (strncmp(key, "tags.", 5) == 0) {
         const char *name = key + 5;
         for (size_t i = 0; i < cfg->n_tags; i++) {
@@ -631,26 +688,21 @@ int ch_config_init(ch_config_t *cfg) {
     return 0;
 }
 
+static void free_pairs(ch_conf_pair_t **arr, size_t *n) {
+    for (size_t i = 0; i < *n; i++) {
+        free((*arr)[i].key);
+        free((*arr)[i].value);
+    }
+    free(*arr);
+    *arr = NULL;
+    *n = 0;
+}
+
 void ch_config_done(ch_config_t *cfg) {
-    for (size_t i = 0; i < cfg->n_kafka; i++) {
-        free(cfg->kafka[i].key);
-        free(cfg->kafka[i].value);
-    }
-    for (size_t i = 0; i < cfg->n_features; i++) {
-        free(cfg->features[i].key);
-        free(cfg->features[i].value);
-    }
-    free(cfg->kafka);
-    free(cfg->features);
-    for (size_t i = 0; i < cfg->n_tags; i++) {
-        free(cfg->tags[i].key);
-        free(cfg->tags[i].value);
-    }
-    free(cfg->tags);
-    cfg->tags = NULL;
-    cfg->n_tags = 0;
-    cfg->kafka = cfg->features = NULL;
-    cfg->n_kafka = cfg->n_features = 0;
+    free_pairs(&cfg->kafka, &cfg->n_kafka);
+    free_pairs(&cfg->features, &cfg->n_features);
+    free_pairs(&cfg->tags, &cfg->n_tags);
+    free_pairs(&cfg->ranges, &cfg->n_ranges);
 }
 
 int ch_config_load(ch_config_t *cfg, const char *path, char *errbuf, size_t errlen) {
@@ -1059,6 +1111,10 @@ static const char families_help[] =
     "    tags, schema profile_update_v2.avsc); M slots (default 4N, at most 64) of 64-byte "
     "values,\n"
     "    8 x 10 x M bytes a user; exact while a user has had at most M values.\n"
+    "input.range.<field> = LOW..HIGH (repeatable)\n"
+    "    The values a feature's field (amount, a numeric field's name or path,\n"
+    "    attrs.<key>) may take, instead of -input.max_abs..input.max_abs; an event\n"
+    "    beyond it is bad input (out_of_range). The field must be read by a feature.\n"
     "kafka.<property>, kafka.consumer.<property>, kafka.producer.<property>\n"
     "    Passed verbatim to librdkafka (both clients, consumer only, producer only),\n"
     "    e.g. kafka.bootstrap.servers, kafka.group.id, kafka.security.protocol,\n"

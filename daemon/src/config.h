@@ -60,6 +60,8 @@ typedef struct ch_config {
     bool registry_register_outputs;
     long input_event_id_max_bytes;
     double input_max_future_ms;
+    double input_max_age_ms; /* 0: no limit */
+    double input_max_abs; /* |value| bound of every number a feature reads */
     double input_max_skew_ms;   /* 0: no timestamp alignment */
     double input_align_idle_ms;
     char input_map[CH_ROLE_N][CH_CONF_STR]; /* input.map.<role>: a dotted path, "" none */
@@ -116,6 +118,7 @@ typedef struct ch_config {
     long state_key_max_bytes;
     double state_idle_evict_ms;
     char state_changelog[CH_CONF_STR]; /* "": no changelog */
+    bool state_changelog_watch;        /* read the tail back and rewrite stale users */
     double commit_interval_ms; /* changelog write-combining interval */
     ch_guarantee_t processing_guarantee;
     char state_dir[CH_CONF_STR]; /* "": no local snapshots */
@@ -139,7 +142,15 @@ typedef struct ch_config {
     size_t n_features;
     ch_conf_pair_t *tags; /* tags.<name> = top(...): key the name */
     size_t n_tags;
+    ch_conf_pair_t *ranges; /* input.range.<field> = LOW..HIGH: key the field */
+    size_t n_ranges;
 } ch_config_t;
+
+/**
+ * @brief Parse LOW..HIGH (two finite numbers, LOW <= HIGH).
+ * @returns 0, -EINVAL.
+ */
+int ch_config_parse_range(const char *s, double *ret_lo, double *ret_hi);
 
 /** @brief Set every key to its default. */
 int ch_config_init(ch_config_t *cfg);

@@ -35,6 +35,8 @@ typedef struct field_map {
     const char *attr; /* FIELD_ATTR: key within attrs (borrowed from the feature set) */
     size_t attr_len;
     size_t index; /* FIELD_PATH: index in the mapping's fields */
+    const char *name; /* the feature's field name (borrowed from the feature set) */
+    double lo, hi;    /* the values accepted (input.max_abs, input.range.<field>) */
 } field_map_t;
 
 struct ch_events {
@@ -58,6 +60,8 @@ static const char *const bad_names[CH_BAD_N] = {
     [CH_BAD_NON_FINITE] = "non_finite",
     [CH_BAD_TS_NEGATIVE] = "ts_negative",
     [CH_BAD_TS_FUTURE] = "ts_in_future",
+    [CH_BAD_OUT_OF_RANGE] = "out_of_range",
+    [CH_BAD_TS_OLD] = "ts_too_old",
 };
 
 const char *ch_events_bad_name(ch_bad_reason_t r) {
@@ -165,6 +169,36 @@ int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_featur
             e->fields[f].kind = FIELD_PATH;
             e->fields[f].index = j++; /* ch_events_mapping added them in this order */
         }
+        e->fields[f].name = name;
+        e->fields[f].lo = -cfg->input_max_abs;
+        e->fields[f].hi = cfg->input_max_abs;
+    }
+    for (size_t i = 0; i < cfg->n_ranges; i++) {
+        const ch_conf_pair_t *rg = &cfg->ranges[i];
+        double lo, hi;
+        bool found = false;
+        if (ch_config_parse_range(rg->value, &lo, &hi) < 0) {
+            snprintf(errbuf, errlen, "%s: input.range.%s = '%s' is not LOW..HIGH", rg->where,
+                     rg->key, rg->value);
+            ch_events_free(e);
+            return -EINVAL;
+        }
+        for (size_t f = 0; f < e->n_fields; f++) {
+            bool amount = e->fields[f].kind == FIELD_AMOUNT && strcmp(rg->key, "amount") == 0;
+            if (amount || strcmp(e->fields[f].name, rg->key) == 0) {
+                e->fields[f].lo = lo;
+                e->fields[f].hi = hi;
+                found = true;
+            }
+        }
+        if (!found) {
+            snprintf(errbuf, errlen,
+                     "%s: input.range.%s: no feature reads a field '%s' (declare one, or remove "
+                     "the range)",
+                     rg->where, rg->key, rg->key);
+            ch_events_free(e);
+            return -EINVAL;
+        }
     }
     if (cfg->input_format == CH_FORMAT_JSON) {
         r = ch_json_decoder_new(&map, &e->json);
@@ -256,6 +290,12 @@ static ch_bad_reason_t validate(const ch_events_t *e, const ch_event_view_t *ev,
         snprintf(why, len, "ts %lld is before 1970", (long long)ev->ts_ms);
         return CH_BAD_TS_NEGATIVE;
     }
+    if (e->cfg->input_max_age_ms > 0 && isfinite(e->cfg->input_max_age_ms) &&
+        (double)ev->ts_ms < now_ms - e->cfg->input_max_age_ms) {
+        snprintf(why, len, "ts %lld is %.0f s old (input.max_age)", (long long)ev->ts_ms,
+                 (now_ms - (double)ev->ts_ms) / 1000.0);
+        return CH_BAD_TS_OLD;
+    }
     if (e->cfg->input_max_future_ms > 0 &&
         (double)ev->ts_ms > now_ms + e->cfg->input_max_future_ms) {
         snprintf(why, len, "ts %lld is %.0f s in the future (input.max_future)",
@@ -265,8 +305,23 @@ static ch_bad_reason_t validate(const ch_events_t *e, const ch_event_view_t *ev,
     return CH_BAD_NONE;
 }
 
-/* The event's numeric fields in the order the features read them. */
-static void build_obs(ch_events_t *e, const ch_event_view_t *ev, ch_obs_t *obs) {
+/* A number a feature reads: finite and within its field's range. */
+static ch_bad_reason_t check_value(const field_map_t *fm, double v, char *why, size_t len) {
+    if (!isfinite(v)) {
+        snprintf(why, len, "%s is %f", fm->name, v);
+        return CH_BAD_NON_FINITE;
+    }
+    if (v < fm->lo || v > fm->hi) {
+        snprintf(why, len, "%s = %g is outside %g..%g (input.max_abs, input.range.%s)", fm->name,
+                 v, fm->lo, fm->hi, fm->name);
+        return CH_BAD_OUT_OF_RANGE;
+    }
+    return CH_BAD_NONE;
+}
+
+/* The event's numeric fields in the order the features read them, each checked. */
+static ch_bad_reason_t build_obs(ch_events_t *e, const ch_event_view_t *ev, ch_obs_t *obs,
+                                 char *why, size_t len) {
     obs->ts_ms = ev->ts_ms;
     ch_features_obs_text(e->fs, obs, CH_TEXT_TYPE, ev->type, ev->type_len);
     ch_features_obs_text(e->fs, obs, CH_TEXT_ITEM, ev->item, ev->item_len);
@@ -283,6 +338,10 @@ static void build_obs(ch_events_t *e, const ch_event_view_t *ev, ch_obs_t *obs) 
             if (ev->has_amount) {
                 e->values[f] = ev->amount;
                 obs->present_mask |= UINT64_C(1) << f;
+                ch_bad_reason_t bad = check_value(fm, ev->amount, why, len);
+                if (bad != CH_BAD_NONE) {
+                    return bad;
+                }
             }
             continue;
         }
@@ -290,6 +349,10 @@ static void build_obs(ch_events_t *e, const ch_event_view_t *ev, ch_obs_t *obs) 
             if (ev->fields_present & (UINT64_C(1) << fm->index)) {
                 e->values[f] = ev->fields[fm->index];
                 obs->present_mask |= UINT64_C(1) << f;
+                ch_bad_reason_t bad = check_value(fm, e->values[f], why, len);
+                if (bad != CH_BAD_NONE) {
+                    return bad;
+                }
             }
             continue;
         }
@@ -298,10 +361,15 @@ static void build_obs(ch_events_t *e, const ch_event_view_t *ev, ch_obs_t *obs) 
                 memcmp(ev->attrs[a].key, fm->attr, fm->attr_len) == 0) {
                 e->values[f] = ev->attrs[a].value;
                 obs->present_mask |= UINT64_C(1) << f;
+                ch_bad_reason_t bad = check_value(fm, e->values[f], why, len);
+                if (bad != CH_BAD_NONE) {
+                    return bad;
+                }
                 break;
             }
         }
     }
+    return CH_BAD_NONE;
 }
 
 ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
@@ -312,8 +380,5 @@ ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
         return r == -EPROTO ? CH_BAD_SCHEMA : r == -E2BIG ? CH_BAD_TOO_MANY_ATTRS : CH_BAD_DECODE;
     }
     ch_bad_reason_t bad = validate(e, ret_ev, now_ms, why, len);
-    if (bad == CH_BAD_NONE) {
-        build_obs(e, ret_ev, ret_obs);
-    }
-    return bad;
+    return bad != CH_BAD_NONE ? bad : build_obs(e, ret_ev, ret_obs, why, len);
 }

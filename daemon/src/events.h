@@ -21,6 +21,8 @@ typedef enum ch_bad_reason {
     CH_BAD_NON_FINITE,        /* NaN or Inf in amount or attrs */
     CH_BAD_TS_NEGATIVE,       /* ts before 1970 */
     CH_BAD_TS_FUTURE,         /* ts beyond wall clock + input.max_future (0: no limit) */
+    CH_BAD_OUT_OF_RANGE,      /* a number a feature reads beyond input.max_abs/input.range */
+    CH_BAD_TS_OLD,            /* ts before wall clock - input.max_age (0: no limit) */
     CH_BAD_N,
     CH_BAD_NONE = -1, /* not bad: a valid event */
 } ch_bad_reason_t;

@@ -301,6 +301,18 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
             (unsigned long long)s.restore_snapshots_ignored);
         counter(&o, "cohortd_restore_snapshot_users_total", "Users loaded from snapshots.",
                 s.restore_snapshot_users);
+        family(&o, "cohortd_changelog_stale_total", "counter",
+               "Changelog records reflecting older input than a record of the same user read "
+               "before them (restore) or than this instance's state (watch): late writes of "
+               "an instance that had lost the partition. Never applied.");
+        put(&o, "cohortd_changelog_stale_total{found=\"restore\"} %llu\n",
+            (unsigned long long)s.changelog_stale_restore);
+        put(&o, "cohortd_changelog_stale_total{found=\"watch\"} %llu\n",
+            (unsigned long long)s.changelog_stale_watch);
+        counter(&o, "cohortd_changelog_repaired_total",
+                "Users written again after a stale record of theirs, so their newest state is "
+                "their last record (what compaction keeps).",
+                s.changelog_repaired);
     }
     if (cfg->processing_guarantee == CH_EXACTLY_ONCE) {
         family(&o, "cohortd_transactions_total", "counter",
@@ -430,6 +442,10 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
               s.segments_ready ? 1 : 0);
         counter(&o, "cohortd_segment_reseeds_total",
                 "Dead segments re-seeded (their generation increases).", s.segment_reseeds);
+        counter(&o, "cohortd_segment_vectors_refused_total",
+                "Vectors kept out of the segments because a value (or its transform) is not "
+                "finite: they reach no statistic or centroid and get no segment.",
+                s.segment_refused);
         counter(&o, "cohortd_segment_refreshes_total",
                 "Refreshes of the centroids on the population (segments.refresh).",
                 s.segment_refreshes);

@@ -30,6 +30,7 @@ typedef struct ch_pipeline_stats {
     uint64_t model_reloads, model_reload_failures;
     bool segments_ready;
     uint64_t segment_reseeds;
+    uint64_t segment_refused; /* vectors with a value not finite, kept out of the segments */
     uint64_t segment_refreshes, segment_restarts;
     /* population passes (seeding and refreshes) with their reassignment done */
     uint64_t segment_passes, segment_moves;
@@ -47,6 +48,7 @@ typedef struct ch_pipeline_stats {
     size_t restoring;            /* partitions being restored now */
     uint64_t restored_partitions, restore_records, restore_bytes, restore_applied;
     uint64_t restore_uncommitted, restore_refused;
+    uint64_t changelog_stale_restore, changelog_stale_watch, changelog_repaired;
     uint64_t restore_snapshots, restore_snapshots_ignored, restore_snapshot_users;
     double restore_seconds;
     uint64_t snapshot_files, snapshot_users, snapshot_failures; /* written by this process */

@@ -16,6 +16,7 @@
 #include "ch/features.h"
 #include "ch/json.h"
 #include "ch/kafka.h"
+#include "ch/keyset.h"
 #include "ch/kmeans.h"
 #include "ch/registry.h"
 #include "ch/tracker.h"
@@ -54,16 +55,20 @@ typedef struct ch_changelog {
      * offset of the user's last event, u16 key length, key */
     unsigned char *tomb;
     size_t tomb_len, tomb_cap, n_tomb;
+    unsigned char writer[8]; /* random per process: header cohortd-writer of its records */
 } ch_changelog_t;
 
 /* Restoring one partition's users from the changelog (restore.c). */
 typedef struct ch_restore_part {
     bool on;
+    bool watching; /* restored: reading the tail for stale records (state.changelog_watch) */
     int64_t upto; /* apply records reflecting offsets below this (the committed offset) */
     ch_snapr_t *snap; /* loading the partition's snapshot first; NULL: reading the changelog */
     int64_t from;     /* the changelog offset reading starts at */
     double t0;
-    uint64_t read, applied, uncommitted, refused, from_snapshot;
+    uint64_t read, applied, uncommitted, refused, stale, from_snapshot;
+    ch_keyset_t *tombs; /* users tombstoned so far -> the input offset of the tombstone */
+    ch_keyset_t *stale_keys; /* users a stale record was read for: rewritten at the end */
 } ch_restore_part_t;
 
 typedef struct ch_restore {
@@ -71,6 +76,7 @@ typedef struct ch_restore {
     size_t n_parts;
     size_t active; /* partitions restoring now */
     uint64_t partitions, records, bytes, applied, uncommitted, refused;
+    uint64_t stale_restore, stale_watch, repaired; /* stale records found, users rewritten */
     uint64_t snap_loaded, snap_ignored, snap_users; /* snapshots used, ignored; users from them */
     double seconds;
     ch_msg_t *msgs;
@@ -255,6 +261,7 @@ void ch_outputs_done(ch_pipeline_t *p);
 #define OUT_CHANGELOG ((uintptr_t)3)
 #define OUT_SEGMENT ((uintptr_t)4)
 #define CH_TOMBSTONE_OFFSET_HEADER "cohortd-offset" /* i64 LE: the user's last event */
+#define CH_WRITER_HEADER "cohortd-writer" /* 8 random bytes per process: who wrote it */
 int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
                     int32_t partition, const void *key, size_t key_len, const void *value,
                     size_t value_len, const ch_header_t *h, size_t n_h);
@@ -269,6 +276,9 @@ void ch_changelog_done(ch_pipeline_t *p);
 void ch_changelog_touch(ch_pipeline_t *p, ch_user_t *u, int64_t offset);
 void ch_changelog_forget(ch_pipeline_t *p, const ch_user_t *u);
 void ch_changelog_evicted(ch_pipeline_t *p, const ch_user_t *u); /* forget, tombstone */
+/* a tombstone for the next flush: key on partition, reflecting input offset */
+void ch_changelog_tombstone(ch_pipeline_t *p, int32_t partition, int64_t offset, const char *key,
+                            size_t key_len);
 void ch_changelog_revoked(ch_pipeline_t *p, int32_t partition);   /* its tombstones go */
 void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b);
 void ch_changelog_flush(ch_pipeline_t *p, bool force);

@@ -36,6 +36,9 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->restore_applied = p->rs.applied;
     ret_stats->restore_uncommitted = p->rs.uncommitted;
     ret_stats->restore_refused = p->rs.refused;
+    ret_stats->changelog_stale_restore = p->rs.stale_restore;
+    ret_stats->changelog_stale_watch = p->rs.stale_watch;
+    ret_stats->changelog_repaired = p->rs.repaired;
     ret_stats->restore_seconds = p->rs.seconds;
     ret_stats->txn_commits = p->txn.commits;
     ret_stats->txn_aborts = p->txn.aborts;
@@ -57,6 +60,7 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->registry_waiting = p->sf.partitions_waiting;
     ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
+    ret_stats->segment_refused = p->segs ? ch_segments_refused(p->segs) : 0;
     if (p->segs) {
         ch_segments_status_t ss;
         ch_segments_status(p->segs, &ss);

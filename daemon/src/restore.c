@@ -10,8 +10,20 @@
  * - A record is applied only if the input offset it reflects is below where
  *   consumption of the partition resumes (the committed offset): work that was not
  *   committed is reprocessed from the input instead, so a restore never folds an
- *   event twice, even on a broker that shows aborted transactional records. Records
- *   are read in order, so a user ends with its last applicable record.
+ *   event twice, even on a broker that shows aborted transactional records.
+ * - Among the applicable records of a user the one reflecting the newest input offset
+ *   wins, not the last in topic order: an instance paused past its session timeout
+ *   delivers its in-flight records after the new owner's newer ones. Equal offsets
+ *   reflect the same events: the later record wins. A tombstone is a record too (the
+ *   cohortd-offset header): a state record at or below it, read after it, is stale, and
+ *   so is a tombstone below the user's state. Tombstoned keys are remembered until the
+ *   end (rp->tombs), and so are the users a stale record was read for (rp->stale_keys):
+ *   at the end those are written again (their state, or their tombstone), so the
+ *   changelog's last record of each is its newest, which is what compaction keeps.
+ * - The watch (state.changelog_watch): once restored, the partition's changelog keeps
+ *   being read. A record written by another process (header cohortd-writer) for a
+ *   user whose state here reflects a newer input offset is stale: the user is written
+ *   again by the next flush. The watch ends when the partition is revoked.
  * - At the partition's end (an end-of-partition entry from the reader) the hold is
  *   released. A revoke in between stops the reading; the users already rebuilt are
  *   dropped with the partition's others.
@@ -56,6 +68,8 @@ int ch_restore_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
 void ch_restore_done(ch_pipeline_t *p) {
     for (size_t i = 0; i < p->rs.n_parts; i++) {
         ch_snapr_close(p->rs.parts[i].snap);
+        ch_keyset_free(p->rs.parts[i].tombs);
+        ch_keyset_free(p->rs.parts[i].stale_keys);
     }
     free(p->rs.msgs);
     free(p->rs.parts);
@@ -150,8 +164,32 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
     }
     ch_snapshot_stored(p, partition, upto); /* what it resumes from is committed */
     ch_snapr_close(rp->snap);
-    *rp =
-        (ch_restore_part_t){.on = true, .upto = upto, .from = CH_READ_BEGINNING, .t0 = ch_now_s()};
+    if (rp->watching && ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_WARNING, "restore: %s", err);
+    }
+    ch_keyset_t *tombs = rp->tombs, *stale_keys = rp->stale_keys;
+    if (!tombs && ch_keyset_new(&tombs) < 0) {
+        tombs = NULL;
+    }
+    if (!stale_keys && ch_keyset_new(&stale_keys) < 0) {
+        stale_keys = NULL;
+    }
+    if (!tombs || !stale_keys) {
+        ch_keyset_free(tombs);
+        ch_keyset_free(stale_keys);
+        *rp = (ch_restore_part_t){0};
+        ch_log(CH_LOG_ERR, "out of memory restoring partition %d; stopping", partition);
+        p->failed = true;
+        return;
+    }
+    ch_keyset_clear(tombs);
+    ch_keyset_clear(stale_keys);
+    *rp = (ch_restore_part_t){.on = true,
+                              .upto = upto,
+                              .from = CH_READ_BEGINNING,
+                              .t0 = ch_now_s(),
+                              .tombs = tombs,
+                              .stale_keys = stale_keys};
     rp->snap = open_snapshot(p, partition, upto, &rp->from);
     p->rs.active++;
     if (!rp->snap &&
@@ -163,10 +201,17 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
 
 void ch_restore_cancel(ch_pipeline_t *p, int32_t partition) {
     ch_restore_part_t *rp = part(p, partition);
+    char err[512];
+    if (rp && rp->watching) {
+        rp->watching = false;
+        if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
+            ch_log(CH_LOG_WARNING, "restore: %s", err);
+        }
+        return;
+    }
     if (!rp || !rp->on) {
         return;
     }
-    char err[512];
     if (rp->snap) {
         rp->snap = ch_snapr_close(rp->snap);
     } else if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
@@ -178,11 +223,35 @@ void ch_restore_cancel(ch_pipeline_t *p, int32_t partition) {
            p->cfg->state_changelog, partition);
 }
 
+/* Write again every user a stale record was read for: its state, or its tombstone.
+ * @returns how many. */
+static size_t repair(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp) {
+    size_t cursor = 0, n = 0, len;
+    const void *key;
+    while (ch_keyset_next(rp->stale_keys, &cursor, &key, &len, NULL)) {
+        ch_user_t *u = ch_users_find(p->users, key, len);
+        int64_t t;
+        if (u) {
+            ch_changelog_touch(p, u, ch_userrec(p->users, u)->offset);
+            n++;
+        } else if (ch_keyset_get(rp->tombs, key, len, &t)) {
+            ch_changelog_tombstone(p, partition, t, key, len);
+            n++;
+        }
+    }
+    ch_keyset_clear(rp->stale_keys);
+    ch_keyset_clear(rp->tombs);
+    p->rs.repaired += n;
+    return n;
+}
+
 static void finish(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp, int64_t end) {
     char err[512];
-    if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
+    rp->watching = p->cfg->state_changelog_watch;
+    if (!rp->watching && ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "restore: %s", err);
     }
+    size_t repaired = repair(p, partition, rp);
     double dt = ch_now_s() - rp->t0;
     rp->on = false;
     p->rs.active--;
@@ -197,19 +266,48 @@ static void finish(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp, i
     }
     ch_log(CH_LOG_INFO,
            "restored %s[%d]: %s%llu record(s) read, %llu applied, %llu past the committed "
-           "offset %lld, %llu refused, in %.3f s",
+           "offset %lld, %llu refused, %llu stale, in %.3f s",
            p->cfg->state_changelog, partition, from, (unsigned long long)rp->read,
            (unsigned long long)rp->applied, (unsigned long long)rp->uncommitted,
-           (long long)rp->upto, (unsigned long long)rp->refused, dt);
+           (long long)rp->upto, (unsigned long long)rp->refused, (unsigned long long)rp->stale,
+           dt);
+    if (repaired > 0) {
+        ch_log(CH_LOG_WARNING,
+               "restore of %s[%d]: %llu record(s) reflected older input than a record read "
+               "before them (a late write of an instance that had lost the partition); not "
+               "applied, and %zu user(s) are written again so their newest state is last",
+               p->cfg->state_changelog, partition, (unsigned long long)rp->stale, repaired);
+    }
 }
 
-/* Make a user's state the record's. @returns false if the table refused the key. */
-static bool put(ch_pipeline_t *p, const char *key, size_t key_len, const ch_staterec_t *s,
-                int32_t partition) {
-    ch_user_t *u = NULL;
+enum { PUT_APPLIED, PUT_STALE, PUT_REFUSED };
+
+/* A stale record of key: counted, and the user is written again at the end. */
+static int stale(ch_pipeline_t *p, ch_restore_part_t *rp, const char *key, size_t key_len) {
+    rp->stale++;
+    p->rs.stale_restore++;
+    if (ch_keyset_put(rp->stale_keys, key, key_len, 0) < 0) {
+        ch_log(CH_LOG_ERR, "out of memory restoring; stopping");
+        p->failed = true;
+    }
+    return PUT_STALE;
+}
+
+/* Make a user's state the record's, unless the user's state (or tombstone) already
+ * reflects newer input. */
+static int put(ch_pipeline_t *p, ch_restore_part_t *rp, const char *key, size_t key_len,
+               const ch_staterec_t *s, int32_t partition) {
+    int64_t tomb;
+    if (ch_keyset_get(rp->tombs, key, key_len, &tomb) && s->input_offset <= tomb) {
+        return stale(p, rp, key, key_len);
+    }
+    ch_user_t *u = ch_users_find(p->users, key, key_len);
+    if (u && ch_userrec(p->users, u)->offset > s->input_offset) {
+        return stale(p, rp, key, key_len);
+    }
     int r = ch_users_upsert(p->users, key, key_len, &u);
     if (r < 0) {
-        return false;
+        return PUT_REFUSED;
     }
     int32_t before = r == 1 ? -1 : u->segment;
     ch_staterec_apply(s, u, ch_userrec(p->users, u), partition);
@@ -220,7 +318,17 @@ static bool put(ch_pipeline_t *p, const char *key, size_t key_len, const ch_stat
     if (p->segs) {
         ch_segments_moved(p->segs, before, u->segment);
     }
-    return true;
+    return PUT_APPLIED;
+}
+
+/* The input offset a tombstone reflects; -1 without the header (applies as before). */
+static int64_t tombstone_offset(const ch_msg_t *m) {
+    const void *v = NULL;
+    size_t len = 0;
+    if (ch_msg_header(m, CH_TOMBSTONE_OFFSET_HEADER, &v, &len) == 0 && v && len == 8) {
+        return (int64_t)ch_get64(v);
+    }
+    return -1;
 }
 
 static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
@@ -234,17 +342,24 @@ static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
         return;
     }
     if (!m->value) { /* tombstone: the user was evicted for good */
-        const void *v = NULL;
-        size_t len = 0;
-        if (ch_msg_header(m, CH_TOMBSTONE_OFFSET_HEADER, &v, &len) == 0 && v && len == 8 &&
-            (int64_t)ch_get64(v) >= rp->upto) {
+        int64_t t = tombstone_offset(m);
+        if (t >= rp->upto) {
             rp->uncommitted++; /* evicted after input that was never committed */
             rs->uncommitted++;
+            return;
+        }
+        ch_user_t *u = ch_users_find(p->users, m->key, m->key_len);
+        if (u && ch_userrec(p->users, u)->offset > t) {
+            stale(p, rp, m->key, m->key_len); /* evicted before state read earlier */
             return;
         }
         p->dropping = true; /* the eviction hook keeps the segment counts */
         ch_users_remove(p->users, m->key, m->key_len);
         p->dropping = false;
+        if (ch_keyset_put(rp->tombs, m->key, m->key_len, t) < 0) {
+            ch_log(CH_LOG_ERR, "out of memory restoring; stopping");
+            p->failed = true;
+        }
         rp->applied++;
         rs->applied++;
         return;
@@ -268,13 +383,57 @@ static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
         rs->uncommitted++;
         return;
     }
-    if (put(p, m->key, m->key_len, &s, m->partition)) {
+    int put_r = put(p, rp, m->key, m->key_len, &s, m->partition);
+    if (put_r == PUT_APPLIED) {
         rp->applied++;
         rs->applied++;
-    } else {
+    } else if (put_r == PUT_REFUSED) {
         rp->refused++;
         rs->refused++;
     }
+}
+
+/* A record read back after the restore: another writer's record of a user whose state
+ * here reflects newer input is stale, and the user is written again. */
+static void watch(ch_pipeline_t *p, const ch_msg_t *m) {
+    const void *w = NULL;
+    size_t wlen = 0;
+    if (!m->key || m->key_len == 0 ||
+        (ch_msg_header(m, CH_WRITER_HEADER, &w, &wlen) == 0 && wlen == sizeof(p->cl.writer) &&
+         memcmp(w, p->cl.writer, wlen) == 0)) {
+        return; /* ours, in the order written */
+    }
+    ch_user_t *u = ch_users_find(p->users, m->key, m->key_len);
+    if (!u) {
+        return;
+    }
+    ch_userrec_t *ur = ch_userrec(p->users, u);
+    int64_t reflects;
+    if (!m->value) {
+        reflects = tombstone_offset(m);
+    } else {
+        ch_staterec_t s;
+        if (ch_staterec_decode(m->value, m->value_len, p->cl.layout,
+                               ch_features_state_len(p->fs), &s) < 0) {
+            return;
+        }
+        reflects = s.input_offset;
+    }
+    if (ur->partition != m->partition || reflects >= ur->offset) {
+        return;
+    }
+    p->rs.stale_watch++;
+    p->rs.repaired++;
+    uint64_t dropped = 0;
+    if (ch_ratelimit_allow(&p->bad_rl, &dropped)) {
+        ch_log(CH_LOG_WARNING,
+               "changelog %s[%d]@%lld: another writer's record reflects input offset %lld, "
+               "older than this instance's state of that user (%lld): a late write of an "
+               "instance that had lost the partition; the user is written again",
+               p->cfg->state_changelog, m->partition, (long long)m->offset, (long long)reflects,
+               (long long)ur->offset);
+    }
+    ch_changelog_touch(p, u, ur->offset);
 }
 
 /* Load up to budget users of a partition's snapshot; at its end, read the changelog
@@ -300,8 +459,9 @@ static size_t load_snapshot(ch_pipeline_t *p, int32_t partition, ch_restore_part
         why = ch_staterec_decode(rec, rec_len, p->cl.layout, state_len, &s) < 0
                   ? "damaged: a state record does not decode"
               : s.input_offset >= rp->upto ? "a record reflects input past the committed offset"
-              : !put(p, key, key_len, &s, partition) ? "the user table refused a user"
-                                                     : NULL;
+              : put(p, rp, key, key_len, &s, partition) == PUT_REFUSED
+                  ? "the user table refused a user"
+                  : NULL;
         if (why) {
             r = -EINVAL;
             break;
@@ -355,6 +515,12 @@ bool ch_restore_drain(ch_pipeline_t *p) {
             continue;
         }
         ch_restore_part_t *rp = part(p, m->partition);
+        if (rp && rp->watching) {
+            if (!m->eof) {
+                watch(p, m);
+            }
+            continue;
+        }
         if (!rp || !rp->on) {
             continue; /* read before a cancel */
         }

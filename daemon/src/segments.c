@@ -543,6 +543,10 @@ bool ch_segments_ready(const ch_segments_t *s) { return ch_kmeans_ready(s->km); 
 
 uint64_t ch_segments_reseeds(const ch_segments_t *s) { return ch_kmeans_reseeds(s->km); }
 
+uint64_t ch_segments_refused(const ch_segments_t *s) {
+    return ch_kmeans_refused(s->km) + (s->master ? ch_kmeans_refused(s->master) : 0);
+}
+
 uint64_t ch_segments_refreshes(const ch_segments_t *s, uint64_t *ret_restarts) {
     return ch_kmeans_refreshes(s->km, ret_restarts);
 }

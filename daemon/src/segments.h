@@ -176,6 +176,8 @@ int ch_segments_info(const ch_segments_t *s, size_t j, uint64_t *ret_users, doub
  *  and of them the restarts from k-means++ in ret_restarts (may be NULL). */
 bool ch_segments_ready(const ch_segments_t *s);
 uint64_t ch_segments_reseeds(const ch_segments_t *s);
+/** @brief Vectors the segments refused: a value not finite (never in a centroid). */
+uint64_t ch_segments_refused(const ch_segments_t *s);
 uint64_t ch_segments_refreshes(const ch_segments_t *s, uint64_t *ret_restarts);
 
 /** @brief Save to segments.state_file (if set); failures are logged. @returns 0, -EIO. */

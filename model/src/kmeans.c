@@ -86,6 +86,7 @@ ch_kmeans_t *ch_kmeans_free(ch_kmeans_t *km) {
     free(km->z);
     free(km->znorm);
     free(km->dist);
+    free(km->rowmap);
     free(km->sum);
     free(km->cnt);
     free(km->nearest);
@@ -138,6 +139,7 @@ int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf,
     km->z = malloc(rows * d * sizeof(float));
     km->znorm = malloc(rows * sizeof(float));
     km->dist = malloc(rows * k * sizeof(float));
+    km->rowmap = malloc(rows * sizeof(uint32_t));
     km->sum = malloc(k * d * sizeof(float));
     km->cnt = malloc(k * sizeof(size_t));
     size_t held = o->seed_by_caller ? rows : o->warmup + rows;
@@ -145,7 +147,7 @@ int ch_kmeans_new(const ch_kmeans_opts_t *o, ch_kmeans_t **ret_km, char *errbuf,
     km->d2 = malloc(held * sizeof(double));
     if (!km->mean || !km->m2 || !km->inv_std || (!o->seed_by_caller && !km->wbuf) || !km->c ||
         !km->cnorm || !km->w || !km->gen || !km->z || !km->znorm || !km->dist || !km->sum ||
-        !km->cnt || !km->nearest || !km->d2) {
+        !km->cnt || !km->nearest || !km->d2 || !km->rowmap) {
         ch_kmeans_free(km);
         return -ENOMEM;
     }
@@ -166,6 +168,17 @@ bool ch_kmeans_ready(const ch_kmeans_t *km) {
 
 uint64_t ch_kmeans_points(const ch_kmeans_t *km) {
     return km->points;
+}
+
+uint64_t ch_kmeans_refused(const ch_kmeans_t *km) { return km->refused; }
+
+static bool row_finite(const float *v, size_t d) {
+    for (size_t t = 0; t < d; t++) {
+        if (!isfinite(v[t])) {
+            return false;
+        }
+    }
+    return true;
 }
 
 uint64_t ch_kmeans_reseeds(const ch_kmeans_t *km) {
@@ -519,32 +532,43 @@ static void online_update(ch_kmeans_t *km, const float *z, size_t n, int64_t str
     }
 }
 
-int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_ms,
+int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n_in, int64_t stream_ms,
                      const int32_t *prev, const uint32_t *prev_gen, ch_kmeans_assign_t *ret) {
     size_t d = km->o.dim, k = km->o.k;
-    if (n == 0 || n > km->o.max_batch) {
+    if (n_in == 0 || n_in > km->o.max_batch) {
         return -EINVAL;
     }
     float *l = km->z;
-    ch_km_log_rows(km, x, n, l);
+    ch_km_log_rows(km, x, n_in, l);
+    /* a row with a value (or l-value) that is not finite would make every statistic and
+     * centroid it touches NaN: it is refused, and only the others go on, packed */
+    size_t n = 0;
+    for (size_t i = 0; i < n_in; i++) {
+        ret[i] = (ch_kmeans_assign_t){.segment = -1, .previous = -1};
+        if (!row_finite(l + i * d, d)) {
+            km->refused++;
+            continue;
+        }
+        if (n != i) {
+            memmove(l + n * d, l + i * d, d * sizeof(float));
+        }
+        km->rowmap[n++] = (uint32_t)i;
+    }
+    if (n == 0) {
+        return 0;
+    }
     bool follow = km->follow && km->ready;
     if (!follow) {
         stats_update(km, l, n, stream_ms);
     }
     km->points += n;
     if (!km->ready && km->o.seed_by_caller) {
-        for (size_t i = 0; i < n; i++) {
-            ret[i] = (ch_kmeans_assign_t){.segment = -1, .previous = -1};
-        }
         return 0;
     }
     if (!km->ready) {
         memcpy(km->wbuf + km->n_w * d, l, n * d * sizeof(float));
         km->n_w += n;
         if (km->n_w < km->o.warmup) {
-            for (size_t i = 0; i < n; i++) {
-                ret[i] = (ch_kmeans_assign_t){.segment = -1, .previous = -1};
-            }
             return 0;
         }
         finish_warmup(km, stream_ms);
@@ -561,12 +585,13 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
     /* report: nearest after the update, with hysteresis against the previous segment */
     distances(km, km->z, n);
     for (size_t i = 0; i < n; i++) {
+        size_t row = km->rowmap[i];
         const float *r = km->dist + i * k;
         size_t best = argmin_row(km, i);
         int32_t seg = (int32_t)best;
         float dist2 = r[best];
-        int32_t p = prev ? prev[i] : -1;
-        bool same_gen = p >= 0 && (size_t)p < k && prev_gen && prev_gen[i] == km->gen[p];
+        int32_t p = prev ? prev[row] : -1;
+        bool same_gen = p >= 0 && (size_t)p < k && prev_gen && prev_gen[row] == km->gen[p];
         if (same_gen && (size_t)p != best) {
             float dp = sqrtf(r[p]), db = sqrtf(r[best]);
             if (!(db < (float)(1 - km->o.hysteresis) * dp)) {
@@ -574,10 +599,10 @@ int ch_kmeans_update(ch_kmeans_t *km, const float *x, size_t n, int64_t stream_m
                 dist2 = r[p];
             }
         }
-        ret[i].segment = seg;
-        ret[i].generation = km->gen[seg];
-        ret[i].distance = sqrtf(dist2);
-        ret[i].previous = p >= 0 && (p != seg || !same_gen) ? p : -1;
+        ret[row].segment = seg;
+        ret[row].generation = km->gen[seg];
+        ret[row].distance = sqrtf(dist2);
+        ret[row].previous = p >= 0 && (p != seg || !same_gen) ? p : -1;
     }
     return 0;
 }
@@ -593,6 +618,10 @@ void ch_kmeans_assign(ch_kmeans_t *km, const float *x, size_t n, ch_kmeans_assig
     ch_kmeans_transform(km, x, n, km->z);
     distances(km, km->z, n);
     for (size_t i = 0; i < n; i++) {
+        if (!row_finite(km->z + i * km->o.dim, km->o.dim)) {
+            ret[i] = (ch_kmeans_assign_t){.segment = -1, .previous = -1};
+            continue;
+        }
         size_t best = argmin_row(km, i);
         ret[i] = (ch_kmeans_assign_t){.segment = (int32_t)best,
                                       .generation = km->gen[best],
@@ -618,19 +647,30 @@ int ch_kmeans_restat(ch_kmeans_t *km, const float *x, size_t n) {
     }
     double *mean = acc, *m2 = acc + d, *old_mean = acc + 2 * d;
     float *old_inv = f, *l = f + d;
-    for (size_t i = 0; i < n; i++) { /* Welford, every row of weight 1 */
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) { /* Welford, every finite row of weight 1 */
         ch_km_log_rows(km, x + i * d, 1, l);
+        if (!row_finite(l, d)) {
+            km->refused++;
+            continue;
+        }
+        used++;
         for (size_t t = 0; t < d; t++) {
             double delta = l[t] - mean[t];
-            mean[t] += delta / (double)(i + 1);
+            mean[t] += delta / (double)used;
             m2[t] += delta * (l[t] - mean[t]);
         }
+    }
+    if (used == 0) {
+        free(acc);
+        free(f);
+        return -EINVAL;
     }
     memcpy(old_inv, km->inv_std, d * sizeof(float));
     memcpy(old_mean, km->mean, d * sizeof(double));
     memcpy(km->mean, mean, d * sizeof(double));
     memcpy(km->m2, m2, d * sizeof(double));
-    km->sw = (double)n;
+    km->sw = (double)used;
     refresh_std(km);
     /* each centroid stays the same point of the l-space: l = z std + mean */
     for (size_t j = 0; km->ready && j < k; j++) {
@@ -675,9 +715,16 @@ int ch_kmeans_accumulate(ch_kmeans_t *km, const float *x, size_t n, int32_t *nea
     for (size_t b = 0; b < n; b += BLOCK) {
         size_t m = n - b < BLOCK ? n - b : BLOCK;
         const float *xb = x + b * d;
+        size_t m_used = m;
         ch_kmeans_transform(km, xb, m, km->z);
         distances(km, km->z, m);
         for (size_t i = 0; i < m; i++) {
+            if (!row_finite(km->z + i * d, d)) {
+                near[b + i] = -1; /* in no segment's sums */
+                km->refused++;
+                m_used--;
+                continue;
+            }
             size_t j = argmin_row(km, i);
             if (near[b + i] != (int32_t)j) {
                 acc->changed++;
@@ -689,7 +736,7 @@ int ch_kmeans_accumulate(ch_kmeans_t *km, const float *x, size_t n, int32_t *nea
                 acc->sums[j * d + t] += km->z[i * d + t];
             }
         }
-        acc->rows += m;
+        acc->rows += m_used;
     }
     return 0;
 }

@@ -35,7 +35,9 @@ struct ch_kmeans {
     size_t *cnt;
     int32_t *nearest;
     double *d2;
+    uint32_t *rowmap; /* ch_kmeans_update: batch row of each finite row kept */
     uint64_t rng, points, reseeds, refreshes, restarts;
+    uint64_t refused; /* rows with a non-finite value (or l-value), never folded in */
 };
 
 /* l = sign(x) log1p(|x|) (or x), n rows; then z = (l - mean) / std, in place allowed. */

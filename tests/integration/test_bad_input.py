@@ -48,6 +48,11 @@ def main():
     bad.append((encode_confluent(v1, 1, event("u-future", "bad-future", now + 3 * 86400000)),
                 "ts_in_future"))
     bad.append((encode_confluent(v1, 1, event("u-neg", "bad-neg", -5)), "ts_negative"))
+    bad.append((encode_confluent(v1, 1, event("u-1970", "bad-1970", 0)), "ts_too_old"))
+    # finite doubles beyond what float32 vectors hold: 1e39 once made every centroid NaN
+    for i, v in enumerate((1e39, 1e200, 1.7e308, -1e39)):
+        bad.append((encode_confluent(v1, 1, event(f"u-huge-{i}", f"bad-huge-{i}", now,
+                                                  amount=v)), "out_of_range"))
 
     # good events in a later writer schema (id 7): extra fields, float amount, int attrs
     good_v2 = []
@@ -60,7 +65,8 @@ def main():
 
     reader = avro_reader("profile_update.avsc")
     with Broker(partitions=4) as broker, Daemon(broker.bootstrap, f"schema.dir={TEST_SCHEMAS}",
-                                                "log.bad_input_per_min=5") as d:
+                                                "log.bad_input_per_min=5",
+                                                "input.max_age=20000d", "segments.warmup=500") as d:
         d.wait_assigned()
         p = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random"})
         for i, (value, _) in enumerate(bad):
@@ -74,6 +80,7 @@ def main():
         dlq = consume(broker.bootstrap, "cohortd-dlq", expect=len(bad))
         profiles = consume(broker.bootstrap, "profiles", expect=n_good)
         assert d.proc.poll() is None, "cohortd died on bad input"
+        refused = metric(d.metrics(), "cohortd_segment_vectors_refused_total")
         rc = d.stop()
         text = d.log_text()
         broker.stop()
@@ -95,6 +102,11 @@ def main():
     v2_profiles = [decode_confluent(reader, v)[1] for _, _, _, v, _ in profiles
                    if decode_confluent(reader, v)[1]["event_id"].startswith("v2-")]
     assert len(v2_profiles) == 50, f"{len(v2_profiles)} profiles for 50 v2 events"
+    # the segments stayed healthy: the last sparkov events spread over several segments
+    # (with a non-finite centroid every user fell into segment 0)
+    segs = [decode_confluent(reader, v)[1]["segment"] for _, _, _, v, _ in profiles[-1000:]]
+    assert len({s for s in segs if s is not None}) > 1, f"segments of the last 1000: {set(segs)}"
+    assert refused == 0, f"{refused} vectors refused by the segments"
     assert "bad input" in text, "bad input was not logged"
     assert text.count("bad input") <= 6, "bad-input logging is not rate-limited"
     log(f"bad input: {len(bad)} malformed/invalid records -> {len(dlq)} dead letters with "

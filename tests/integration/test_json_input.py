@@ -40,6 +40,11 @@ def main():
            (b'[1, 2, 3]', "not an object"),
            (b'{"event_id": "e4", "user_id": "u", "ts": 1, "type": "p", "attrs": {"x": "1"}}',
             "attrs[x] is not a number")]
+    # finite numbers beyond what float32 vectors hold (1e39 once made every centroid NaN)
+    huge = [(b'{"event_id": "h%d", "user_id": "u-huge", "ts": 1000, "type": "payment", '
+             b'"amount": %s}' % (i, v), b"is outside") for i, v in
+            enumerate((b"1e39", b"1e200", b"1.7e308", b"-1e39"))]
+    bad += huge
     with Broker(partitions=PARTITIONS) as broker:
         p = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random"})
         for r in sample:
@@ -74,11 +79,14 @@ def main():
     details = {row[2].decode(): dict(row[4]) for row in dlq}
     for i, (_, words) in enumerate(bad):
         h = details[f"bad-{i}"]
-        assert h["cohortd.error.reason"] == b"decode_error", h
+        want = b"out_of_range" if i >= len(bad) - len(huge) else b"decode_error"
+        assert h["cohortd.error.reason"] == want, h
+        words = words.decode() if isinstance(words, bytes) else words
         assert words in h["cohortd.error.detail"].decode(), (words, h["cohortd.error.detail"])
     assert {row[3] for row in dlq} == {v for v, _ in bad}, "dead letters must keep the bytes"
     log(f"JSON input: {N} events, features equal to the same events in Avro bit for bit; "
-        f"{len(bad)} bad messages dead-lettered with their reason")
+        f"{len(bad)} bad messages dead-lettered with their reason ({len(huge)} amounts "
+        f"beyond input.max_abs: out_of_range)")
     log("PASS")
 
 

@@ -259,6 +259,9 @@ const float *ch_kmeans_centroid(const ch_kmeans_t *km, size_t j, double *ret_wei
 /** @brief Points seen; dead segments re-seeded; refreshes done, and of them the
  *  restarts (a k-means++ candidate won) in ret_restarts (may be NULL). */
 uint64_t ch_kmeans_points(const ch_kmeans_t *km);
+/** @brief Rows refused since creation: a value (or its transform) not finite. Such a row
+ *  never reaches the statistics or a centroid, and is assigned no segment (-1). */
+uint64_t ch_kmeans_refused(const ch_kmeans_t *km);
 uint64_t ch_kmeans_reseeds(const ch_kmeans_t *km);
 uint64_t ch_kmeans_refreshes(const ch_kmeans_t *km, uint64_t *ret_restarts);
 

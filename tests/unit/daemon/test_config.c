@@ -310,6 +310,21 @@ static void test_secrets_never_printed(void **st) {
     ch_config_done(&c);
 }
 
+/* input.range.<field> = LOW..HIGH: two finite numbers in order, nothing else. */
+static void test_value_ranges(void **state) {
+    (void)state;
+    double lo = 0, hi = 0;
+    assert_int_equal(ch_config_parse_range("0..100000", &lo, &hi), 0);
+    assert_true(lo == 0 && hi == 100000);
+    assert_int_equal(ch_config_parse_range("-1e3..2.5", &lo, &hi), 0);
+    assert_true(lo == -1000 && hi == 2.5);
+    const char *bad[] = {"", "5", "1..", "..1", "2..1", "1..2x", "nan..1", "1..inf", "1-2",
+                         "1e999..2"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(ch_config_parse_range(bad[i], &lo, &hi), -EINVAL);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_and_paths),
@@ -322,6 +337,7 @@ int main(void) {
         cmocka_unit_test(test_drop_fields),
         cmocka_unit_test(test_registry_keys),
         cmocka_unit_test(test_secrets_never_printed),
+        cmocka_unit_test(test_value_ranges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

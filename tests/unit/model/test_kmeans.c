@@ -108,6 +108,48 @@ static void test_warmup_then_blobs_get_distinct_stable_ids(void **state) {
     ch_kmeans_free(km);
 }
 
+/* A row holding a value that is not finite (a float32 vector of a 1e39 amount holds
+ * inf) is refused: it gets no segment, and neither the statistics nor any centroid
+ * become NaN, while warming up or after; the finite rows of its batch are assigned. */
+static void test_non_finite_rows_are_refused(void **state) {
+    (void)state;
+    ch_kmeans_t *km = make(3, 256, INFINITY);
+    int64_t t = 0;
+    int seg[3] = {-1, -1, -1};
+    float x[4 * 2] = {0, 0, INFINITY, 1, 0, 0, 2, NAN};
+    ch_kmeans_assign_t out[4];
+    for (int i = 0; i < 3; i++) { /* during the warm-up */
+        blob_point(i, x);
+        blob_point(i, x + 4);
+        assert_int_equal(ch_kmeans_update(km, x, 4, ++t, NULL, NULL, out), 0);
+        assert_int_equal(out[1].segment, -1);
+        assert_int_equal(out[3].segment, -1);
+    }
+    feed(km, 5, 7, &t, seg);
+    assert_true(ch_kmeans_ready(km));
+    int32_t prev[4] = {seg[0], 1, seg[1], 2};
+    uint32_t gens[4] = {0, 0, 0, 0};
+    blob_point(0, x);
+    blob_point(1, x + 4);
+    assert_int_equal(ch_kmeans_update(km, x, 4, ++t, prev, gens, out), 0);
+    assert_int_equal(out[0].segment, seg[0]);
+    assert_int_equal(out[2].segment, seg[1]);
+    assert_int_equal(out[1].segment, -1);
+    assert_int_equal(out[3].segment, -1);
+    ch_kmeans_assign(km, x, 4, out);
+    assert_int_equal(out[0].segment, seg[0]);
+    assert_int_equal(out[1].segment, -1);
+    assert_int_equal(out[3].segment, -1);
+    assert_int_equal(ch_kmeans_refused(km), 8);
+    for (size_t j = 0; j < 3; j++) {
+        double w;
+        const float *c = ch_kmeans_centroid(km, j, &w, NULL);
+        assert_true(isfinite(c[0]) && isfinite(c[1]) && isfinite(w));
+    }
+    assert_sane(km);
+    ch_kmeans_free(km);
+}
+
 static void test_starved_centroid_is_reseeded_with_new_generation(void **state) {
     (void)state;
     /* half-life 5 s of stream time, 1 s per batch: a centroid without points loses
@@ -788,6 +830,7 @@ static void test_shared_model_write_read_follow_and_lloyd_from_parts(void **stat
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_warmup_then_blobs_get_distinct_stable_ids),
+        cmocka_unit_test(test_non_finite_rows_are_refused),
         cmocka_unit_test(test_starved_centroid_is_reseeded_with_new_generation),
         cmocka_unit_test(test_hysteresis_keeps_the_previous_segment_unless_clearly_closer),
         cmocka_unit_test(test_save_and_load_round_trip),
