@@ -13,6 +13,8 @@
  *   move together.
  */
 #include "config.h"
+
+#include "ch/registry.h"
 #include "errbuf.h"
 #include "http.h"
 
@@ -845,9 +847,10 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
     }
     if (cfg->registry_url[0] && strncmp(cfg->registry_url, "http://", 7) != 0 &&
         strncmp(cfg->registry_url, "https://", 8) != 0) {
+        char shown[CH_CONF_STR];
+        ch_registry_redact_url(cfg->registry_url, shown, sizeof(shown));
         return fail(errbuf, errlen, -EINVAL,
-                    "schema.registry.url = %s: expected an http:// or https:// URL",
-                    cfg->registry_url);
+                    "schema.registry.url = %s: expected an http:// or https:// URL", shown);
     }
     if (!cfg->registry_url[0] &&
         (cfg->registry_username[0] || cfg->registry_password_file[0] || cfg->registry_ca_file[0] ||
@@ -966,6 +969,10 @@ static void format_value(const ch_config_t *cfg, const key_def_t *k, char *buf, 
     case K_STR:
     case K_OPTSTR:
     case K_PATH:
+        if (strcmp(k->name, "schema.registry.url") == 0) { /* a password in it is masked */
+            ch_registry_redact_url((const char *)field, buf, len);
+            return;
+        }
         snprintf(buf, len, "%s", (const char *)field);
         return;
     case K_INT:

@@ -44,6 +44,7 @@ typedef struct request {
 struct ch_registry {
     ch_registry_opts_t o; /* strings point into the copies below */
     char *url, *username, *password, *ca_file, *cert_file, *key_file;
+    char *shown; /* url as messages show it: a password in it replaced by *** */
     ch_registry_hooks_t h;
     CURLM *multi;
     struct curl_slist *headers;
@@ -139,11 +140,32 @@ static char *dup_opt(const char *s, bool *oom) {
 
 static bool readable(const char *path) { return !path || access(path, R_OK) == 0; }
 
+void ch_registry_redact_url(const char *url, char *out, size_t len) {
+    if (len == 0) {
+        return;
+    }
+    const char *auth = strstr(url, "://");
+    auth = auth ? auth + 3 : url;
+    size_t host = strcspn(auth, "/?#"); /* the authority: [userinfo@]host[:port] */
+    const char *at = NULL; /* the last '@' of the authority ends the userinfo */
+    for (size_t i = 0; i < host; i++) {
+        at = auth[i] == '@' ? auth + i : at;
+    }
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (!colon) {
+        snprintf(out, len, "%s", url);
+        return;
+    }
+    snprintf(out, len, "%.*s***%s", (int)(colon + 1 - url), url, at);
+}
+
 int ch_registry_new(const ch_registry_opts_t *o, const ch_registry_hooks_t *h,
                     ch_registry_t **ret_registry, char *errbuf, size_t errlen) {
     if (!o->url || (strncmp(o->url, "http://", 7) != 0 && strncmp(o->url, "https://", 8) != 0)) {
+        char shown[MAX_URL];
+        ch_registry_redact_url(o->url ? o->url : "", shown, sizeof(shown));
         return fail(errbuf, errlen, -EINVAL, "schema registry URL '%s' is not http:// or https://",
-                    o->url ? o->url : "");
+                    shown);
     }
     if (strlen(o->url) > MAX_URL / 2 || o->timeout_ms <= 0) {
         return fail(errbuf, errlen, -EINVAL, "schema registry URL too long or timeout not > 0");
@@ -163,6 +185,8 @@ int ch_registry_new(const ch_registry_opts_t *o, const ch_registry_hooks_t *h,
     }
     bool oom = false;
     r->url = dup_opt(o->url, &oom);
+    r->shown = malloc(strlen(o->url) + 4);
+    oom = oom || !r->shown;
     r->username = dup_opt(o->username, &oom);
     r->password = dup_opt(o->password, &oom);
     r->ca_file = dup_opt(o->ca_file, &oom);
@@ -177,6 +201,7 @@ int ch_registry_new(const ch_registry_opts_t *o, const ch_registry_hooks_t *h,
     for (size_t n = strlen(r->url); n > 0 && r->url[n - 1] == '/'; n--) {
         r->url[n - 1] = '\0';
     }
+    ch_registry_redact_url(r->url, r->shown, strlen(o->url) + 4);
     r->headers = curl_slist_append(NULL, "Accept: application/vnd.schemaregistry.v1+json, "
                                          "application/vnd.schemaregistry+json, application/json");
     struct curl_slist *ct =
@@ -230,6 +255,7 @@ ch_registry_t *ch_registry_free(ch_registry_t *r) {
     }
     curl_slist_free_all(r->headers);
     free(r->url);
+    free(r->shown);
     free(r->username);
     if (r->password) {
         explicit_bzero(r->password, strlen(r->password));
@@ -330,7 +356,7 @@ static void report(ch_registry_t *r, request_t *q, CURLcode cc) {
     long status = 0;
     curl_easy_getinfo(q->easy, CURLINFO_RESPONSE_CODE, &status);
     char what[MAX_URL + 32], msg[MAX_URL + 512];
-    snprintf(what, sizeof(what), "GET %s/schemas/ids/%d", r->url, (int)q->id);
+    snprintf(what, sizeof(what), "GET %s/schemas/ids/%d", r->shown, (int)q->id);
     json_t *j = NULL;
     ch_registry_result_t res = {.id = q->id, .http_status = status, .message = msg};
     res.err = outcome(q, cc, status, &j, msg, sizeof(msg), what);
@@ -401,7 +427,7 @@ int ch_registry_register(ch_registry_t *r, const char *subject, const char *sche
         return -ENOMEM;
     }
     snprintf(url, sizeof(url), "%s/subjects/%s/versions", r->url, esc);
-    snprintf(what, sizeof(what), "POST %s", url);
+    snprintf(what, sizeof(what), "POST %s/subjects/%s/versions", r->shown, esc);
     curl_free(esc);
     q.easy = e;
     int err = setup(r, e, &q, url);

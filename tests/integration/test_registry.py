@@ -33,8 +33,9 @@ import avro.io
 import avro.schema
 from confluent_kafka import Producer
 
-from harness import (SCHEMAS, Broker, Daemon, committed_sum, consume, decode_confluent,
-                     encode_confluent, free_port, log, metric, offline_features, wait_for)
+from harness import (COHORTD, SCHEMAS, Broker, Daemon, committed_sum, consume,
+                     decode_confluent, encode_confluent, free_port, log, metric,
+                     offline_features, wait_for)
 from registry_server import Registry
 
 REL = 1e-5  # float32 outputs
@@ -107,14 +108,14 @@ def produce(bootstrap, lines, schema, sid):
     assert p.flush(60) == 0
 
 
-def write_conf(tmp, reg, password_file, extra=""):
+def write_conf(tmp, reg, password_file, extra="", url=None):
     reader = os.path.join(tmp, "invoice_line.avsc")
     with open(reader, "w") as f:
         json.dump(LINE_V2, f)  # the reader holds the newest version (version 1 lacks channel)
     path = os.path.join(tmp, "retail.conf")
     with open(path, "w") as f:
         f.write(f"""schema.dir = {SCHEMAS}
-schema.registry.url = {reg.url}
+schema.registry.url = {url or reg.url}
 schema.registry.username = {USER}
 schema.registry.password_file = {password_file}
 input.schema = {reader}
@@ -293,14 +294,25 @@ def wrong_credentials(broker, tmp, reg):
     log("wrong credentials at start: exit 2, '" +
         [ln for ln in text.splitlines() if "401" in ln][0][-160:] + "'")
 
-    conf = write_conf(tmp, reg, bad, "schema.registry.register_outputs = off\n")
+    # a password in the URL's userinfo is masked wherever the URL shows
+    url = reg.url.replace("://", "://someone:url-secret@", 1)
+    conf = write_conf(tmp, reg, bad, "schema.registry.register_outputs = off\n", url=url)
+    check = subprocess.run([COHORTD, "--config", conf, "--check-config", "--set",
+                            f"kafka.bootstrap.servers={broker.bootstrap}"],
+                           capture_output=True, text=True, timeout=120)
+    shown = check.stdout + check.stderr
+    assert "someone:***@" in shown and "url-secret" not in shown, shown[-2000:]
     with Daemon(broker.bootstrap, conf=conf, group="cohortd-badpw2") as d:
         d.wait_assigned()
+        body = ""
 
         def refused():
+            nonlocal body
             status, _, body = d.get("/readyz")
             return status == 503 and "HTTP 401" in body
         wait_for("fetch refused in /readyz", refused, [d], timeout=120)
+        assert "someone:***@" in body and "url-secret" not in body, body
+        assert "url-secret" not in d.log_text(), d.log_text()[-2000:]
         m = d.metrics()
         assert metric(m, "cohortd_events_consumed_total") == 0, "nothing consumed"
         assert committed_sum(broker.bootstrap, PARTS, group="cohortd-badpw2") == 0

@@ -63,6 +63,13 @@ typedef struct ch_registry_hooks {
 int ch_registry_new(const ch_registry_opts_t *o, const ch_registry_hooks_t *h,
                     ch_registry_t **ret_registry, char *errbuf, size_t errlen);
 
+/**
+ * @brief url with the password of its userinfo (scheme://user:password@host...)
+ *        replaced by ***, for every place a URL is shown; other URLs are copied.
+ * @remark out is always terminated (cut to len - 1 bytes).
+ */
+void ch_registry_redact_url(const char *url, char *out, size_t len);
+
 /** @brief Free, abandoning fetches in flight (no result is reported). Accepts NULL.
  *  @returns NULL. */
 ch_registry_t *ch_registry_free(ch_registry_t *r);
