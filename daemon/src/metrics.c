@@ -309,6 +309,14 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
             (unsigned long long)s.changelog_stale_restore);
         put(&o, "cohortd_changelog_stale_total{found=\"watch\"} %llu\n",
             (unsigned long long)s.changelog_stale_watch);
+        gauge(&o, "cohortd_offset_lookups_held",
+              "Partitions held (not restored, not processed) because where they resume is not "
+              "known yet: the committed-offset lookup failed and is retried with backoff.",
+              (double)s.offset_lookups_held);
+        counter(&o, "cohortd_offset_lookup_failures_total",
+                "Committed-offset lookups of restored partitions that failed (at assignment "
+                "and retries).",
+                s.offset_lookup_failures);
         counter(&o, "cohortd_changelog_repaired_total",
                 "Users written again after a stale record of theirs, so their newest state is "
                 "their last record (what compaction keeps).",

@@ -49,6 +49,8 @@ typedef struct ch_pipeline_stats {
     uint64_t restored_partitions, restore_records, restore_bytes, restore_applied;
     uint64_t restore_uncommitted, restore_refused;
     uint64_t changelog_stale_restore, changelog_stale_watch, changelog_repaired;
+    size_t offset_lookups_held;      /* partitions held until their committed offset is known */
+    uint64_t offset_lookup_failures; /* committed-offset lookups that failed */
     uint64_t restore_snapshots, restore_snapshots_ignored, restore_snapshot_users;
     double restore_seconds;
     uint64_t snapshot_files, snapshot_users, snapshot_failures; /* written by this process */

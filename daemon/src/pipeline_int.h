@@ -62,6 +62,8 @@ typedef struct ch_changelog {
 typedef struct ch_restore_part {
     bool on;
     bool watching; /* restored: reading the tail for stale records (state.changelog_watch) */
+    bool lookup;   /* held until the committed offset is known: asked again at next_try_s */
+    double next_try_s, backoff_s;
     int64_t upto; /* apply records reflecting offsets below this (the committed offset) */
     ch_snapr_t *snap; /* loading the partition's snapshot first; NULL: reading the changelog */
     int64_t from;     /* the changelog offset reading starts at */
@@ -77,6 +79,8 @@ typedef struct ch_restore {
     size_t active; /* partitions restoring now */
     uint64_t partitions, records, bytes, applied, uncommitted, refused;
     uint64_t stale_restore, stale_watch, repaired; /* stale records found, users rewritten */
+    size_t lookups;           /* partitions held until their committed offset is known */
+    uint64_t lookup_failures; /* committed-offset lookups that failed (at assignment too) */
     uint64_t snap_loaded, snap_ignored, snap_users; /* snapshots used, ignored; users from them */
     double seconds;
     ch_msg_t *msgs;

@@ -39,6 +39,8 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->changelog_stale_restore = p->rs.stale_restore;
     ret_stats->changelog_stale_watch = p->rs.stale_watch;
     ret_stats->changelog_repaired = p->rs.repaired;
+    ret_stats->offset_lookups_held = p->rs.lookups;
+    ret_stats->offset_lookup_failures = p->rs.lookup_failures;
     ret_stats->restore_seconds = p->rs.seconds;
     ret_stats->txn_commits = p->txn.commits;
     ret_stats->txn_aborts = p->txn.aborts;
@@ -117,6 +119,14 @@ bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
         return false;
     }
     if (!ch_schemafetch_ready(p, why, len)) {
+        return false;
+    }
+    if (p->rs.lookups > 0) {
+        snprintf(why, len,
+                 "holding %zu partition(s) of %s until their committed offset is known (%llu "
+                 "lookup(s) failed so far; retried with backoff)",
+                 p->rs.lookups, p->cfg->input_topic,
+                 (unsigned long long)p->rs.lookup_failures);
         return false;
     }
     if (p->rs.active > 0) {

@@ -1,12 +1,15 @@
 /*
  * restore.c - a partition gained is paused, its users rebuilt from the changelog up to
- * the committed input offset, then resumed (DESIGN.md section 9).
+ * the committed input offset, then resumed (README "Delivery guarantees").
  *
  * Design notes
  * - On assignment (the rebalance hook, right after the assign) the input partition is
  *   held (ch_consumer_hold: nothing of it is handed out) and the changelog reader
  *   starts on the same partition number from its beginning. Other partitions keep
  *   flowing; restoring is budgeted per loop iteration like the batch path.
+ * - Where consumption resumes is looked up at assignment (ch_consumer_start_offset);
+ *   unknown (the lookup failed), the partition stays held and the lookup is retried
+ *   with backoff from the loop (retry_lookups): its users never start empty.
  * - A record is applied only if the input offset it reflects is below where
  *   consumption of the partition resumes (the committed offset): work that was not
  *   committed is reprocessed from the input instead, so a restore never folds an
@@ -134,6 +137,23 @@ static ch_snapr_t *open_snapshot(ch_pipeline_t *p, int32_t partition, int64_t up
     return r;
 }
 
+/* The committed offset is known: restore up to it (its snapshot first, if any). */
+static void start(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp, int64_t upto) {
+    char err[512];
+    ch_snapshot_stored(p, partition, upto); /* what it resumes from is committed */
+    rp->upto = upto;
+    rp->snap = open_snapshot(p, partition, upto, &rp->from);
+    if (!rp->snap &&
+        ch_reader_start(p->clients.reader, partition, rp->from, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_ERR, "restore: %s; stopping", err);
+        p->failed = true;
+    }
+}
+
+#define LOOKUP_TIMEOUT_MS 250
+#define LOOKUP_BACKOFF_MIN_S 0.5
+#define LOOKUP_BACKOFF_MAX_S 10.0
+
 void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
     if (!p->clients.reader) {
         return;
@@ -154,18 +174,13 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
         return;
     }
     ch_snapshot_forget(p, partition);
-    int64_t upto = ch_consumer_start_offset(p->clients.consumer, partition);
-    if (upto < 0) {
-        ch_log(CH_LOG_WARNING,
-               "restore: where %s[%d] resumes is unknown; its users start empty (none of "
-               "the changelog can be shown to be committed)",
-               p->cfg->input_topic, partition);
-        upto = 0;
-    }
-    ch_snapshot_stored(p, partition, upto); /* what it resumes from is committed */
     ch_snapr_close(rp->snap);
+    rp->snap = NULL;
     if (rp->watching && ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "restore: %s", err);
+    }
+    if (rp->lookup) {
+        p->rs.lookups--;
     }
     ch_keyset_t *tombs = rp->tombs, *stale_keys = rp->stale_keys;
     if (!tombs && ch_keyset_new(&tombs) < 0) {
@@ -185,17 +200,60 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
     ch_keyset_clear(tombs);
     ch_keyset_clear(stale_keys);
     *rp = (ch_restore_part_t){.on = true,
-                              .upto = upto,
+                              .upto = -1,
                               .from = CH_READ_BEGINNING,
                               .t0 = ch_now_s(),
                               .tombs = tombs,
                               .stale_keys = stale_keys};
-    rp->snap = open_snapshot(p, partition, upto, &rp->from);
     p->rs.active++;
-    if (!rp->snap &&
-        ch_reader_start(p->clients.reader, partition, rp->from, err, sizeof(err)) < 0) {
-        ch_log(CH_LOG_ERR, "restore: %s; stopping", err);
-        p->failed = true;
+    int64_t upto = ch_consumer_start_offset(p->clients.consumer, partition);
+    if (upto >= 0) {
+        start(p, partition, rp, upto);
+        return;
+    }
+    /* Unknown where consumption resumes: none of the changelog can be shown to be
+     * committed, and its users must not start empty while the input resumes from the
+     * committed offset anyway. Held (the aligner buffers, then pauses) and asked again. */
+    rp->lookup = true;
+    rp->backoff_s = LOOKUP_BACKOFF_MIN_S;
+    rp->next_try_s = ch_now_s() + rp->backoff_s;
+    p->rs.lookups++;
+    p->rs.lookup_failures++;
+    ch_log(CH_LOG_WARNING,
+           "restore: where %s[%d] resumes is unknown (the committed-offset lookup at "
+           "assignment failed); the partition is held and the lookup retried",
+           p->cfg->input_topic, partition);
+}
+
+/* Ask again for the committed offsets of the held partitions whose time has come. */
+static void retry_lookups(ch_pipeline_t *p) {
+    double now = ch_now_s();
+    for (size_t i = 0; p->rs.lookups > 0 && i < p->rs.n_parts && !p->failed; i++) {
+        ch_restore_part_t *rp = &p->rs.parts[i];
+        if (!rp->on || !rp->lookup || now < rp->next_try_s) {
+            continue;
+        }
+        char why[512];
+        int64_t upto = -1;
+        int r = ch_consumer_lookup_start(p->clients.consumer, (int32_t)i, LOOKUP_TIMEOUT_MS,
+                                         &upto, why, sizeof(why));
+        if (r == 0) {
+            rp->lookup = false;
+            p->rs.lookups--;
+            ch_log(CH_LOG_NOTICE, "restore: %s[%d] resumes at offset %lld; restoring",
+                   p->cfg->input_topic, (int)i, (long long)upto);
+            start(p, (int32_t)i, rp, upto);
+            continue;
+        }
+        p->rs.lookup_failures++;
+        rp->backoff_s = rp->backoff_s * 2 < LOOKUP_BACKOFF_MAX_S ? rp->backoff_s * 2
+                                                                 : LOOKUP_BACKOFF_MAX_S;
+        rp->next_try_s = ch_now_s() + rp->backoff_s;
+        uint64_t dropped = 0;
+        if (ch_ratelimit_allow(&p->bad_rl, &dropped)) {
+            ch_log(CH_LOG_WARNING, "restore: %s; %s[%d] stays held, next try in %.1f s", why,
+                   p->cfg->input_topic, (int)i, rp->backoff_s);
+        }
     }
 }
 
@@ -212,7 +270,10 @@ void ch_restore_cancel(ch_pipeline_t *p, int32_t partition) {
     if (!rp || !rp->on) {
         return;
     }
-    if (rp->snap) {
+    if (rp->lookup) {
+        rp->lookup = false; /* nothing was started */
+        p->rs.lookups--;
+    } else if (rp->snap) {
         rp->snap = ch_snapr_close(rp->snap);
     } else if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
         ch_log(CH_LOG_WARNING, "restore: %s", err);
@@ -499,6 +560,7 @@ bool ch_restore_drain(ch_pipeline_t *p) {
     if (!p->clients.reader || p->stopping || ch_pipeline_failed(p)) {
         return false;
     }
+    retry_lookups(p);
     size_t loaded = 0;
     for (size_t i = 0; i < rs->n_parts && loaded < RESTORE_BUDGET; i++) {
         if (rs->parts[i].on && rs->parts[i].snap) {
@@ -533,5 +595,5 @@ bool ch_restore_drain(ch_pipeline_t *p) {
             apply(p, m, rp);
         }
     }
-    return more || n >= RESTORE_BUDGET; /* more may be waiting */
+    return more || n >= RESTORE_BUDGET; /* more may be waiting (held lookups: the safety timer) */
 }

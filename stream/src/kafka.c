@@ -220,9 +220,28 @@ static void set_paused(ch_consumer_t *c, int32_t partition, bool pause) {
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* Remember where partition starts (-1 unknown). @returns 0, -ENOMEM. */
+static int store_start(ch_consumer_t *c, int32_t partition, int64_t start) {
+    if ((size_t)partition >= c->n_start) {
+        size_t cap = (size_t)partition + 64;
+        int64_t *ns = realloc(c->start, cap * sizeof(*ns));
+        if (!ns) {
+            return -ENOMEM;
+        }
+        for (size_t j = c->n_start; j < cap; j++) {
+            ns[j] = -1;
+        }
+        c->start = ns;
+        c->n_start = cap;
+    }
+    c->start[partition] = start;
+    return 0;
+}
+
 /* Where each newly assigned partition starts: its committed offset, or where
  * auto.offset.reset puts a group without one. Lag is measured from here until a
- * message is consumed. Two bounded broker round trips, on assignment only. */
+ * message is consumed. Two bounded broker round trips, on assignment only; a
+ * partition whose lookup fails is -1 (ch_consumer_lookup_start asks again). */
 static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_copy(parts);
     rd_kafka_resp_err_t re = rd_kafka_committed(c->rk, l, 2000);
@@ -231,18 +250,6 @@ static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t
         if (strcmp(e->topic, c->topic) != 0 || e->partition < 0) {
             continue;
         }
-        if ((size_t)e->partition >= c->n_start) {
-            size_t cap = (size_t)e->partition + 64;
-            int64_t *ns = realloc(c->start, cap * sizeof(*ns));
-            if (!ns) {
-                break;
-            }
-            for (size_t j = c->n_start; j < cap; j++) {
-                ns[j] = -1;
-            }
-            c->start = ns;
-            c->n_start = cap;
-        }
         int64_t start = re || e->err ? -1 : e->offset;
         int64_t lo = -1, hi = -1;
         if (!re && !e->err && start < 0 &&
@@ -250,9 +257,34 @@ static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t
                 RD_KAFKA_RESP_ERR_NO_ERROR) {
             start = c->reset_latest ? hi : lo;
         }
-        c->start[e->partition] = start;
+        if (store_start(c, e->partition, start) < 0) {
+            break;
+        }
     }
     rd_kafka_topic_partition_list_destroy(l);
+}
+
+int ch_consumer_lookup_start(ch_consumer_t *c, int32_t partition, int timeout_ms,
+                             int64_t *ret_offset, char *errbuf, size_t errlen) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_t *e = rd_kafka_topic_partition_list_add(l, c->topic, partition);
+    rd_kafka_resp_err_t re = rd_kafka_committed(c->rk, l, timeout_ms);
+    re = re ? re : e->err;
+    int64_t start = re ? -1 : e->offset, lo = -1, hi = -1;
+    rd_kafka_topic_partition_list_destroy(l);
+    if (!re && start < 0) {
+        re = rd_kafka_query_watermark_offsets(c->rk, c->topic, partition, &lo, &hi, timeout_ms);
+        start = c->reset_latest ? hi : lo;
+    }
+    if (re || start < 0) {
+        return fail(errbuf, errlen, -EAGAIN, "committed offset of %s[%d]: %s", c->topic,
+                    partition, re ? rd_kafka_err2str(re) : "none");
+    }
+    if (store_start(c, partition, start) < 0) {
+        return -ENOMEM;
+    }
+    *ret_offset = start;
+    return 0;
 }
 
 static void call_hook(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *parts,

@@ -129,6 +129,18 @@ size_t ch_consumer_assigned(const ch_consumer_t *c);
 int64_t ch_consumer_start_offset(const ch_consumer_t *c, int32_t partition);
 
 /**
+ * @brief Ask the broker again where an assigned partition begins (its committed
+ *        offset, or auto.offset.reset's place without one), when the lookup at assignment
+ *        failed: a coordinator moving, a lookup slower than its timeout, offsets pending
+ *        in an open transaction (KIP-447 answers "unstable offset" until it ends).
+ * @param timeout_ms the longest this blocks.
+ * @returns 0 and the offset in *ret_offset (also ch_consumer_start_offset's from now on),
+ *          -EAGAIN (not known yet: the reason in errbuf), -ENOMEM.
+ */
+int ch_consumer_lookup_start(ch_consumer_t *c, int32_t partition, int timeout_ms,
+                             int64_t *ret_offset, char *errbuf, size_t errlen);
+
+/**
  * @brief Hold or release an assigned partition for the caller's own reasons (e.g. while
  *        its state is restored): its records are buffered by the aligner and none is
  *        handed out until released (with enough buffered, it is paused); a revoke ends
