@@ -1,6 +1,6 @@
 /*
  * changelog.c - the state changelog: every user's whole state, written once per
- * commit.interval, to the partition of the input it came from (DESIGN.md section 9).
+ * commit.interval, to the partition of the input it came from (README "Delivery guarantees").
  *
  * Design notes
  * - Write-combining: a user touched in a batch joins the dirty set (record pointers;

@@ -1,5 +1,5 @@
 /*
- * emit.c - the emit policies (DESIGN.md section 8) and reason selection.
+ * emit.c - the emit policies (README "Messages") and reason selection.
  *
  * Design notes
  * - Pure predicates over (config, the user's record, the new values): the batch path

@@ -1,5 +1,5 @@
 /*
- * evaluate.h - live evaluation of the risk model (DESIGN.md 6; README "Live
+ * evaluate.h - live evaluation of the risk model (README "Risk scoring"; README "Live
  * evaluation"): labels that arrive later, joined to the scores cohortd gave the same
  * events, make ROC AUC, average precision, precision and recall at the threshold,
  * log loss and calibration by decile over a sliding window, in /metrics and as

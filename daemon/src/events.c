@@ -1,5 +1,5 @@
 /*
- * events.c - decode, validate and map one input event (DESIGN.md section 4).
+ * events.c - decode, validate and map one input event (README "Your own events").
  *
  * Design notes
  * - Avro decoding borrows from the Kafka message (no copy, no allocation per event);

@@ -1,6 +1,6 @@
 /*
  * pipeline.c - the batch path: drain -> decode -> fold into user state -> one row per
- * event -> score and segment the batch at once -> publish (DESIGN.md section 3).
+ * event -> score and segment the batch at once -> publish (README "Architecture").
  *
  * Design notes
  * - One drain = one batch: up to batch.max_events messages are decoded,

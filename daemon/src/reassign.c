@@ -1,7 +1,7 @@
 /*
  * reassign.c - the population pass of the segments, on the pipeline's side: its slices
  * run as background work between batches, and once new centroids are live every user
- * in the table is reassigned and each move published (DESIGN.md section 7).
+ * in the table is reassigned and each move published (README "Segments").
  *
  * Design notes
  * - segments.c gathers the users' vectors and fits them; this file walks the table

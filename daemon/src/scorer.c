@@ -1,5 +1,5 @@
 /*
- * scorer.c - loading, hot reload and reason codes of the risk model (DESIGN.md 6).
+ * scorer.c - loading, hot reload and reason codes of the risk model (README "Risk scoring").
  *
  * Design notes
  * - A reload loads the new file completely aside; only a model that loaded and

@@ -1,5 +1,5 @@
 /*
- * segments.c - online segments in the daemon (DESIGN.md section 7).
+ * segments.c - online segments in the daemon (README "Segments").
  *
  * Design notes
  * - The segmenter runs with seed_by_caller: during warm-up it only learns the

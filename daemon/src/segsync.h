@@ -1,6 +1,6 @@
 /*
  * segsync.h - one set of segments across the instances of a consumer group
- * (segments.sync_topic; DESIGN.md section 9, README "One set of segments across
+ * (segments.sync_topic; README "Delivery guarantees", README "One set of segments across
  * instances").
  */
 #ifndef CH_SEGSYNC_H

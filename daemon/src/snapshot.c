@@ -1,6 +1,6 @@
 /*
  * snapshot.c - local snapshots of each partition's users (state.dir), so a restart
- * replays only the changelog written after them (DESIGN.md section 9).
+ * replays only the changelog written after them (README "Delivery guarantees").
  *
  * Design notes
  * - A snapshot of partition P says the changelog offset F from which replaying

@@ -1,7 +1,7 @@
 /*
  * txn.c - processing.guarantee = exactly_once: outputs, dead letters, changelog records
  * and the input offsets they answer commit in one Kafka transaction per changelog flush
- * (every commit.interval; DESIGN.md section 9).
+ * (every commit.interval; README "Delivery guarantees").
  *
  * Design notes
  * - A transaction begins with the first output after the last commit and commits at

@@ -293,7 +293,7 @@ def duration_ms(s):
 
 
 def offline_features(events, specs, default_hl):
-    """Direct (non-incremental) evaluation of DESIGN.md section 5 for one user.
+    """Direct (non-incremental) evaluation of README "Features" for one user.
     events: [(ts_ms, type, {field: value})], the event's item, category and other text
     fields (if any) as fields "@item", "@category", "@<name>"; read at q = the latest event time. distinct() is
     the exact count of the values seen in (q - window, q]."""

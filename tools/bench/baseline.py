@@ -5,8 +5,8 @@ cohortd buys.
 
 Same job: it reads the same cohortd config file (features, half-lives, defaults, model
 path, risk threshold and reasons, segments), consumes Confluent-framed Avro events
-(python3-avro), keeps the same exact time-decayed aggregates per user (DESIGN.md
-section 5), scores each batch with the same ONNX model's weights in numpy (gradient x
+(python3-avro), keeps the same exact time-decayed aggregates per user (README
+"Features"), scores each batch with the same ONNX model's weights in numpy (gradient x
 input reasons for alerts), runs the same mini-batch K-Means (signed log1p + decayed
 z-score, k-means++ warm-up with Lloyd passes, decayed Sculley updates, dead-centroid
 re-seeding, hysteresis), and produces one profile_update and one risk_update per event

@@ -4,7 +4,7 @@
  * A feature set is compiled once from declarations such as
  *     mean(amount) type=payment half_life=7d default=0
  * and then applied to per-user state arrays owned by the caller (the user table).
- * Every aggregate is exact for any arrival order (DESIGN.md section 5).
+ * Every aggregate is exact for any arrival order (README "Features").
  *
  * @locality Not thread-safe; a feature set is immutable after ch_features_seal().
  */

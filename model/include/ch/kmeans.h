@@ -1,5 +1,5 @@
 /*
- * ch/kmeans.h - online segments: incremental mini-batch K-Means (DESIGN.md section 7).
+ * ch/kmeans.h - online segments: incremental mini-batch K-Means (README "Segments").
  *
  * Points are raw feature vectors. They are transformed (signed log1p, then z-score
  * with a running mean and variance decayed by stream time) and clustered with

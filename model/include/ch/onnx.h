@@ -1,5 +1,5 @@
 /*
- * ch/onnx.h - a batched evaluator for the ONNX operator subset of DESIGN.md section 6.
+ * ch/onnx.h - a batched evaluator for the ONNX operator subset of README "Risk scoring".
  *
  * A model is compiled once at load into a list of steps over preallocated buffers;
  * evaluation is allocation-free. The risk score is the last column of the graph's

@@ -1,6 +1,6 @@
 /*
  * Feature engine tests. Every expected value is worked out by hand in the
- * comment beside it from the definition in DESIGN.md section 5.
+ * comment beside it from the definition in README "Features".
  */
 #include <setjmp.h>
 #include <stdarg.h>
