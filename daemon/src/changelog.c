@@ -255,6 +255,26 @@ static void write_tombstones(ch_pipeline_t *p, ch_tracked_t *b) {
     cl->tomb_len = cl->n_tomb = 0;
 }
 
+/* The epoch records of changelog partitions that have none yet (snapshot.c), into b. */
+static void write_epochs(ch_pipeline_t *p, ch_tracked_t *b) {
+    ch_snapshot_t *sn = &p->sn;
+    for (int32_t i = 0; sn->on && sn->epochs_queued > 0 && i < p->cl.partitions && !p->failed;
+         i++) {
+        if (!sn->epoch_queued[i]) {
+            continue;
+        }
+        ch_header_t h[2] = {{CH_EPOCH_HEADER, "1", 1},
+                            {CH_WRITER_HEADER, p->cl.writer, sizeof(p->cl.writer)}};
+        sn->epoch_queued[i] = false;
+        sn->epochs_queued--;
+        if (ch_outputs_send(p, b, OUT_CHANGELOG, p->cfg->state_changelog, i, CH_EPOCH_KEY,
+                            sizeof(CH_EPOCH_KEY) - 1, sn->epoch[i], 16, h, 2) == 0) {
+            sn->epoch_pending[i] = true;
+            p->st.changelog_sent++;
+        }
+    }
+}
+
 void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b) {
     ch_changelog_t *cl = &p->cl;
     if (!cl->on) {
@@ -270,7 +290,8 @@ void ch_changelog_flush(ch_pipeline_t *p, bool force) {
     /* Every change by an event is made inside a batch that joins the pending list before
      * any flush can run; without a pending batch there can still be the tombstones of idle
      * evictions and the users a restore or the watch found a stale record for. */
-    if (!cl->on || (cl->n_pending == 0 && cl->n_tomb == 0 && cl->n_dirty == 0)) {
+    if (!cl->on ||
+        (cl->n_pending == 0 && cl->n_tomb == 0 && cl->n_dirty == 0 && p->sn.epochs_queued == 0)) {
         return;
     }
     double now = ch_now_s();
@@ -286,6 +307,7 @@ void ch_changelog_flush(ch_pipeline_t *p, bool force) {
         cl->pending[cl->n_pending++] = e;
     }
     ch_tracked_t *b = cl->pending[0];
+    write_epochs(p, b);
     write_tombstones(p, b);
     size_t state_len = ch_features_state_len(p->fs), size = ch_staterec_size(state_len);
     ch_header_t wh = {CH_WRITER_HEADER, cl->writer, sizeof(cl->writer)};

@@ -374,6 +374,11 @@ static const key_def_t keys[] = {
      "HOST:PORT of the HTTP endpoint (/healthz, /readyz, /metrics, /users/<id>), served "
      "from the event loop; off disables it. Keep it on loopback or a private network: it "
      "has no authentication."},
+    {"http.allowed_hosts", K_OPTSTR, OFF(http_allowed_hosts), "", 0, 0, NULL, NULL,
+     "Host names (comma-separated) the HTTP endpoint answers to, besides IP addresses, "
+     "localhost and the name in http.listen: a request whose Host header names anything "
+     "else is refused (421), which defeats DNS rebinding; a POST from a browser page of "
+     "another origin is refused (403)."},
     {"http.max_connections", K_INT, OFF(http_max_connections), "64", 1, 4096, NULL, NULL,
      "Concurrent HTTP connections served. A further one takes the slot of the oldest "
      "connection still waiting for its request (each has 2 s to send it), so slow or idle "

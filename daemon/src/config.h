@@ -130,6 +130,7 @@ typedef struct ch_config {
 
     char http_listen[CH_CONF_STR]; /* host:port, "off" */
     long http_max_connections;
+    char http_allowed_hosts[CH_CONF_STR]; /* comma-separated; "": IPs, localhost only */
 
     ch_log_level_t log_level;
     double log_stats_interval_ms;

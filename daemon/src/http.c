@@ -12,7 +12,10 @@
  *   connection takes the slot of the oldest one still waiting for its request
  *   head, which is closed: a prober, whose request follows its connect at once,
  *   is served, and a flood of slow or idle clients only evicts itself (measured in
- *   tests/integration/test_probes.py). Only when every slot is busy answering is a
+ *   tests/integration/test_probes.py). Next in line are connections already answered
+ *   (lingering until their client closes), then those whose client has not taken its
+ *   answer for STALLED_S: clients that send a request and never read cannot hold the
+ *   slots either. Only when every slot is busy answering, recently, is a
  *   new connection answered 503 and closed like any answer (write side shut, input
  *   drained for at most LINGER_S), with up to REFUSALS_MAX such refusals
  *   lingering; past that it is refused with a best-effort 503 and closed at once.
@@ -37,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,6 +49,7 @@
 #define CONN_TIMEOUT_S 10.0
 #define LINGER_S 2.0
 #define REFUSALS_MAX 64 /* 503s closing at once beyond max_conns (~8 KiB each) */
+#define STALLED_S 1.0   /* an answer its client has not taken for this long may be cut */
 
 typedef struct conn conn_t;
 
@@ -60,6 +65,7 @@ struct ch_http {
     ch_buf_t body;
     uint64_t requests;
     char address[128];
+    char *allowed; /* http.allowed_hosts; NULL: IP literals and localhost only */
 };
 
 struct conn {
@@ -72,12 +78,27 @@ struct conn {
     size_t out_off;
     bool answering; /* the request head is in (or it is refused): answering or lingering */
     bool lingering; /* answered; draining input until the client closes */
+    double answered_s; /* ev_now when the answer started, or its last part (answering) */
+    ch_http_more_fn *more; /* a streamed answer's parts to come; NULL: none */
+    ch_http_end_fn *end;
+    void *ctx;
     conn_t *prev, *next;
     char in[HEAD_MAX];
 };
 
+/* A streamed answer is over: its producer frees what it holds. */
+static void stream_end(conn_t *c) {
+    ch_http_end_fn *end = c->end;
+    c->more = NULL;
+    c->end = NULL;
+    if (end) {
+        end(c->ctx);
+    }
+}
+
 static void conn_close(conn_t *c) {
     ch_http_t *h = c->srv;
+    stream_end(c);
     ev_io_stop(h->loop, &c->io);
     ev_timer_stop(h->loop, &c->timer);
     close(c->fd);
@@ -104,10 +125,16 @@ static const char *status_text(int status) {
         return "Bad Request";
     case 404:
         return "Not Found";
+    case 202:
+        return "Accepted";
+    case 403:
+        return "Forbidden";
     case 405:
         return "Method Not Allowed";
     case 408:
         return "Request Timeout";
+    case 421:
+        return "Misdirected Request";
     case 431:
         return "Request Header Fields Too Large";
     case 500:
@@ -134,21 +161,43 @@ static ssize_t drain(int fd, size_t reads) {
 
 /* Writes what the socket takes; closes when done or on error. */
 static void conn_flush(conn_t *c) {
-    while (c->out_off < c->out.len) {
-        ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n > 0) {
-            c->out_off += (size_t)n;
-            continue;
+    ch_http_t *h = c->srv;
+    for (;;) {
+        while (c->out_off < c->out.len) {
+            ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off,
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0) {
+                c->out_off += (size_t)n;
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                return; /* wait for EV_WRITE */
+            }
+            conn_close(c); /* the client is gone: a stream ends with it */
+            return;
         }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            return; /* wait for EV_WRITE */
+        if (!c->more) {
+            break;
         }
-        conn_close(c);
-        return;
+        /* one part per writable socket and loop iteration: batches run in between */
+        c->out.len = c->out_off = 0;
+        int r = c->more(c->ctx, &c->out);
+        if (r < 0) {
+            conn_close(c);
+            return;
+        }
+        if (r == 0) {
+            stream_end(c);
+        }
+        c->answered_s = ev_now(h->loop); /* progress: neither stalled nor timed out */
+        ev_timer_stop(h->loop, &c->timer);
+        ev_timer_set(&c->timer, CONN_TIMEOUT_S - HEAD_TIMEOUT_S, 0);
+        ev_timer_start(h->loop, &c->timer);
+        if (c->more) {
+            return; /* EV_WRITE sends this part and asks for the next */
+        }
     }
     shutdown(c->fd, SHUT_WR);
-    ch_http_t *h = c->srv;
     c->lingering = true;
     ev_io_stop(h->loop, &c->io);
     ev_io_set(&c->io, c->fd, EV_READ);
@@ -162,10 +211,14 @@ static void conn_reply(conn_t *c, int status, const char *ctype, const void *bod
                        bool head_only, const char *allow) {
     ch_http_t *h = c->srv;
     c->out.len = 0;
+    char clen[48] = "";
+    if (!c->more) { /* streamed: the body ends with the connection */
+        snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n", len);
+    }
     int r = ch_buf_printf(&c->out,
-                          "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                          "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s"
                           "Cache-Control: no-store\r\nConnection: close\r\n%s%s%s\r\n",
-                          status, status_text(status), ctype, len, status == 405 ? "Allow: " : "",
+                          status, status_text(status), ctype, clen, status == 405 ? "Allow: " : "",
                           status == 405 ? (allow ? allow : "GET, HEAD") : "",
                           status == 405 ? "\r\n" : "");
     if (r == 0 && !head_only && len) {
@@ -177,6 +230,7 @@ static void conn_reply(conn_t *c, int status, const char *ctype, const void *bod
     }
     h->requests++;
     c->answering = true;
+    c->answered_s = ev_now(h->loop);
     ev_timer_stop(h->loop, &c->timer); /* the rest of CONN_TIMEOUT_S to answer */
     ev_timer_set(&c->timer, CONN_TIMEOUT_S - HEAD_TIMEOUT_S, 0);
     ev_timer_start(h->loop, &c->timer);
@@ -225,6 +279,35 @@ static long percent_decode(char *s, size_t n) {
     return (long)o;
 }
 
+/* The value of the first header called name (lower case) in the head in[0..end),
+ * trimmed; NULL if none. */
+static const char *header(const char *in, size_t end, const char *name, size_t *ret_len) {
+    size_t nl = strlen(name);
+    const char *line = memchr(in, '\n', end);
+    while (line && (size_t)(line + 1 - in) < end) {
+        line++;
+        size_t rest = end - (size_t)(line - in);
+        const char *eol = memchr(line, '\n', rest);
+        size_t llen = eol ? (size_t)(eol - line) : rest;
+        if (llen > nl && line[nl] == ':' && strncasecmp(line, name, nl) == 0) {
+            const char *v = line + nl + 1;
+            size_t vl = llen - nl - 1;
+            while (vl && (*v == ' ' || *v == '\t')) {
+                v++;
+                vl--;
+            }
+            while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t' || v[vl - 1] == '\r')) {
+                vl--;
+            }
+            *ret_len = vl;
+            return v;
+        }
+        line = eol;
+    }
+    *ret_len = 0;
+    return NULL;
+}
+
 int ch_http_parse(char *in, size_t end, ch_http_request_t *ret, const char **why) {
     char *line = in;
     char *eol = memchr(line, '\n', end);
@@ -263,6 +346,97 @@ int ch_http_parse(char *in, size_t end, ch_http_request_t *ret, const char **why
     }
     ret->path = path;
     ret->path_len = (size_t)dlen;
+    ret->host = header(in, end, "host", &ret->host_len);
+    ret->origin = header(in, end, "origin", &ret->origin_len);
+    size_t sl = 0;
+    const char *site = header(in, end, "sec-fetch-site", &sl);
+    ret->cross_site = site && ((sl == 10 && strncasecmp(site, "cross-site", 10) == 0) ||
+                               (sl == 9 && strncasecmp(site, "same-site", 9) == 0));
+    return 0;
+}
+
+/* Whether s[0..n) is an address of family (AF_INET, AF_INET6). */
+static bool is_ip(int family, const char *s, size_t n) {
+    char buf[INET6_ADDRSTRLEN];
+    unsigned char a[sizeof(struct in6_addr)];
+    if (n == 0 || n >= sizeof(buf)) {
+        return false;
+    }
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return inet_pton(family, buf, a) == 1;
+}
+
+bool ch_http_host_allowed(const char *host, size_t len, const char *names) {
+    if (!host || len == 0) {
+        return false;
+    }
+    size_t n = len; /* the name without its port */
+    if (host[0] == '[') {
+        const char *close_br = memchr(host, ']', len);
+        return close_br && is_ip(AF_INET6, host + 1, (size_t)(close_br - host - 1)) &&
+               (close_br + 1 == host + len || close_br[1] == ':');
+    }
+    const char *colon = memchr(host, ':', len);
+    if (colon) {
+        n = (size_t)(colon - host);
+    }
+    if (n && host[n - 1] == '.') {
+        n--; /* a fully qualified name's final dot */
+    }
+    if (is_ip(AF_INET, host, n) || (n == 9 && strncasecmp(host, "localhost", 9) == 0)) {
+        return true;
+    }
+    for (const char *p = names; p && *p;) {
+        size_t m = strcspn(p, ",");
+        const char *q = p;
+        while (m && *q == ' ') {
+            q++;
+            m--;
+        }
+        size_t k = m;
+        while (k && q[k - 1] == ' ') {
+            k--;
+        }
+        if (k && k == n && strncasecmp(q, host, n) == 0) {
+            return true;
+        }
+        p += strcspn(p, ",");
+        p += *p == ',';
+    }
+    return false;
+}
+
+int ch_http_check(const ch_http_request_t *req, const char *names, const char **why) {
+    if (!req->host) {
+        *why = "a Host header is required\n";
+        return 400;
+    }
+    if (!ch_http_host_allowed(req->host, req->host_len, names)) {
+        *why = "this server does not answer to that Host (an IP address, localhost, or a "
+               "name in http.allowed_hosts)\n";
+        return 421;
+    }
+    if (req->post) {
+        const char *o = req->origin;
+        size_t ol = req->origin_len;
+        const char *scheme = o ? memmem(o, ol, "://", 3) : NULL;
+        if (o && !(ol == 4 && memcmp(o, "null", 4) == 0) && scheme) {
+            const char *oh = scheme + 3;
+            size_t ohl = ol - (size_t)(oh - o);
+            if (!ch_http_host_allowed(oh, ohl, names)) {
+                *why = "cross-origin requests may not change state\n";
+                return 403;
+            }
+        } else if (o) {
+            *why = "cross-origin requests may not change state\n";
+            return 403;
+        }
+        if (req->cross_site) {
+            *why = "cross-site requests may not change state\n";
+            return 403;
+        }
+    }
     return 0;
 }
 
@@ -282,13 +456,20 @@ static void conn_serve(conn_t *c, size_t end) {
     ch_http_request_t req;
     const char *why = NULL;
     int status = ch_http_parse(c->in, end, &req, &why);
+    status = status ? status : ch_http_check(&req, h->allowed, &why);
     if (status) {
         reply_text(c, status, why, false);
         return;
     }
     h->body.len = 0;
-    ch_http_reply_t rep = {404, "text/plain; charset=utf-8", &h->body, NULL};
+    ch_http_reply_t rep = {404, "text/plain; charset=utf-8", &h->body, NULL, NULL, NULL, NULL};
     h->handler(h->opaque, &req, &rep);
+    c->more = rep.more;
+    c->end = rep.end;
+    c->ctx = rep.ctx;
+    if (req.head) {
+        stream_end(c); /* HEAD: the status line and headers only */
+    }
     conn_reply(c, rep.status, rep.content_type, h->body.data, h->body.len, req.head, rep.allow);
 }
 
@@ -352,14 +533,23 @@ static void refuse_now(int fd) {
     close(fd);
 }
 
-/* At capacity: close the oldest connection still waiting for its request head, so the
- * new one gets its slot. @returns false if every connection is answering. */
+/* At capacity: close a connection so the new one gets its slot: the oldest still waiting
+ * for its request head; else the oldest already answered (its answer is with the kernel;
+ * it only waits for its client to close); else the oldest whose answer its client has
+ * not taken for STALLED_S (a client that sends requests and never reads).
+ * @returns false if every connection is answering, and recently. */
 static bool evict_waiting(ch_http_t *h) {
-    for (conn_t *c = h->oldest; c; c = c->prev) {
-        if (!c->answering) {
-            conn_close(c);
-            h->evicted++;
-            return true;
+    double now = ev_now(h->loop);
+    for (int pass = 0; pass < 3; pass++) {
+        for (conn_t *c = h->oldest; c; c = c->prev) {
+            bool go = pass == 0   ? !c->answering
+                      : pass == 1 ? c->lingering
+                                  : c->answering && now - c->answered_s >= STALLED_S;
+            if (go) {
+                conn_close(c);
+                h->evicted++;
+                return true;
+            }
         }
     }
     return false;
@@ -387,6 +577,10 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
         c->in_len = 0;
         c->out_off = 0;
         c->answering = false;
+        c->answered_s = 0;
+        c->more = NULL;
+        c->end = NULL;
+        c->ctx = NULL;
         c->lingering = false;
         ch_buf_init(&c->out);
         c->prev = NULL;
@@ -512,8 +706,19 @@ ch_http_t *ch_http_free(ch_http_t *h) {
     ev_io_stop(h->loop, &h->accept_io);
     close(h->fd);
     ch_buf_done(&h->body);
+    free(h->allowed);
     free(h);
     return NULL;
+}
+
+int ch_http_allow_hosts(ch_http_t *h, const char *names) {
+    char *copy = names && *names ? strdup(names) : NULL;
+    if (names && *names && !copy) {
+        return -ENOMEM;
+    }
+    free(h->allowed);
+    h->allowed = copy;
+    return 0;
 }
 
 const char *ch_http_address(const ch_http_t *h) {

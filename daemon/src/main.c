@@ -389,6 +389,48 @@ static void on_model_change(struct ev_loop *loop, ev_stat *w, int revents) {
 
 /* ---------------------------------------------------------------- HTTP routes */
 
+/* GET /segments/export, streamed: EXPORT_STEP users per part, a part per loop iteration
+ * while the client reads; abandoned with its client. */
+#define EXPORT_STEP 2048
+typedef struct export_stream {
+    ch_pipeline_t *pipe;
+    ch_export_t *e;
+} export_stream_t;
+
+static int export_more(void *ctx, ch_buf_t *out) {
+    export_stream_t *x = ctx;
+    return ch_pipeline_export_step(x->pipe, x->e, out, EXPORT_STEP);
+}
+
+static void export_end(void *ctx) {
+    export_stream_t *x = ctx;
+    ch_pipeline_export_end(x->pipe, x->e);
+    free(x);
+}
+
+static void export_route(daemon_ctx_t *d, ch_http_reply_t *rep) {
+    ch_buf_t *b = rep->body;
+    export_stream_t *x = malloc(sizeof(*x));
+    int r = x ? ch_pipeline_export_begin(d->pipe, b, &x->e) : -ENOMEM;
+    if (r < 0) {
+        free(x);
+        b->len = 0;
+        rep->status = r == -ENOENT ? 404 : r == -EBUSY ? 503 : 500;
+        rep->content_type = "application/json";
+        ch_buf_printf(b, "{\"error\":\"%s\"}\n",
+                      r == -ENOENT  ? "segments are off (segments.k = 0)"
+                      : r == -EBUSY ? "too many exports at once; try again"
+                                    : "out of memory");
+        return;
+    }
+    x->pipe = d->pipe;
+    rep->status = 200;
+    rep->content_type = "application/x-ndjson";
+    rep->more = export_more;
+    rep->end = export_end;
+    rep->ctx = x;
+}
+
 static void segments_route(daemon_ctx_t *d, const ch_http_request_t *req, ch_http_reply_t *rep) {
     ch_buf_t *b = rep->body;
     const char *path = req->path + 9; /* after "/segments" */
@@ -412,11 +454,12 @@ static void segments_route(daemon_ctx_t *d, const ch_http_request_t *req, ch_htt
         if (r == 0) {
             background_once(d);
         }
+    } else if (export) {
+        export_route(d, rep);
     } else {
-        int r = export ? ch_pipeline_segments_export(d->pipe, b)
-                       : ch_pipeline_segments_json(d->pipe, b);
+        int r = ch_pipeline_segments_json(d->pipe, b);
         rep->status = r == 0 ? 200 : r == -ENOENT ? 404 : 500;
-        rep->content_type = r == 0 && export ? "application/x-ndjson" : "application/json";
+        rep->content_type = "application/json";
         if (r < 0) {
             b->len = 0;
             ch_buf_printf(b, "{\"error\":\"%s\"}\n",
@@ -751,6 +794,17 @@ int main(int argc, char **argv) {
     if (strcmp(cfg.http_listen, "off") != 0) {
         r = ch_http_new(d.loop, cfg.http_listen, (size_t)cfg.http_max_connections, http_handler,
                         &d, &d.http, err, sizeof(err));
+        char names[2 * CH_CONF_STR + 2], port[16];
+        if (r == 0 && ch_http_split_address(cfg.http_listen, names, CH_CONF_STR, port,
+                                            sizeof(port)) == 0) {
+            /* the name it listens on is one it answers to */
+            snprintf(names + strlen(names), sizeof(names) - strlen(names), ",%s",
+                     cfg.http_allowed_hosts);
+            if ((r = ch_http_allow_hosts(d.http, names)) < 0) {
+                snprintf(err, sizeof(err), "http: out of memory");
+                d.http = ch_http_free(d.http);
+            }
+        }
         if (r < 0) {
             ch_log(CH_LOG_ERR, "%s", err);
             d.pipe = ch_pipeline_free(d.pipe);

@@ -236,6 +236,15 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
     }
     counter(&o, "cohortd_kafka_errors_total",
             "Kafka client errors (consumer errors and client-level errors).", s.kafka_errors);
+    counter(&o, "cohortd_input_offset_jumps_total",
+            "Times consumption went on past records the broker had deleted before they were "
+            "consumed (retention or a size limit moved the log start past them); each is "
+            "logged as an error naming the offsets.",
+            s.input_jumps);
+    counter(&o, "cohortd_input_skipped_total",
+            "Input records deleted by the broker before they were consumed (see "
+            "cohortd_input_offset_jumps_total).",
+            s.input_skipped);
 
     /* ---- outputs */
     static const char *const kinds[] = {"profile", "risk", "dead_letter", "changelog", "segment"};
@@ -450,6 +459,10 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
               s.segments_ready ? 1 : 0);
         counter(&o, "cohortd_segment_reseeds_total",
                 "Dead segments re-seeded (their generation increases).", s.segment_reseeds);
+        gauge(&o, "cohortd_segment_exports",
+              "GET /segments/export answers being streamed (at most 4; a client that hangs up "
+              "ends its own).",
+              (double)s.segment_exports);
         counter(&o, "cohortd_segment_vectors_refused_total",
                 "Vectors kept out of the segments because a value (or its transform) is not "
                 "finite: they reach no statistic or centroid and get no segment.",

@@ -212,5 +212,17 @@ void ch_pipeline_tick(ch_pipeline_t *p) {
         int64_t before = p->st.stream_time_ms - (int64_t)p->idle_evict_ms;
         p->st.users_evicted_idle += ch_users_evict_idle(p->users, before, 100000);
     }
+    /* input the broker deleted before it was consumed: never silent */
+    ch_consumer_skip_t skips[16];
+    size_t n = ch_consumer_take_skips(p->clients.consumer, skips, 16, &p->st.input_jumps,
+                                      &p->st.input_skipped);
+    for (size_t i = 0; i < n; i++) {
+        ch_log(CH_LOG_ERR,
+               "%s[%d]: %lld record(s), offsets %lld to %lld, were deleted by the broker before "
+               "they were consumed (retention or a size limit moved the log start past them); "
+               "consumption went on at offset %lld: those events are lost to the features",
+               p->cfg->input_topic, skips[i].partition, (long long)(skips[i].to - skips[i].from),
+               (long long)skips[i].from, (long long)skips[i].to - 1, (long long)skips[i].at);
+    }
 }
 

@@ -31,6 +31,8 @@ typedef struct ch_pipeline_stats {
     bool segments_ready;
     uint64_t segment_reseeds;
     uint64_t segment_refused; /* vectors with a value not finite, kept out of the segments */
+    size_t segment_exports;   /* GET /segments/export streams running */
+    uint64_t input_jumps, input_skipped; /* input the broker deleted before it was consumed */
     uint64_t segment_refreshes, segment_restarts;
     /* population passes (seeding and refreshes) with their reassignment done */
     uint64_t segment_passes, segment_moves;
@@ -132,12 +134,24 @@ int ch_pipeline_segments_refresh(ch_pipeline_t *p);
  *  @returns 0, -ENOENT (segments off), -ENOMEM. */
 int ch_pipeline_segments_json(ch_pipeline_t *p, ch_buf_t *out);
 
-/** @brief GET /segments/export: that JSON on the first line, then one line per user in
- *  the table: user_id, segment, generation, last_event_ts (the user's stream time), ts
- *  and the vector read then (the current stream time), raw (x) and transformed (z). Built whole:
- * O(users) memory.
- *  @returns 0, -ENOENT (segments off), -ENOMEM. */
-int ch_pipeline_segments_export(ch_pipeline_t *p, ch_buf_t *out);
+/* GET /segments/export, streamed: that JSON on the first line, then one line per user in
+ * the table: user_id, segment, generation, last_event_ts (the user's stream time), ts and
+ * the vector read at the stream time the export began, raw (x) and transformed (z, with
+ * the model as it was then). Written in steps between batches; users that arrive or
+ * leave meanwhile may or may not appear. */
+typedef struct ch_export ch_export_t;
+#define CH_EXPORTS_MAX 4 /* exports at once; a further one is answered 503 */
+
+/** @brief Start an export: the first line into out.
+ *  @returns 0, -ENOENT (segments off), -EBUSY (CH_EXPORTS_MAX running), -ENOMEM. */
+int ch_pipeline_export_begin(ch_pipeline_t *p, ch_buf_t *out, ch_export_t **ret);
+
+/** @brief Append up to budget users' lines to out.
+ *  @returns 1 (more to come), 0 (the end), -ENOMEM. */
+int ch_pipeline_export_step(ch_pipeline_t *p, ch_export_t *e, ch_buf_t *out, size_t budget);
+
+/** @brief Finish an export (done, or its client gone). Accepts NULL. @returns NULL. */
+ch_export_t *ch_pipeline_export_end(ch_pipeline_t *p, ch_export_t *e);
 
 /** @brief One budget of background work: restoring partitions (snapshot users, changelog
  *  records), writing a snapshot when one is due, a slice of the segments' population

@@ -69,6 +69,11 @@ typedef struct ch_restore_part {
     int64_t from;     /* the changelog offset reading starts at */
     double t0;
     uint64_t read, applied, uncommitted, refused, stale, from_snapshot;
+    bool verify; /* the snapshot's epoch record is being read back before it is loaded */
+    int64_t verify_at; /* where the snapshot says the epoch record is, and its value */
+    unsigned char verify_val[16];
+    int64_t epoch_at; /* the epoch record read (-1 none yet) and its value */
+    unsigned char epoch[16];
     ch_keyset_t *tombs; /* users tombstoned so far -> the input offset of the tombstone */
     ch_keyset_t *stale_keys; /* users a stale record was read for: rewritten at the end */
 } ch_restore_part_t;
@@ -89,6 +94,13 @@ typedef struct ch_restore {
 /* Local snapshots (snapshot.c); arrays by input partition, 0 .. cl.partitions - 1. */
 typedef struct ch_snapshot {
     bool on;
+    unsigned char identity[32];            /* the cluster and topics snapshots belong to */
+    char cluster[CH_SNAPFILE_CLUSTER_MAX]; /* the cluster id */
+    int64_t *epoch_at;            /* changelog offset of each partition's epoch record; -1 */
+    unsigned char (*epoch)[16];   /* its value */
+    bool *epoch_queued;           /* one is to be written by the next changelog flush */
+    bool *epoch_pending;          /* one is written (delivery reports look for it) */
+    size_t epochs_queued;
     int64_t *cl_next; /* changelog offset past the last record known durable; -1 unknown */
     int64_t *stored;  /* input offset stored for commit (all before it processed); -1 unknown */
     ch_snapw_t **w;   /* the file being written; NULL none */
@@ -205,6 +217,7 @@ struct ch_pipeline {
     ch_changelog_t cl;
     ch_restore_t rs;
     ch_snapshot_t sn;
+    size_t exports; /* GET /segments/export streams running (pipeline_view.c) */
     ch_txn_t txn;
     ch_schemafetch_t sf;
     ch_reassign_t ra;
@@ -266,6 +279,10 @@ void ch_outputs_done(ch_pipeline_t *p);
 #define OUT_SEGMENT ((uintptr_t)4)
 #define CH_TOMBSTONE_OFFSET_HEADER "cohortd-offset" /* i64 LE: the user's last event */
 #define CH_WRITER_HEADER "cohortd-writer" /* 8 random bytes per process: who wrote it */
+#define CH_EPOCH_HEADER "cohortd-epoch"   /* on a changelog partition's epoch record */
+/* its key: with NUL bytes no user id from a text field has; compaction keeps it (it is
+ * written once per partition) and restore skips it */
+#define CH_EPOCH_KEY "\0cohortd.epoch\0"
 int ch_outputs_send(ch_pipeline_t *p, ch_tracked_t *b, uintptr_t kind, const char *topic,
                     int32_t partition, const void *key, size_t key_len, const void *value,
                     size_t value_len, const ch_header_t *h, size_t n_h);
@@ -301,6 +318,14 @@ void ch_snapshot_name(const ch_pipeline_t *p, int32_t partition, char *buf, size
 void ch_snapshot_durable(ch_pipeline_t *p, int32_t partition, int64_t next); /* cl_next */
 void ch_snapshot_stored(ch_pipeline_t *p, int32_t partition, int64_t next);  /* stored */
 void ch_snapshot_forget(ch_pipeline_t *p, int32_t partition); /* revoked or restoring */
+/* the partition's epoch record is known: at offset, with value (16 bytes) */
+void ch_snapshot_epoch(ch_pipeline_t *p, int32_t partition, int64_t offset,
+                       const unsigned char *value);
+/* a delivered changelog record: if it is an epoch record being written, it is known now */
+void ch_snapshot_delivered(ch_pipeline_t *p, const ch_msg_t *m, int32_t partition,
+                           int64_t offset);
+/* write an epoch record for the partition with the next flush (none was found) */
+void ch_snapshot_new_epoch(ch_pipeline_t *p, int32_t partition);
 bool ch_snapshot_step(ch_pipeline_t *p); /* one budget; true if more waits */
 void ch_snapshot_now(ch_pipeline_t *p);  /* a whole snapshot at once (shutdown) */
 

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
@@ -63,6 +64,9 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->segments_ready = p->segs && ch_segments_ready(p->segs);
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
     ret_stats->segment_refused = p->segs ? ch_segments_refused(p->segs) : 0;
+    ret_stats->segment_exports = p->exports;
+    ret_stats->input_jumps = p->st.input_jumps;
+    ret_stats->input_skipped = p->st.input_skipped;
     if (p->segs) {
         ch_segments_status_t ss;
         ch_segments_status(p->segs, &ss);
@@ -218,14 +222,9 @@ size_t ch_pipeline_tags(ch_pipeline_t *p, const ch_user_t *u) {
 }
 
 int ch_pipeline_user_json(ch_pipeline_t *p, const char *user_id, size_t len, ch_buf_t *out) {
-    char pid[CH_PSEUDONYM_LEN];
-    ch_user_t *u = NULL;
-    if (p->pseud && ch_pseudonym_of(p->pseud, user_id, len, pid) == 0 &&
-        (u = ch_users_find(p->users, pid, sizeof(pid)))) {
-        user_id = pid; /* asked by user id: answered under the pseudonym */
-        len = sizeof(pid);
-    }
-    u = u ? u : ch_users_find(p->users, user_id, len);
+    /* With pseudonyms on, users are asked for by pseudonym only: answering a raw id
+     * would let anyone who reaches the port link outputs back to people. */
+    ch_user_t *u = ch_users_find(p->users, user_id, len);
     if (!u) {
         return -ENOENT;
     }
@@ -362,20 +361,46 @@ int ch_pipeline_segments_json(ch_pipeline_t *p, ch_buf_t *out) {
     return r ? r : LIT(out, "\n");
 }
 
-int ch_pipeline_segments_export(ch_pipeline_t *p, ch_buf_t *out) {
+struct ch_export {
+    ch_kmeans_t *km; /* the model as it was at the start: every line's z uses it */
+    int64_t at;      /* the stream time every vector is read at */
+    size_t cursor;   /* user-table position */
+};
+
+int ch_pipeline_export_begin(ch_pipeline_t *p, ch_buf_t *out, ch_export_t **ret) {
     if (!p->segs) {
         return -ENOENT;
     }
+    if (p->exports >= CH_EXPORTS_MAX) {
+        return -EBUSY;
+    }
+    ch_export_t *e = calloc(1, sizeof(*e));
+    if (!e || ch_segments_copy_model(p->segs, &e->km) < 0) {
+        free(e);
+        return -ENOMEM;
+    }
+    e->at = p->st.stream_time_ms;
     out->len = 0;
     int r = segments_head(p, out);
     r = r ? r : LIT(out, "\n");
-    const ch_kmeans_t *km = ch_segments_model(p->segs);
-    int64_t at = p->st.stream_time_ms;
-    size_t cursor = 0;
+    if (r < 0) {
+        ch_kmeans_free(e->km);
+        free(e);
+        return r;
+    }
+    p->exports++;
+    *ret = e;
+    return 0;
+}
+
+int ch_pipeline_export_step(ch_pipeline_t *p, ch_export_t *e, ch_buf_t *out, size_t budget) {
     float x[CH_FEATURES_MAX], z[CH_FEATURES_MAX];
-    for (ch_user_t *u; !r && (u = ch_users_next(p->users, &cursor));) {
-        int64_t t = ch_user_vector(p, u, at, x);
-        ch_kmeans_transform(km, x, 1, z);
+    int r = 0;
+    size_t n = 0;
+    ch_user_t *u = NULL;
+    for (; !r && n < budget && (u = ch_users_next(p->users, &e->cursor)); n++) {
+        int64_t t = ch_user_vector(p, u, e->at, x);
+        ch_kmeans_transform(e->km, x, 1, z);
         r = LIT(out, "{\"user_id\":");
         r = r ? r : ch_json_string(out, ch_users_key(p->users, u), u->key_len);
         if (!r && u->segment >= 0) {
@@ -393,5 +418,14 @@ int ch_pipeline_segments_export(ch_pipeline_t *p, ch_buf_t *out) {
         r = r ? r : ch_json_floats(out, z, p->n_feats);
         r = r ? r : LIT(out, "}\n");
     }
-    return r;
+    return r < 0 ? r : u ? 1 : 0;
+}
+
+ch_export_t *ch_pipeline_export_end(ch_pipeline_t *p, ch_export_t *e) {
+    if (e) {
+        ch_kmeans_free(e->km);
+        free(e);
+        p->exports--;
+    }
+    return NULL;
 }

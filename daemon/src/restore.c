@@ -32,6 +32,11 @@
  *   dropped with the partition's others.
  * - Records of another layout (another feature configuration) or damaged ones are
  *   counted and skipped: those users start empty, and the log says so.
+ * - With state.dir, the partition's snapshot is checked against the changelog first:
+ *   the record at the epoch offset it names must be the epoch record it names
+ *   (verify_epoch), read with the reader started there and stopped again; otherwise the
+ *   snapshot belongs to another cluster or an earlier topic of the same name, and is
+ *   ignored. The epoch record itself is never a user (apply and watch skip it).
  * - With state.dir, the partition's snapshot (snapshot.c) is loaded first, in budgeted
  *   steps, and the changelog is read from the offset it names. It is ignored, with a
  *   log line, and the whole changelog read instead, when it is missing, damaged or
@@ -86,7 +91,7 @@ static ch_restore_part_t *part(ch_pipeline_t *p, int32_t partition) {
 
 /* The partition's snapshot if it can be used, else NULL (the log says why). */
 static ch_snapr_t *open_snapshot(ch_pipeline_t *p, int32_t partition, int64_t upto,
-                                 int64_t *ret_from) {
+                                 ch_restore_part_t *rp) {
     if (!p->sn.on) {
         return NULL;
     }
@@ -97,8 +102,10 @@ static ch_snapr_t *open_snapshot(ch_pipeline_t *p, int32_t partition, int64_t up
                          .state_len = (uint32_t)ch_features_state_len(p->fs),
                          .layout = p->cl.layout},
                  got;
+    memcpy(want.identity, p->sn.identity, sizeof(want.identity));
+    memcpy(want.cluster, p->sn.cluster, sizeof(want.cluster));
     uint64_t users = 0;
-    int64_t max_offset = -1, log_start = -1;
+    int64_t max_offset = -1, log_start = -1, log_end = -1;
     ch_snapr_t *r = NULL;
     int rc = ch_snapr_open(p->cfg->state_dir, name, &want, &r, &got, &users, &max_offset, why,
                            sizeof(why));
@@ -114,9 +121,23 @@ static ch_snapr_t *open_snapshot(ch_pipeline_t *p, int32_t partition, int64_t up
                  (long long)max_offset, (long long)upto);
         rc = -ESTALE;
     }
-    if (rc == 0 && ch_reader_log_start(p->clients.reader, partition, LOG_START_TIMEOUT_MS,
-                                       &log_start, why, sizeof(why)) < 0) {
+    if (rc == 0 && ch_reader_log_bounds(p->clients.reader, partition, LOG_START_TIMEOUT_MS,
+                                        &log_start, &log_end, why, sizeof(why)) < 0) {
         rc = -EIO;
+    }
+    if (rc == 0 && got.changelog_from > log_end) {
+        snprintf(why, sizeof(why),
+                 "it continues from changelog offset %lld, past the changelog's end %lld (the "
+                 "topic was recreated, or this is another cluster's)",
+                 (long long)got.changelog_from, (long long)log_end);
+        rc = -ESTALE;
+    }
+    if (rc == 0 && (got.epoch_offset < log_start || got.epoch_offset >= log_end)) {
+        snprintf(why, sizeof(why),
+                 "the changelog's epoch record it names (offset %lld) is not in the changelog "
+                 "(offsets %lld..%lld): the topic was recreated, or this is another cluster's",
+                 (long long)got.epoch_offset, (long long)log_start, (long long)log_end - 1);
+        rc = -ESTALE;
     }
     if (rc == 0 && log_start > got.changelog_from) {
         snprintf(why, sizeof(why),
@@ -133,7 +154,10 @@ static ch_snapr_t *open_snapshot(ch_pipeline_t *p, int32_t partition, int64_t up
         ch_snapr_close(r);
         return NULL;
     }
-    *ret_from = got.changelog_from;
+    rp->from = got.changelog_from;
+    rp->verify = true; /* its epoch record is read back before a user is loaded */
+    rp->verify_at = got.epoch_offset;
+    memcpy(rp->verify_val, got.epoch, sizeof(rp->verify_val));
     return r;
 }
 
@@ -142,9 +166,9 @@ static void start(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp, in
     char err[512];
     ch_snapshot_stored(p, partition, upto); /* what it resumes from is committed */
     rp->upto = upto;
-    rp->snap = open_snapshot(p, partition, upto, &rp->from);
-    if (!rp->snap &&
-        ch_reader_start(p->clients.reader, partition, rp->from, err, sizeof(err)) < 0) {
+    rp->snap = open_snapshot(p, partition, upto, rp);
+    if (ch_reader_start(p->clients.reader, partition, rp->snap ? rp->verify_at : rp->from, err,
+                        sizeof(err)) < 0) {
         ch_log(CH_LOG_ERR, "restore: %s; stopping", err);
         p->failed = true;
     }
@@ -202,6 +226,7 @@ void ch_restore_begin(ch_pipeline_t *p, int32_t partition) {
     *rp = (ch_restore_part_t){.on = true,
                               .upto = -1,
                               .from = CH_READ_BEGINNING,
+                              .epoch_at = -1,
                               .t0 = ch_now_s(),
                               .tombs = tombs,
                               .stale_keys = stale_keys};
@@ -273,10 +298,14 @@ void ch_restore_cancel(ch_pipeline_t *p, int32_t partition) {
     if (rp->lookup) {
         rp->lookup = false; /* nothing was started */
         p->rs.lookups--;
-    } else if (rp->snap) {
+    } else if (rp->snap && !rp->verify) {
         rp->snap = ch_snapr_close(rp->snap);
-    } else if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
-        ch_log(CH_LOG_WARNING, "restore: %s", err);
+    } else {
+        rp->snap = ch_snapr_close(rp->snap);
+        rp->verify = false;
+        if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
+            ch_log(CH_LOG_WARNING, "restore: %s", err);
+        }
     }
     rp->on = false;
     p->rs.active--;
@@ -313,6 +342,11 @@ static void finish(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp, i
         ch_log(CH_LOG_WARNING, "restore: %s", err);
     }
     size_t repaired = repair(p, partition, rp);
+    if (rp->epoch_at >= 0) {
+        ch_snapshot_epoch(p, partition, rp->epoch_at, rp->epoch);
+    } else {
+        ch_snapshot_new_epoch(p, partition); /* snapshots name it; none yet */
+    }
     double dt = ch_now_s() - rp->t0;
     rp->on = false;
     p->rs.active--;
@@ -397,6 +431,15 @@ static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
     rp->read++;
     rs->records++;
     rs->bytes += m->value_len + m->key_len;
+    const void *hv = NULL;
+    size_t hlen = 0;
+    if (ch_msg_header(m, CH_EPOCH_HEADER, &hv, &hlen) == 0) {
+        if (m->value && m->value_len == sizeof(rp->epoch)) { /* the partition's epoch */
+            rp->epoch_at = m->offset;
+            memcpy(rp->epoch, m->value, sizeof(rp->epoch));
+        }
+        return;
+    }
     if (!m->key || m->key_len == 0) {
         rp->refused++;
         rs->refused++;
@@ -463,6 +506,9 @@ static void watch(ch_pipeline_t *p, const ch_msg_t *m) {
         (ch_msg_header(m, CH_WRITER_HEADER, &w, &wlen) == 0 && wlen == sizeof(p->cl.writer) &&
          memcmp(w, p->cl.writer, wlen) == 0)) {
         return; /* ours, in the order written */
+    }
+    if (ch_msg_header(m, CH_EPOCH_HEADER, &w, &wlen) == 0) {
+        return; /* not a user */
     }
     ch_user_t *u = ch_users_find(p->users, m->key, m->key_len);
     if (!u) {
@@ -555,6 +601,42 @@ static size_t load_snapshot(ch_pipeline_t *p, int32_t partition, ch_restore_part
     return n;
 }
 
+/* The first record read at the snapshot's epoch offset: the snapshot is loaded if it is
+ * the epoch record the snapshot names, else ignored and the whole changelog read. */
+static void verify_epoch(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
+    char err[512], name[600];
+    const void *v = NULL;
+    size_t len = 0;
+    int32_t partition = m->partition;
+    bool ok = !m->eof && m->offset == rp->verify_at &&
+              ch_msg_header(m, CH_EPOCH_HEADER, &v, &len) == 0 && m->value &&
+              m->value_len == sizeof(rp->verify_val) &&
+              memcmp(m->value, rp->verify_val, sizeof(rp->verify_val)) == 0;
+    rp->verify = false;
+    if (ch_reader_stop(p->clients.reader, partition, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_WARNING, "restore: %s", err);
+    }
+    if (ok) { /* the snapshot is loaded next, then the changelog read from rp->from */
+        rp->epoch_at = rp->verify_at;
+        memcpy(rp->epoch, rp->verify_val, sizeof(rp->epoch));
+        return;
+    }
+    ch_snapshot_name(p, partition, name, sizeof(name));
+    p->rs.snap_ignored++;
+    ch_log(CH_LOG_WARNING,
+           "restore of partition %d: snapshot %s/%s ignored: the changelog's record at offset "
+           "%lld is not the epoch record it names (%s): it was written for another cluster or "
+           "an earlier topic of that name; reading the whole changelog",
+           partition, p->cfg->state_dir, name, (long long)rp->verify_at,
+           m->eof ? "the changelog ends there" : "another record");
+    rp->snap = ch_snapr_close(rp->snap);
+    rp->from = CH_READ_BEGINNING;
+    if (ch_reader_start(p->clients.reader, partition, rp->from, err, sizeof(err)) < 0) {
+        ch_log(CH_LOG_ERR, "restore: %s; stopping", err);
+        p->failed = true;
+    }
+}
+
 bool ch_restore_drain(ch_pipeline_t *p) {
     ch_restore_t *rs = &p->rs;
     if (!p->clients.reader || p->stopping || ch_pipeline_failed(p)) {
@@ -563,12 +645,13 @@ bool ch_restore_drain(ch_pipeline_t *p) {
     retry_lookups(p);
     size_t loaded = 0;
     for (size_t i = 0; i < rs->n_parts && loaded < RESTORE_BUDGET; i++) {
-        if (rs->parts[i].on && rs->parts[i].snap) {
+        if (rs->parts[i].on && rs->parts[i].snap && !rs->parts[i].verify) {
             loaded += load_snapshot(p, (int32_t)i, &rs->parts[i], RESTORE_BUDGET - loaded);
         }
     }
     bool more = loaded >= RESTORE_BUDGET;
     int n = ch_reader_drain(p->clients.reader, rs->msgs, RESTORE_BUDGET);
+    int32_t skip = -1;
     for (int i = 0; i < n; i++) {
         const ch_msg_t *m = &rs->msgs[i];
         if (m->err) {
@@ -586,7 +669,12 @@ bool ch_restore_drain(ch_pipeline_t *p) {
         if (!rp || !rp->on) {
             continue; /* read before a cancel */
         }
-        if (rp->snap) {
+        if (rp->verify) {
+            verify_epoch(p, m, rp);
+            skip = m->partition; /* the rest of this read is of a reading given up */
+            continue;
+        }
+        if (rp->snap || m->partition == skip) {
             continue; /* read before a cancel and a new assignment; reading restarts */
         }
         if (m->eof) {

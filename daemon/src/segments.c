@@ -183,6 +183,22 @@ static void pass_end(ch_segments_t *s) {
     s->phase = CH_SEG_IDLE;
 }
 
+int ch_segments_copy_model(const ch_segments_t *s, ch_kmeans_t **ret_km) {
+    char why[256], *buf = NULL;
+    size_t len = 0;
+    ch_kmeans_t *km = NULL;
+    int r = ch_kmeans_new(&s->opts, &km, why, sizeof(why));
+    r = r ? r : ch_kmeans_write(s->km, &buf, &len);
+    r = r ? r : ch_kmeans_read(km, buf, len, why, sizeof(why));
+    free(buf);
+    if (r < 0) {
+        ch_kmeans_free(km);
+        return r;
+    }
+    *ret_km = km;
+    return 0;
+}
+
 /* Shared: the coordinator's fit runs on a copy of the applied model (at the seeding,
  * of the unseeded one), not on the model its events are assigned with. */
 static int master_copy(ch_segments_t *s) {

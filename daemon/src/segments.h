@@ -176,6 +176,10 @@ int ch_segments_info(const ch_segments_t *s, size_t j, uint64_t *ret_users, doub
  *  and of them the restarts from k-means++ in ret_restarts (may be NULL). */
 bool ch_segments_ready(const ch_segments_t *s);
 uint64_t ch_segments_reseeds(const ch_segments_t *s);
+/** @brief A copy of the live model (its transform and centroids as they are now), for a
+ *  reader that must not see later updates. @returns 0, -ENOMEM, -EINVAL. */
+int ch_segments_copy_model(const ch_segments_t *s, ch_kmeans_t **ret_km);
+
 /** @brief Vectors the segments refused: a value not finite (never in a centroid). */
 uint64_t ch_segments_refused(const ch_segments_t *s);
 uint64_t ch_segments_refreshes(const ch_segments_t *s, uint64_t *ret_restarts);

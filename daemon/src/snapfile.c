@@ -28,7 +28,7 @@
 #include "le.h"
 #include "staterec.h"
 
-#define HDR 64
+#define HDR 160
 #define TRL 64
 #define SHA 32
 #define IO_BUF (1 << 20)
@@ -45,6 +45,10 @@ static void encode_header(const ch_snaphdr_t *h, unsigned char *b) {
     ch_put32(b + 20, h->state_len);
     ch_put64(b + 24, h->layout);
     ch_put64(b + 32, (uint64_t)h->changelog_from);
+    memcpy(b + 40, h->identity, 32);
+    memcpy(b + 72, h->cluster, strnlen(h->cluster, CH_SNAPFILE_CLUSTER_MAX - 1));
+    ch_put64(b + 120, (uint64_t)h->epoch_offset);
+    memcpy(b + 128, h->epoch, 16);
 }
 
 static void path_of(char *out, size_t len, const char *dir, const char *name, const char *sfx) {
@@ -239,9 +243,14 @@ int ch_snapr_open(const char *dir, const char *name, const ch_snaphdr_t *expect,
     int rc = 0;
     if (fstat(fileno(f), &st) < 0 || st.st_size < HDR + TRL) {
         rc = bad(r, "truncated: shorter than a header and a trailer");
-    } else if (fread(h, 1, HDR, f) != HDR || memcmp(h, magic_head, 8) != 0 ||
-               ch_get32(h + 8) != CH_SNAPFILE_VERSION) {
-        rc = bad(r, "not a cohortd snapshot of version 1 (header)");
+    } else if (fread(h, 1, HDR, f) != HDR || memcmp(h, magic_head, 8) != 0) {
+        rc = bad(r, "not a cohortd snapshot (header)");
+    } else if (ch_get32(h + 8) != CH_SNAPFILE_VERSION) {
+        snprintf(r->why, sizeof(r->why),
+                 "version %u, not %d (an older one does not name the cluster and topics it "
+                 "belongs to)",
+                 (unsigned)ch_get32(h + 8), CH_SNAPFILE_VERSION);
+        rc = -ESTALE;
     } else if (pread(fileno(f), r->trailer, TRL, st.st_size - TRL) != TRL ||
                memcmp(r->trailer, magic_tail, 8) != 0) {
         rc = bad(r, "truncated or damaged: no trailer at its end");
@@ -253,7 +262,18 @@ int ch_snapr_open(const char *dir, const char *name, const ch_snaphdr_t *expect,
                              .state_len = ch_get32(h + 20),
                              .layout = ch_get64(h + 24),
                              .changelog_from = (int64_t)ch_get64(h + 32)};
-        if (got.partition != expect->partition) {
+        memcpy(got.identity, h + 40, 32);
+        got.epoch_offset = (int64_t)ch_get64(h + 120);
+        memcpy(got.epoch, h + 128, 16);
+        memcpy(got.cluster, h + 72, CH_SNAPFILE_CLUSTER_MAX - 1);
+        got.cluster[CH_SNAPFILE_CLUSTER_MAX - 1] = '\0';
+        if (memcmp(got.identity, expect->identity, 32) != 0) {
+            snprintf(r->why, sizeof(r->why),
+                     "written for another cluster or other topics (cluster id %s; now %s, "
+                     "with these input and changelog topics)",
+                     got.cluster[0] ? got.cluster : "?", expect->cluster);
+            rc = -ESTALE;
+        } else if (got.partition != expect->partition) {
             snprintf(r->why, sizeof(r->why), "holds partition %d, not %d", got.partition,
                      expect->partition);
             rc = -EINVAL;

@@ -2,10 +2,13 @@
  * snapfile.h - a local snapshot of one partition's users: the file format, written
  * atomically and read back with every part checked.
  *
- * Layout (version 1), little-endian:
- *   header, 64 bytes: "CHSNAP1\n" | u32 version | i32 partition | i32 partitions of the
+ * Layout (version 2), little-endian:
+ *   header, 128 bytes: "CHSNAP1\n" | u32 version | i32 partition | i32 partitions of the
  *     input | u32 state_len | u64 feature layout fingerprint | i64 changelog offset the
- *     tail is replayed from | 24 zero bytes
+ *     tail is replayed from | 32-byte identity: SHA-256 of the cluster id and the input
+ *     and changelog topics it belongs to | the cluster id, 48 bytes NUL-padded (for the
+ *     log) | i64 changelog offset of the partition's epoch record | its 16-byte value |
+ *     16 zero bytes (160 bytes in all)
  *   entries: u16 key_len | key | state record (staterec.h, 64 + 8 x state_len bytes)
  *   trailer, 64 bytes: "CHSNEND\n" | u64 users | i64 highest input offset a record
  *     reflects (-1: none) | u64 0 | SHA-256 of every byte before it
@@ -18,7 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CH_SNAPFILE_VERSION 1
+#define CH_SNAPFILE_VERSION 2
+#define CH_SNAPFILE_CLUSTER_MAX 48
 
 typedef struct ch_snaphdr {
     int32_t partition;
@@ -26,6 +30,10 @@ typedef struct ch_snaphdr {
     uint32_t state_len;
     uint64_t layout;
     int64_t changelog_from; /* replaying the changelog from here completes the snapshot */
+    unsigned char identity[32]; /* cluster and topics (snapshot.c); another's is refused */
+    char cluster[CH_SNAPFILE_CLUSTER_MAX]; /* the cluster id, NUL-terminated, for the log */
+    int64_t epoch_offset;      /* where the changelog partition's epoch record sits */
+    unsigned char epoch[16];   /* its value: a restore finds it there, or ignores the file */
 } ch_snaphdr_t;
 
 typedef struct ch_snapw ch_snapw_t;
@@ -62,11 +70,12 @@ int ch_snapw_commit(ch_snapw_t *w, char *errbuf, size_t errlen);
 void ch_snapw_abort(ch_snapw_t *w);
 
 /**
- * @brief Open dir/name and check its header and trailer against expect (partition,
- *        partitions, state_len, layout; changelog_from is ignored).
+ * @brief Open dir/name and check its header and trailer against expect (identity,
+ *        partition, partitions, state_len, layout; changelog_from is ignored).
  * @param ret_hdr the file's header; ret_users, ret_max_offset from its trailer.
  * @returns 0; -ENOENT (no snapshot); -EINVAL (damaged or truncated: why says how);
- *          -ESTALE (another partition count or feature layout: why says which);
+ *          -ESTALE (another cluster or topics, an older version, another partition
+ *          count or feature layout: why says which);
  *          -ENOMEM.
  */
 int ch_snapr_open(const char *dir, const char *name, const ch_snaphdr_t *expect, ch_snapr_t **ret,

@@ -26,6 +26,16 @@
  *   written; a partition revoked meanwhile has its file abandoned. Files are named
  *   <dir>/<changelog topic>-<partition>.snap. A sealed snapshot not published within
  *   60 s (input stuck) is abandoned with a log line.
+ * - A snapshot belongs to one changelog: its header names the cluster id, a digest of
+ *   the cluster id and the input and changelog topic names, and the partition's epoch
+ *   record (its offset and 16 random bytes). The epoch record is written once per
+ *   changelog partition, by the first restore that finds none (ch_snapshot_new_epoch;
+ *   the next flush writes it, its delivery report says where it landed); a partition
+ *   whose epoch is not known yet is not snapshotted. Its key is no user's, so
+ *   compaction keeps it; a restore reads it back before loading a snapshot
+ *   (restore.c), which catches a recreated topic or another cluster with the same
+ *   names, where the cluster id cannot (the embedded broker's id is the same in every
+ *   run; librdkafka 2.0.2 does not expose topic ids).
  */
 #include "pipeline_int.h"
 
@@ -33,10 +43,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "staterec.h"
+
+#define CLUSTER_ID_TIMEOUT_MS 10000
 
 #define SNAPSHOT_BUDGET 16384 /* users visited per loop iteration */
 #define PUBLISH_WAIT_S 60
@@ -57,15 +72,47 @@ int ch_snapshot_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
                  strerror(errno));
         return -EIO;
     }
+    /* A snapshot belongs to one cluster and its input and changelog topics: after the
+     * cluster is rebuilt or the topics recreated elsewhere with the same names, another
+     * cluster's users must not come back. (librdkafka 2.0.2 does not expose topic ids;
+     * a changelog recreated on the same cluster is caught by the restore's check that
+     * the offset a snapshot continues from lies within the changelog.) */
+    if (ch_consumer_cluster_id(p->clients.consumer, CLUSTER_ID_TIMEOUT_MS, sn->cluster,
+                               sizeof(sn->cluster)) < 0) {
+        snprintf(errbuf, errlen,
+                 "state.dir: the cluster's id is unknown (no metadata within %d ms, or a broker "
+                 "that has none); snapshots must name the cluster they belong to",
+                 CLUSTER_ID_TIMEOUT_MS);
+        return -EIO;
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    const char *parts[] = {"cohortd-snapshot", sn->cluster, p->cfg->input_topic,
+                           p->cfg->state_changelog};
+    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    for (size_t i = 0; ok && i < sizeof(parts) / sizeof(parts[0]); i++) {
+        ok = EVP_DigestUpdate(md, parts[i], strlen(parts[i]) + 1); /* with its NUL */
+    }
+    unsigned int dlen = 0;
+    ok = ok && EVP_DigestFinal_ex(md, sn->identity, &dlen) && dlen == sizeof(sn->identity);
+    EVP_MD_CTX_free(md);
+    if (!ok) {
+        snprintf(errbuf, errlen, "state.dir: cannot compute the snapshots' identity (SHA-256)");
+        return -EIO;
+    }
     size_t n = (size_t)p->cl.partitions;
     sn->cl_next = malloc(n * sizeof(*sn->cl_next));
     sn->stored = malloc(n * sizeof(*sn->stored));
     sn->w = calloc(n, sizeof(*sn->w));
-    if (!sn->cl_next || !sn->stored || !sn->w) {
+    sn->epoch_at = malloc(n * sizeof(*sn->epoch_at));
+    sn->epoch = calloc(n, sizeof(*sn->epoch));
+    sn->epoch_queued = calloc(n, sizeof(*sn->epoch_queued));
+    sn->epoch_pending = calloc(n, sizeof(*sn->epoch_pending));
+    if (!sn->cl_next || !sn->stored || !sn->w || !sn->epoch_at || !sn->epoch ||
+        !sn->epoch_queued || !sn->epoch_pending) {
         return -ENOMEM;
     }
     for (size_t i = 0; i < n; i++) {
-        sn->cl_next[i] = sn->stored[i] = -1;
+        sn->cl_next[i] = sn->stored[i] = sn->epoch_at[i] = -1;
     }
     sn->on = true;
     sn->next_s = ch_now_s() + p->cfg->state_snapshot_interval_ms / 1000.0;
@@ -90,6 +137,10 @@ void ch_snapshot_done(ch_pipeline_t *p) {
     free(sn->cl_next);
     free(sn->stored);
     free(sn->w);
+    free(sn->epoch_at);
+    free(sn->epoch);
+    free(sn->epoch_queued);
+    free(sn->epoch_pending);
     memset(sn, 0, sizeof(*sn));
 }
 
@@ -113,9 +164,55 @@ void ch_snapshot_stored(ch_pipeline_t *p, int32_t partition, int64_t next) {
     }
 }
 
+static void epoch_unknown(ch_snapshot_t *sn, int32_t partition) {
+    if (sn->epoch_queued[partition]) {
+        sn->epoch_queued[partition] = false;
+        sn->epochs_queued--;
+    }
+    sn->epoch_pending[partition] = false;
+    sn->epoch_at[partition] = -1;
+}
+
+void ch_snapshot_epoch(ch_pipeline_t *p, int32_t partition, int64_t offset,
+                       const unsigned char *value) {
+    if (in_range(p, partition)) {
+        epoch_unknown(&p->sn, partition);
+        p->sn.epoch_at[partition] = offset;
+        memcpy(p->sn.epoch[partition], value, 16);
+    }
+}
+
+void ch_snapshot_new_epoch(ch_pipeline_t *p, int32_t partition) {
+    if (!in_range(p, partition)) {
+        return;
+    }
+    ch_snapshot_t *sn = &p->sn;
+    epoch_unknown(sn, partition);
+    if (getrandom(sn->epoch[partition], 16, GRND_NONBLOCK) != 16) {
+        uint64_t v[2] = {(uint64_t)getpid() << 32 ^ (uint64_t)partition,
+                         (uint64_t)(ch_now_s() * 1e9)};
+        memcpy(sn->epoch[partition], v, 16);
+    }
+    sn->epoch_queued[partition] = true;
+    sn->epochs_queued++;
+}
+
+void ch_snapshot_delivered(ch_pipeline_t *p, const ch_msg_t *m, int32_t partition,
+                           int64_t offset) {
+    const void *v = NULL;
+    size_t len = 0;
+    if (in_range(p, partition) && p->sn.epoch_pending[partition] &&
+        ch_msg_header(m, CH_EPOCH_HEADER, &v, &len) == 0 && m->value && m->value_len == 16 &&
+        memcmp(m->value, p->sn.epoch[partition], 16) == 0) {
+        p->sn.epoch_pending[partition] = false;
+        p->sn.epoch_at[partition] = offset;
+    }
+}
+
 void ch_snapshot_forget(ch_pipeline_t *p, int32_t partition) {
     if (in_range(p, partition)) {
         abandon(&p->sn, partition);
+        epoch_unknown(&p->sn, partition);
         p->sn.cl_next[partition] = p->sn.stored[partition] = -1;
         if (p->sn.writing == 0) {
             p->sn.sealed = false;
@@ -133,13 +230,18 @@ static size_t begin(ch_pipeline_t *p) {
     ch_snaphdr_t h = {.partitions = p->cl.partitions,
                       .state_len = (uint32_t)ch_features_state_len(p->fs),
                       .layout = p->cl.layout};
+    memcpy(h.identity, sn->identity, sizeof(h.identity));
+    memcpy(h.cluster, sn->cluster, sizeof(h.cluster));
     char name[600], err[600];
     for (int32_t i = 0; i < p->cl.partitions; i++) {
-        if (!ch_rebalance_owns(p, i) || restoring(p, i) || sn->cl_next[i] < 0) {
-            continue;
+        if (!ch_rebalance_owns(p, i) || restoring(p, i) || sn->cl_next[i] < 0 ||
+            sn->epoch_at[i] < 0) {
+            continue; /* an epoch record not yet durable: the next snapshot */
         }
         h.partition = i;
         h.changelog_from = sn->cl_next[i];
+        h.epoch_offset = sn->epoch_at[i];
+        memcpy(h.epoch, sn->epoch[i], 16);
         ch_snapshot_name(p, i, name, sizeof(name));
         if (ch_snapw_open(p->cfg->state_dir, name, &h, &sn->w[i], err, sizeof(err)) < 0) {
             sn->failures++;

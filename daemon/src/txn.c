@@ -102,9 +102,20 @@ void ch_txn_abort(ch_pipeline_t *p, const char *why) {
     char err[512];
     t->open = false;
     t->aborts++;
-    if (ch_producer_txn_abort(p->clients.producer, ch_budget_ms(p, TXN_TIMEOUT_MS), err,
-                              sizeof(err)) < 0) {
-        ch_log(CH_LOG_ERR, "%s (the coordinator aborts the transaction when it times out)", err);
+    int r = ch_producer_txn_abort(p->clients.producer, ch_budget_ms(p, TXN_TIMEOUT_MS), err,
+                                  sizeof(err));
+    if (r == -EPERM) {
+        /* fenced (or failed for good): the coordinator aborted the open transaction when
+         * the producer that fenced this one initialized */
+        ch_log(CH_LOG_ERR,
+               "%s: this producer is fenced or failed for good; the coordinator has already "
+               "aborted its open transaction",
+               err);
+    } else if (r < 0) {
+        ch_log(CH_LOG_ERR,
+               "%s: the abort was not confirmed; the coordinator aborts the open transaction "
+               "at transaction.timeout.ms",
+               err);
     }
     ch_log(CH_LOG_ERR,
            "transaction aborted: %s; stopping: a restart resumes from the last committed "

@@ -135,7 +135,12 @@ struct ch_consumer {
     bool close_timed_out;
     bool reset_latest;   /* auto.offset.reset = latest/end/largest */
     int64_t *start;      /* per partition: where consumption began on assignment, -1 unknown */
+    int64_t *expect;     /* per partition (n_start): the offset the next record should have */
     size_t n_start;
+    /* records the broker deleted before they were consumed (a jump past the log start) */
+    uint64_t jumps, skipped;
+    ch_consumer_skip_t skips[16]; /* not yet taken by ch_consumer_take_skips */
+    size_t n_skips;
     /* timestamp alignment (NULL: off): records pulled from the queue wait here */
     ch_align_t *align;
     rd_kafka_message_t **pull;  /* PULL_CHUNK */
@@ -228,14 +233,54 @@ static int store_start(ch_consumer_t *c, int32_t partition, int64_t start) {
         if (!ns) {
             return -ENOMEM;
         }
-        for (size_t j = c->n_start; j < cap; j++) {
-            ns[j] = -1;
-        }
         c->start = ns;
+        int64_t *ne = realloc(c->expect, cap * sizeof(*ne));
+        if (!ne) {
+            return -ENOMEM;
+        }
+        c->expect = ne;
+        for (size_t j = c->n_start; j < cap; j++) {
+            ns[j] = ne[j] = -1;
+        }
         c->n_start = cap;
     }
     c->start[partition] = start;
+    c->expect[partition] = start;
     return 0;
+}
+
+/* A record handed out: if it lies past the offset expected, and the broker's log now
+ * starts past that offset too, the records between were deleted before they could be
+ * consumed (retention, a size limit): counted, and kept for the caller to report. */
+static void check_jump(ch_consumer_t *c, const rd_kafka_message_t *m) {
+    int32_t p = m->partition;
+    if (m->err || p < 0 || (size_t)p >= c->n_start) {
+        return;
+    }
+    int64_t want = c->expect[p];
+    c->expect[p] = m->offset + 1;
+    int64_t lo = -1, hi = -1;
+    if (want < 0 || m->offset <= want ||
+        rd_kafka_get_watermark_offsets(c->rk, c->topic, p, &lo, &hi) != 0 || lo <= want) {
+        return; /* no gap, or one the log still spans (control records, compaction) */
+    }
+    int64_t to = lo < m->offset ? lo : m->offset;
+    c->jumps++;
+    c->skipped += (uint64_t)(to - want);
+    if (c->n_skips < sizeof(c->skips) / sizeof(c->skips[0])) {
+        c->skips[c->n_skips++] = (ch_consumer_skip_t){p, want, to, m->offset};
+    }
+}
+
+size_t ch_consumer_take_skips(ch_consumer_t *c, ch_consumer_skip_t *out, size_t max,
+                              uint64_t *ret_jumps, uint64_t *ret_skipped) {
+    size_t n = c->n_skips < max ? c->n_skips : max;
+    memcpy(out, c->skips, n * sizeof(*out));
+    memmove(c->skips, c->skips + n, (c->n_skips - n) * sizeof(*out));
+    c->n_skips -= n;
+    *ret_jumps = c->jumps;
+    *ret_skipped = c->skipped;
+    return n;
 }
 
 /* Where each newly assigned partition starts: its committed offset, or where
@@ -262,6 +307,19 @@ static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t
         }
     }
     rd_kafka_topic_partition_list_destroy(l);
+}
+
+int ch_consumer_cluster_id(ch_consumer_t *c, int timeout_ms, char *buf, size_t len) {
+    char *id = rd_kafka_clusterid(c->rk, timeout_ms);
+    if (!id || !*id || strlen(id) >= len) {
+        if (id) {
+            rd_kafka_mem_free(c->rk, id);
+        }
+        return -EIO;
+    }
+    snprintf(buf, len, "%s", id);
+    rd_kafka_mem_free(c->rk, id);
+    return 0;
 }
 
 int ch_consumer_lookup_start(ch_consumer_t *c, int32_t partition, int timeout_ms,
@@ -358,6 +416,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             if (strcmp(parts->elems[i].topic, c->topic) == 0 && p >= 0 &&
                 (size_t)p < c->n_ledger) {
                 c->stored[p] = c->committed[p] = -1;
+                if ((size_t)p < c->n_start) {
+                    c->expect[p] = -1; /* the next owner's to read */
+                }
             }
         }
         for (int i = 0; c->align && i < parts->cnt; i++) {
@@ -553,6 +614,7 @@ ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
     free(c->errq);
     free(c->topic);
     free(c->start);
+    free(c->expect);
     free(c->stored);
     free(c->committed);
     free(c);
@@ -665,6 +727,7 @@ int ch_consumer_drain(ch_consumer_t *c, ch_msg_t *out, size_t budget) {
     c->n_held = (size_t)n;
     for (ssize_t i = 0; i < n; i++) {
         to_msg(c->held[i], &out[i]);
+        check_jump(c, c->held[i]);
     }
     return (int)n;
 }
@@ -1224,16 +1287,17 @@ int ch_reader_stop(ch_reader_t *r, int32_t partition, char *errbuf, size_t errle
     return reader_assign(r, partition, false, CH_READ_BEGINNING, errbuf, errlen);
 }
 
-int ch_reader_log_start(ch_reader_t *r, int32_t partition, int timeout_ms, int64_t *ret,
-                        char *errbuf, size_t errlen) {
+int ch_reader_log_bounds(ch_reader_t *r, int32_t partition, int timeout_ms, int64_t *ret_start,
+                         int64_t *ret_end, char *errbuf, size_t errlen) {
     int64_t lo = -1, hi = -1;
     rd_kafka_resp_err_t e =
         rd_kafka_query_watermark_offsets(r->rk, r->topic, partition, &lo, &hi, timeout_ms);
     if (e) {
-        return fail(errbuf, errlen, -EIO, "log start of %s[%d]: %s", r->topic, partition,
-                    rd_kafka_err2str(e));
+        return fail(errbuf, errlen, -EIO, "log start and end of %s[%d]: %s", r->topic,
+                    partition, rd_kafka_err2str(e));
     }
-    *ret = lo;
+    *ret_start = lo;
+    *ret_end = hi;
     return 0;
 }
 

@@ -203,18 +203,42 @@ def metric_sum(m, name, **labels):
     return sum(v for (n, ls), v in m.items() if n == name and want <= set(ls))
 
 
+def probe(port, path="/healthz"):
+    """(status, seconds) of one probe with a fresh connection, as a kubelet sends it
+    (status 0: no answer)."""
+    t0 = time.monotonic()
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            data = b""
+            while b"\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        status = int(data.split(b" ")[1]) if data.startswith(b"HTTP/1.1 ") else 0
+    except OSError:
+        status = 0
+    return status, time.monotonic() - t0
+
+
 def run(cmd, timeout=300):
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
     assert r.returncode == 0, f"{cmd} exited {r.returncode}: {r.stderr[-2000:]}"
     return r
 
 
-def consume(bootstrap, topic, expect, timeout=120, idle=5.0, timestamps=False, refreshes=False):
+def consume(bootstrap, topic, expect, timeout=120, idle=5.0, timestamps=False, refreshes=False,
+            epochs=False):
     """Reads a topic from the start until `expect` messages (or `idle` s without any once
     `expect` is reached or exceeded). Returns [(partition, offset, key, value, headers)],
     with the record timestamp (ms) appended to each if `timestamps`. Profile updates a
     segment refresh published (header cohortd-cause) are left out unless `refreshes`:
-    they answer no event."""
+    they answer no event. A changelog partition's epoch record (header cohortd-epoch,
+    written with state.dir) is left out unless `epochs`: it is no user's state."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe([topic])
@@ -232,6 +256,8 @@ def consume(bootstrap, topic, expect, timeout=120, idle=5.0, timestamps=False, r
                 continue
             last = time.time()
             if not refreshes and any(h[0] == "cohortd-cause" for h in m.headers() or []):
+                continue
+            if not epochs and any(h[0] == "cohortd-epoch" for h in m.headers() or []):
                 continue
             row = (m.partition(), m.offset(), m.key(), m.value(), m.headers() or [])
             out.append(row + (m.timestamp()[1],) if timestamps else row)

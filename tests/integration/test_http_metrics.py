@@ -242,7 +242,28 @@ def check_http(d):
     assert d.get("/nope")[0] == 404
     assert d.get("/metrics", method="POST")[0] == 405
     assert raw(d.http_port, b"GARBAGE\r\n\r\n").startswith("HTTP/1.1 400")
-    assert raw(d.http_port, b"GET /users/%zz HTTP/1.1\r\n\r\n").startswith("HTTP/1.1 400")
+    assert raw(d.http_port, b"GET /users/%zz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").startswith(
+        "HTTP/1.1 400")
+    # Host and Origin: DNS rebinding and cross-site POSTs are refused; curl and probes
+    # (an IP address or localhost as Host, no Origin) are served
+    host = f"127.0.0.1:{d.http_port}".encode()
+
+    def req(head):
+        return raw(d.http_port, head + b"\r\n\r\n")
+    assert req(b"GET /healthz HTTP/1.1").startswith("HTTP/1.1 400")  # HTTP/1.1 needs a Host
+    assert req(b"GET /healthz HTTP/1.1\r\nHost: evil.example").startswith("HTTP/1.1 421")
+    assert req(b"GET /users/u1 HTTP/1.1\r\nHost: evil.example:%d" % d.http_port).startswith(
+        "HTTP/1.1 421")
+    assert req(b"GET /healthz HTTP/1.1\r\nHost: localhost:%d" % d.http_port).startswith(
+        "HTTP/1.1 200")
+    assert req(b"GET /healthz HTTP/1.1\r\nHost: [::1]:%d" % d.http_port).startswith(
+        "HTTP/1.1 200")
+    post = b"POST /segments/refresh HTTP/1.1\r\nHost: " + host
+    assert req(post + b"\r\nOrigin: http://evil.example").startswith("HTTP/1.1 403")
+    assert req(post + b"\r\nOrigin: null").startswith("HTTP/1.1 403")
+    assert req(post + b"\r\nSec-Fetch-Site: cross-site").startswith("HTTP/1.1 403")
+    for ok in (post, post + b"\r\nOrigin: http://" + host):
+        assert not req(ok).startswith("HTTP/1.1 403"), ok
     assert raw(d.http_port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n").startswith("HTTP/1.1 431")
     assert "/metrics" in d.get("/")[2]
     # garbage of every shape: a complete request head always gets a status line; a
@@ -256,10 +277,12 @@ def check_http(d):
         else:
             junk += b"\r\n\r\n"
         reply = raw(d.http_port, junk)
-        assert re.match(r"HTTP/1\.1 (200|400|404|405|431|503) ", reply), (junk[:60], reply[:60])
+        assert re.match(r"HTTP/1\.1 (200|400|403|404|405|421|431|503) ", reply), \
+            (junk[:60], reply[:60])
         answered += 1
     assert d.get("/healthz")[0] == 200
-    log(f"HTTP: HEAD, 404, 405, 400 (request line, percent-encoding), 431 answered; "
+    log(f"HTTP: HEAD, 404, 405, 400 (request line, percent-encoding, no Host), 431, 421 "
+        f"(foreign Host), 403 (cross-origin POST) answered; "
         f"{answered} of 300 garbage requests answered with a status line, daemon healthy")
 
 
@@ -292,7 +315,7 @@ def connection_cap(bootstrap):
         # the cap is reached by clients that send nothing: a probe takes the slot of the
         # oldest of them (before: every probe was answered 503 for as long as they stayed)
         for _ in range(100):
-            extra = raw(d.http_port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            extra = raw(d.http_port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert extra.startswith("HTTP/1.1 200"), extra
         for s in idle:
             s.settimeout(10)

@@ -62,15 +62,17 @@ def stop(d):
 
 # ---- the snapshot file (daemon/src/snapfile.h), written independently here
 
+HDR = 160  # the header: version 2 names the cluster, the topics and the epoch record
+
 def snap_read(path):
     with open(path, "rb") as f:
         b = f.read()
-    head, trailer = b[:64], b[-64:]
+    head, trailer = b[:HDR], b[-64:]
     assert head[:8] == b"CHSNAP1\n" and trailer[:8] == b"CHSNEND\n", path
     assert hashlib.sha256(b[:-32]).digest() == trailer[32:], f"{path}: checksum"
     state_len = struct.unpack_from("<I", head, 20)[0]
     rec_len = 64 + 8 * state_len
-    entries, pos = [], 64
+    entries, pos = [], HDR
     while pos < len(b) - 64:
         kl = struct.unpack_from("<H", b, pos)[0]
         entries.append((b[pos + 2:pos + 2 + kl], b[pos + 2 + kl:pos + 2 + kl + rec_len]))
@@ -141,8 +143,8 @@ def main():
             struct.pack_into("<Q", head, 24, struct.unpack_from("<Q", head, 24)[0] ^ 1)
             snap_write(snap[3], head, entries)
             with open(snap[0], "r+b") as f:  # a bit of the first user's first double
-                f.seek(64)
-                f.seek(64 + 2 + struct.unpack("<H", f.read(2))[0] + 64 + 3)
+                f.seek(HDR)
+                f.seek(HDR + 2 + struct.unpack("<H", f.read(2))[0] + 64 + 3)
                 c = f.read(1)
                 f.seek(-1, 1)
                 f.write(bytes([c[0] ^ 0x10]))

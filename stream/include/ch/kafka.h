@@ -128,6 +128,29 @@ size_t ch_consumer_assigned(const ch_consumer_t *c);
  *  -1 unknown. */
 int64_t ch_consumer_start_offset(const ch_consumer_t *c, int32_t partition);
 
+/* Records of a partition the broker deleted before they were consumed: the consumer
+ * expected offset from next, the log started at to, the record handed out was at. */
+typedef struct ch_consumer_skip {
+    int32_t partition;
+    int64_t from, to; /* [from, to): the records skipped */
+    int64_t at;       /* the offset consumption went on with */
+} ch_consumer_skip_t;
+
+/**
+ * @brief Take the skips seen since the last call (at most 16 are kept between calls;
+ *        the counts include every one).
+ * @param ret_jumps, ret_skipped jumps and records skipped since the start.
+ * @returns skips copied into out.
+ */
+size_t ch_consumer_take_skips(ch_consumer_t *c, ch_consumer_skip_t *out, size_t max,
+                              uint64_t *ret_jumps, uint64_t *ret_skipped);
+
+/**
+ * @brief The cluster's id (from the brokers' metadata; blocks up to timeout_ms).
+ * @returns 0, -EIO (not known: no metadata, or a broker too old to have one).
+ */
+int ch_consumer_cluster_id(ch_consumer_t *c, int timeout_ms, char *buf, size_t len);
+
 /**
  * @brief Ask the broker again where an assigned partition begins (its committed
  *        offset, or auto.offset.reset's place without one), when the lookup at assignment
@@ -323,10 +346,11 @@ int ch_reader_fd(const ch_reader_t *r);
 #define CH_READ_END ((int64_t)-1) /* only records written after the start */
 int ch_reader_start(ch_reader_t *r, int32_t partition, int64_t from, char *errbuf, size_t errlen);
 
-/** @brief The first offset a partition still holds (its log start), asking the broker
- *  (blocks up to timeout_ms). @returns 0, -EIO. */
-int ch_reader_log_start(ch_reader_t *r, int32_t partition, int timeout_ms, int64_t *ret,
-                        char *errbuf, size_t errlen);
+/** @brief The first offset a partition still holds (its log start) and the offset its
+ *  next record will get (its end), asking the broker (blocks up to timeout_ms).
+ *  @returns 0, -EIO. */
+int ch_reader_log_bounds(ch_reader_t *r, int32_t partition, int timeout_ms, int64_t *ret_start,
+                         int64_t *ret_end, char *errbuf, size_t errlen);
 
 /** @brief Stop reading a partition. @returns 0, -EIO. */
 int ch_reader_stop(ch_reader_t *r, int32_t partition, char *errbuf, size_t errlen);

@@ -40,7 +40,9 @@ static const ch_snaphdr_t hdr = {.partition = 2,
                                  .partitions = 8,
                                  .state_len = SL,
                                  .layout = 0x0123456789abcdefULL,
-                                 .changelog_from = 4242};
+                                 .changelog_from = 4242,
+                                 .identity = {0xc0, 0x40, 0x27, 1, 2, 3},
+                                 .cluster = "cluster-A"};
 
 /* A distinct record per user index. */
 static void rec_of(int i, unsigned char *rec) {
@@ -200,6 +202,38 @@ static void test_other_layout_or_partition_count(void **state) {
         ch_snapr_open(dir, "o.snap", &want, &r, &got, &users, &max_off, why, sizeof(why)), -EINVAL);
 }
 
+/* A snapshot of another cluster or other topics (another identity), or of version 1
+ * (which named neither), is refused as stale, naming the cluster it was written for. */
+static void test_other_cluster_or_version(void **state) {
+    (void)state;
+    write_users("c.snap", 5, 0);
+    ch_snaphdr_t want = hdr;
+    ch_snapr_t *r = NULL;
+    ch_snaphdr_t got;
+    uint64_t users;
+    int64_t max_off;
+    char why[256] = "";
+    want.identity[31] ^= 1;
+    snprintf(want.cluster, sizeof(want.cluster), "cluster-B");
+    assert_int_equal(
+        ch_snapr_open(dir, "c.snap", &want, &r, &got, &users, &max_off, why, sizeof(why)), -ESTALE);
+    assert_non_null(strstr(why, "another cluster"));
+    assert_non_null(strstr(why, "cluster-A"));
+    assert_non_null(strstr(why, "cluster-B"));
+    assert_int_equal(
+        ch_snapr_open(dir, "c.snap", &hdr, &r, &got, &users, &max_off, why, sizeof(why)), 0);
+    assert_string_equal(got.cluster, "cluster-A");
+    ch_snapr_close(r);
+    FILE *f = fopen(path("c.snap"), "r+b"); /* the version field, as version 1 wrote it */
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 8, SEEK_SET), 0);
+    fputc(1, f);
+    fclose(f);
+    assert_int_equal(
+        ch_snapr_open(dir, "c.snap", &hdr, &r, &got, &users, &max_off, why, sizeof(why)), -ESTALE);
+    assert_non_null(strstr(why, "version 1"));
+}
+
 static void test_abort_keeps_previous(void **state) {
     (void)state;
     write_users("p.snap", 7, 0);
@@ -233,6 +267,7 @@ int main(void) {
         cmocka_unit_test(test_damaged_entry_fails_checksum),
         cmocka_unit_test(test_truncated_refused_at_open),
         cmocka_unit_test(test_other_layout_or_partition_count),
+        cmocka_unit_test(test_other_cluster_or_version),
         cmocka_unit_test(test_abort_keeps_previous),
         cmocka_unit_test(test_unwritable_dir_reported),
     };
