@@ -70,6 +70,8 @@ typedef struct ch_restore_part {
     double t0;
     uint64_t read, applied, uncommitted, refused, stale, from_snapshot;
     bool verify; /* the snapshot's epoch record is being read back before it is loaded */
+    uint64_t skip_drain; /* the rest of this drain's records (rs.drains) are of a reading
+                          * given up: verified, or restarted from the beginning */
     int64_t verify_at; /* where the snapshot says the epoch record is, and its value */
     unsigned char verify_val[16];
     int64_t epoch_at; /* the epoch record read (-1 none yet) and its value */
@@ -85,6 +87,7 @@ typedef struct ch_restore {
     uint64_t partitions, records, bytes, applied, uncommitted, refused;
     uint64_t stale_restore, stale_watch, repaired; /* stale records found, users rewritten */
     size_t lookups;           /* partitions held until their committed offset is known */
+    uint64_t drains;          /* ch_restore_drain calls */
     uint64_t lookup_failures; /* committed-offset lookups that failed (at assignment too) */
     uint64_t snap_loaded, snap_ignored, snap_users; /* snapshots used, ignored; users from them */
     double seconds;

@@ -651,7 +651,7 @@ bool ch_restore_drain(ch_pipeline_t *p) {
     }
     bool more = loaded >= RESTORE_BUDGET;
     int n = ch_reader_drain(p->clients.reader, rs->msgs, RESTORE_BUDGET);
-    int32_t skip = -1;
+    rs->drains++;
     for (int i = 0; i < n; i++) {
         const ch_msg_t *m = &rs->msgs[i];
         if (m->err) {
@@ -671,10 +671,10 @@ bool ch_restore_drain(ch_pipeline_t *p) {
         }
         if (rp->verify) {
             verify_epoch(p, m, rp);
-            skip = m->partition; /* the rest of this read is of a reading given up */
+            rp->skip_drain = rs->drains; /* the rest of this read is of a reading given up */
             continue;
         }
-        if (rp->snap || m->partition == skip) {
+        if (rp->snap || rp->skip_drain == rs->drains) {
             continue; /* read before a cancel and a new assignment; reading restarts */
         }
         if (m->eof) {
