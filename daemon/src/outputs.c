@@ -216,13 +216,7 @@ void ch_outputs_delivered(void *opaque, void *msg_opaque, int32_t partition, int
             p->st.dlq_acked++;
         } else if (kind == OUT_CHANGELOG) {
             p->st.changelog_acked++;
-            ch_snapshot_durable(p, partition, offset + 1);
-            ch_msg_t m;
-            if (p->sn.on && partition >= 0 && partition < p->cl.partitions &&
-                p->sn.epoch_pending[partition] &&
-                ch_producer_reported(p->clients.producer, &m) == 0) {
-                ch_snapshot_delivered(p, &m, partition, offset);
-            }
+            ch_snapshot_delivered(p, partition, offset);
         } else if (kind == OUT_RISK) {
             p->st.risk_acked++;
         } else if (kind == OUT_SEGMENT) {

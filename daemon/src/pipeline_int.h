@@ -324,9 +324,9 @@ void ch_snapshot_forget(ch_pipeline_t *p, int32_t partition); /* revoked or rest
 /* the partition's epoch record is known: at offset, with value (16 bytes) */
 void ch_snapshot_epoch(ch_pipeline_t *p, int32_t partition, int64_t offset,
                        const unsigned char *value);
-/* a delivered changelog record: if it is an epoch record being written, it is known now */
-void ch_snapshot_delivered(ch_pipeline_t *p, const ch_msg_t *m, int32_t partition,
-                           int64_t offset);
+/* a changelog record acknowledged at offset (inside its delivery report): durable up to
+ * it, and if it is the epoch record being written, the epoch is known now */
+void ch_snapshot_delivered(ch_pipeline_t *p, int32_t partition, int64_t offset);
 /* write an epoch record for the partition with the next flush (none was found) */
 void ch_snapshot_new_epoch(ch_pipeline_t *p, int32_t partition);
 bool ch_snapshot_step(ch_pipeline_t *p); /* one budget; true if more waits */

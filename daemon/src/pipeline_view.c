@@ -65,8 +65,6 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->segment_reseeds = p->segs ? ch_segments_reseeds(p->segs) : 0;
     ret_stats->segment_refused = p->segs ? ch_segments_refused(p->segs) : 0;
     ret_stats->segment_exports = p->exports;
-    ret_stats->input_jumps = p->st.input_jumps;
-    ret_stats->input_skipped = p->st.input_skipped;
     if (p->segs) {
         ch_segments_status_t ss;
         ch_segments_status(p->segs, &ss);

@@ -416,6 +416,16 @@ static int put(ch_pipeline_t *p, ch_restore_part_t *rp, const char *key, size_t 
     return PUT_APPLIED;
 }
 
+/* Whether a changelog record is a partition's epoch record (its key first: the header
+ * lookup is the dearer test, and every other record is a user's). */
+static bool is_epoch(const ch_msg_t *m) {
+    const void *v = NULL;
+    size_t len = 0;
+    return m->key && m->key_len == sizeof(CH_EPOCH_KEY) - 1 &&
+           memcmp(m->key, CH_EPOCH_KEY, m->key_len) == 0 &&
+           ch_msg_header(m, CH_EPOCH_HEADER, &v, &len) == 0;
+}
+
 /* The input offset a tombstone reflects; -1 without the header (applies as before). */
 static int64_t tombstone_offset(const ch_msg_t *m) {
     const void *v = NULL;
@@ -431,9 +441,7 @@ static void apply(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
     rp->read++;
     rs->records++;
     rs->bytes += m->value_len + m->key_len;
-    const void *hv = NULL;
-    size_t hlen = 0;
-    if (ch_msg_header(m, CH_EPOCH_HEADER, &hv, &hlen) == 0) {
+    if (is_epoch(m)) {
         if (m->value && m->value_len == sizeof(rp->epoch)) { /* the partition's epoch */
             rp->epoch_at = m->offset;
             memcpy(rp->epoch, m->value, sizeof(rp->epoch));
@@ -507,7 +515,7 @@ static void watch(ch_pipeline_t *p, const ch_msg_t *m) {
          memcmp(w, p->cl.writer, wlen) == 0)) {
         return; /* ours, in the order written */
     }
-    if (ch_msg_header(m, CH_EPOCH_HEADER, &w, &wlen) == 0) {
+    if (is_epoch(m)) {
         return; /* not a user */
     }
     ch_user_t *u = ch_users_find(p->users, m->key, m->key_len);
@@ -605,11 +613,8 @@ static size_t load_snapshot(ch_pipeline_t *p, int32_t partition, ch_restore_part
  * the epoch record the snapshot names, else ignored and the whole changelog read. */
 static void verify_epoch(ch_pipeline_t *p, const ch_msg_t *m, ch_restore_part_t *rp) {
     char err[512], name[600];
-    const void *v = NULL;
-    size_t len = 0;
     int32_t partition = m->partition;
-    bool ok = !m->eof && m->offset == rp->verify_at &&
-              ch_msg_header(m, CH_EPOCH_HEADER, &v, &len) == 0 && m->value &&
+    bool ok = !m->eof && m->offset == rp->verify_at && is_epoch(m) && m->value &&
               m->value_len == sizeof(rp->verify_val) &&
               memcmp(m->value, rp->verify_val, sizeof(rp->verify_val)) == 0;
     rp->verify = false;

@@ -197,13 +197,15 @@ void ch_snapshot_new_epoch(ch_pipeline_t *p, int32_t partition) {
     sn->epochs_queued++;
 }
 
-void ch_snapshot_delivered(ch_pipeline_t *p, const ch_msg_t *m, int32_t partition,
-                           int64_t offset) {
+void ch_snapshot_delivered(ch_pipeline_t *p, int32_t partition, int64_t offset) {
+    ch_snapshot_durable(p, partition, offset + 1);
     const void *v = NULL;
     size_t len = 0;
+    ch_msg_t m;
     if (in_range(p, partition) && p->sn.epoch_pending[partition] &&
-        ch_msg_header(m, CH_EPOCH_HEADER, &v, &len) == 0 && m->value && m->value_len == 16 &&
-        memcmp(m->value, p->sn.epoch[partition], 16) == 0) {
+        ch_producer_reported(p->clients.producer, &m) == 0 &&
+        ch_msg_header(&m, CH_EPOCH_HEADER, &v, &len) == 0 && m.value && m.value_len == 16 &&
+        memcmp(m.value, p->sn.epoch[partition], 16) == 0) {
         p->sn.epoch_pending[partition] = false;
         p->sn.epoch_at[partition] = offset;
     }
