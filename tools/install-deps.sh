@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(gcc make cmake pkg-config
       librdkafka-dev libavro-dev libev-dev libcmocka-dev
       libopenblas-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev
-      libsystemd-dev libssl-dev libjansson-dev libcurl4-openssl-dev systemd curl kcat clang-14 libclang-rt-14-dev
+      libsystemd-dev libssl-dev libjansson-dev libcsv-dev zlib1g-dev libcurl4-openssl-dev systemd curl kcat clang-14 libclang-rt-14-dev
       python3 python3-confluent-kafka python3-avro python3-sklearn python3-onnx
       python3-numpy python3-matplotlib python3-xgboost)
 missing=()

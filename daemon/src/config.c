@@ -804,6 +804,10 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
                     "kafka.enable.auto.offset.store must stay false: cohortd stores an offset "
                     "only after the outputs of that event are acknowledged");
     }
+    return ch_config_validate_offline(cfg, errbuf, errlen);
+}
+
+int ch_config_validate_offline(const ch_config_t *cfg, char *errbuf, size_t errlen) {
     if (cfg->n_features == 0) {
         return fail(errbuf, errlen, -EINVAL,
                     "no features declared (add lines such as 'feature.n_events_1h = count "

@@ -176,6 +176,10 @@ int ch_config_set(ch_config_t *cfg, const char *assignment, char *errbuf, size_t
  */
 int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen);
 
+/** @brief ch_config_validate() without the Kafka settings: what a mode that reads files
+ *  (cohortd featurize) needs. @returns 0, -EINVAL. */
+int ch_config_validate_offline(const ch_config_t *cfg, char *errbuf, size_t errlen);
+
 /** @brief Look up a kafka.* property as finally set. @returns the value or NULL. */
 const char *ch_config_kafka_get(const ch_config_t *cfg, const char *key, ch_kafka_scope_t scope);
 

@@ -210,11 +210,7 @@ int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_featur
         return 0;
     }
     char reader[CH_CONF_STR + 32];
-    if (cfg->input_schema[0]) {
-        snprintf(reader, sizeof(reader), "%s", cfg->input_schema);
-    } else {
-        snprintf(reader, sizeof(reader), "%s/user_event.avsc", cfg->schema_dir);
-    }
+    ch_events_reader_schema(cfg, reader, sizeof(reader));
     r = ch_decoder_new(schemas, reader, cfg->input_framing,
                        cfg->input_writer_schema[0] ? cfg->input_writer_schema : NULL, &map, &e->dec,
                        errbuf, errlen);
@@ -379,6 +375,19 @@ ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
     if (r < 0) {
         return r == -EPROTO ? CH_BAD_SCHEMA : r == -E2BIG ? CH_BAD_TOO_MANY_ATTRS : CH_BAD_DECODE;
     }
-    ch_bad_reason_t bad = validate(e, ret_ev, now_ms, why, len);
-    return bad != CH_BAD_NONE ? bad : build_obs(e, ret_ev, ret_obs, why, len);
+    return ch_events_check(e, ret_ev, now_ms, ret_obs, why, len);
+}
+
+ch_bad_reason_t ch_events_check(ch_events_t *e, const ch_event_view_t *ev, double now_ms,
+                                ch_obs_t *ret_obs, char *why, size_t len) {
+    ch_bad_reason_t bad = validate(e, ev, now_ms, why, len);
+    return bad != CH_BAD_NONE ? bad : build_obs(e, ev, ret_obs, why, len);
+}
+
+void ch_events_reader_schema(const ch_config_t *cfg, char *buf, size_t len) {
+    if (cfg->input_schema[0]) {
+        snprintf(buf, len, "%s", cfg->input_schema);
+    } else {
+        snprintf(buf, len, "%s/user_event.avsc", cfg->schema_dir);
+    }
 }

@@ -63,6 +63,18 @@ ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
                                ch_event_view_t *ret_ev, ch_obs_t *ret_obs, char *why,
                                size_t len);
 
+/**
+ * @brief Validate an event decoded elsewhere (cohortd featurize's files) as
+ *        ch_events_read() validates its own, and build its observation.
+ * @param now_ms the wall clock for input.max_future and input.max_age; NAN: neither
+ *        is checked (history is old by nature).
+ */
+ch_bad_reason_t ch_events_check(ch_events_t *e, const ch_event_view_t *ev, double now_ms,
+                                ch_obs_t *ret_obs, char *why, size_t len);
+
+/** @brief The reader schema's path: input.schema, or user_event.avsc in schema.dir. */
+void ch_events_reader_schema(const ch_config_t *cfg, char *buf, size_t len);
+
 /** @brief Whether m names (Confluent framing) a writer schema id the decoder does not
  *  know yet; *ret_id the id. Always false for JSON input. */
 bool ch_events_unknown_id(const ch_events_t *e, const ch_msg_t *m, int32_t *ret_id);

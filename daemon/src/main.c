@@ -44,6 +44,7 @@
 #include "ch/onnx.h"
 #include "config.h"
 #include "events.h"
+#include "featurize.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -526,6 +527,7 @@ static void http_handler(void *opaque, const ch_http_request_t *req, ch_http_rep
 static void usage(FILE *f) {
     fprintf(f,
             "Usage: cohortd --config FILE [--set key=value]... [--check-config [--quiet]]\n"
+            "       cohortd featurize --config FILE [OPTIONS] INPUT...  (see featurize --help)\n"
             "       cohortd --help | --help-config | --version\n\n"
             "Streaming real-time user scoring: consumes user events (Avro) from Kafka, keeps\n"
             "time-decayed feature vectors per user, scores them with an ONNX model and online\n"
@@ -632,6 +634,9 @@ int main(int argc, char **argv) {
                                          {"help", no_argument, NULL, 'h'},
                                          {"version", no_argument, NULL, 'V'},
                                          {NULL, 0, NULL, 0}};
+    if (argc > 1 && strcmp(argv[1], "featurize") == 0) {
+        return ch_featurize_main(argc - 1, argv + 1);
+    }
     const char *config_path = NULL;
     bool check_only = false, quiet = false;
     char **sets = calloc((size_t)argc + 1, sizeof(*sets));

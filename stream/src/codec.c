@@ -1161,6 +1161,28 @@ int ch_decoder_add_schema(ch_decoder_t *d, int32_t id, const char *json_text, si
     return r;
 }
 
+/* One record of program prog from c; *ret_ev on success. */
+static int decode_one(ch_decoder_t *d, cursor_t *c, const program_t *prog, int32_t id,
+                      ch_event_view_t *ret_ev) {
+    if (!prog->ok) {
+        return fail(c->errbuf, c->errlen, -EPROTO, "schema id %d: %s", id, prog->err);
+    }
+    ch_event_view_t ev = {.attrs = d->attrs, .fields = d->fields, .schema_id = id};
+    uint32_t seen = 0;
+    int r = decode_rec(d, c, prog->root, &ev, &seen);
+    if (r < 0) {
+        return r;
+    }
+    for (int k = 0; k < CH_ROLE_N; k++) {
+        if ((d->required & (1u << k)) && !(seen & (1u << k))) {
+            return bad(c, "field %s (%s) is null or absent", d->map.path[k],
+                       ch_role_name((ch_role_t)k));
+        }
+    }
+    *ret_ev = ev;
+    return 0;
+}
+
 int ch_decoder_decode(ch_decoder_t *d, const void *buf, size_t len, ch_event_view_t *ret_ev,
                       char *errbuf, size_t errlen) {
     cursor_t c = {.p = buf, .end = (const unsigned char *)buf + len, .errbuf = errbuf,
@@ -1182,26 +1204,35 @@ int ch_decoder_decode(ch_decoder_t *d, const void *buf, size_t len, ch_event_vie
             return fail(errbuf, errlen, -EPROTO, "unknown schema id %d", id);
         }
     }
-    if (!prog->ok) {
-        return fail(errbuf, errlen, -EPROTO, "schema id %d: %s", id, prog->err);
-    }
-    ch_event_view_t ev = {.attrs = d->attrs, .fields = d->fields, .schema_id = id};
-    uint32_t seen = 0;
-    int r = decode_rec(d, &c, prog->root, &ev, &seen);
+    ch_event_view_t ev;
+    int r = decode_one(d, &c, prog, id, &ev);
     if (r < 0) {
         return r;
     }
     if (c.p != c.end) {
         return bad(&c, "%lld trailing bytes after the record", (long long)(c.end - c.p));
     }
-    for (int k = 0; k < CH_ROLE_N; k++) {
-        if ((d->required & (1u << k)) && !(seen & (1u << k))) {
-            return bad(&c, "field %s (%s) is null or absent", d->map.path[k],
-                       ch_role_name((ch_role_t)k));
-        }
-    }
     *ret_ev = ev;
     return 0;
+}
+
+int ch_decoder_decode_next(ch_decoder_t *d, int32_t id, const void *buf, size_t len,
+                           size_t *ret_used, ch_event_view_t *ret_ev, char *errbuf,
+                           size_t errlen) {
+    cursor_t c = {.p = buf, .end = (const unsigned char *)buf + len, .errbuf = errbuf,
+                  .errlen = errlen};
+    const program_t *prog = find_program(d, id);
+    if (!prog) {
+        return fail(errbuf, errlen, -EPROTO, "unknown schema id %d", id);
+    }
+    if (!buf || len == 0) {
+        return bad(&c, "no bytes left for a record");
+    }
+    int r = decode_one(d, &c, prog, id, ret_ev);
+    if (r == 0) {
+        *ret_used = (size_t)(c.p - (const unsigned char *)buf);
+    }
+    return r;
 }
 
 /* The reader schema holds every mapped path (a role left at its own name may be

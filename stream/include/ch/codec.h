@@ -222,6 +222,16 @@ ch_decoder_t *ch_decoder_free(ch_decoder_t *d);
 int ch_decoder_decode(ch_decoder_t *d, const void *buf, size_t len, ch_event_view_t *ret_ev,
                       char *errbuf, size_t errlen);
 
+/**
+ * @brief Decode the record at the front of buf, written with the schema learned under id
+ *        (ch_decoder_add_schema()), whatever the decoder's framing: the records of an
+ *        Avro object container file's block, one after another.
+ * @param ret_used the record's size in bytes.
+ * @returns as ch_decoder_decode(), without the trailing-bytes check.
+ */
+int ch_decoder_decode_next(ch_decoder_t *d, int32_t id, const void *buf, size_t len,
+                           size_t *ret_used, ch_event_view_t *ret_ev, char *errbuf,
+                           size_t errlen);
 /** @brief Short machine-friendly reason for a decode error code ("decode_error", ...). */
 const char *ch_decoder_reason(int err);
 

@@ -1,0 +1,906 @@
+/*
+ * featurize.c - cohortd featurize: one row per event of files, the vector the daemon
+ * publishes for that event (README "Featurize: features from history").
+ *
+ * Design notes
+ * - The daemon's own code, not a copy: events are decoded by the decoders the daemon
+ *   uses (Avro with the reader schema and input.map.*, JSON by jansson), CSV rows are
+ *   mapped by the same keys (ch/csv_in.h), validated by ch_events_check() and folded
+ *   by ch_features_update()/ch_features_read() into a user table like the daemon's
+ *   (same state.max_users, same idle eviction), so a row is bit for bit the profile
+ *   update's features.
+ * - Order. A user's vector depends on the order of that user's events. --order time
+ *   (the default) folds every event in event-time order, ties in input order, as
+ *   cohort-produce sends a file and a live topic receives events; it reads everything
+ *   first (holding the records, not their decoded form) and decodes again in order.
+ *   --order file folds in the order read, streaming, for files already in topic order.
+ *   A late event (older than its user's newest) is folded as the daemon folds it:
+ *   weighted by its age, its row read at the user's newest time.
+ * - Wall-clock checks (input.max_future, input.max_age) do not apply: history is old
+ *   by nature. Every other check does, with the daemon's reasons.
+ * - Bad input is never silent: without --skip-bad the first bad record stops with
+ *   FILE:LINE and the reason (exit 1); with it, each goes to the reject file and is
+ *   counted in the summary.
+ */
+#include "featurize.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ch/csv_in.h"
+#include "ch/features.h"
+#include "ch/filein.h"
+#include "ch/json.h"
+#include "ch/json_in.h"
+#include "ch/keyset.h"
+#include "ch/users.h"
+#include "config.h"
+#include "events.h"
+#include "log.h"
+#include "pseudonym.h"
+
+#define MAX_COLS 4096
+
+typedef enum order { ORDER_TIME, ORDER_FILE } order_t;
+typedef enum out_format { OUT_CSV, OUT_JSONL } out_format_t;
+
+typedef struct input {
+    const char *path;
+    ch_file_format_t fmt;
+    ch_csv_decoder_t *csv; /* CSV: the decoder of its header */
+} input_t;
+
+/* A record held for --order time: its bytes in the arena. */
+typedef struct held {
+    int64_t ts_ms;
+    uint32_t file;
+    long line;
+    size_t off, len;
+} held_t;
+
+typedef struct label {
+    double value;
+    int64_t ts_ms; /* INT64_MIN: none */
+    bool used;
+} label_t;
+
+typedef struct fz {
+    const ch_config_t *cfg;
+    ch_config_t *check_cfg; /* cfg as JSON input: ch_events_new() makes no Avro decoder */
+    ch_features_t *fs;
+    ch_events_t *events;
+    ch_users_t *users;
+    ch_pseudonym_t *pseud;
+    ch_mapping_t map;
+    ch_json_decoder_t *json;
+    ch_decoder_t *avro;
+    input_t *inputs;
+    size_t n_inputs;
+    size_t n_feats;
+    double *feats;
+    float *x;
+    double idle_evict_ms;
+    int64_t stream_time_ms;
+    uint64_t since_evict;
+    /* options */
+    order_t order;
+    out_format_t format;
+    FILE *out;
+    const char *out_path;
+    bool skip_bad, labeled_only, quiet, progress;
+    FILE *rejects;
+    char rejects_path[4096];
+    ch_keyset_t *label_ids;
+    label_t *labels;
+    size_t n_labels;
+    bool label_times;
+    /* --order time */
+    ch_buf_t arena;
+    held_t *held;
+    size_t n_held, cap_held;
+    /* counts */
+    uint64_t records, folded, rows, unlabelled, labelled, bad[CH_BAD_N], bad_total;
+    double t0, last_progress;
+    ch_buf_t line;
+    char pseud_id[CH_PSEUDONYM_LEN];
+} fz_t;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "Usage: cohortd featurize --config FILE [--set KEY=VALUE]... [OPTIONS] INPUT...\n"
+            "Fold events from files through the daemon's own decode, validation and feature\n"
+            "code (no Kafka) and write one row per event: user_id, event_id, event_time and\n"
+            "the feature vector the daemon publishes for that event, bit for bit.\n\n"
+            "  -c, --config FILE     the daemon's configuration (features, input.map.*, state.*)\n"
+            "  -s, --set KEY=VALUE   override one setting (repeatable; after the file)\n"
+            "  -o, --output FILE     write rows to FILE (default: standard output)\n"
+            "  -f, --format F        csv (default: a header of column names) or jsonl\n"
+            "      --input-format F  csv, jsonl or avro for every INPUT (default: by each name:\n"
+            "                        .csv, .jsonl/.ndjson/.json, .avro, each optionally .gz;\n"
+            "                        required for - , standard input)\n"
+            "      --order O         time (default): fold in event-time order, ties in input\n"
+            "                        order, as cohort-produce sends events (holds the records in\n"
+            "                        memory); file: in the order read, streaming\n"
+            "      --labels FILE     CSV with a header: event id, label[, label time]; adds the\n"
+            "                        label (and label_time) column, empty where none\n"
+            "      --labeled-only    drop rows without a label (counted)\n"
+            "      --skip-bad        write bad records to the reject file with FILE:LINE and the\n"
+            "                        reason, count them and go on (default: stop at the first)\n"
+            "      --rejects FILE    the reject file (default: OUTPUT.rejects.csv, or\n"
+            "                        featurize-rejects.csv when writing to standard output)\n"
+            "  -q, --quiet           no progress bar, no summary\n"
+            "  -h, --help            this help\n\n"
+            "Inputs are read in the order given; - is standard input; gzip is read whatever\n"
+            "the name. CSV cells and JSON fields are found by the config's input.map.* keys.\n"
+            "Exit status: 0 done, 1 bad input (without --skip-bad) or an I/O error, 2 usage or\n"
+            "configuration error.\n");
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---------------------------------------------------------------- bad records */
+
+/* Append s as one CSV cell (quoted when it holds a comma, quote or line end). */
+static int csv_cell(ch_buf_t *b, const char *s, size_t n) {
+    if (!memchr(s, ',', n) && !memchr(s, '"', n) && !memchr(s, '\n', n) && !memchr(s, '\r', n)) {
+        return ch_buf_append(b, s, n);
+    }
+    int r = ch_buf_append(b, "\"", 1);
+    for (size_t i = 0; i < n && r == 0; i++) {
+        r = s[i] == '"' ? ch_buf_append(b, "\"\"", 2) : ch_buf_append(b, s + i, 1);
+    }
+    return r ? r : ch_buf_append(b, "\"", 1);
+}
+
+/* "FILE:LINE" of a record ("FILE: record N" in an Avro container). */
+static void where(const fz_t *z, uint32_t file, long line, char *buf, size_t len) {
+    const input_t *in = &z->inputs[file];
+    const char *name = strcmp(in->path, "-") == 0 ? "(stdin)" : in->path;
+    if (in->fmt == CH_FILE_AVRO) {
+        snprintf(buf, len, "%s: record %ld", name, line);
+    } else {
+        snprintf(buf, len, "%s:%ld", name, line);
+    }
+}
+
+/* A bad record: stop (-1), or rejected and counted (0). */
+static int reject(fz_t *z, uint32_t file, long line, ch_bad_reason_t reason, const char *why) {
+    char at[4200];
+    where(z, file, line, at, sizeof(at));
+    const char *name = ch_events_bad_name(reason);
+    if (!z->skip_bad) {
+        fprintf(stderr, "cohortd featurize: %s: %s: %s (--skip-bad writes bad records to a "
+                        "reject file and goes on)\n",
+                at, name, why);
+        return -1;
+    }
+    z->bad[reason]++;
+    z->bad_total++;
+    if (!z->rejects) {
+        if (!(z->rejects = fopen(z->rejects_path, "w"))) {
+            fprintf(stderr, "cohortd featurize: %s: %s\n", z->rejects_path, strerror(errno));
+            return -1;
+        }
+        fputs("where,reason,detail\n", z->rejects);
+    }
+    ch_buf_t *b = &z->line;
+    b->len = 0;
+    int r = csv_cell(b, at, strlen(at));
+    r = r ? r : ch_buf_append(b, ",", 1);
+    r = r ? r : ch_buf_append(b, name, strlen(name));
+    r = r ? r : ch_buf_append(b, ",", 1);
+    r = r ? r : csv_cell(b, why, strlen(why));
+    r = r ? r : ch_buf_append(b, "\n", 1);
+    if (r < 0 || fwrite(b->data, 1, b->len, z->rejects) != b->len) {
+        fprintf(stderr, "cohortd featurize: %s: cannot write\n", z->rejects_path);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- labels */
+
+static int load_labels(fz_t *z, const char *path, char *err, size_t errlen) {
+    ch_filein_t *f = NULL;
+    int r = ch_filein_open(path, CH_FILE_CSV, &f, err, errlen);
+    if (r < 0) {
+        return r;
+    }
+    size_t n_head = 0;
+    ch_filein_header(f, &n_head);
+    if (n_head < 2 || n_head > 3) {
+        ch_filein_close(f);
+        snprintf(err, errlen,
+                 "%s: %zu columns; a labels file has event id, label[, label time] under a "
+                 "header",
+                 path, n_head);
+        return -EINVAL;
+    }
+    z->label_times = n_head == 3;
+    if ((r = ch_keyset_new(&z->label_ids)) < 0) {
+        ch_filein_close(f);
+        return r;
+    }
+    size_t cap = 0;
+    ch_file_rec_t rec;
+    while ((r = ch_filein_next(f, &rec, err, errlen)) == 1) {
+        const char *cells[3];
+        size_t lens[3];
+        size_t n = ch_filein_cells(rec.data, rec.len, cells, lens, 3);
+        label_t l = {.ts_ms = INT64_MIN};
+        char *end = NULL;
+        if (n != n_head || !lens[0] || !lens[1] || (l.value = strtod(cells[1], &end), *end) ||
+            !isfinite(l.value)) {
+            snprintf(err, errlen, "%s:%ld: expected event id, label (a number)%s", path, rec.line,
+                     z->label_times ? ", label time" : "");
+            r = -EINVAL;
+            break;
+        }
+        if (z->label_times && lens[2] &&
+            ch_ts_from_text(cells[2], lens[2], z->cfg->input_ts_unit, &l.ts_ms) < 0) {
+            snprintf(err, errlen, "%s:%ld: label time '%.40s' is not a time", path, rec.line,
+                     cells[2]);
+            r = -EINVAL;
+            break;
+        }
+        if (z->n_labels == cap) {
+            cap = cap ? 2 * cap : 1024;
+            label_t *nl = realloc(z->labels, cap * sizeof(*nl));
+            if (!nl) {
+                r = -ENOMEM;
+                break;
+            }
+            z->labels = nl;
+        }
+        int64_t idx = (int64_t)z->n_labels;
+        if ((r = ch_keyset_put(z->label_ids, cells[0], lens[0], idx)) < 0) {
+            break;
+        }
+        z->labels[z->n_labels++] = l; /* a repeated id: the last label wins */
+    }
+    ch_filein_close(f);
+    return r < 0 ? r : 0;
+}
+
+/* ---------------------------------------------------------------- rows */
+
+static int write_header(fz_t *z) {
+    ch_buf_t *b = &z->line;
+    b->len = 0;
+    int r = 0;
+    if (z->format != OUT_CSV) {
+        return 0;
+    }
+    r = ch_buf_printf(b, "user_id,event_id,event_time");
+    for (size_t f = 0; f < z->n_feats && !r; f++) {
+        r = ch_buf_printf(b, ",%s", ch_features_name(z->fs, f));
+    }
+    if (!r && z->label_ids) {
+        r = ch_buf_printf(b, ",label%s", z->label_times ? ",label_time" : "");
+    }
+    r = r ? r : ch_buf_append(b, "\n", 1);
+    return r < 0 || fwrite(b->data, 1, b->len, z->out) != b->len ? -EIO : 0;
+}
+
+static int write_row(fz_t *z, const ch_event_view_t *ev, const char *uid, size_t uid_len) {
+    const label_t *l = NULL;
+    int64_t idx;
+    if (z->label_ids) {
+        if (ev->event_id && ch_keyset_get(z->label_ids, ev->event_id, ev->event_id_len, &idx)) {
+            l = &z->labels[idx];
+            z->labels[idx].used = true;
+            z->labelled++;
+        } else {
+            z->unlabelled++;
+            if (z->labeled_only) {
+                return 0;
+            }
+        }
+    }
+    ch_buf_t *b = &z->line;
+    b->len = 0;
+    const char *eid = ev->event_id ? ev->event_id : "";
+    size_t eid_len = ev->event_id ? ev->event_id_len : 0;
+    int r = 0;
+    if (z->format == OUT_CSV) {
+        r = csv_cell(b, uid, uid_len);
+        r = r ? r : ch_buf_append(b, ",", 1);
+        r = r ? r : csv_cell(b, eid, eid_len);
+        r = r ? r : ch_buf_printf(b, ",%lld", (long long)ev->ts_ms);
+        for (size_t f = 0; f < z->n_feats && !r; f++) {
+            r = ch_buf_append(b, ",", 1);
+            r = r || !isfinite(z->x[f]) ? r : ch_json_float(b, z->x[f]);
+        }
+        if (!r && z->label_ids) {
+            r = ch_buf_append(b, ",", 1);
+            r = r || !l ? r : ch_json_double(b, l->value);
+            if (!r && z->label_times) {
+                r = ch_buf_append(b, ",", 1);
+                r = r || !l || l->ts_ms == INT64_MIN ? r
+                                                     : ch_buf_printf(b, "%lld", (long long)l->ts_ms);
+            }
+        }
+    } else {
+        r = ch_buf_append(b, "{\"user_id\":", 11);
+        r = r ? r : ch_json_string(b, uid, uid_len);
+        r = r ? r : ch_buf_append(b, ",\"event_id\":", 12);
+        r = r ? r
+              : ev->event_id ? ch_json_string(b, eid, eid_len)
+                             : ch_buf_append(b, "null", 4);
+        r = r ? r : ch_buf_printf(b, ",\"event_time\":%lld", (long long)ev->ts_ms);
+        for (size_t f = 0; f < z->n_feats && !r; f++) {
+            r = ch_buf_printf(b, ",\"%s\":", ch_features_name(z->fs, f));
+            r = r ? r : ch_json_float(b, z->x[f]);
+        }
+        if (!r && z->label_ids) {
+            r = ch_buf_append(b, ",\"label\":", 9);
+            r = r ? r : l ? ch_json_double(b, l->value) : ch_buf_append(b, "null", 4);
+            if (!r && z->label_times) {
+                r = l && l->ts_ms != INT64_MIN
+                        ? ch_buf_printf(b, ",\"label_time\":%lld", (long long)l->ts_ms)
+                        : ch_buf_append(b, ",\"label_time\":null", 18);
+            }
+        }
+        r = r ? r : ch_buf_append(b, "}", 1);
+    }
+    r = r ? r : ch_buf_append(b, "\n", 1);
+    if (r < 0 || fwrite(b->data, 1, b->len, z->out) != b->len) {
+        fprintf(stderr, "cohortd featurize: %s: cannot write\n", z->out_path);
+        return -1;
+    }
+    z->rows++;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- decode and fold */
+
+/* Decode one record of file (Avro: the one at the front of data; *used its size).
+ * @returns CH_BAD_NONE, or the reason with the detail in why. */
+static ch_bad_reason_t decode(fz_t *z, uint32_t file, const unsigned char *data, size_t len,
+                              size_t *used, ch_event_view_t *ev, char *why, size_t wlen) {
+    const input_t *in = &z->inputs[file];
+    int r;
+    *used = len;
+    if (in->fmt == CH_FILE_CSV) {
+        const char *cells[MAX_COLS];
+        size_t lens[MAX_COLS];
+        size_t n = ch_filein_cells(data, len, cells, lens, MAX_COLS);
+        r = ch_csv_decoder_decode(in->csv, cells, lens, n, ev, why, wlen);
+    } else if (in->fmt == CH_FILE_JSONL) {
+        r = ch_json_decoder_decode(z->json, data, len, ev, why, wlen);
+    } else {
+        r = ch_decoder_decode_next(z->avro, (int32_t)file, data, len, used, ev, why, wlen);
+    }
+    if (r < 0) {
+        return r == -EPROTO ? CH_BAD_SCHEMA : r == -E2BIG ? CH_BAD_TOO_MANY_ATTRS : CH_BAD_DECODE;
+    }
+    return CH_BAD_NONE;
+}
+
+static void release(fz_t *z) {
+    ch_json_decoder_release(z->json);
+    if (z->avro) {
+        ch_decoder_release(z->avro);
+    }
+}
+
+/* Fold a valid event into its user's state and write its row. @returns 0, -1 (stop). */
+static int fold(fz_t *z, ch_event_view_t *ev, const ch_obs_t *obs) {
+    const char *uid = ev->user_id;
+    size_t uid_len = ev->user_id_len;
+    if (z->pseud) { /* the user known by their pseudonym only, as in the daemon */
+        if (ch_pseudonym_of(z->pseud, uid, uid_len, z->pseud_id) < 0) {
+            fprintf(stderr, "cohortd featurize: computing a pseudonym failed\n");
+            return -1;
+        }
+        uid = z->pseud_id;
+        uid_len = CH_PSEUDONYM_LEN;
+    }
+    ch_user_t *u = NULL;
+    int r = ch_users_upsert(z->users, uid, uid_len, &u);
+    if (r < 0) {
+        fprintf(stderr, "cohortd featurize: user table: %s\n", strerror(-r));
+        return -1;
+    }
+    if (r == 1) {
+        ch_features_state_init(z->fs, u->state);
+    }
+    ch_features_update(z->fs, u->state, &u->t_ref_ms, obs);
+    if (ev->ts_ms > z->stream_time_ms) {
+        z->stream_time_ms = ev->ts_ms;
+    }
+    ch_features_read(z->fs, u->state, u->t_ref_ms, z->feats);
+    for (size_t f = 0; f < z->n_feats; f++) {
+        z->x[f] = (float)z->feats[f];
+    }
+    z->folded++;
+    /* idle users leave as in the daemon, which looks at up to 100,000 of them every
+     * second; here as many every batch.max_events events */
+    if (++z->since_evict >= (uint64_t)z->cfg->batch_max_events && z->idle_evict_ms > 0) {
+        z->since_evict = 0;
+        ch_users_evict_idle(z->users, z->stream_time_ms - (int64_t)z->idle_evict_ms, 100000);
+    }
+    return write_row(z, ev, uid, uid_len);
+}
+
+static void progress(fz_t *z, const char *what, double frac) {
+    double t = now_s();
+    if (!z->progress || t - z->last_progress < 0.25) {
+        return;
+    }
+    z->last_progress = t;
+    double rate = (double)z->records / fmax(t - z->t0, 1e-9);
+    if (frac >= 0) {
+        int w = (int)(frac * 30);
+        fprintf(stderr, "\rfeaturize: %s [%.*s%*s] %3.0f%% %llu records, %.0f/s ", what, w,
+                "##############################", 30 - w, "", frac * 100,
+                (unsigned long long)z->records, rate);
+    } else {
+        fprintf(stderr, "\rfeaturize: %s %llu records, %.0f/s ", what,
+                (unsigned long long)z->records, rate);
+    }
+}
+
+/* Hold a valid record for --order time. */
+static int hold(fz_t *z, uint32_t file, long line, int64_t ts, const unsigned char *data,
+                size_t len) {
+    if (z->n_held == z->cap_held) {
+        size_t cap = z->cap_held ? 2 * z->cap_held : 65536;
+        held_t *nh = realloc(z->held, cap * sizeof(*nh));
+        if (!nh) {
+            return -ENOMEM;
+        }
+        z->held = nh;
+        z->cap_held = cap;
+    }
+    z->held[z->n_held++] = (held_t){ts, file, line, z->arena.len, len};
+    return ch_buf_append(&z->arena, data, len);
+}
+
+/* Every record of one block (one, unless an Avro block): decoded, checked, then folded
+ * (--order file) or held (--order time). @returns 0, -1 (stop). */
+static int take(fz_t *z, uint32_t file, const ch_file_rec_t *rec) {
+    const unsigned char *p = rec->data;
+    size_t left = rec->len;
+    for (long k = 0; k < rec->count; k++) {
+        char why[512];
+        ch_event_view_t ev;
+        ch_obs_t obs;
+        size_t used = 0;
+        long line = rec->line + k;
+        z->records++;
+        ch_bad_reason_t bad = decode(z, file, p, left, &used, &ev, why, sizeof(why));
+        if (bad == CH_BAD_NONE) {
+            bad = ch_events_check(z->events, &ev, NAN, &obs, why, sizeof(why));
+        }
+        if (bad != CH_BAD_NONE) {
+            if (reject(z, file, line, bad, why) < 0) {
+                return -1;
+            }
+            if (z->inputs[file].fmt == CH_FILE_AVRO && used == left && k + 1 < rec->count) {
+                /* an undecodable Avro record: where the next one starts is unknown */
+                z->records += (uint64_t)(rec->count - k - 1);
+                snprintf(why, sizeof(why),
+                         "the %ld record(s) after an undecodable one in its block cannot be "
+                         "located",
+                         rec->count - k - 1);
+                if (reject(z, file, line + 1, CH_BAD_DECODE, why) < 0) {
+                    return -1;
+                }
+                z->bad[CH_BAD_DECODE] += (uint64_t)(rec->count - k - 2);
+                z->bad_total += (uint64_t)(rec->count - k - 2);
+                break;
+            }
+        } else if (z->order == ORDER_FILE) {
+            if (fold(z, &ev, &obs) < 0) {
+                return -1;
+            }
+        } else if (hold(z, file, line, ev.ts_ms, p, used) < 0) {
+            fprintf(stderr, "cohortd featurize: out of memory holding the input for --order "
+                            "time (--order file streams)\n");
+            return -1;
+        }
+        release(z);
+        p += used;
+        left -= used;
+    }
+    return 0;
+}
+
+static int open_input(fz_t *z, uint32_t file, ch_filein_t **ret) {
+    input_t *in = &z->inputs[file];
+    char err[1024];
+    int r = ch_filein_open(in->path, in->fmt, ret, err, sizeof(err));
+    if (r == 0 && in->fmt == CH_FILE_CSV) {
+        size_t n = 0;
+        const char *const *h = ch_filein_header(*ret, &n);
+        r = ch_csv_decoder_new(&z->map, h, n, in->path, &in->csv, err, sizeof(err));
+    } else if (r == 0 && in->fmt == CH_FILE_AVRO) {
+        const char *schema = ch_filein_schema(*ret);
+        if (!z->avro) {
+            char reader[CH_CONF_STR + 32];
+            ch_events_reader_schema(z->cfg, reader, sizeof(reader));
+            r = ch_decoder_new(NULL, reader, CH_FRAMING_CONFLUENT, NULL, &z->map, &z->avro, err,
+                               sizeof(err));
+        }
+        if (r == 0) {
+            char why[512];
+            r = ch_decoder_add_schema(z->avro, (int32_t)file, schema, strlen(schema), NULL, why,
+                                      sizeof(why));
+            if (r < 0) {
+                snprintf(err, sizeof(err), "%s: the writer schema: %s", in->path, why);
+            }
+        }
+    }
+    if (r < 0) {
+        fprintf(stderr, "cohortd featurize: %s\n", r == -ENOMEM ? strerror(ENOMEM) : err);
+        *ret = ch_filein_close(*ret);
+        return -1;
+    }
+    return 0;
+}
+
+/* Read every input: folded as read (--order file) or held. @returns 0, -1. */
+static int read_inputs(fz_t *z) {
+    for (uint32_t i = 0; i < z->n_inputs; i++) {
+        ch_filein_t *f = NULL;
+        if (open_input(z, i, &f) < 0) {
+            return -1;
+        }
+        char err[1024], what[64];
+        snprintf(what, sizeof(what), "%u/%zu", i + 1, z->n_inputs);
+        ch_file_rec_t rec;
+        int r;
+        while ((r = ch_filein_next(f, &rec, err, sizeof(err))) == 1) {
+            if (take(z, i, &rec) < 0) {
+                ch_filein_close(f);
+                return -1;
+            }
+            progress(z, what, ch_filein_progress(f));
+        }
+        ch_filein_close(f);
+        if (r < 0) {
+            fprintf(stderr, "cohortd featurize: %s\n", r == -ENOMEM ? strerror(ENOMEM) : err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int by_time(const void *a, const void *b) {
+    const held_t *x = a, *y = b;
+    if (x->ts_ms != y->ts_ms) {
+        return x->ts_ms < y->ts_ms ? -1 : 1;
+    }
+    return x->off < y->off ? -1 : x->off > y->off; /* input order */
+}
+
+/* --order time: fold the held records by event time. @returns 0, -1. */
+static int fold_held(fz_t *z) {
+    qsort(z->held, z->n_held, sizeof(*z->held), by_time);
+    for (size_t i = 0; i < z->n_held; i++) {
+        const held_t *h = &z->held[i];
+        char why[512];
+        ch_event_view_t ev;
+        ch_obs_t obs;
+        size_t used;
+        ch_bad_reason_t bad = decode(z, h->file, z->arena.data + h->off, h->len, &used, &ev, why,
+                                     sizeof(why));
+        if (bad == CH_BAD_NONE) {
+            bad = ch_events_check(z->events, &ev, NAN, &obs, why, sizeof(why));
+        }
+        if (bad != CH_BAD_NONE) { /* it was read once already: cannot happen */
+            if (reject(z, h->file, h->line, bad, why) < 0) {
+                return -1;
+            }
+            continue;
+        }
+        if (fold(z, &ev, &obs) < 0) {
+            return -1;
+        }
+        release(z);
+        if ((i & 4095) == 0) {
+            progress(z, "folding", (double)i / (double)z->n_held);
+        }
+    }
+    return 0;
+}
+
+static void summary(fz_t *z) {
+    if (z->progress) {
+        fprintf(stderr, "\r%*s\r", 78, "");
+    }
+    if (z->quiet) {
+        return;
+    }
+    double dt = now_s() - z->t0;
+    fprintf(stderr,
+            "featurize: %llu records from %zu file(s) -> %llu rows, %zu users, %llu bad; %.2f s "
+            "(%.0f records/s)\n",
+            (unsigned long long)z->records, z->n_inputs, (unsigned long long)z->rows,
+            ch_users_count(z->users), (unsigned long long)z->bad_total, dt,
+            (double)z->records / fmax(dt, 1e-9));
+    if (z->bad_total) {
+        fprintf(stderr, "featurize: bad records (in %s):", z->rejects_path);
+        for (int k = 0; k < CH_BAD_N; k++) {
+            if (z->bad[k]) {
+                fprintf(stderr, " %s %llu", ch_events_bad_name((ch_bad_reason_t)k),
+                        (unsigned long long)z->bad[k]);
+            }
+        }
+        fprintf(stderr, "\n");
+    }
+    if (z->label_ids) {
+        size_t unused = 0;
+        for (size_t i = 0; i < z->n_labels; i++) {
+            unused += !z->labels[i].used;
+        }
+        fprintf(stderr,
+                "featurize: labels: %llu row(s) labelled, %llu without a label%s; %zu label(s) "
+                "matched no event\n",
+                (unsigned long long)z->labelled, (unsigned long long)z->unlabelled,
+                z->labeled_only ? " (dropped: --labeled-only)" : " (label empty)", unused);
+    }
+    uint64_t cap = ch_users_cap_evictions(z->users);
+    if (cap) {
+        fprintf(stderr,
+                "featurize: warning: %llu user(s) were dropped at state.max_users = %ld (their "
+                "later rows start from empty state, as in the daemon)\n",
+                (unsigned long long)cap, z->cfg->state_max_users);
+    }
+}
+
+/* ---------------------------------------------------------------- set-up */
+
+static int setup(fz_t *z, char *err, size_t errlen) {
+    const ch_config_t *cfg = z->cfg;
+    int r = ch_config_features(cfg, &z->fs, err, errlen);
+    if (r < 0) {
+        return r;
+    }
+    z->n_feats = ch_features_count(z->fs);
+    static const char *const reserved[] = {"user_id", "event_id", "event_time", "label",
+                                           "label_time"};
+    for (size_t f = 0; f < z->n_feats; f++) {
+        for (size_t k = 0; k < sizeof(reserved) / sizeof(*reserved); k++) {
+            if (strcmp(ch_features_name(z->fs, f), reserved[k]) == 0) {
+                snprintf(err, errlen, "feature.%s: the name of a featurize column; rename it",
+                         reserved[k]);
+                return -EINVAL;
+            }
+        }
+    }
+    if (!(z->check_cfg = malloc(sizeof(*z->check_cfg)))) {
+        return -ENOMEM;
+    }
+    *z->check_cfg = *cfg; /* a shallow copy, never freed with ch_config_done() */
+    z->check_cfg->input_format = CH_FORMAT_JSON;
+    if ((r = ch_events_new(z->check_cfg, NULL, z->fs, &z->events, err, errlen)) < 0 ||
+        (r = ch_events_mapping(cfg, z->fs, &z->map, err, errlen)) < 0 ||
+        (r = ch_json_decoder_new(&z->map, &z->json)) < 0) {
+        return r;
+    }
+    if (cfg->privacy_pseudonymize &&
+        (r = ch_pseudonym_new(cfg->privacy_key_file, &z->pseud, err, errlen)) < 0) {
+        return r;
+    }
+    char warning[512];
+    z->idle_evict_ms = ch_config_idle_evict_ms(cfg, z->fs, warning, sizeof(warning));
+    if (warning[0] && !z->quiet) {
+        fprintf(stderr, "cohortd featurize: warning: %s\n", warning);
+    }
+    r = ch_users_new((size_t)cfg->state_max_users, (size_t)cfg->state_key_max_bytes,
+                     ch_features_state_len(z->fs), 0, &z->users);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot reserve the user table for state.max_users = %ld: %s",
+                 cfg->state_max_users, strerror(-r));
+        return r;
+    }
+    z->feats = calloc(z->n_feats, sizeof(double));
+    z->x = calloc(z->n_feats, sizeof(float));
+    z->stream_time_ms = INT64_MIN;
+    return z->feats && z->x ? 0 : -ENOMEM;
+}
+
+static void teardown(fz_t *z) {
+    for (size_t i = 0; i < z->n_inputs; i++) {
+        ch_csv_decoder_free(z->inputs[i].csv);
+    }
+    free(z->inputs);
+    ch_events_free(z->events);
+    free(z->check_cfg);
+    ch_json_decoder_free(z->json);
+    ch_decoder_free(z->avro);
+    ch_pseudonym_free(z->pseud);
+    ch_users_free(z->users);
+    ch_features_free(z->fs);
+    ch_keyset_free(z->label_ids);
+    free(z->labels);
+    free(z->feats);
+    free(z->x);
+    free(z->held);
+    ch_buf_done(&z->arena);
+    ch_buf_done(&z->line);
+    if (z->rejects) {
+        fclose(z->rejects);
+    }
+}
+
+static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const char **labels) {
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"set", required_argument, NULL, 's'},
+                                         {"output", required_argument, NULL, 'o'},
+                                         {"format", required_argument, NULL, 'f'},
+                                         {"input-format", required_argument, NULL, 'I'},
+                                         {"order", required_argument, NULL, 'O'},
+                                         {"labels", required_argument, NULL, 'L'},
+                                         {"labeled-only", no_argument, NULL, 'l'},
+                                         {"skip-bad", no_argument, NULL, 'B'},
+                                         {"rejects", required_argument, NULL, 'R'},
+                                         {"quiet", no_argument, NULL, 'q'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *config_path = NULL, *input_format = NULL;
+    char err[1024] = "";
+    int r = 0, opt;
+    bool loaded = false;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:s:o:f:qh", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            if ((r = ch_config_load(cfg, config_path, err, sizeof(err))) < 0) {
+                fprintf(stderr, "cohortd featurize: %s\n", err);
+                return 2;
+            }
+            loaded = true;
+            break;
+        case 's':
+            if (!loaded) {
+                fprintf(stderr, "cohortd featurize: --set comes after --config\n");
+                return 2;
+            }
+            if ((r = ch_config_set(cfg, optarg, err, sizeof(err))) < 0) {
+                fprintf(stderr, "cohortd featurize: %s\n", err);
+                return 2;
+            }
+            break;
+        case 'o':
+            z->out_path = optarg;
+            break;
+        case 'f':
+            if (strcmp(optarg, "csv") != 0 && strcmp(optarg, "jsonl") != 0) {
+                fprintf(stderr, "cohortd featurize: --format takes csv or jsonl, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            z->format = strcmp(optarg, "csv") == 0 ? OUT_CSV : OUT_JSONL;
+            break;
+        case 'I':
+            input_format = optarg;
+            break;
+        case 'O':
+            if (strcmp(optarg, "time") != 0 && strcmp(optarg, "file") != 0) {
+                fprintf(stderr, "cohortd featurize: --order takes time or file, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            z->order = strcmp(optarg, "time") == 0 ? ORDER_TIME : ORDER_FILE;
+            break;
+        case 'L':
+            *labels = optarg;
+            break;
+        case 'l':
+            z->labeled_only = true;
+            break;
+        case 'B':
+            z->skip_bad = true;
+            break;
+        case 'R':
+            snprintf(z->rejects_path, sizeof(z->rejects_path), "%s", optarg);
+            break;
+        case 'q':
+            z->quiet = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!config_path) {
+        fprintf(stderr, "cohortd featurize: --config FILE is required (see --help)\n");
+        return 2;
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "cohortd featurize: no input files (see --help)\n");
+        return 2;
+    }
+    if (z->labeled_only && !*labels) {
+        fprintf(stderr, "cohortd featurize: --labeled-only needs --labels FILE\n");
+        return 2;
+    }
+    z->n_inputs = (size_t)(argc - optind);
+    if (!(z->inputs = calloc(z->n_inputs, sizeof(*z->inputs)))) {
+        return 1;
+    }
+    for (size_t i = 0; i < z->n_inputs; i++) {
+        input_t *in = &z->inputs[i];
+        in->path = argv[optind + (int)i];
+        if (input_format ? ch_file_format_parse(input_format, &in->fmt) < 0
+                         : ch_file_format_of(in->path, &in->fmt) < 0) {
+            fprintf(stderr,
+                    input_format ? "cohortd featurize: --input-format takes csv, jsonl or avro, "
+                                   "not '%s'\n"
+                                 : "cohortd featurize: %s: name the format with --input-format "
+                                   "(csv, jsonl or avro): the name does not end in .csv, .jsonl, "
+                                   ".ndjson, .json or .avro (optionally .gz)\n",
+                    input_format ? input_format : in->path);
+            return 2;
+        }
+    }
+    if (!z->rejects_path[0]) {
+        snprintf(z->rejects_path, sizeof(z->rejects_path), "%s%s",
+                 z->out_path ? z->out_path : "featurize-rejects.csv",
+                 z->out_path ? ".rejects.csv" : "");
+    }
+    return -1; /* go on */
+}
+
+int ch_featurize_main(int argc, char **argv) {
+    fz_t z = {.order = ORDER_TIME, .format = OUT_CSV, .out_path = "(stdout)"};
+    ch_config_t cfg;
+    ch_config_init(&cfg);
+    const char *labels = NULL;
+    z.out_path = NULL;
+    int code = parse_args(&z, argc, argv, &cfg, &labels);
+    char err[1024] = "";
+    if (code < 0) {
+        z.cfg = &cfg;
+        int r = ch_config_validate_offline(&cfg, err, sizeof(err));
+        r = r < 0 ? r : setup(&z, err, sizeof(err));
+        r = r < 0 || !labels ? r : load_labels(&z, labels, err, sizeof(err));
+        if (r < 0) {
+            fprintf(stderr, "cohortd featurize: %s\n", err[0] ? err : strerror(-r));
+            code = 2;
+        }
+    }
+    if (code < 0) {
+        z.out = z.out_path ? fopen(z.out_path, "w") : stdout;
+        if (!z.out) {
+            fprintf(stderr, "cohortd featurize: %s: %s\n", z.out_path, strerror(errno));
+            code = 1;
+        }
+    }
+    if (code < 0) {
+        if (!z.out_path) {
+            z.out_path = "(stdout)";
+        }
+        z.progress = !z.quiet && isatty(STDERR_FILENO);
+        z.t0 = now_s();
+        code = write_header(&z) < 0 || read_inputs(&z) < 0 ||
+                       (z.order == ORDER_TIME && fold_held(&z) < 0)
+                   ? 1
+                   : 0;
+        if (fflush(z.out) != 0 || (z.out != stdout && fclose(z.out) != 0)) {
+            fprintf(stderr, "cohortd featurize: %s: %s\n", z.out_path, strerror(errno));
+            code = 1;
+        }
+        summary(&z);
+    }
+    teardown(&z);
+    ch_config_done(&cfg);
+    return code;
+}

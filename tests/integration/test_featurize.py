@@ -1,0 +1,358 @@
+"""cohortd featurize against the daemon itself, on both shared data sets.
+
+The daemon consumes the data sets as cohort-replay sends them (emit policy "every": one
+profile update per event); featurize reads the same events from files, with no broker:
+the REES46 clickstream as its own CSV (mapped by input.map.* keys), the sparkov card
+transactions as an Avro object container file (deflate) and as JSON Lines, plain,
+gzip and on standard input. Every row must equal its profile update's features bit for
+bit (float32), for counts with filters and negated filters, sums, means, std, max,
+since_last, share, distinct (windowed or not) and ratio.
+
+Then: labels joined by event id (all, a subset with label times, --labeled-only), and
+bad records (a cut-short line, a non-number, an empty user, a bad time, an infinite
+amount), stopping with FILE:LINE or, with --skip-bad, listed in the reject file and
+counted, while a quoted field holding a comma, a quote and a newline (RFC 4180) is
+read as one cell.
+"""
+import csv
+import gzip
+import io
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+
+import avro.datafile
+import avro.io
+import avro.schema
+
+from harness import (COHORTD, CONF, DATA, REPLAY, SCHEMAS, Broker, Daemon, avro_reader, consume,
+                     decode_confluent, log, run, sparkov_rows)
+
+REES_FEATURES = """
+features.half_life = 1h
+feature.n_1h = count half_life=1h
+feature.n_view_1d = count type=view half_life=1d
+feature.n_cart_1d = count type=cart|purchase half_life=1d
+feature.not_view_7d = count type!=view half_life=7d
+feature.price_mean_1h = mean(amount) half_life=1h
+feature.price_std_1d = std(amount) half_life=1d
+feature.price_max_1d = max(amount) half_life=1d
+feature.price_sum = sum(amount) half_life=inf
+feature.secs_since_cart = since_last type=cart default=1e7
+feature.cart_share = share type=cart|purchase
+feature.n_items_1h = distinct(item) window=1h k=64
+feature.n_cats = distinct(category) k=32
+feature.cart_per_view = ratio(n_cart_1d, n_view_1d) default=0
+"""
+
+SPARKOV_FEATURES = """
+features.half_life = 1d
+feature.n_1h = count half_life=1h
+feature.n_1d = count half_life=1d
+feature.amt_mean_7d = mean(amount) half_life=7d
+feature.amt_std_7d = std(amount) half_life=7d
+feature.amt_max_1d = max(amount) half_life=1d
+feature.lat_mean = mean(attrs.lat) half_life=7d
+feature.grocery_share = share category=grocery_pos|grocery_net
+feature.n_cats_7d = distinct(category) window=7d k=16
+feature.n_merchants = distinct(item) k=128
+feature.gas_1d = count category=gas_transport half_life=1d
+feature.not_gas_1d = count category!=gas_transport half_life=1d
+feature.burst = ratio(n_1h, n_1d) default=0
+feature.since_pay = since_last type=payment default=1e7
+"""
+
+REES_MAP = ["input.map.ts=event_time", "input.map.type=event_type", "input.map.amount=price",
+            "input.map.item=product_id", "input.map.category=category_code"]
+REES = os.path.join(DATA, "rees46-2019-oct-sample.csv")
+REES_EVENTS = 17434  # the sample's last line is cut short
+SPARKOV = os.path.join(DATA, "sparkov-transactions-sample.csv")
+
+
+def config(features, tmp, name):
+    """The shipped config without its features (paths made absolute), with these."""
+    with open(CONF) as f:
+        lines = [l for l in f if not re.match(r"\s*(feature\.|features\.|tags\.)", l)]
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        f.writelines(lines)
+        f.write(f"schema.dir = {SCHEMAS}\nmodel.path =\nsegments.k = 0\n")
+        f.write(features)
+    return path
+
+
+def f32(v):
+    return struct.pack("<f", float(v))
+
+
+def featurize(conf, inputs, *args, sets=(), stdin=None, expect_rc=0):
+    cmd = [COHORTD, "featurize", "--config", conf]
+    for s in sets:
+        cmd += ["--set", s]
+    cmd += list(args) + list(inputs)
+    r = subprocess.run(cmd, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=600)
+    assert r.returncode == expect_rc, f"{cmd} exited {r.returncode}: {r.stderr.decode()[-2000:]}"
+    return r
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def daemon_profiles(conf, replay_args, n):
+    """user -> [(event_id, [float32 bytes...])] in partition order, from the daemon."""
+    reader = avro_reader("profile_update.avsc")
+    with Broker(partitions=4) as broker, \
+            Daemon(broker.bootstrap, "emit.policy=every", "model.path=", "segments.k=0",
+                   conf=conf) as d:
+        d.wait_assigned()
+        run([REPLAY, "--brokers", broker.bootstrap, "--quiet"] + replay_args)
+        msgs = consume(broker.bootstrap, "profiles", expect=n)
+        assert d.stop() == 0
+    assert len(msgs) == n, f"{len(msgs)} profile updates for {n} events"
+    users = {}
+    for part, off, _, value, _ in sorted(msgs, key=lambda m: (m[0], m[1])):
+        _, rec = decode_confluent(reader, value)
+        users.setdefault(rec["user_id"], []).append(
+            (rec["event_id"], [f32(v) for v in rec["features"]]))
+    return users
+
+
+def compare(what, rows, names, daemon, match_ids):
+    """Featurize rows (in output order) against the daemon's updates, per user."""
+    mine = {}
+    for r in rows:
+        mine.setdefault(r["user_id"], []).append(
+            (r["event_id"], [f32(r[n]) for n in names]))
+    assert set(mine) == set(daemon), f"{what}: users differ"
+    n_vals = 0
+    for u, seq in daemon.items():
+        got = mine[u]
+        assert len(got) == len(seq), f"{what}: user {u}: {len(got)} rows, {len(seq)} updates"
+        for k, ((eid, ref), (geid, vals)) in enumerate(zip(seq, got)):
+            if match_ids:
+                assert eid == geid, f"{what}: user {u} row {k}: event {geid}, daemon {eid}"
+            for i, (a, b) in enumerate(zip(ref, vals)):
+                if a != b:
+                    raise AssertionError(
+                        f"{what}: user {u} event {k} feature {names[i]}: featurize "
+                        f"{struct.unpack('<f', b)[0]!r}, daemon {struct.unpack('<f', a)[0]!r}")
+                n_vals += 1
+    log(f"{what}: {len(rows)} rows, {len(mine)} users, {n_vals} feature values equal the "
+        f"daemon's bit for bit")
+
+
+def feature_names(conf):
+    r = run([COHORTD, "--config", conf, "--set", "kafka.bootstrap.servers=x", "--check-config"])
+    return re.findall(r"^feature\.([A-Za-z0-9_.-]+) = ", r.stdout, re.M)
+
+
+def rees46(tmp):
+    conf = config(REES_FEATURES, tmp, "rees.conf")
+    names = feature_names(conf)
+    daemon = daemon_profiles(conf, ["--dataset", "rees46", "--file", REES,
+                                    "--limit", str(REES_EVENTS)], REES_EVENTS)
+    out = os.path.join(tmp, "rees.csv")
+    r = featurize(conf, [REES], "-o", out, "--skip-bad", sets=REES_MAP)
+    rows = read_rows(out)
+    with open(out + ".rejects.csv", newline="") as f:
+        rej = list(csv.DictReader(f))
+    # the real sample's last line is cut short: one reject, named, counted
+    assert [(x["where"], x["reason"]) for x in rej] == [(f"{REES}:17436", "decode_error")], rej
+    assert "1 bad" in r.stderr.decode(), r.stderr.decode()
+    compare("rees46 CSV", rows, names, daemon, match_ids=False)
+    # gzip and standard input give the same bytes
+    gz = os.path.join(tmp, "rees.csv.gz")
+    with open(REES, "rb") as f, gzip.open(gz, "wb") as g:
+        g.write(f.read())
+    out_gz = os.path.join(tmp, "rees_gz.csv")
+    featurize(conf, [gz], "-o", out_gz, "--skip-bad", "--quiet", sets=REES_MAP)
+    with open(REES, "rb") as f:
+        r = featurize(conf, ["-"], "--input-format", "csv", "--skip-bad", "--quiet",
+                      "--rejects", os.path.join(tmp, "stdin.rejects.csv"), sets=REES_MAP,
+                      stdin=f.read())
+    with open(out, "rb") as a, open(out_gz, "rb") as b:
+        ref = a.read()
+        assert b.read() == ref, "gzip input gave other rows"
+    assert r.stdout == ref, "standard input gave other rows"
+    # --order file on a file in time order folds the same
+    r = featurize(conf, [REES], "--order", "file", "--skip-bad", "--quiet",
+                  "--rejects", os.path.join(tmp, "o.rejects.csv"), sets=REES_MAP)
+    assert r.stdout == ref, "--order file differs on a file in time order"
+    log("rees46: gzip, standard input and --order file give the same bytes")
+    bad_records(conf, tmp, names, ref)
+
+
+def bad_records(conf, tmp, names, ref):
+    """Bad lines among good ones: stop at the first, or reject each and keep the rest."""
+    with open(REES, newline="") as f:
+        lines = f.read().split("\n")
+    head, body = lines[0], lines[1:2001]
+
+    def broken(i, col, value):
+        c = body[i].split(",")
+        c[col] = value
+        return ",".join(c)
+
+    bad = {10: (broken(10, 6, "abc"), "decode_error"),  # price not a number
+           50: (broken(50, 7, ""), "empty_user_id"),
+           120: (broken(120, 0, "2019-13-45 99:00:00 UTC"), "decode_error"),  # no such time
+           400: (broken(400, 6, "inf"), "non_finite")}
+    # a good row whose brand holds a comma, a quote and a newline (two physical lines)
+    quoted = broken(7, 5, '"acme, ""best""\nbrand"')
+    records = [(head, None)]
+    for i, line in enumerate(body):
+        if i in bad:
+            records.append(bad[i])
+        records.append((line, None))
+        if i == 7:
+            records.append((quoted, None))
+    expect, n = [], 1
+    for text, why in records:
+        if why:
+            expect.append((n, why))
+        n += text.count("\n") + 1
+    path = os.path.join(tmp, "bad.csv")
+    with open(path, "w", newline="") as f:
+        f.write("\n".join(t for t, _ in records) + "\n")
+    # the reference: the same good rows without the bad ones, the quoted brand plain
+    clean = [head] + body[:8] + [body[7]] + body[8:]
+    clean_path = os.path.join(tmp, "clean.csv")
+    with open(clean_path, "w", newline="") as f:
+        f.write("\n".join(clean) + "\n")
+    first = min(expect)
+    r = featurize(conf, [path], "-o", os.path.join(tmp, "x.csv"), sets=REES_MAP, expect_rc=1)
+    err = r.stderr.decode()
+    assert f"{path}:{first[0]}: {first[1]}" in err, err
+    out = os.path.join(tmp, "bad_out.csv")
+    r = featurize(conf, [path], "-o", out, "--skip-bad", sets=REES_MAP)
+    with open(out + ".rejects.csv", newline="") as f:
+        rej = [(x["where"], x["reason"]) for x in csv.DictReader(f)]
+    want = [(f"{path}:{n}", why) for n, why in expect]
+    assert rej == want, f"rejects {rej}, expected {want}"
+    assert f"{len(want)} bad" in r.stderr.decode(), r.stderr.decode()
+    r2 = featurize(conf, [clean_path], "--quiet", sets=REES_MAP)
+    with open(out, "rb") as f:
+        assert f.read() == r2.stdout, "the good rows among bad ones differ from a clean file's"
+    log(f"bad records: stopped at {first[0]} ({first[1]}); with --skip-bad {len(want)} rejected "
+        f"({', '.join(w for _, w in want)}), the quoted multi-line cell read as one, the good "
+        f"rows equal a clean file's")
+
+
+def sparkov_files(tmp):
+    """The sparkov events as cohort-replay sends them: an Avro container and JSON Lines."""
+    events = list(sparkov_rows())
+    with open(SPARKOV, newline="") as f:
+        raw = {row["trans_num"]: row for row in csv.DictReader(f)}
+    recs = []
+    for e in events:
+        src = raw[e["event_id"]]
+        recs.append({"event_id": e["event_id"], "user_id": e["user_id"], "ts": e["ts"],
+                     "type": "payment", "amount": e["fields"]["amount"],
+                     "item": src["merchant"], "category": src["category"],
+                     "attrs": {k[6:]: v for k, v in e["fields"].items()
+                               if k.startswith("attrs.")}})
+    with open(os.path.join(SCHEMAS, "user_event.avsc")) as f:
+        schema_json = re.sub(r',\s*"logicalType"\s*:\s*"timestamp-millis"', "", f.read())
+    ocf = os.path.join(tmp, "sparkov.avro")
+    with open(ocf, "wb") as f:
+        w = avro.datafile.DataFileWriter(f, avro.io.DatumWriter(), avro.schema.parse(schema_json),
+                                         codec="deflate")
+        for rec in recs:
+            w.append(rec)
+        w.close()
+    jl = os.path.join(tmp, "sparkov.jsonl")
+    with open(jl, "w") as f:
+        for rec in recs:
+            f.write(json.dumps(rec) + "\n")
+    return ocf, jl, events
+
+
+def sparkov(tmp):
+    conf = config(SPARKOV_FEATURES, tmp, "sparkov.conf")
+    names = feature_names(conf)
+    ocf, jl, events = sparkov_files(tmp)
+    daemon = daemon_profiles(conf, ["--dataset", "sparkov", "--file", SPARKOV], len(events))
+    out = os.path.join(tmp, "sparkov.csv")
+    featurize(conf, [ocf], "-o", out)
+    rows = read_rows(out)
+    compare("sparkov Avro container", rows, names, daemon, match_ids=True)
+    with open(out, "rb") as f:
+        ref = f.read()
+    r = featurize(conf, [jl], "--quiet")
+    assert r.stdout == ref, "JSON Lines gave other rows than the Avro container"
+    jgz = jl + ".gz"
+    with open(jl, "rb") as f, gzip.open(jgz, "wb") as g:
+        g.write(f.read())
+    with open(jgz, "rb") as f:
+        r = featurize(conf, ["-"], "--input-format", "jsonl", "--quiet", stdin=f.read())
+    assert r.stdout == ref, "gzip JSON Lines on standard input gave other rows"
+    # two files in one run: the same rows as one file holding both halves
+    half = len(events) // 2
+    with open(jl) as f:
+        lines = f.readlines()
+    a, b = os.path.join(tmp, "a.jsonl"), os.path.join(tmp, "b.jsonl")
+    with open(a, "w") as f:
+        f.writelines(lines[:half])
+    with open(b, "w") as f:
+        f.writelines(lines[half:])
+    r = featurize(conf, [a, b], "--quiet")
+    assert r.stdout == ref, "two files gave other rows than one"
+    log("sparkov: JSON Lines, gzip on standard input and two files give the Avro container's "
+        "bytes")
+    labels(conf, tmp, ocf, events, rows)
+
+
+def labels(conf, tmp, ocf, events, rows):
+    lab = os.path.join(tmp, "labels.csv")
+    with open(lab, "w") as f:
+        f.write("trans_num,is_fraud\n")
+        for e in events:
+            f.write(f"{e['event_id']},{e['label']}\n")
+    out = os.path.join(tmp, "labelled.csv")
+    featurize(conf, [ocf], "-o", out, "--labels", lab)
+    got = read_rows(out)
+    want = {e["event_id"]: e["label"] for e in events}
+    assert len(got) == len(rows)
+    assert all(float(r["label"]) == want[r["event_id"]] for r in got), "labels joined wrongly"
+    n_fraud = sum(float(r["label"]) for r in got)
+    # a third of the events labelled, with label times; the rest empty or dropped
+    sub = os.path.join(tmp, "sub.csv")
+    chosen = {e["event_id"]: e for k, e in enumerate(events) if k % 3 == 0}
+    with open(sub, "w") as f:
+        f.write("event_id,label,label_time\n")
+        for eid, e in chosen.items():
+            f.write(f"{eid},{e['label']},{e['ts'] + 86400000}\n")
+    r = featurize(conf, [ocf], "--labels", sub, "--format", "jsonl")
+    js = [json.loads(l) for l in r.stdout.decode().splitlines()]
+    assert len(js) == len(events)
+    for j in js:
+        if j["event_id"] in chosen:
+            e = chosen[j["event_id"]]
+            assert j["label"] == e["label"] and j["label_time"] == e["ts"] + 86400000, j
+        else:
+            assert j["label"] is None and j["label_time"] is None, j
+    assert f"{len(chosen)} row(s) labelled, {len(events) - len(chosen)} without" in \
+        r.stderr.decode(), r.stderr.decode()
+    r = featurize(conf, [ocf], "--labels", sub, "--labeled-only", "--quiet")
+    kept = list(csv.DictReader(io.StringIO(r.stdout.decode())))
+    assert sorted(x["event_id"] for x in kept) == sorted(chosen), "--labeled-only kept others"
+    log(f"labels: {len(got)} rows joined to is_fraud ({n_fraud:.0f} fraud); a third labelled "
+        f"with label times: {len(chosen)} labelled, the rest empty (JSON null) or dropped by "
+        f"--labeled-only")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        rees46(tmp)
+        sparkov(tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
