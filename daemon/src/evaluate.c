@@ -387,8 +387,7 @@ int ch_evaluate_status(ch_evaluate_t *e, ch_evaluate_status_t *ret) {
 
 #define LIT(b, s) ch_buf_append((b), (s), sizeof(s) - 1)
 
-/* "pairs":..,"positives":..,"roc_auc":.., ... "calibration":[...] of one model. */
-static int encode_figures(ch_buf_t *b, const ch_eval_figures_t *f) {
+int ch_evaluate_encode_figures(ch_buf_t *b, const ch_eval_figures_t *f) {
     int r = ch_buf_printf(b, "\"pairs\":%zu,\"positives\":%zu", f->n, f->positives);
     const struct {
         const char *name;
@@ -427,13 +426,13 @@ static int encode_record(ch_buf_t *b, const ch_evaluate_status_t *s, const char 
                           (long long)s->window_from_ms, (long long)s->window_to_ms);
     r = r ? r : ch_json_double(b, threshold);
     r = r ? r : LIT(b, ",");
-    r = r ? r : encode_figures(b, &s->fig);
+    r = r ? r : ch_evaluate_encode_figures(b, &s->fig);
     r = r ? r : LIT(b, ",\"challenger\":");
     if (!r && s->challenger) {
         r = LIT(b, "{\"model_version\":");
         r = r ? r : ch_json_string(b, version2 ? version2 : "", version2 ? strlen(version2) : 0);
         r = r ? r : LIT(b, ",");
-        r = r ? r : encode_figures(b, &s->fig2);
+        r = r ? r : ch_evaluate_encode_figures(b, &s->fig2);
         r = r ? r : LIT(b, "}");
     } else if (!r) {
         r = LIT(b, "null");

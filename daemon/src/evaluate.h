@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ch/codec.h"
 #include "ch/evalmetrics.h"
 #include "ch/scorestore.h"
 
@@ -60,5 +61,10 @@ bool ch_evaluate_work(struct ch_pipeline *p);
 
 /** @brief Counters and the figures of the window now (computed on the call). */
 int ch_evaluate_status(ch_evaluate_t *e, ch_evaluate_status_t *ret);
+
+/** @brief Append "pairs":..,"positives":..,"roc_auc":.., ... "calibration":[...] (the
+ *  members of one model's figures, as the evaluation records hold them).
+ *  @returns 0, -ENOMEM. */
+int ch_evaluate_encode_figures(ch_buf_t *b, const ch_eval_figures_t *f);
 
 #endif

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "ch/csv_in.h"
+#include "ch/evalmetrics.h"
 #include "ch/features.h"
 #include "ch/filein.h"
 #include "ch/json.h"
@@ -41,9 +42,11 @@
 #include "ch/keyset.h"
 #include "ch/users.h"
 #include "config.h"
+#include "evaluate.h"
 #include "events.h"
 #include "log.h"
 #include "pseudonym.h"
+#include "scorer.h"
 
 #define MAX_COLS 4096
 
@@ -69,6 +72,26 @@ typedef struct label {
     int64_t ts_ms; /* INT64_MIN: none */
     bool used;
 } label_t;
+
+/* One row to write. */
+typedef struct row {
+    const char *uid, *eid; /* eid NULL: the event has none */
+    size_t uid_len, eid_len;
+    int64_t ts_ms;
+    const float *x;
+    const label_t *l; /* NULL: no label */
+    bool scored, alert, alert2;
+    float score, score2;
+    size_t n_reasons; /* in fz_t.reasons */
+} row_t;
+
+/* A row waiting for its batch to be scored: its ids in fz_t.ids. */
+typedef struct pending {
+    size_t uid_off, uid_len, eid_off, eid_len;
+    bool has_eid;
+    int64_t ts_ms;
+    const label_t *l;
+} pending_t;
 
 typedef struct fz {
     const ch_config_t *cfg;
@@ -109,6 +132,22 @@ typedef struct fz {
     double t0, last_progress;
     ch_buf_t line;
     char pseud_id[CH_PSEUDONYM_LEN];
+    /* scoring (model.path set): rows scored a batch at a time, as in the daemon */
+    ch_scorer_t scorer, challenger;
+    const char **names;
+    size_t batch, n_pend;
+    pending_t *pend;
+    float *X, *scores, *scores2;
+    ch_buf_t ids;
+    ch_reason_t *reasons;
+    /* backtest: the labelled rows' (score, label) pairs */
+    bool report;
+    const char *report_json;
+    float *pair_s, *pair_s2;
+    uint8_t *pair_y;
+    size_t n_pairs, cap_pairs;
+    uint64_t scored, alerts, alerts2;
+    int64_t first_ts, last_ts;
 } fz_t;
 
 static void usage(FILE *f) {
@@ -116,7 +155,9 @@ static void usage(FILE *f) {
             "Usage: cohortd featurize --config FILE [--set KEY=VALUE]... [OPTIONS] INPUT...\n"
             "Fold events from files through the daemon's own decode, validation and feature\n"
             "code (no Kafka) and write one row per event: user_id, event_id, event_time and\n"
-            "the feature vector the daemon publishes for that event, bit for bit.\n\n"
+            "the feature vector the daemon publishes for that event, bit for bit. With a model\n"
+            "(model.path), every row is scored as the daemon scores it: score, alert, reasons\n"
+            "(and the challenger's score and alert).\n\n"
             "  -c, --config FILE     the daemon's configuration (features, input.map.*, state.*)\n"
             "  -s, --set KEY=VALUE   override one setting (repeatable; after the file)\n"
             "  -o, --output FILE     write rows to FILE (default: standard output)\n"
@@ -134,6 +175,11 @@ static void usage(FILE *f) {
             "                        reason, count them and go on (default: stop at the first)\n"
             "      --rejects FILE    the reject file (default: OUTPUT.rejects.csv, or\n"
             "                        featurize-rejects.csv when writing to standard output)\n"
+            "      --report          with a model and --labels: print the backtest, the live\n"
+            "                        evaluation's figures on the labelled rows (ROC AUC, average\n"
+            "                        precision, precision and recall at risk.threshold, log loss,\n"
+            "                        calibration by score decile) and alerts per day\n"
+            "      --report-json FILE  the same figures as JSON\n"
             "  -q, --quiet           no progress bar, no summary\n"
             "  -h, --help            this help\n\n"
             "Inputs are read in the order given; - is standard input; gzip is read whatever\n"
@@ -285,6 +331,10 @@ static int write_header(fz_t *z) {
     for (size_t f = 0; f < z->n_feats && !r; f++) {
         r = ch_buf_printf(b, ",%s", ch_features_name(z->fs, f));
     }
+    if (!r && z->scorer.model) {
+        r = ch_buf_printf(b, ",score,alert,reasons%s",
+                          z->challenger.model ? ",challenger_score,challenger_alert" : "");
+    }
     if (!r && z->label_ids) {
         r = ch_buf_printf(b, ",label%s", z->label_times ? ",label_time" : "");
     }
@@ -292,7 +342,165 @@ static int write_header(fz_t *z) {
     return r < 0 || fwrite(b->data, 1, b->len, z->out) != b->len ? -EIO : 0;
 }
 
-static int write_row(fz_t *z, const ch_event_view_t *ev, const char *uid, size_t uid_len) {
+/* The reasons of a row as one CSV cell: feature=contribution;... */
+static int csv_reasons(ch_buf_t *b, const ch_reason_t *rs, size_t n) {
+    int r = 0;
+    for (size_t i = 0; i < n && !r; i++) {
+        r = ch_buf_printf(b, "%s%s=", i ? ";" : "", rs[i].feature);
+        r = r ? r : ch_json_float(b, rs[i].contribution);
+    }
+    return r;
+}
+
+static int csv_row(fz_t *z, const row_t *w) {
+    ch_buf_t *b = &z->line;
+    int r = csv_cell(b, w->uid, w->uid_len);
+    r = r ? r : ch_buf_append(b, ",", 1);
+    r = r || !w->eid ? r : csv_cell(b, w->eid, w->eid_len);
+    r = r ? r : ch_buf_printf(b, ",%lld", (long long)w->ts_ms);
+    for (size_t f = 0; f < z->n_feats && !r; f++) {
+        r = ch_buf_append(b, ",", 1);
+        r = r || !isfinite(w->x[f]) ? r : ch_json_float(b, w->x[f]);
+    }
+    if (!r && w->scored) {
+        r = ch_buf_append(b, ",", 1);
+        r = r ? r : ch_json_float(b, w->score);
+        r = r ? r : ch_buf_printf(b, ",%d,", w->alert);
+        r = r ? r : csv_reasons(b, z->reasons, w->n_reasons);
+        if (!r && z->challenger.model) {
+            r = ch_buf_append(b, ",", 1);
+            r = r ? r : ch_json_float(b, w->score2);
+            r = r ? r : ch_buf_printf(b, ",%d", w->alert2);
+        }
+    }
+    if (!r && z->label_ids) {
+        r = ch_buf_append(b, ",", 1);
+        r = r || !w->l ? r : ch_json_double(b, w->l->value);
+        if (!r && z->label_times) {
+            r = ch_buf_append(b, ",", 1);
+            r = r || !w->l || w->l->ts_ms == INT64_MIN
+                    ? r
+                    : ch_buf_printf(b, "%lld", (long long)w->l->ts_ms);
+        }
+    }
+    return r;
+}
+
+static int json_row(fz_t *z, const row_t *w) {
+    ch_buf_t *b = &z->line;
+    int r = ch_buf_append(b, "{\"user_id\":", 11);
+    r = r ? r : ch_json_string(b, w->uid, w->uid_len);
+    r = r ? r : ch_buf_append(b, ",\"event_id\":", 12);
+    r = r ? r : w->eid ? ch_json_string(b, w->eid, w->eid_len) : ch_buf_append(b, "null", 4);
+    r = r ? r : ch_buf_printf(b, ",\"event_time\":%lld", (long long)w->ts_ms);
+    for (size_t f = 0; f < z->n_feats && !r; f++) {
+        r = ch_buf_printf(b, ",\"%s\":", ch_features_name(z->fs, f));
+        r = r ? r : ch_json_float(b, w->x[f]);
+    }
+    if (!r && w->scored) {
+        r = ch_buf_append(b, ",\"score\":", 9);
+        r = r ? r : ch_json_float(b, w->score);
+        r = r ? r : ch_buf_printf(b, ",\"alert\":%s,\"reasons\":", w->alert ? "true" : "false");
+        r = r ? r : ch_json_reasons(b, z->reasons, w->n_reasons);
+        if (!r && z->challenger.model) {
+            r = ch_buf_append(b, ",\"challenger_score\":", 20);
+            r = r ? r : ch_json_float(b, w->score2);
+            r = r ? r
+                  : ch_buf_printf(b, ",\"challenger_alert\":%s", w->alert2 ? "true" : "false");
+        }
+    }
+    if (!r && z->label_ids) {
+        r = ch_buf_append(b, ",\"label\":", 9);
+        r = r ? r : w->l ? ch_json_double(b, w->l->value) : ch_buf_append(b, "null", 4);
+        if (!r && z->label_times) {
+            r = w->l && w->l->ts_ms != INT64_MIN
+                    ? ch_buf_printf(b, ",\"label_time\":%lld", (long long)w->l->ts_ms)
+                    : ch_buf_append(b, ",\"label_time\":null", 18);
+        }
+    }
+    return r ? r : ch_buf_append(b, "}", 1);
+}
+
+static int write_row(fz_t *z, const row_t *w) {
+    z->line.len = 0;
+    int r = z->format == OUT_CSV ? csv_row(z, w) : json_row(z, w);
+    r = r ? r : ch_buf_append(&z->line, "\n", 1);
+    if (r < 0 || fwrite(z->line.data, 1, z->line.len, z->out) != z->line.len) {
+        fprintf(stderr, "cohortd featurize: %s: cannot write\n", z->out_path);
+        return -1;
+    }
+    z->rows++;
+    return 0;
+}
+
+/* A labelled row's (score, label) pair for the backtest report. */
+static int add_pair(fz_t *z, const row_t *w) {
+    if (z->n_pairs == z->cap_pairs) {
+        size_t cap = z->cap_pairs ? 2 * z->cap_pairs : 4096;
+        float *s = realloc(z->pair_s, cap * sizeof(*s));
+        z->pair_s = s ? s : z->pair_s;
+        float *s2 = s ? realloc(z->pair_s2, cap * sizeof(*s2)) : NULL;
+        z->pair_s2 = s2 ? s2 : z->pair_s2;
+        uint8_t *y = s2 ? realloc(z->pair_y, cap) : NULL;
+        if (!y) {
+            return -ENOMEM;
+        }
+        z->pair_y = y;
+        z->cap_pairs = cap;
+    }
+    z->pair_s[z->n_pairs] = w->score;
+    z->pair_s2[z->n_pairs] = w->score2;
+    z->pair_y[z->n_pairs++] = w->l->value != 0;
+    return 0;
+}
+
+/* Score the pending rows at once (as the daemon scores a batch), then write them. */
+static int flush(fz_t *z) {
+    size_t n = z->n_pend;
+    z->n_pend = 0;
+    if (n == 0) {
+        return 0;
+    }
+    ch_onnx_eval(z->scorer.model, z->X, n, z->scores);
+    if (z->challenger.model) { /* the same rows: compared, never acted on */
+        ch_onnx_eval(z->challenger.model, z->X, n, z->scores2);
+    }
+    float thr = (float)z->cfg->risk_threshold;
+    for (size_t i = 0; i < n; i++) {
+        const pending_t *p = &z->pend[i];
+        row_t w = {.uid = (const char *)z->ids.data + p->uid_off,
+                   .uid_len = p->uid_len,
+                   .eid = p->has_eid ? (const char *)z->ids.data + p->eid_off : NULL,
+                   .eid_len = p->eid_len,
+                   .ts_ms = p->ts_ms,
+                   .x = z->X + i * z->n_feats,
+                   .l = p->l,
+                   .scored = true,
+                   .score = z->scores[i],
+                   .score2 = z->challenger.model ? z->scores2[i] : NAN};
+        w.alert = w.score >= thr;
+        w.alert2 = z->challenger.model && w.score2 >= thr;
+        w.n_reasons = w.alert ? ch_scorer_reasons(&z->scorer, i, z->reasons) : 0;
+        z->scored++;
+        z->alerts += w.alert;
+        z->alerts2 += w.alert2;
+        if (z->first_ts == INT64_MIN || w.ts_ms < z->first_ts) {
+            z->first_ts = w.ts_ms;
+        }
+        if (w.ts_ms > z->last_ts) {
+            z->last_ts = w.ts_ms;
+        }
+        if ((w.l && add_pair(z, &w) < 0) || write_row(z, &w) < 0) {
+            return -1;
+        }
+    }
+    z->ids.len = 0;
+    return 0;
+}
+
+/* The row of the event just folded (its vector in z->x): written, or held to be scored
+ * with its batch. @returns 0, -1. */
+static int emit(fz_t *z, const ch_event_view_t *ev, const char *uid, size_t uid_len) {
     const label_t *l = NULL;
     int64_t idx;
     if (z->label_ids) {
@@ -307,59 +515,31 @@ static int write_row(fz_t *z, const ch_event_view_t *ev, const char *uid, size_t
             }
         }
     }
-    ch_buf_t *b = &z->line;
-    b->len = 0;
-    const char *eid = ev->event_id ? ev->event_id : "";
-    size_t eid_len = ev->event_id ? ev->event_id_len : 0;
-    int r = 0;
-    if (z->format == OUT_CSV) {
-        r = csv_cell(b, uid, uid_len);
-        r = r ? r : ch_buf_append(b, ",", 1);
-        r = r ? r : csv_cell(b, eid, eid_len);
-        r = r ? r : ch_buf_printf(b, ",%lld", (long long)ev->ts_ms);
-        for (size_t f = 0; f < z->n_feats && !r; f++) {
-            r = ch_buf_append(b, ",", 1);
-            r = r || !isfinite(z->x[f]) ? r : ch_json_float(b, z->x[f]);
-        }
-        if (!r && z->label_ids) {
-            r = ch_buf_append(b, ",", 1);
-            r = r || !l ? r : ch_json_double(b, l->value);
-            if (!r && z->label_times) {
-                r = ch_buf_append(b, ",", 1);
-                r = r || !l || l->ts_ms == INT64_MIN ? r
-                                                     : ch_buf_printf(b, "%lld", (long long)l->ts_ms);
-            }
-        }
-    } else {
-        r = ch_buf_append(b, "{\"user_id\":", 11);
-        r = r ? r : ch_json_string(b, uid, uid_len);
-        r = r ? r : ch_buf_append(b, ",\"event_id\":", 12);
-        r = r ? r
-              : ev->event_id ? ch_json_string(b, eid, eid_len)
-                             : ch_buf_append(b, "null", 4);
-        r = r ? r : ch_buf_printf(b, ",\"event_time\":%lld", (long long)ev->ts_ms);
-        for (size_t f = 0; f < z->n_feats && !r; f++) {
-            r = ch_buf_printf(b, ",\"%s\":", ch_features_name(z->fs, f));
-            r = r ? r : ch_json_float(b, z->x[f]);
-        }
-        if (!r && z->label_ids) {
-            r = ch_buf_append(b, ",\"label\":", 9);
-            r = r ? r : l ? ch_json_double(b, l->value) : ch_buf_append(b, "null", 4);
-            if (!r && z->label_times) {
-                r = l && l->ts_ms != INT64_MIN
-                        ? ch_buf_printf(b, ",\"label_time\":%lld", (long long)l->ts_ms)
-                        : ch_buf_append(b, ",\"label_time\":null", 18);
-            }
-        }
-        r = r ? r : ch_buf_append(b, "}", 1);
+    if (!z->scorer.model) {
+        row_t w = {.uid = uid,
+                   .uid_len = uid_len,
+                   .eid = ev->event_id,
+                   .eid_len = ev->event_id_len,
+                   .ts_ms = ev->ts_ms,
+                   .x = z->x,
+                   .l = l};
+        return write_row(z, &w);
     }
-    r = r ? r : ch_buf_append(b, "\n", 1);
-    if (r < 0 || fwrite(b->data, 1, b->len, z->out) != b->len) {
-        fprintf(stderr, "cohortd featurize: %s: cannot write\n", z->out_path);
+    pending_t *p = &z->pend[z->n_pend];
+    *p = (pending_t){.uid_off = z->ids.len,
+                     .uid_len = uid_len,
+                     .eid_off = z->ids.len + uid_len,
+                     .eid_len = ev->event_id ? ev->event_id_len : 0,
+                     .has_eid = ev->event_id != NULL,
+                     .ts_ms = ev->ts_ms,
+                     .l = l};
+    if (ch_buf_append(&z->ids, uid, uid_len) < 0 ||
+        (ev->event_id && ch_buf_append(&z->ids, ev->event_id, ev->event_id_len) < 0)) {
+        fprintf(stderr, "cohortd featurize: out of memory\n");
         return -1;
     }
-    z->rows++;
-    return 0;
+    memcpy(z->X + z->n_pend * z->n_feats, z->x, z->n_feats * sizeof(float));
+    return ++z->n_pend == z->batch ? flush(z) : 0;
 }
 
 /* ---------------------------------------------------------------- decode and fold */
@@ -430,7 +610,7 @@ static int fold(fz_t *z, ch_event_view_t *ev, const ch_obs_t *obs) {
         z->since_evict = 0;
         ch_users_evict_idle(z->users, z->stream_time_ms - (int64_t)z->idle_evict_ms, 100000);
     }
-    return write_row(z, ev, uid, uid_len);
+    return emit(z, ev, uid, uid_len);
 }
 
 static void progress(fz_t *z, const char *what, double frac) {
@@ -660,7 +840,119 @@ static void summary(fz_t *z) {
     }
 }
 
+/* One model's figures as text. */
+static void print_figures(const char *role, const char *version, const ch_eval_figures_t *f,
+                          uint64_t alerts, double days, double thr) {
+    fprintf(stderr,
+            "backtest: %s %s: %zu labelled rows (%zu positive): ROC AUC %.4f, average precision "
+            "%.4f, log loss %.4f\n",
+            role, version, f->n, f->positives, f->roc_auc, f->average_precision, f->log_loss);
+    fprintf(stderr,
+            "  at risk.threshold %g: %llu alerts in %.2f days (%.1f per day); on labelled rows "
+            "%zu alerts, %zu true: precision %.4f, recall %.4f\n",
+            thr, (unsigned long long)alerts, days, days > 0 ? (double)alerts / days : NAN,
+            f->alerts, f->true_alerts, f->precision, f->recall);
+    fprintf(stderr, "  calibration by score decile (rows, mean score, positive rate):");
+    for (int d = 0; d < CH_EVAL_BINS; d++) {
+        fprintf(stderr, "%s %d: %zu %.4f %.4f", d ? ";" : "", d + 1, f->bin_n[d], f->bin_score[d],
+                f->bin_positive[d]);
+    }
+    fprintf(stderr, "\n");
+}
+
+static int json_model(ch_buf_t *b, const char *version, const ch_eval_figures_t *f,
+                      uint64_t alerts, double days) {
+    int r = ch_buf_append(b, "{\"model_version\":", 17);
+    r = r ? r : ch_json_string(b, version, strlen(version));
+    r = r ? r : ch_buf_printf(b, ",\"alerts_all\":%llu,\"alerts_per_day\":",
+                              (unsigned long long)alerts);
+    r = r ? r : ch_json_double(b, days > 0 ? (double)alerts / days : NAN);
+    r = r ? r : ch_buf_append(b, ",", 1);
+    r = r ? r : ch_evaluate_encode_figures(b, f);
+    return r ? r : ch_buf_append(b, "}", 1);
+}
+
+/* --report, --report-json: the live evaluation's figures on the labelled rows, and the
+ * alert volume over all scored rows. @returns 0, -1. */
+static int backtest_report(fz_t *z) {
+    if (!z->report && !z->report_json) {
+        return 0;
+    }
+    double thr = z->cfg->risk_threshold;
+    double days = z->scored ? (double)(z->last_ts - z->first_ts) / 86400000.0 : 0;
+    ch_eval_figures_t f, f2;
+    if (ch_eval_figures(z->pair_s, z->pair_y, z->n_pairs, thr, &f) < 0 ||
+        (z->challenger.model && ch_eval_figures(z->pair_s2, z->pair_y, z->n_pairs, thr, &f2) < 0)) {
+        fprintf(stderr, "cohortd featurize: out of memory computing the report\n");
+        return -1;
+    }
+    const char *v = ch_scorer_version(&z->scorer), *v2 = ch_scorer_version(&z->challenger);
+    if (z->report) {
+        print_figures("model", v, &f, z->alerts, days, thr);
+        if (z->challenger.model) {
+            print_figures("challenger", v2, &f2, z->alerts2, days, thr);
+        }
+    }
+    if (!z->report_json) {
+        return 0;
+    }
+    ch_buf_t b;
+    ch_buf_init(&b);
+    int r = ch_buf_printf(&b, "{\"threshold\":");
+    r = r ? r : ch_json_double(&b, thr);
+    r = r ? r : ch_buf_printf(&b, ",\"rows_scored\":%llu,\"days\":", (unsigned long long)z->scored);
+    r = r ? r : ch_json_double(&b, days);
+    r = r ? r : ch_buf_printf(&b, ",\"champion\":");
+    r = r ? r : json_model(&b, v, &f, z->alerts, days);
+    r = r ? r : ch_buf_printf(&b, ",\"challenger\":");
+    r = r ? r
+          : z->challenger.model ? json_model(&b, v2, &f2, z->alerts2, days)
+                                : ch_buf_append(&b, "null", 4);
+    r = r ? r : ch_buf_append(&b, "}\n", 2);
+    FILE *f_out = r ? NULL : fopen(z->report_json, "w");
+    bool ok = f_out && fwrite(b.data, 1, b.len, f_out) == b.len;
+    ok = f_out && fclose(f_out) == 0 && ok;
+    ch_buf_done(&b);
+    if (!ok) {
+        fprintf(stderr, "cohortd featurize: %s: cannot write the report\n", z->report_json);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- set-up */
+
+/* model.path set: the champion (and challenger) loaded as the daemon loads them. */
+static int setup_scoring(fz_t *z, char *err, size_t errlen) {
+    const ch_config_t *cfg = z->cfg;
+    size_t d = z->n_feats;
+    z->batch = (size_t)cfg->batch_max_events;
+    z->first_ts = INT64_MIN;
+    z->last_ts = INT64_MIN;
+    if (!(z->names = calloc(d, sizeof(*z->names)))) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < d; i++) {
+        z->names[i] = ch_features_name(z->fs, i);
+    }
+    int r = ch_scorer_init(&z->scorer, cfg, cfg->model_path, "champion", z->names, d, z->batch,
+                           err, errlen);
+    if (r < 0) {
+        return r;
+    }
+    r = ch_scorer_init(&z->challenger, cfg, cfg->model_challenger_path, "challenger", z->names,
+                       d, z->batch, err, errlen);
+    if (r < 0) {
+        return r;
+    }
+    z->pend = calloc(z->batch, sizeof(*z->pend));
+    z->X = calloc(z->batch * d, sizeof(float));
+    z->scores = calloc(z->batch, sizeof(float));
+    z->scores2 = calloc(z->batch, sizeof(float));
+    z->reasons = calloc(d, sizeof(*z->reasons));
+    return z->pend && z->X && z->scores && z->scores2 && z->reasons ? 0 : -ENOMEM;
+}
+
 
 static int setup(fz_t *z, char *err, size_t errlen) {
     const ch_config_t *cfg = z->cfg;
@@ -709,7 +1001,10 @@ static int setup(fz_t *z, char *err, size_t errlen) {
     z->feats = calloc(z->n_feats, sizeof(double));
     z->x = calloc(z->n_feats, sizeof(float));
     z->stream_time_ms = INT64_MIN;
-    return z->feats && z->x ? 0 : -ENOMEM;
+    if (!z->feats || !z->x) {
+        return -ENOMEM;
+    }
+    return cfg->model_path[0] ? setup_scoring(z, err, errlen) : 0;
 }
 
 static void teardown(fz_t *z) {
@@ -729,6 +1024,20 @@ static void teardown(fz_t *z) {
     free(z->feats);
     free(z->x);
     free(z->held);
+    if (z->names) { /* scoring was set up */
+        ch_scorer_done(&z->scorer);
+        ch_scorer_done(&z->challenger);
+    }
+    free(z->names);
+    free(z->pend);
+    free(z->X);
+    free(z->scores);
+    free(z->scores2);
+    free(z->reasons);
+    free(z->pair_s);
+    free(z->pair_s2);
+    free(z->pair_y);
+    ch_buf_done(&z->ids);
     ch_buf_done(&z->arena);
     ch_buf_done(&z->line);
     if (z->rejects) {
@@ -747,6 +1056,8 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
                                          {"labeled-only", no_argument, NULL, 'l'},
                                          {"skip-bad", no_argument, NULL, 'B'},
                                          {"rejects", required_argument, NULL, 'R'},
+                                         {"report", no_argument, NULL, 'r'},
+                                         {"report-json", required_argument, NULL, 'J'},
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -809,6 +1120,12 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
         case 'R':
             snprintf(z->rejects_path, sizeof(z->rejects_path), "%s", optarg);
             break;
+        case 'r':
+            z->report = true;
+            break;
+        case 'J':
+            z->report_json = optarg;
+            break;
         case 'q':
             z->quiet = true;
             break;
@@ -830,6 +1147,12 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
     }
     if (z->labeled_only && !*labels) {
         fprintf(stderr, "cohortd featurize: --labeled-only needs --labels FILE\n");
+        return 2;
+    }
+    if ((z->report || z->report_json) && (!*labels || !cfg->model_path[0])) {
+        fprintf(stderr, "cohortd featurize: --report%s needs --labels FILE and a model "
+                        "(model.path)\n",
+                z->report_json ? "-json" : "");
         return 2;
     }
     z->n_inputs = (size_t)(argc - optind);
@@ -891,7 +1214,7 @@ int ch_featurize_main(int argc, char **argv) {
         z.progress = !z.quiet && isatty(STDERR_FILENO);
         z.t0 = now_s();
         code = write_header(&z) < 0 || read_inputs(&z) < 0 ||
-                       (z.order == ORDER_TIME && fold_held(&z) < 0)
+                       (z.order == ORDER_TIME && fold_held(&z) < 0) || flush(&z) < 0
                    ? 1
                    : 0;
         if (fflush(z.out) != 0 || (z.out != stdout && fclose(z.out) != 0)) {
@@ -899,6 +1222,9 @@ int ch_featurize_main(int argc, char **argv) {
             code = 1;
         }
         summary(&z);
+        if (code == 0 && backtest_report(&z) < 0) {
+            code = 1;
+        }
     }
     teardown(&z);
     ch_config_done(&cfg);

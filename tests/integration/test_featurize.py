@@ -307,6 +307,7 @@ def sparkov(tmp):
     log("sparkov: JSON Lines, gzip on standard input and two files give the Avro container's "
         "bytes")
     labels(conf, tmp, ocf, events, rows)
+    return ocf, events
 
 
 def labels(conf, tmp, ocf, events, rows):
@@ -348,10 +349,111 @@ def labels(conf, tmp, ocf, events, rows):
         f"--labeled-only")
 
 
+def daemon_risk(n):
+    """The shipped config and model on the sparkov replay: event id -> (profile features,
+    risk score, alert, reasons) as float32 bytes where float."""
+    prof_reader, risk_reader = avro_reader("profile_update.avsc"), avro_reader("risk_update.avsc")
+    with Broker(partitions=4) as broker, \
+            Daemon(broker.bootstrap, "emit.policy=every", "risk.emit=every", "segments.k=0") as d:
+        d.wait_assigned()
+        run([REPLAY, "--brokers", broker.bootstrap, "--quiet", "--dataset", "sparkov",
+             "--file", SPARKOV])
+        profs = consume(broker.bootstrap, "profiles", expect=n)
+        risks = consume(broker.bootstrap, "risk", expect=n)
+        assert d.stop() == 0
+    assert len(profs) == n and len(risks) == n, (len(profs), len(risks))
+    out = {}
+    for m in profs:
+        rec = decode_confluent(prof_reader, m[3])[1]
+        out[rec["event_id"]] = [[f32(v) for v in rec["features"]]]
+    for m in risks:
+        rec = decode_confluent(risk_reader, m[3])[1]
+        out[rec["event_id"]] += [f32(rec["score"]), rec["alert"],
+                                 [(x["feature"], f32(x["contribution"])) for x in rec["reasons"]]]
+    return out
+
+
+def backtest(tmp, ocf, events):
+    """Scores as the daemon's risk updates; the report as sklearn computes it."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import (average_precision_score, log_loss, precision_score,
+                                 recall_score, roc_auc_score)
+    import numpy as np
+    names = feature_names(CONF)
+    daemon = daemon_risk(len(events))
+    lab = os.path.join(tmp, "labels.csv")
+    out, rep = os.path.join(tmp, "scored.csv"), os.path.join(tmp, "report.json")
+    model = os.path.join(os.path.dirname(CONF), "models", "risk_mlp.onnx")
+    r = featurize(CONF, [ocf], "-o", out, "--labels", lab, "--report", "--report-json", rep,
+                  sets=[f"model.challenger_path={model}"])
+    rows = read_rows(out)
+    assert len(rows) == len(events)
+    n_alerts, worst_score, worst_reason, n_exact = 0, 0.0, 0.0, 0
+    for row in rows:
+        feats, score, alert, reasons = daemon[row["event_id"]]
+        assert [f32(row[n]) for n in names] == feats, f"event {row['event_id']}: features"
+        # the daemon scores a batch at once, and OpenBLAS may sum a row's products in
+        # another order for another batch size: the same to float32 rounding, not bit
+        mine_s, ref_s = float(row["score"]), struct.unpack("<f", score)[0]
+        n_exact += f32(mine_s) == score
+        worst_score = max(worst_score, abs(mine_s - ref_s) / max(abs(ref_s), 1e-30))
+        assert abs(mine_s - ref_s) <= 1e-5 * max(abs(ref_s), 1e-3), \
+            f"event {row['event_id']}: score {mine_s!r}, daemon {ref_s!r}"
+        assert (row["alert"] == "1") == alert
+        mine = [(x.split("=")[0], float(x.split("=")[1])) for x in row["reasons"].split(";")
+                if x]
+        ref_r = [(f, struct.unpack("<f", c)[0]) for f, c in reasons]
+        assert [f for f, _ in mine] == [f for f, _ in ref_r], \
+            f"event {row['event_id']}: reasons {mine}, daemon {ref_r}"
+        for (_, a), (_, b) in zip(mine, ref_r):
+            worst_reason = max(worst_reason, abs(a - b) / max(abs(b), 1e-30))
+            assert abs(a - b) <= 1e-4 * max(abs(b), 1e-3), (row["event_id"], mine, ref_r)
+        assert row["challenger_score"] == row["score"] and row["challenger_alert"] == row["alert"]
+        n_alerts += alert
+    with open(CONF) as f:
+        thr = float(re.search(r"^risk\.threshold\s*=\s*(\S+)", f.read(), re.M).group(1))
+    y = np.array([int(float(row["label"])) for row in rows])
+    sc = np.array([float(row["score"]) for row in rows])
+    with open(rep) as f:
+        got = json.load(f)
+    assert got["challenger"] is not None
+    fig = got["champion"]
+    pred = (sc >= thr).astype(int)
+    ref = {"roc_auc": roc_auc_score(y, sc), "average_precision": average_precision_score(y, sc),
+           "precision": precision_score(y, pred, zero_division=0),
+           "recall": recall_score(y, pred), "log_loss": log_loss(y, np.clip(sc, 1e-15, 1 - 1e-15))}
+    worst = 0.0
+    for k, v in ref.items():
+        assert abs(fig[k] - v) <= 1e-9, f"{k}: featurize {fig[k]}, sklearn {v}"
+        assert got["challenger"][k] == fig[k]
+        worst = max(worst, abs(fig[k] - v))
+    assert fig["pairs"] == len(rows) and fig["positives"] == int(y.sum())
+    assert fig["alerts"] == int(pred.sum()) == n_alerts == got["champion"]["alerts_all"]
+    frac_pos, mean_pred = calibration_curve(y, sc, n_bins=10, strategy="quantile")
+    cal = [c for c in fig["calibration"] if c["pairs"] > 0]
+    assert len(cal) == len(frac_pos), (cal, frac_pos)
+    for c, fp, mp in zip(cal, frac_pos, mean_pred):
+        assert abs(c["positive_rate"] - fp) <= 1e-9 and abs(c["mean_score"] - mp) <= 1e-6, \
+            (c, fp, mp)
+        worst = max(worst, abs(c["positive_rate"] - fp))
+    days = (max(e["ts"] for e in events) - min(e["ts"] for e in events)) / 86400000
+    assert abs(got["days"] - days) < 1e-9 and \
+        abs(fig["alerts_per_day"] - n_alerts / days) < 1e-9, got
+    assert "ROC AUC" in r.stderr.decode() and "per day" in r.stderr.decode()
+    log(f"backtest: {len(rows)} rows scored; against the daemon's risk updates: the same "
+        f"alerts ({n_alerts}, {n_alerts / days:.1f} per day) and reasons, {n_exact} scores bit "
+        f"for bit, the largest relative difference {worst_score:.1e} in a score and "
+        f"{worst_reason:.1e} in a reason's contribution; ROC AUC "
+        f"{fig['roc_auc']:.4f}, AP {fig['average_precision']:.4f}, precision "
+        f"{fig['precision']:.4f}, recall {fig['recall']:.4f}, log loss {fig['log_loss']:.4f} and "
+        f"the calibration deciles equal sklearn's (largest difference {worst:.1e})")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         rees46(tmp)
-        sparkov(tmp)
+        ocf, events = sparkov(tmp)
+        backtest(tmp, ocf, events)
 
 
 if __name__ == "__main__":
