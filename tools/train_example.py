@@ -1,11 +1,11 @@
 #!/usr/bin/python3
 """Train the example risk models on cohortd's own features and export them to ONNX.
 
-1. Starts cohort-broker and cohortd (the shipped conf/cohortd.conf, without a model),
-   replays the sparkov card-transaction sample through it and reads back one profile
-   update per transaction: the feature vector cohortd computed right after it.
-2. Joins the vectors with the is_fraud labels (by trans_num = event_id), splits by
-   time (the first 70% of the sample's time span trains, the rest tests).
+1. Runs `cohortd featurize` (the shipped conf/cohortd.conf, no broker) over the sparkov
+   card-transaction sample, mapped by input.map.* keys, with the is_fraud labels joined
+   by trans_num: one row per transaction, the feature vector cohortd computes right
+   after it, bit for bit.
+2. Splits by time (the first 70% of the sample's time span trains, the rest tests).
 3. Fits StandardScaler + LogisticRegression and StandardScaler + MLPClassifier, prints
    ROC AUC and average precision on the later part, and exports both with
    tools/export_onnx.py to conf/models/ (risk_lr.onnx, risk_mlp.onnx).
@@ -14,51 +14,52 @@ Usage: /usr/bin/python3 tools/train_example.py [--build DIR] [--data DIR] [--out
 Deterministic: the same sample and code give the same files.
 """
 import argparse
+import csv
 import os
+import subprocess
 import sys
-
-import numpy as np
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(HERE)
 
+# Where the sample's columns go: the daemon's own mapping keys.
+SPARKOV_MAP = ["input.map.user_id=cc_num", "input.map.ts=unix_time", "input.map.ts_unit=s",
+               "input.map.event_id=trans_num", 'input.map.type="payment"',
+               "input.map.amount=amt", "input.map.item=merchant",
+               "input.map.category=category"]
+
 
 def collect(build, data):
-    os.environ.setdefault("CH_BUILD_DIR", build)
-    os.environ.setdefault("CH_DATA_DIR", data)
-    sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
-    import harness as h
+    """Feature rows, labels and event times of the sample, in event-time order."""
+    import numpy as np
 
     path = os.path.join(data, "sparkov-transactions-sample.csv")
-    labels = {r["event_id"]: r["label"] for r in h.sparkov_rows(path)}
-    reader = h.avro_reader("profile_update.avsc")
-    print(f"train_example: replaying {len(labels)} transactions through cohortd ...",
-          flush=True)
-    with h.Broker(partitions=4) as broker, \
-            h.Daemon(broker.bootstrap, "emit.policy=every", "model.path=", "segments.k=0",
-                     group="cohortd-train") as d:
-        d.wait_assigned()
-        h.run([h.REPLAY, "--brokers", broker.bootstrap, "--dataset", "sparkov", "--quiet",
-               "--file", path])
-        msgs = h.consume(broker.bootstrap, "profiles", expect=len(labels))
-        rc = d.stop()
-        if rc != 0:
-            raise SystemExit(f"train_example: cohortd exited {rc}:\n{d.log_text()[-3000:]}")
-        broker.stop()
-    feats, ts, y = {}, {}, {}
-    for _, _, _, value, _ in msgs:
-        _, rec = h.decode_confluent(reader, value)
-        eid = rec["event_id"]
-        feats[eid] = rec["features"]
-        ts[eid] = h.ts_ms(rec["ts"])
-        y[eid] = labels[eid]
-    if len(feats) != len(labels):
-        raise SystemExit(f"train_example: {len(feats)} profile updates for {len(labels)} events")
-    ids = sorted(feats, key=lambda e: (ts[e], e))
-    X = np.array([feats[e] for e in ids], dtype=np.float32)
-    Y = np.array([y[e] for e in ids])
-    T = np.array([ts[e] for e in ids])
-    return X, Y, T, h.read_feature_specs()[0]
+    conf = os.path.join(SRC, "conf", "cohortd.conf")
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = os.path.join(tmp, "labels.csv")
+        with open(path, newline="") as f, open(labels, "w", newline="") as out:
+            w = csv.writer(out)
+            w.writerow(["trans_num", "is_fraud"])
+            for r in csv.DictReader(f):
+                w.writerow([r["trans_num"], r["is_fraud"]])
+        rows = os.path.join(tmp, "rows.csv")
+        cmd = [os.path.join(build, "daemon", "cohortd"), "featurize", "--config", conf,
+               "--set", "model.path=", "--labels", labels, "--labeled-only", "-o", rows]
+        for s in SPARKOV_MAP:
+            cmd += ["--set", s]
+        print(f"train_example: {' '.join(cmd + [path])}", flush=True)
+        subprocess.run(cmd + [path], check=True)
+        with open(rows, newline="") as f:
+            rd = csv.reader(f)
+            head = next(rd)
+            data_rows = list(rd)
+    names = head[3:-1]  # user_id, event_id, event_time, features..., label
+    X = np.array([[float(v) for v in r[3:-1]] for r in data_rows], dtype=np.float32)
+    Y = np.array([int(float(r[-1])) for r in data_rows])
+    T = np.array([int(r[2]) for r in data_rows])
+    order = np.lexsort((np.array([r[1] for r in data_rows]), T))  # by (ts, event id)
+    return X[order], Y[order], T[order], names
 
 
 def main():
@@ -79,12 +80,11 @@ def main():
     sys.path.insert(0, HERE)
     from export_onnx import export
 
-    for binary in ("daemon/cohortd", "stream/cohort-broker", "tools/cohort-replay"):
+    for binary in ("daemon/cohortd",):
         if not os.path.exists(os.path.join(a.build, binary)):
             ap.error(f"{os.path.join(a.build, binary)} not found: build first (tools/demo.sh "
                      f"builds build/; tools/test.sh builds build-asan/, use --build build-asan)")
-    X, Y, T, specs = collect(os.path.abspath(a.build), os.path.abspath(a.data))
-    names = [s[0] for s in specs]
+    X, Y, T, names = collect(os.path.abspath(a.build), os.path.abspath(a.data))
     split = T.min() + 0.7 * (T.max() - T.min())
     tr, te = T < split, T >= split
     print(f"train_example: {tr.sum()} training events ({Y[tr].sum()} fraud), "

@@ -158,14 +158,16 @@ static const key_def_t keys[] = {
      "(outputs carry null)."},
     {"input.map.type", K_OPTSTR, OFF(input_map[CH_ROLE_TYPE]), "type", 0, 0, NULL, NULL,
      "The event type's field (path; a string, enum or integer), which type= filters test; "
-     "empty: none."},
+     "empty: none; \"quoted\": every event's type (\"payment\")."},
     {"input.map.amount", K_OPTSTR, OFF(input_map[CH_ROLE_AMOUNT]), "amount", 0, 0, NULL, NULL,
      "The numeric field features call amount (path); empty: none. Other numeric fields are "
      "read by their own name or path in a feature, e.g. sum(quantity)."},
     {"input.map.item", K_OPTSTR, OFF(input_map[CH_ROLE_ITEM]), "item", 0, 0, NULL, NULL,
-     "The item's field (path; a string or integer); empty: none."},
+     "The item's field (path; a string or integer); empty: none; \"quoted\": every event's "
+     "item."},
     {"input.map.category", K_OPTSTR, OFF(input_map[CH_ROLE_CATEGORY]), "category", 0, 0, NULL, NULL,
-     "The category's field (path; a string or integer); empty: none."},
+     "The category's field (path; a string or integer); empty: none; \"quoted\": every "
+     "event's category."},
     {"input.map.attrs", K_OPTSTR, OFF(input_map[CH_ROLE_ATTRS]), "attrs", 0, 0, NULL, NULL,
      "A map (Avro) or object (JSON) of numbers that features read as attrs.<key>; empty: none. "
      "A role left at its own name may be absent from the events' schema; a path set here "

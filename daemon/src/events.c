@@ -48,7 +48,12 @@ struct ch_events {
     size_t n_fields;
     size_t n_texts; /* text fields read by name: the mapping's, in the features' order */
     double *values;
+    const char *lit[CH_ROLE_N]; /* input.map.<role> = "literal": every event's value */
+    size_t lit_len[CH_ROLE_N];
 };
+
+/* A quoted value of input.map.<role>: a literal, for type, item and category. */
+static bool is_literal(const char *v, size_t n) { return n >= 2 && v[0] == '"' && v[n - 1] == '"'; }
 
 static const char *const bad_names[CH_BAD_N] = {
     [CH_BAD_DECODE] = "decode_error",
@@ -75,6 +80,19 @@ int ch_events_mapping(const ch_config_t *cfg, const ch_features_t *fs, ch_mappin
     for (int k = 0; k < CH_ROLE_N; k++) {
         const char *path = cfg->input_map[k];
         size_t n = strlen(path);
+        if (is_literal(path, n)) {
+            if ((k != CH_ROLE_TYPE && k != CH_ROLE_ITEM && k != CH_ROLE_CATEGORY) || n == 2) {
+                snprintf(errbuf, errlen,
+                         "input.map.%s: a \"literal\" %s", ch_role_name((ch_role_t)k),
+                         n == 2 ? "must not be empty (leave the key empty: none)"
+                                : "is for type, item and category only (the same value in "
+                                  "every event)");
+                return -EINVAL;
+            }
+            m->path[k][0] = '\0'; /* not in the events: the value comes from the config */
+            m->is_default[k] = false;
+            continue;
+        }
         if (n && !ch_mapping_path_valid(path, n)) {
             snprintf(errbuf, errlen,
                      "input.map.%s: '%s' is not a field name or dotted path (names of letters, "
@@ -145,6 +163,13 @@ int ch_events_new(const ch_config_t *cfg, ch_schemas_t *schemas, const ch_featur
     e->fs = fs;
     e->n_fields = ch_features_field_count(fs);
     e->n_texts = ch_features_text_count(fs);
+    for (int k = 0; k < CH_ROLE_N; k++) {
+        size_t n = strlen(cfg->input_map[k]);
+        if (is_literal(cfg->input_map[k], n)) {
+            e->lit[k] = cfg->input_map[k] + 1;
+            e->lit_len[k] = n - 2;
+        }
+    }
     e->fields = calloc(e->n_fields ? e->n_fields : 1, sizeof(*e->fields));
     e->values = calloc(e->n_fields ? e->n_fields : 1, sizeof(*e->values));
     if (!e->fields || !e->values) {
@@ -378,8 +403,13 @@ ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
     return ch_events_check(e, ret_ev, now_ms, ret_obs, why, len);
 }
 
-ch_bad_reason_t ch_events_check(ch_events_t *e, const ch_event_view_t *ev, double now_ms,
+ch_bad_reason_t ch_events_check(ch_events_t *e, ch_event_view_t *ev, double now_ms,
                                 ch_obs_t *ret_obs, char *why, size_t len) {
+    for (int k = 0; k < CH_ROLE_N; k++) {
+        if (e->lit[k]) {
+            ch_event_set_text(ev, (ch_role_t)k, e->lit[k], e->lit_len[k]);
+        }
+    }
     ch_bad_reason_t bad = validate(e, ev, now_ms, why, len);
     return bad != CH_BAD_NONE ? bad : build_obs(e, ev, ret_obs, why, len);
 }

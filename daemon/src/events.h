@@ -65,11 +65,12 @@ ch_bad_reason_t ch_events_read(ch_events_t *e, const ch_msg_t *m, double now_ms,
 
 /**
  * @brief Validate an event decoded elsewhere (cohortd featurize's files) as
- *        ch_events_read() validates its own, and build its observation.
+ *        ch_events_read() validates its own, and build its observation; the roles
+ *        input.map.* sets to a "literal" are set in ev first.
  * @param now_ms the wall clock for input.max_future and input.max_age; NAN: neither
  *        is checked (history is old by nature).
  */
-ch_bad_reason_t ch_events_check(ch_events_t *e, const ch_event_view_t *ev, double now_ms,
+ch_bad_reason_t ch_events_check(ch_events_t *e, ch_event_view_t *ev, double now_ms,
                                 ch_obs_t *ret_obs, char *why, size_t len);
 
 /** @brief The reader schema's path: input.schema, or user_event.avsc in schema.dir. */

@@ -29,6 +29,10 @@ import avro.datafile
 import avro.io
 import avro.schema
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "tools"))
+import train_example  # noqa: E402  (its mapping of the sample: SPARKOV_MAP)
+
 from harness import (COHORTD, CONF, DATA, REPLAY, SCHEMAS, Broker, Daemon, avro_reader, consume,
                      decode_confluent, log, run, sparkov_rows)
 
@@ -440,6 +444,11 @@ def backtest(tmp, ocf, events):
     assert abs(got["days"] - days) < 1e-9 and \
         abs(fig["alerts_per_day"] - n_alerts / days) < 1e-9, got
     assert "ROC AUC" in r.stderr.decode() and "per day" in r.stderr.decode()
+    # the sample's own CSV, mapped by input.map.* keys with a literal type, folds the same
+    csv_sets = [s for s in train_example.SPARKOV_MAP] + [f"model.challenger_path={model}"]
+    r2 = featurize(CONF, [SPARKOV], "--labels", lab, "--quiet", sets=csv_sets)
+    with open(out, "rb") as f:
+        assert r2.stdout == f.read(), "the sparkov CSV gave other rows than its Avro container"
     log(f"backtest: {len(rows)} rows scored; against the daemon's risk updates: the same "
         f"alerts ({n_alerts}, {n_alerts / days:.1f} per day) and reasons, {n_exact} scores bit "
         f"for bit, the largest relative difference {worst_score:.1e} in a score and "
@@ -449,11 +458,29 @@ def backtest(tmp, ocf, events):
         f"the calibration deciles equal sklearn's (largest difference {worst:.1e})")
 
 
+def training(tmp):
+    """tools/train_example.py trains on featurize's rows: no broker."""
+    out = os.path.join(tmp, "models")
+    r = run(["/usr/bin/python3", os.path.join(os.path.dirname(train_example.__file__),
+                                              "train_example.py"),
+             "--build", os.path.dirname(os.path.dirname(COHORTD)), "--data", DATA,
+             "--out", out])
+    assert "featurize" in r.stdout and "13614 rows" in r.stderr, r.stdout + r.stderr
+    same = []
+    for name in ("risk_lr.onnx", "risk_mlp.onnx"):
+        with open(os.path.join(out, name), "rb") as a, \
+                open(os.path.join(os.path.dirname(CONF), "models", name), "rb") as b:
+            same.append(a.read() == b.read())
+    log(f"train_example: trained on featurize's rows; the models equal the shipped ones byte "
+        f"for byte: {dict(zip(('risk_lr', 'risk_mlp'), same))}")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         rees46(tmp)
         ocf, events = sparkov(tmp)
         backtest(tmp, ocf, events)
+        training(tmp)
 
 
 if __name__ == "__main__":
