@@ -604,11 +604,12 @@ static int fold(fz_t *z, ch_event_view_t *ev, const ch_obs_t *obs) {
         z->x[f] = (float)z->feats[f];
     }
     z->folded++;
-    /* idle users leave as in the daemon, which looks at up to 100,000 of them every
-     * second; here as many every batch.max_events events */
+    /* idle users leave as in the daemon, which looks at up to 100,000 of them a second
+     * (about one per event at its rates); here one per event, batch.max_events at once */
     if (++z->since_evict >= (uint64_t)z->cfg->batch_max_events && z->idle_evict_ms > 0) {
         z->since_evict = 0;
-        ch_users_evict_idle(z->users, z->stream_time_ms - (int64_t)z->idle_evict_ms, 100000);
+        ch_users_evict_idle(z->users, z->stream_time_ms - (int64_t)z->idle_evict_ms,
+                            (size_t)z->cfg->batch_max_events);
     }
     return emit(z, ev, uid, uid_len);
 }
@@ -746,7 +747,9 @@ static int read_inputs(fz_t *z) {
                 ch_filein_close(f);
                 return -1;
             }
-            progress(z, what, ch_filein_progress(f));
+            if (z->progress && (z->records & 4095) < (uint64_t)rec.count) {
+                progress(z, what, ch_filein_progress(f)); /* a system call: not per record */
+            }
         }
         ch_filein_close(f);
         if (r < 0) {

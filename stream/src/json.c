@@ -95,8 +95,80 @@ int ch_json_string(ch_buf_t *b, const char *s, size_t n) {
     return 0;
 }
 
+/* v as "%.9g" writes it, without printf's arbitrary-precision arithmetic (most of the
+ * time of a row of floats): for 1e-4 <= |v| < 1e9 (fixed notation), the nine digits of
+ * v * 10^k rounded in double arithmetic. v has 24 significant bits and 10^k (k <= 12) is
+ * exact, so the product is off by at most half a double ulp (< 1.2e-7 here): the
+ * rounding is the correct one unless the product lies that close to a half, which is
+ * left to printf, as are other magnitudes and a rounding that carries into a tenth
+ * digit. @returns the length written into out (room for 32), or 0: use printf. */
+static size_t fast_f32(float v, char *out) {
+    static const double p10[] = {1e0, 1e1, 1e2, 1e3, 1e4,  1e5,  1e6,
+                                 1e7, 1e8, 1e9, 1e10, 1e11, 1e12};
+    double a = fabs((double)v);
+    if (v == 0) {
+        out[0] = '-';
+        out[signbit(v) ? 1 : 0] = '0';
+        return signbit(v) ? 2 : 1;
+    }
+    if (!(a >= 1e-4 && a < 1e9)) {
+        return 0;
+    }
+    static const double dec[] = {1e-4, 1e-3, 1e-2, 1e-1, 1e0, 1e1, 1e2,
+                                 1e3,  1e4,  1e5,  1e6,  1e7, 1e8};
+    int x = -4; /* the decimal exponent of a: 10^x <= a (by these doubles) < 10^(x+1) */
+    while (x < 8 && a >= dec[x + 5]) {
+        x++;
+    }
+    int k = 8 - x;
+    double s = a * p10[k], fl = floor(s);
+    if (fabs(s - fl - 0.5) < 1e-6) {
+        return 0; /* too close to a half to round here */
+    }
+    uint64_t m = (uint64_t)fl + (s - fl > 0.5);
+    if (m < 100000000u || m > 999999999u) {
+        return 0; /* log10 one off, or the rounding carried: printf decides */
+    }
+    char digits[9];
+    for (int i = 8; i >= 0; i--) {
+        digits[i] = (char)('0' + m % 10);
+        m /= 10;
+    }
+    int ip = 9 - k; /* digits before the point; <= 0: "0." and -ip zeros first */
+    int last = 8;   /* the fraction's trailing zeros go */
+    while (last >= (ip > 0 ? ip : 1) && digits[last] == '0') {
+        last--;
+    }
+    size_t n = 0;
+    if (v < 0) {
+        out[n++] = '-';
+    }
+    if (ip > 0) {
+        memcpy(out + n, digits, (size_t)ip);
+        n += (size_t)ip;
+        if (last >= ip) {
+            out[n++] = '.';
+            memcpy(out + n, digits + ip, (size_t)(last - ip + 1));
+            n += (size_t)(last - ip + 1);
+        }
+    } else {
+        out[n++] = '0';
+        out[n++] = '.';
+        memset(out + n, '0', (size_t)-ip);
+        n += (size_t)-ip;
+        memcpy(out + n, digits, (size_t)last + 1);
+        n += (size_t)last + 1;
+    }
+    return n;
+}
+
 int ch_json_float(ch_buf_t *b, float v) {
-    return isfinite(v) ? ch_buf_printf(b, "%.9g", (double)v) : ch_buf_append(b, "null", 4);
+    if (!isfinite(v)) {
+        return ch_buf_append(b, "null", 4);
+    }
+    char out[32];
+    size_t n = fast_f32(v, out);
+    return n ? ch_buf_append(b, out, n) : ch_buf_printf(b, "%.9g", (double)v);
 }
 
 int ch_json_double(ch_buf_t *b, double v) {

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,6 +74,57 @@ static void test_numbers_round_trip(void **st) {
     assert_int_equal(ch_json_double(&b, NAN), 0);
     assert_buf(&b, "null");
     ch_buf_done(&b);
+}
+
+/* Floats are written as printf's "%.9g" writes them, byte for byte, whichever path
+ * writes them: random bit patterns, then every magnitude of the fast path densely,
+ * values next to a rounding half, and powers of ten. */
+static void check_as_printf(float f) {
+    ch_buf_t b;
+    ch_buf_init(&b);
+    assert_int_equal(ch_json_float(&b, f), 0);
+    char want[64];
+    if (isfinite(f)) {
+        snprintf(want, sizeof(want), "%.9g", (double)f);
+    } else {
+        snprintf(want, sizeof(want), "null");
+    }
+    if (b.len != strlen(want) || memcmp(b.data, want, b.len) != 0) {
+        fail_msg("%a: wrote '%.*s', printf writes '%s'", (double)f, (int)b.len,
+                 (const char *)b.data, want);
+    }
+    ch_buf_done(&b);
+}
+
+static void test_float_text_as_printf(void **st) {
+    (void)st;
+    srand(11);
+    for (int i = 0; i < 300000; i++) {
+        uint32_t bits = ((uint32_t)rand() << 16) ^ (uint32_t)rand();
+        float f;
+        memcpy(&f, &bits, 4);
+        check_as_printf(f);
+    }
+    for (int i = 0; i < 1000000; i++) { /* exponents of 1e-5 .. 2e9: the fast path */
+        uint32_t bits = (uint32_t)(110 + rand() % 45) << 23 | ((uint32_t)rand() & 0x7fffff);
+        float f;
+        memcpy(&f, &bits, 4);
+        check_as_printf(i & 1 ? -f : f);
+    }
+    for (int e = -6; e <= 10; e++) {
+        float p = (float)pow(10, e);
+        check_as_printf(p);
+        check_as_printf(nextafterf(p, 0));
+        check_as_printf(nextafterf(p, INFINITY));
+        check_as_printf(p * 0.5f);
+        check_as_printf(999999999.0f * (float)pow(10, e - 8));
+    }
+    check_as_printf(0.0f);
+    check_as_printf(-0.0f);
+    check_as_printf(0.2f);
+    check_as_printf(35.79f);
+    check_as_printf(1e7f);
+    check_as_printf(123456789.0f);
 }
 
 static void test_profile_and_risk_objects(void **st) {
@@ -209,6 +261,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_string_escapes),
         cmocka_unit_test(test_numbers_round_trip),
+        cmocka_unit_test(test_float_text_as_printf),
         cmocka_unit_test(test_profile_and_risk_objects),
         cmocka_unit_test(test_buf_printf_any_length),
         cmocka_unit_test(test_segment_object),
