@@ -27,12 +27,14 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "ch/avro_out.h"
 #include "ch/csv_in.h"
 #include "ch/evalmetrics.h"
 #include "ch/features.h"
@@ -51,7 +53,7 @@
 #define MAX_COLS 4096
 
 typedef enum order { ORDER_TIME, ORDER_FILE } order_t;
-typedef enum out_format { OUT_CSV, OUT_JSONL } out_format_t;
+typedef enum out_format { OUT_CSV, OUT_JSONL, OUT_AVRO } out_format_t;
 
 typedef struct input {
     const char *path;
@@ -131,6 +133,8 @@ typedef struct fz {
     uint64_t records, folded, rows, unlabelled, labelled, bad[CH_BAD_N], bad_total;
     double t0, last_progress;
     ch_buf_t line;
+    ch_avro_out_t *avro_out; /* --format avro */
+    bool format_set;
     char pseud_id[CH_PSEUDONYM_LEN];
     /* scoring (model.path set): rows scored a batch at a time, as in the daemon */
     ch_scorer_t scorer, challenger;
@@ -161,7 +165,9 @@ static void usage(FILE *f) {
             "  -c, --config FILE     the daemon's configuration (features, input.map.*, state.*)\n"
             "  -s, --set KEY=VALUE   override one setting (repeatable; after the file)\n"
             "  -o, --output FILE     write rows to FILE (default: standard output)\n"
-            "  -f, --format F        csv (default: a header of column names) or jsonl\n"
+            "  -f, --format F        csv (a header of column names), jsonl or avro (an object\n"
+            "                        container file, floats as float); default: by the name\n"
+            "                        of --output, else csv\n"
             "      --input-format F  csv, jsonl or avro for every INPUT (default: by each name:\n"
             "                        .csv, .jsonl/.ndjson/.json, .avro, each optionally .gz;\n"
             "                        required for - , standard input)\n"
@@ -320,10 +326,51 @@ static int load_labels(fz_t *z, const char *path, char *err, size_t errlen) {
 
 /* ---------------------------------------------------------------- rows */
 
+/* The Avro schema of the rows: the CSV columns, typed. */
+static int avro_schema(fz_t *z, ch_buf_t *b) {
+    int r = ch_buf_printf(b, "{\"type\":\"record\",\"name\":\"FeatureRow\",\"namespace\":"
+                             "\"cohortd\",\"fields\":[{\"name\":\"user_id\",\"type\":\"string\"},"
+                             "{\"name\":\"event_id\",\"type\":[\"null\",\"string\"]},"
+                             "{\"name\":\"event_time\",\"type\":{\"type\":\"long\","
+                             "\"logicalType\":\"timestamp-millis\"}}");
+    for (size_t f = 0; f < z->n_feats && !r; f++) {
+        r = ch_buf_printf(b, ",{\"name\":\"%s\",\"type\":\"float\"}", ch_features_name(z->fs, f));
+    }
+    if (!r && z->scorer.model) {
+        r = ch_buf_printf(b, ",{\"name\":\"score\",\"type\":\"float\"},{\"name\":\"alert\","
+                             "\"type\":\"boolean\"},{\"name\":\"reasons\",\"type\":{\"type\":"
+                             "\"array\",\"items\":{\"type\":\"record\",\"name\":\"Reason\","
+                             "\"fields\":[{\"name\":\"feature\",\"type\":\"string\"},{\"name\":"
+                             "\"contribution\",\"type\":\"float\"}]}}}");
+        if (!r && z->challenger.model) {
+            r = ch_buf_printf(b, ",{\"name\":\"challenger_score\",\"type\":\"float\"},"
+                                 "{\"name\":\"challenger_alert\",\"type\":\"boolean\"}");
+        }
+    }
+    if (!r && z->label_ids) {
+        r = ch_buf_printf(b, ",{\"name\":\"label\",\"type\":[\"null\",\"double\"]}%s",
+                          z->label_times
+                              ? ",{\"name\":\"label_time\",\"type\":[\"null\",\"long\"]}"
+                              : "");
+    }
+    r = r ? r : ch_buf_append(b, "]}", 3); /* with its NUL */
+    return r;
+}
+
 static int write_header(fz_t *z) {
     ch_buf_t *b = &z->line;
     b->len = 0;
     int r = 0;
+    if (z->format == OUT_AVRO) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int n = 0;
+        if ((r = avro_schema(z, b)) < 0 ||
+            !EVP_Digest(b->data, b->len, md, &n, EVP_sha256(), NULL)) {
+            return -EIO;
+        }
+        /* the sync marker from the schema: the same rows make the same file */
+        return ch_avro_out_new(z->out, (const char *)b->data, md, &z->avro_out) < 0 ? -EIO : 0;
+    }
     if (z->format != OUT_CSV) {
         return 0;
     }
@@ -421,7 +468,53 @@ static int json_row(fz_t *z, const row_t *w) {
     return r ? r : ch_buf_append(b, "}", 1);
 }
 
+static int avro_row(fz_t *z, const row_t *w) {
+    ch_buf_t *b = ch_avro_out_record(z->avro_out);
+    int r = ch_avro_put_string(b, w->uid, w->uid_len);
+    r = r ? r : ch_avro_put_long(b, w->eid ? 1 : 0);
+    r = r || !w->eid ? r : ch_avro_put_string(b, w->eid, w->eid_len);
+    r = r ? r : ch_avro_put_long(b, w->ts_ms);
+    for (size_t f = 0; f < z->n_feats && !r; f++) {
+        r = ch_avro_put_float(b, w->x[f]);
+    }
+    if (!r && w->scored) {
+        r = ch_avro_put_float(b, w->score);
+        r = r ? r : ch_avro_put_bool(b, w->alert);
+        if (!r && w->n_reasons) {
+            r = ch_avro_put_long(b, (int64_t)w->n_reasons);
+            for (size_t i = 0; i < w->n_reasons && !r; i++) {
+                const ch_reason_t *rs = &z->reasons[i];
+                r = ch_avro_put_string(b, rs->feature, strlen(rs->feature));
+                r = r ? r : ch_avro_put_float(b, rs->contribution);
+            }
+        }
+        r = r ? r : ch_avro_put_long(b, 0); /* the array's end */
+        if (!r && z->challenger.model) {
+            r = ch_avro_put_float(b, w->score2);
+            r = r ? r : ch_avro_put_bool(b, w->alert2);
+        }
+    }
+    if (!r && z->label_ids) {
+        r = ch_avro_put_long(b, w->l ? 1 : 0);
+        r = r || !w->l ? r : ch_avro_put_double(b, w->l->value);
+        if (!r && z->label_times) {
+            bool has = w->l && w->l->ts_ms != INT64_MIN;
+            r = ch_avro_put_long(b, has ? 1 : 0);
+            r = r || !has ? r : ch_avro_put_long(b, w->l->ts_ms);
+        }
+    }
+    return r ? r : ch_avro_out_commit(z->avro_out);
+}
+
 static int write_row(fz_t *z, const row_t *w) {
+    if (z->format == OUT_AVRO) {
+        if (avro_row(z, w) < 0) {
+            fprintf(stderr, "cohortd featurize: %s: cannot write\n", z->out_path);
+            return -1;
+        }
+        z->rows++;
+        return 0;
+    }
     z->line.len = 0;
     int r = z->format == OUT_CSV ? csv_row(z, w) : json_row(z, w);
     r = r ? r : ch_buf_append(&z->line, "\n", 1);
@@ -975,6 +1068,21 @@ static int setup(fz_t *z, char *err, size_t errlen) {
             }
         }
     }
+    for (size_t f = 0; f < z->n_feats && z->format == OUT_AVRO; f++) {
+        const char *n = ch_features_name(z->fs, f);
+        bool ok = (*n >= 'A' && *n <= 'Z') || (*n >= 'a' && *n <= 'z') || *n == '_';
+        for (const char *c = n + 1; ok && *c; c++) {
+            ok = (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || *c == '_' ||
+                 (*c >= '0' && *c <= '9');
+        }
+        if (!ok) {
+            snprintf(err, errlen,
+                     "feature.%s: not an Avro field name ([A-Za-z_][A-Za-z0-9_]*): rename it "
+                     "for --format avro, or write csv or jsonl",
+                     n);
+            return -EINVAL;
+        }
+    }
     if (!(z->check_cfg = malloc(sizeof(*z->check_cfg)))) {
         return -ENOMEM;
     }
@@ -1092,14 +1200,18 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
         case 'o':
             z->out_path = optarg;
             break;
-        case 'f':
-            if (strcmp(optarg, "csv") != 0 && strcmp(optarg, "jsonl") != 0) {
-                fprintf(stderr, "cohortd featurize: --format takes csv or jsonl, not '%s'\n",
+        case 'f': {
+            ch_file_format_t ff;
+            if (ch_file_format_parse(optarg, &ff) < 0) {
+                fprintf(stderr,
+                        "cohortd featurize: --format takes csv, jsonl or avro, not '%s'\n",
                         optarg);
                 return 2;
             }
-            z->format = strcmp(optarg, "csv") == 0 ? OUT_CSV : OUT_JSONL;
+            z->format = ff == CH_FILE_CSV ? OUT_CSV : ff == CH_FILE_JSONL ? OUT_JSONL : OUT_AVRO;
+            z->format_set = true;
             break;
+        }
         case 'I':
             input_format = optarg;
             break;
@@ -1177,6 +1289,10 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
             return 2;
         }
     }
+    ch_file_format_t of;
+    if (!z->format_set && z->out_path && ch_file_format_of(z->out_path, &of) == 0) {
+        z->format = of == CH_FILE_CSV ? OUT_CSV : of == CH_FILE_JSONL ? OUT_JSONL : OUT_AVRO;
+    }
     if (!z->rejects_path[0]) {
         snprintf(z->rejects_path, sizeof(z->rejects_path), "%s%s",
                  z->out_path ? z->out_path : "featurize-rejects.csv",
@@ -1195,6 +1311,7 @@ int ch_featurize_main(int argc, char **argv) {
     char err[1024] = "";
     if (code < 0) {
         z.cfg = &cfg;
+        ch_log_set_level(z.quiet ? CH_LOG_WARNING : cfg.log_level);
         int r = ch_config_validate_offline(&cfg, err, sizeof(err));
         r = r < 0 ? r : setup(&z, err, sizeof(err));
         r = r < 0 || !labels ? r : load_labels(&z, labels, err, sizeof(err));
@@ -1220,6 +1337,11 @@ int ch_featurize_main(int argc, char **argv) {
                        (z.order == ORDER_TIME && fold_held(&z) < 0) || flush(&z) < 0
                    ? 1
                    : 0;
+        if (ch_avro_out_close(z.avro_out) < 0 && code == 0) {
+            fprintf(stderr, "cohortd featurize: %s: cannot write\n", z.out_path);
+            code = 1;
+        }
+        z.avro_out = NULL;
         if (fflush(z.out) != 0 || (z.out != stdout && fclose(z.out) != 0)) {
             fprintf(stderr, "cohortd featurize: %s: %s\n", z.out_path, strerror(errno));
             code = 1;

@@ -444,6 +444,21 @@ def backtest(tmp, ocf, events):
     assert abs(got["days"] - days) < 1e-9 and \
         abs(fig["alerts_per_day"] - n_alerts / days) < 1e-9, got
     assert "ROC AUC" in r.stderr.decode() and "per day" in r.stderr.decode()
+    # the same rows as an Avro container: the same values, typed
+    avro_out = os.path.join(tmp, "scored.avro")
+    featurize(CONF, [ocf], "-o", avro_out, "--labels", lab, "--quiet",
+              sets=[f"model.challenger_path={model}"])
+    with open(avro_out, "rb") as f:
+        recs = list(avro.datafile.DataFileReader(f, avro.io.DatumReader()))
+    assert len(recs) == len(rows)
+    for a, row in zip(recs, rows):
+        assert a["user_id"] == row["user_id"] and a["event_id"] == row["event_id"]
+        assert round(a["event_time"].timestamp() * 1000) == int(row["event_time"])
+        for k in names + ["score", "challenger_score"]:
+            assert f32(a[k]) == f32(row[k]), (k, a[k], row[k])
+        assert a["alert"] == (row["alert"] == "1") and a["label"] == float(row["label"])
+        assert [(x["feature"], f32(x["contribution"])) for x in a["reasons"]] == \
+            [(x.split("=")[0], f32(x.split("=")[1])) for x in row["reasons"].split(";") if x]
     # the sample's own CSV, mapped by input.map.* keys with a literal type, folds the same
     csv_sets = [s for s in train_example.SPARKOV_MAP] + [f"model.challenger_path={model}"]
     r2 = featurize(CONF, [SPARKOV], "--labels", lab, "--quiet", sets=csv_sets)
@@ -455,7 +470,8 @@ def backtest(tmp, ocf, events):
         f"{worst_reason:.1e} in a reason's contribution; ROC AUC "
         f"{fig['roc_auc']:.4f}, AP {fig['average_precision']:.4f}, precision "
         f"{fig['precision']:.4f}, recall {fig['recall']:.4f}, log loss {fig['log_loss']:.4f} and "
-        f"the calibration deciles equal sklearn's (largest difference {worst:.1e})")
+        f"the calibration deciles equal sklearn's (largest difference {worst:.1e}); the Avro "
+        f"container output holds the CSV's values")
 
 
 def training(tmp):
