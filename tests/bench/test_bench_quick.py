@@ -7,7 +7,8 @@ from the full run's report, not asserted): every system processed every event, t
 Python baseline computed cohortd's features and scores, latency histograms are filled,
 the memory phase saw the users it created, the restore phase brought every user back
 from the snapshot and from the changelog, the exactly-once phase ran both guarantees,
-the trees phase scored as XGBoost does, and the Markdown, JSON and plots exist.
+the featurize phase computed numpy's values, the trees phase scored as XGBoost does,
+and the Markdown, JSON and plots exist.
 """
 import json
 import os
@@ -82,6 +83,12 @@ def main():
         assert eos[g]["events_per_s"] > 0, eos
     assert eos["ratio"] > 0, eos
 
+    fz = r["featurize"]
+    assert [d["name"] for d in fz["datasets"]] == ["card-like", "dense"], fz
+    for d in fz["datasets"]:
+        assert d["max_rel_diff"] <= 1e-5 and d["users"] > 0, d
+        assert all(d[k]["events_per_s"] > 0 for k in ("avro", "csv", "numpy")), d
+
     tr = r["trees"]
     assert tr["rows_per_s"] > 0 and tr["xgboost_rows_per_s_1_thread"] > 0, tr
     assert tr["explained_rows_per_s"] > 0 and tr["reasons"].startswith("TreeSHAP"), tr
@@ -91,7 +98,7 @@ def main():
         md = f.read()
     for heading in ("## Against the targets", "## Throughput", "## Latency",
                     "## Memory and users", "## Scaling", "## The baseline is the same job",
-                    "## Restore", "## Exactly-once", "## Tree ensembles"):
+                    "## Restore", "## Exactly-once", "## Featurize", "## Tree ensembles"):
         assert heading in md, heading
     for png in ("throughput.png", "latency.png", "memory.png", "scaling.png"):
         with open(os.path.join(out, png), "rb") as f:

@@ -21,6 +21,11 @@ Phases, in order (--only takes a comma list):
   refresh     the segments' population refresh on 1M users (20k with --quick): its wall
               time per million users, and the p99 of batch duration and of end-to-end
               latency under a paced load while it runs against the same load without
+  featurize   cohortd featurize (the shipped 16 features, no Kafka) on CSV files of
+              cohortd's own fields, to Avro and to CSV rows, against a numpy
+              implementation of the same features (tools/bench/featurize_numpy.py) that
+              must give the same values; card-like users (about 15 events each) and dense
+              ones (about 200)
   trees       a 300-tree depth-6 XGBoost model on d = 16 (50 trees with --quick):
               rows/s of cohortd's evaluator (cohort-bench-trees, one thread) against
               XGBoost's own inplace_predict on one thread and on every core, and of
@@ -41,6 +46,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -641,6 +647,80 @@ class Bench:
             raise RuntimeError(f"the Python baseline does not compute what cohortd does: {res}")
 
 
+    def phase_featurize(self):
+        """cohortd featurize against numpy on the same events files: events/s, CPU per
+        event, and the largest difference between the two (the same features)."""
+        import numpy as np
+        n = 60_000 if self.quick else 2_000_000
+        conf = os.path.join(self.work, "featurize.conf")
+        with open(os.path.join(ROOT, "conf", "cohortd.conf")) as f:
+            lines = [l for l in f if not l.startswith(("model.path", "schema.dir"))]
+        with open(conf, "w") as f:
+            f.writelines(lines)
+            f.write(f"schema.dir = {os.path.join(ROOT, 'conf', 'schemas')}\nmodel.path =\n")
+        names = re.findall(r"^feature\.([\w.-]+)\s*=", "".join(lines), re.M)
+        res = {"events": n, "features": len(names), "datasets": []}
+
+        def timed(args):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.monotonic()
+            out = subprocess.run(args, capture_output=True, text=True, check=True)
+            wall = time.monotonic() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            return wall, cpu, out.stdout
+
+        for label, per_user in (("card-like", 15), ("dense", 200)):
+            rng = np.random.default_rng(26)
+            path = os.path.join(self.work, f"featurize-{label}.csv")
+            t = 1569888000000 + np.cumsum(rng.integers(0, 600, n))
+            u = 100000 + rng.integers(0, max(1, n // per_user), n)
+            ty = rng.choice(np.array(["view", "cart", "purchase", "payment"]), n,
+                            p=[0.6, 0.15, 0.1, 0.15])
+            amt = np.round(rng.lognormal(3, 1, n), 2)
+            with open(path, "w") as f:
+                f.write("event_id,user_id,ts,type,amount\n")
+                f.writelines(f"{i},{u[i]},{t[i]},{ty[i]},{amt[i]:.2f}\n" for i in range(n))
+            fz = [self.bin("daemon", "cohortd"), "featurize", "--config", conf, "--quiet"]
+            runs = {}
+            for kind, extra in (("avro", ["--order", "file"]), ("csv", [])):
+                out = os.path.join(self.work, f"rows-{label}.{kind}")
+                best = None
+                for _ in range(self.reps):
+                    wall, cpu, _ = timed(fz + extra + ["-o", out, path])
+                    if best is None or wall < best[0]:
+                        best = (wall, cpu)
+                runs[kind] = {"seconds": best[0], "cpu_seconds": best[1],
+                              "events_per_s": n / best[0], "events_per_cpu_s": n / best[1]}
+            npy = os.path.join(self.work, f"featurize-{label}.npy")
+            wall, cpu, stdout = timed([PY, os.path.join(ROOT, "tools", "bench",
+                                                        "featurize_numpy.py"), conf, path, npy])
+            own = json.loads(stdout)
+            runs["numpy"] = {"seconds": wall, "cpu_seconds": cpu, "events_per_s": n / wall,
+                             "events_per_cpu_s": n / cpu, "compute_seconds": own["seconds"]}
+            got = np.loadtxt(os.path.join(self.work, f"rows-{label}.csv"), delimiter=",",
+                             skiprows=1, usecols=range(3, 3 + len(names)), dtype=np.float32)
+            ref = np.load(npy)
+            # the CSV is in time order (stable), the numpy rows in file order: the file is
+            # in time order, so they line up
+            diff = np.abs(got.astype(np.float64) - ref) / np.maximum(np.abs(ref), 1.0)
+            worst = int(diff.max(axis=0).argmax())
+            d = {"name": label, "events_per_user": per_user, "users": own["users"], **runs,
+                 "max_rel_diff": float(diff.max()), "max_rel_diff_feature": names[worst],
+                 "avro_over_numpy": runs["avro"]["events_per_s"] / runs["numpy"]["events_per_s"],
+                 "csv_over_numpy": runs["csv"]["events_per_s"] / runs["numpy"]["events_per_s"],
+                 "avro_cpu_over_numpy": (runs["avro"]["events_per_cpu_s"] /
+                                         runs["numpy"]["events_per_cpu_s"])}
+            res["datasets"].append(d)
+            log(f"featurize {label}: {n:,} events, {own['users']:,} users: cohortd "
+                f"{runs['avro']['events_per_s']:,.0f}/s to Avro, {runs['csv']['events_per_s']:,.0f}"
+                f"/s to CSV; numpy {runs['numpy']['events_per_s']:,.0f}/s; "
+                f"{d['avro_over_numpy']:.1f}x and {d['csv_over_numpy']:.1f}x; largest difference "
+                f"{d['max_rel_diff']:.1e} ({d['max_rel_diff_feature']})")
+            if d["max_rel_diff"] > 1e-5:
+                raise RuntimeError(f"featurize and numpy disagree: {d}")
+        self.r["featurize"] = res
+
     def phase_trees(self):
         """Tree ensembles: cohortd's evaluator against XGBoost's predict on the same rows
         in the same run (rates are ratios: the machine is shared)."""
@@ -941,7 +1021,8 @@ def main():
     ap.add_argument("--out", required=True, help="where report.md/json and plots go")
     ap.add_argument("--quick", action="store_true", help="small sizes (the ctest bench label)")
     ap.add_argument("--only",
-                    default="parity,throughput,latency,memory,scaling,restore,eos,refresh,trees")
+                    default="parity,throughput,latency,memory,scaling,restore,eos,refresh,"
+                            "featurize,trees")
     ap.add_argument("--max-users", type=int, default=None,
                     help="largest user count of the memory phase (default: 10M if the "
                          "machine has the memory, else 1M)")

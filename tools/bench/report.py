@@ -125,6 +125,15 @@ def write_report(r, out):
         summary.append(("cohortd / Python baseline throughput", f"{rb:.1f}",
                         f">= {TARGETS['ratio_to_baseline']:.0f}",
                         _verdict(rb >= TARGETS["ratio_to_baseline"])))
+    if fz := r.get("featurize"):
+        card = fz["datasets"][0]
+        eps = card["avro"]["events_per_s"]
+        summary.append(("featurize events/s, one core (card-like users, to Avro)",
+                        f"{eps:,.0f}", ">= 1,000,000", _verdict(eps >= 1e6)))
+        for d in fz["datasets"]:
+            summary.append((f"featurize / numpy, {d['name']} users (to Avro)",
+                            f"{d['avro_over_numpy']:.1f}", ">= 10",
+                            _verdict(d["avro_over_numpy"] >= 10)))
     lat = r.get("latency")
     if lat and "cohortd" in lat and "ceiling" in lat:
         dp = (lat["cohortd"]["p99"] - lat["ceiling"]["p99"]) / 1e3
@@ -276,6 +285,26 @@ def write_report(r, out):
                      f"{_fmt(e['batch_p99_s'], 4)} | {_fmt(e['e2e_p99_s'], 4)} |")
         L += ["", "p99 values are histogram bucket bounds (the bucket holding the 99th "
               "percentile).", ""]
+    if fz := r.get("featurize"):
+        L += ["## Featurize", "", f"`cohortd featurize` with the shipped {fz['features']} "
+              f"features on CSV files of {fz['events']:,} events of cohortd's own fields "
+              "(event_id,user_id,ts,type,amount), one row per event, on one core: to an Avro "
+              "container (`--order file`, streaming) and to CSV (`--order time`, the default: "
+              "read, sorted, folded). Against `tools/bench/featurize_numpy.py`, the same "
+              "features vectorised per user with numpy (np.loadtxt, cumulative sums, rows "
+              "saved with np.save), which must give the same values. Best of the runs, whole "
+              "processes (start, read, compute, write).", "",
+              "| events per user | users | cohortd to Avro /s | cohortd to CSV /s | numpy /s | "
+              "Avro / numpy | CSV / numpy | CPU per event, numpy / cohortd (Avro) | largest "
+              "difference |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for d in fz["datasets"]:
+            L.append(f"| {d['name']} ({d['events_per_user']}) | {d['users']:,} | "
+                     f"{d['avro']['events_per_s']:,.0f} | {d['csv']['events_per_s']:,.0f} | "
+                     f"{d['numpy']['events_per_s']:,.0f} | {d['avro_over_numpy']:.1f} | "
+                     f"{d['csv_over_numpy']:.1f} | {d['avro_cpu_over_numpy']:.1f} | "
+                     f"{d['max_rel_diff']:.1e} |")
+        L += ["", "numpy's cost is per user (a few dozen array calls each), so its rate grows "
+              "with the events per user; cohortd's is per event.", ""]
     if tr := r.get("trees"):
         L += ["## Tree ensembles", "", f"An XGBoost model of {tr['trees']} trees of depth "
               f"{tr['depth']} on d = {tr['d']} (exported by tools/export_onnx.py), "
