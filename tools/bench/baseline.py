@@ -34,14 +34,8 @@ import onnx
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from onnx import numpy_helper
 
-DUR = {None: 1, "ms": 1, "s": 1e3, "m": 6e4, "h": 3.6e6, "d": 8.64e7, "w": 6.048e8}
-
-
-def duration_ms(s):
-    if s in ("inf", "infinite"):
-        return math.inf
-    m = re.fullmatch(r"([0-9.eE+-]+)(ms|s|m|h|d|w)?", s.strip())
-    return float(m.group(1)) * DUR[m.group(2)]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from specs import duration_ms  # noqa: E402
 
 
 def read_config(path):

@@ -18,33 +18,15 @@ Prints one JSON line: events, seconds, cpu_seconds (reading, computing, writing)
 """
 import json
 import math
+import os
 import re
 import sys
 import time
 
 import numpy as np
 
-DUR = {None: 1, "ms": 1, "s": 1e3, "m": 6e4, "h": 3.6e6, "d": 8.64e7, "w": 6.048e8}
-
-
-def duration_ms(s):
-    if s in ("inf", "infinite"):
-        return math.inf
-    m = re.fullmatch(r"([0-9.eE+-]+)(ms|s|m|h|d|w)?", s.strip())
-    return float(m.group(1)) * DUR[m.group(2)]
-
-
-def read_specs(path):
-    specs, default_hl = [], "1h"
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("features.half_life"):
-                default_hl = line.split("=", 1)[1].strip()
-            m = re.match(r"feature\.([\w.-]+)\s*=\s*(.+)$", line)
-            if m:
-                specs.append((m.group(1), m.group(2).strip()))
-    return specs, duration_ms(default_hl)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from specs import duration_ms, read_feature_specs  # noqa: E402
 
 
 def parse(spec, default_hl):
@@ -101,7 +83,7 @@ def features(specs, default_hl, t, ty, amount):
 
 def main():
     conf, events, out_path = sys.argv[1:4]
-    specs, default_hl = read_specs(conf)
+    specs, default_hl = read_feature_specs(conf)
     t0, c0 = time.monotonic(), time.process_time()
     ev = np.loadtxt(events, delimiter=",", skiprows=1, dtype=[
         ("event_id", "i8"), ("user_id", "i8"), ("ts", "i8"), ("type", "U8"), ("amount", "f8")])
