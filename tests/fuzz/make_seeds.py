@@ -141,7 +141,33 @@ def state():
             write("state", f"record-{row[0]}-{row[1]}", row[3])
 
 
+def files():
+    """cohortd featurize's inputs: the first byte picks the format (0 CSV, 1 JSON Lines,
+    2 an Avro container), the rest is the file."""
+    import avro.datafile
+    import avro.io
+    import avro.schema
+    import io
+    import re
+    write("files", "csv", b"\x00user_id,ts,type,amount,item,attrs.lat\nu1,1000,view,2.5,i1,48.5\n"
+          b'"u,2",2019-10-01 00:00:00 UTC,"a ""b""\nc",,,\n')
+    write("files", "jsonl", b'\x01{"user_id":"u","ts":1}\n\n{"user_id":"v","ts":2,"attrs":{"a":1}}\n')
+    with open(os.path.join(HERE, "..", "..", "conf", "schemas", "user_event.avsc")) as f:
+        schema = re.sub(r',\s*"logicalType"\s*:\s*"timestamp-millis"', "", f.read())
+    for codec in ("null", "deflate"):
+        b = io.BytesIO()
+        w = avro.datafile.DataFileWriter(b, avro.io.DatumWriter(), avro.schema.parse(schema),
+                                         codec=codec)
+        for i in range(5):
+            w.append({"event_id": f"e{i}", "user_id": f"u{i % 2}", "ts": 1000 * i,
+                      "type": "view", "amount": 1.5 * i, "item": None, "category": "c",
+                      "attrs": {"lat": 1.0}})
+        w.flush()
+        write("files", f"avro_{codec}", b"\x02" + b.getvalue())
+
+
 def main():
+    files()
     avro()
     json_seeds()
     http()
