@@ -27,33 +27,32 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "ch/avro_out.h"
 #include "ch/csv_in.h"
-#include "ch/evalmetrics.h"
 #include "ch/features.h"
 #include "ch/filein.h"
-#include "ch/json.h"
 #include "ch/json_in.h"
 #include "ch/keyset.h"
 #include "ch/users.h"
+#include "backtest.h"
 #include "config.h"
-#include "evaluate.h"
 #include "events.h"
 #include "log.h"
 #include "pseudonym.h"
+#include "rowout.h"
 #include "scorer.h"
 
 #define MAX_COLS 4096
 
 typedef enum order { ORDER_TIME, ORDER_FILE } order_t;
-typedef enum out_format { OUT_CSV, OUT_JSONL, OUT_AVRO } out_format_t;
+_Static_assert((int)CH_ROWOUT_CSV == (int)CH_FILE_CSV && (int)CH_ROWOUT_JSONL == (int)CH_FILE_JSONL &&
+                   (int)CH_ROWOUT_AVRO == (int)CH_FILE_AVRO,
+               "an output format is named as a file format");
 
 typedef struct input {
     const char *path;
@@ -74,18 +73,6 @@ typedef struct label {
     int64_t ts_ms; /* INT64_MIN: none */
     bool used;
 } label_t;
-
-/* One row to write. */
-typedef struct row {
-    const char *uid, *eid; /* eid NULL: the event has none */
-    size_t uid_len, eid_len;
-    int64_t ts_ms;
-    const float *x;
-    const label_t *l; /* NULL: no label */
-    bool scored, alert, alert2;
-    float score, score2;
-    size_t n_reasons; /* in fz_t.reasons */
-} row_t;
 
 /* A row waiting for its batch to be scored: its ids in fz_t.ids. */
 typedef struct pending {
@@ -115,7 +102,7 @@ typedef struct fz {
     uint64_t since_evict;
     /* options */
     order_t order;
-    out_format_t format;
+    ch_rowout_format_t format;
     FILE *out;
     const char *out_path;
     bool skip_bad, labeled_only, quiet, progress;
@@ -132,8 +119,8 @@ typedef struct fz {
     /* counts */
     uint64_t records, folded, rows, unlabelled, labelled, bad[CH_BAD_N], bad_total;
     double t0, last_progress;
-    ch_buf_t line;
-    ch_avro_out_t *avro_out; /* --format avro */
+    ch_buf_t line; /* a reject file's line */
+    ch_rowout_t *rows_out;
     bool format_set;
     char pseud_id[CH_PSEUDONYM_LEN];
     /* scoring (model.path set): rows scored a batch at a time, as in the daemon */
@@ -144,14 +131,10 @@ typedef struct fz {
     float *X, *scores, *scores2;
     ch_buf_t ids;
     ch_reason_t *reasons;
-    /* backtest: the labelled rows' (score, label) pairs */
+    /* backtest */
     bool report;
     const char *report_json;
-    float *pair_s, *pair_s2;
-    uint8_t *pair_y;
-    size_t n_pairs, cap_pairs;
-    uint64_t scored, alerts, alerts2;
-    int64_t first_ts, last_ts;
+    ch_backtest_t *bt;
 } fz_t;
 
 static void usage(FILE *f) {
@@ -202,18 +185,6 @@ static double now_s(void) {
 
 /* ---------------------------------------------------------------- bad records */
 
-/* Append s as one CSV cell (quoted when it holds a comma, quote or line end). */
-static int csv_cell(ch_buf_t *b, const char *s, size_t n) {
-    if (!memchr(s, ',', n) && !memchr(s, '"', n) && !memchr(s, '\n', n) && !memchr(s, '\r', n)) {
-        return ch_buf_append(b, s, n);
-    }
-    int r = ch_buf_append(b, "\"", 1);
-    for (size_t i = 0; i < n && r == 0; i++) {
-        r = s[i] == '"' ? ch_buf_append(b, "\"\"", 2) : ch_buf_append(b, s + i, 1);
-    }
-    return r ? r : ch_buf_append(b, "\"", 1);
-}
-
 /* "FILE:LINE" of a record ("FILE: record N" in an Avro container). */
 static void where(const fz_t *z, uint32_t file, long line, char *buf, size_t len) {
     const input_t *in = &z->inputs[file];
@@ -247,11 +218,11 @@ static int reject(fz_t *z, uint32_t file, long line, ch_bad_reason_t reason, con
     }
     ch_buf_t *b = &z->line;
     b->len = 0;
-    int r = csv_cell(b, at, strlen(at));
+    int r = ch_rowout_csv_cell(b, at, strlen(at));
     r = r ? r : ch_buf_append(b, ",", 1);
     r = r ? r : ch_buf_append(b, name, strlen(name));
     r = r ? r : ch_buf_append(b, ",", 1);
-    r = r ? r : csv_cell(b, why, strlen(why));
+    r = r ? r : ch_rowout_csv_cell(b, why, strlen(why));
     r = r ? r : ch_buf_append(b, "\n", 1);
     if (r < 0 || fwrite(b->data, 1, b->len, z->rejects) != b->len) {
         fprintf(stderr, "cohortd featurize: %s: cannot write\n", z->rejects_path);
@@ -326,224 +297,14 @@ static int load_labels(fz_t *z, const char *path, char *err, size_t errlen) {
 
 /* ---------------------------------------------------------------- rows */
 
-/* The Avro schema of the rows: the CSV columns, typed. */
-static int avro_schema(fz_t *z, ch_buf_t *b) {
-    int r = ch_buf_printf(b, "{\"type\":\"record\",\"name\":\"FeatureRow\",\"namespace\":"
-                             "\"cohortd\",\"fields\":[{\"name\":\"user_id\",\"type\":\"string\"},"
-                             "{\"name\":\"event_id\",\"type\":[\"null\",\"string\"]},"
-                             "{\"name\":\"event_time\",\"type\":{\"type\":\"long\","
-                             "\"logicalType\":\"timestamp-millis\"}}");
-    for (size_t f = 0; f < z->n_feats && !r; f++) {
-        r = ch_buf_printf(b, ",{\"name\":\"%s\",\"type\":\"float\"}", ch_features_name(z->fs, f));
-    }
-    if (!r && z->scorer.model) {
-        r = ch_buf_printf(b, ",{\"name\":\"score\",\"type\":\"float\"},{\"name\":\"alert\","
-                             "\"type\":\"boolean\"},{\"name\":\"reasons\",\"type\":{\"type\":"
-                             "\"array\",\"items\":{\"type\":\"record\",\"name\":\"Reason\","
-                             "\"fields\":[{\"name\":\"feature\",\"type\":\"string\"},{\"name\":"
-                             "\"contribution\",\"type\":\"float\"}]}}}");
-        if (!r && z->challenger.model) {
-            r = ch_buf_printf(b, ",{\"name\":\"challenger_score\",\"type\":\"float\"},"
-                                 "{\"name\":\"challenger_alert\",\"type\":\"boolean\"}");
-        }
-    }
-    if (!r && z->label_ids) {
-        r = ch_buf_printf(b, ",{\"name\":\"label\",\"type\":[\"null\",\"double\"]}%s",
-                          z->label_times
-                              ? ",{\"name\":\"label_time\",\"type\":[\"null\",\"long\"]}"
-                              : "");
-    }
-    r = r ? r : ch_buf_append(b, "]}", 3); /* with its NUL */
-    return r;
-}
-
-static int write_header(fz_t *z) {
-    ch_buf_t *b = &z->line;
-    b->len = 0;
-    int r = 0;
-    if (z->format == OUT_AVRO) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int n = 0;
-        if ((r = avro_schema(z, b)) < 0 ||
-            !EVP_Digest(b->data, b->len, md, &n, EVP_sha256(), NULL)) {
-            return -EIO;
-        }
-        /* the sync marker from the schema: the same rows make the same file */
-        return ch_avro_out_new(z->out, (const char *)b->data, md, &z->avro_out) < 0 ? -EIO : 0;
-    }
-    if (z->format != OUT_CSV) {
-        return 0;
-    }
-    r = ch_buf_printf(b, "user_id,event_id,event_time");
-    for (size_t f = 0; f < z->n_feats && !r; f++) {
-        r = ch_buf_printf(b, ",%s", ch_features_name(z->fs, f));
-    }
-    if (!r && z->scorer.model) {
-        r = ch_buf_printf(b, ",score,alert,reasons%s",
-                          z->challenger.model ? ",challenger_score,challenger_alert" : "");
-    }
-    if (!r && z->label_ids) {
-        r = ch_buf_printf(b, ",label%s", z->label_times ? ",label_time" : "");
-    }
-    r = r ? r : ch_buf_append(b, "\n", 1);
-    return r < 0 || fwrite(b->data, 1, b->len, z->out) != b->len ? -EIO : 0;
-}
-
-/* The reasons of a row as one CSV cell: feature=contribution;... */
-static int csv_reasons(ch_buf_t *b, const ch_reason_t *rs, size_t n) {
-    int r = 0;
-    for (size_t i = 0; i < n && !r; i++) {
-        r = ch_buf_printf(b, "%s%s=", i ? ";" : "", rs[i].feature);
-        r = r ? r : ch_json_float(b, rs[i].contribution);
-    }
-    return r;
-}
-
-static int csv_row(fz_t *z, const row_t *w) {
-    ch_buf_t *b = &z->line;
-    int r = csv_cell(b, w->uid, w->uid_len);
-    r = r ? r : ch_buf_append(b, ",", 1);
-    r = r || !w->eid ? r : csv_cell(b, w->eid, w->eid_len);
-    r = r ? r : ch_buf_printf(b, ",%lld", (long long)w->ts_ms);
-    for (size_t f = 0; f < z->n_feats && !r; f++) {
-        r = ch_buf_append(b, ",", 1);
-        r = r || !isfinite(w->x[f]) ? r : ch_json_float(b, w->x[f]);
-    }
-    if (!r && w->scored) {
-        r = ch_buf_append(b, ",", 1);
-        r = r ? r : ch_json_float(b, w->score);
-        r = r ? r : ch_buf_printf(b, ",%d,", w->alert);
-        r = r ? r : csv_reasons(b, z->reasons, w->n_reasons);
-        if (!r && z->challenger.model) {
-            r = ch_buf_append(b, ",", 1);
-            r = r ? r : ch_json_float(b, w->score2);
-            r = r ? r : ch_buf_printf(b, ",%d", w->alert2);
-        }
-    }
-    if (!r && z->label_ids) {
-        r = ch_buf_append(b, ",", 1);
-        r = r || !w->l ? r : ch_json_double(b, w->l->value);
-        if (!r && z->label_times) {
-            r = ch_buf_append(b, ",", 1);
-            r = r || !w->l || w->l->ts_ms == INT64_MIN
-                    ? r
-                    : ch_buf_printf(b, "%lld", (long long)w->l->ts_ms);
-        }
-    }
-    return r;
-}
-
-static int json_row(fz_t *z, const row_t *w) {
-    ch_buf_t *b = &z->line;
-    int r = ch_buf_append(b, "{\"user_id\":", 11);
-    r = r ? r : ch_json_string(b, w->uid, w->uid_len);
-    r = r ? r : ch_buf_append(b, ",\"event_id\":", 12);
-    r = r ? r : w->eid ? ch_json_string(b, w->eid, w->eid_len) : ch_buf_append(b, "null", 4);
-    r = r ? r : ch_buf_printf(b, ",\"event_time\":%lld", (long long)w->ts_ms);
-    for (size_t f = 0; f < z->n_feats && !r; f++) {
-        r = ch_buf_printf(b, ",\"%s\":", ch_features_name(z->fs, f));
-        r = r ? r : ch_json_float(b, w->x[f]);
-    }
-    if (!r && w->scored) {
-        r = ch_buf_append(b, ",\"score\":", 9);
-        r = r ? r : ch_json_float(b, w->score);
-        r = r ? r : ch_buf_printf(b, ",\"alert\":%s,\"reasons\":", w->alert ? "true" : "false");
-        r = r ? r : ch_json_reasons(b, z->reasons, w->n_reasons);
-        if (!r && z->challenger.model) {
-            r = ch_buf_append(b, ",\"challenger_score\":", 20);
-            r = r ? r : ch_json_float(b, w->score2);
-            r = r ? r
-                  : ch_buf_printf(b, ",\"challenger_alert\":%s", w->alert2 ? "true" : "false");
-        }
-    }
-    if (!r && z->label_ids) {
-        r = ch_buf_append(b, ",\"label\":", 9);
-        r = r ? r : w->l ? ch_json_double(b, w->l->value) : ch_buf_append(b, "null", 4);
-        if (!r && z->label_times) {
-            r = w->l && w->l->ts_ms != INT64_MIN
-                    ? ch_buf_printf(b, ",\"label_time\":%lld", (long long)w->l->ts_ms)
-                    : ch_buf_append(b, ",\"label_time\":null", 18);
-        }
-    }
-    return r ? r : ch_buf_append(b, "}", 1);
-}
-
-static int avro_row(fz_t *z, const row_t *w) {
-    ch_buf_t *b = ch_avro_out_record(z->avro_out);
-    int r = ch_avro_put_string(b, w->uid, w->uid_len);
-    r = r ? r : ch_avro_put_long(b, w->eid ? 1 : 0);
-    r = r || !w->eid ? r : ch_avro_put_string(b, w->eid, w->eid_len);
-    r = r ? r : ch_avro_put_long(b, w->ts_ms);
-    for (size_t f = 0; f < z->n_feats && !r; f++) {
-        r = ch_avro_put_float(b, w->x[f]);
-    }
-    if (!r && w->scored) {
-        r = ch_avro_put_float(b, w->score);
-        r = r ? r : ch_avro_put_bool(b, w->alert);
-        if (!r && w->n_reasons) {
-            r = ch_avro_put_long(b, (int64_t)w->n_reasons);
-            for (size_t i = 0; i < w->n_reasons && !r; i++) {
-                const ch_reason_t *rs = &z->reasons[i];
-                r = ch_avro_put_string(b, rs->feature, strlen(rs->feature));
-                r = r ? r : ch_avro_put_float(b, rs->contribution);
-            }
-        }
-        r = r ? r : ch_avro_put_long(b, 0); /* the array's end */
-        if (!r && z->challenger.model) {
-            r = ch_avro_put_float(b, w->score2);
-            r = r ? r : ch_avro_put_bool(b, w->alert2);
-        }
-    }
-    if (!r && z->label_ids) {
-        r = ch_avro_put_long(b, w->l ? 1 : 0);
-        r = r || !w->l ? r : ch_avro_put_double(b, w->l->value);
-        if (!r && z->label_times) {
-            bool has = w->l && w->l->ts_ms != INT64_MIN;
-            r = ch_avro_put_long(b, has ? 1 : 0);
-            r = r || !has ? r : ch_avro_put_long(b, w->l->ts_ms);
-        }
-    }
-    return r ? r : ch_avro_out_commit(z->avro_out);
-}
-
-static int write_row(fz_t *z, const row_t *w) {
-    if (z->format == OUT_AVRO) {
-        if (avro_row(z, w) < 0) {
-            fprintf(stderr, "cohortd featurize: %s: cannot write\n", z->out_path);
-            return -1;
-        }
-        z->rows++;
-        return 0;
-    }
-    z->line.len = 0;
-    int r = z->format == OUT_CSV ? csv_row(z, w) : json_row(z, w);
-    r = r ? r : ch_buf_append(&z->line, "\n", 1);
-    if (r < 0 || fwrite(z->line.data, 1, z->line.len, z->out) != z->line.len) {
-        fprintf(stderr, "cohortd featurize: %s: cannot write\n", z->out_path);
+static int write_row(fz_t *z, const ch_row_t *w) {
+    int r = ch_rowout_write(z->rows_out, w);
+    if (r < 0) {
+        fprintf(stderr, "cohortd featurize: %s: %s\n", z->out_path,
+                r == -ENOMEM ? strerror(ENOMEM) : "cannot write");
         return -1;
     }
     z->rows++;
-    return 0;
-}
-
-/* A labelled row's (score, label) pair for the backtest report. */
-static int add_pair(fz_t *z, const row_t *w) {
-    if (z->n_pairs == z->cap_pairs) {
-        size_t cap = z->cap_pairs ? 2 * z->cap_pairs : 4096;
-        float *s = realloc(z->pair_s, cap * sizeof(*s));
-        z->pair_s = s ? s : z->pair_s;
-        float *s2 = s ? realloc(z->pair_s2, cap * sizeof(*s2)) : NULL;
-        z->pair_s2 = s2 ? s2 : z->pair_s2;
-        uint8_t *y = s2 ? realloc(z->pair_y, cap) : NULL;
-        if (!y) {
-            return -ENOMEM;
-        }
-        z->pair_y = y;
-        z->cap_pairs = cap;
-    }
-    z->pair_s[z->n_pairs] = w->score;
-    z->pair_s2[z->n_pairs] = w->score2;
-    z->pair_y[z->n_pairs++] = w->l->value != 0;
     return 0;
 }
 
@@ -561,29 +322,27 @@ static int flush(fz_t *z) {
     float thr = (float)z->cfg->risk_threshold;
     for (size_t i = 0; i < n; i++) {
         const pending_t *p = &z->pend[i];
-        row_t w = {.uid = (const char *)z->ids.data + p->uid_off,
-                   .uid_len = p->uid_len,
-                   .eid = p->has_eid ? (const char *)z->ids.data + p->eid_off : NULL,
-                   .eid_len = p->eid_len,
-                   .ts_ms = p->ts_ms,
-                   .x = z->X + i * z->n_feats,
-                   .l = p->l,
-                   .scored = true,
-                   .score = z->scores[i],
-                   .score2 = z->challenger.model ? z->scores2[i] : NAN};
+        ch_row_t w = {.uid = (const char *)z->ids.data + p->uid_off,
+                      .uid_len = p->uid_len,
+                      .eid = p->has_eid ? (const char *)z->ids.data + p->eid_off : NULL,
+                      .eid_len = p->eid_len,
+                      .ts_ms = p->ts_ms,
+                      .x = z->X + i * z->n_feats,
+                      .has_label = p->l != NULL,
+                      .label = p->l ? p->l->value : 0,
+                      .label_ts_ms = p->l ? p->l->ts_ms : INT64_MIN,
+                      .score = z->scores[i],
+                      .score2 = z->challenger.model ? z->scores2[i] : NAN,
+                      .reasons = z->reasons};
         w.alert = w.score >= thr;
         w.alert2 = z->challenger.model && w.score2 >= thr;
         w.n_reasons = w.alert ? ch_scorer_reasons(&z->scorer, i, z->reasons) : 0;
-        z->scored++;
-        z->alerts += w.alert;
-        z->alerts2 += w.alert2;
-        if (z->first_ts == INT64_MIN || w.ts_ms < z->first_ts) {
-            z->first_ts = w.ts_ms;
+        if (z->bt && ch_backtest_add(z->bt, w.ts_ms, w.score, w.alert, w.score2, w.alert2,
+                                     w.has_label, w.label) < 0) {
+            fprintf(stderr, "cohortd featurize: out of memory\n");
+            return -1;
         }
-        if (w.ts_ms > z->last_ts) {
-            z->last_ts = w.ts_ms;
-        }
-        if ((w.l && add_pair(z, &w) < 0) || write_row(z, &w) < 0) {
+        if (write_row(z, &w) < 0) {
             return -1;
         }
     }
@@ -609,13 +368,15 @@ static int emit(fz_t *z, const ch_event_view_t *ev, const char *uid, size_t uid_
         }
     }
     if (!z->scorer.model) {
-        row_t w = {.uid = uid,
-                   .uid_len = uid_len,
-                   .eid = ev->event_id,
-                   .eid_len = ev->event_id_len,
-                   .ts_ms = ev->ts_ms,
-                   .x = z->x,
-                   .l = l};
+        ch_row_t w = {.uid = uid,
+                      .uid_len = uid_len,
+                      .eid = ev->event_id,
+                      .eid_len = ev->event_id_len,
+                      .ts_ms = ev->ts_ms,
+                      .x = z->x,
+                      .has_label = l != NULL,
+                      .label = l ? l->value : 0,
+                      .label_ts_ms = l ? l->ts_ms : INT64_MIN};
         return write_row(z, &w);
     }
     pending_t *p = &z->pend[z->n_pend];
@@ -936,86 +697,6 @@ static void summary(fz_t *z) {
     }
 }
 
-/* One model's figures as text. */
-static void print_figures(const char *role, const char *version, const ch_eval_figures_t *f,
-                          uint64_t alerts, double days, double thr) {
-    fprintf(stderr,
-            "backtest: %s %s: %zu labelled rows (%zu positive): ROC AUC %.4f, average precision "
-            "%.4f, log loss %.4f\n",
-            role, version, f->n, f->positives, f->roc_auc, f->average_precision, f->log_loss);
-    fprintf(stderr,
-            "  at risk.threshold %g: %llu alerts in %.2f days (%.1f per day); on labelled rows "
-            "%zu alerts, %zu true: precision %.4f, recall %.4f\n",
-            thr, (unsigned long long)alerts, days, days > 0 ? (double)alerts / days : NAN,
-            f->alerts, f->true_alerts, f->precision, f->recall);
-    fprintf(stderr, "  calibration by score decile (rows, mean score, positive rate):");
-    for (int d = 0; d < CH_EVAL_BINS; d++) {
-        fprintf(stderr, "%s %d: %zu %.4f %.4f", d ? ";" : "", d + 1, f->bin_n[d], f->bin_score[d],
-                f->bin_positive[d]);
-    }
-    fprintf(stderr, "\n");
-}
-
-static int json_model(ch_buf_t *b, const char *version, const ch_eval_figures_t *f,
-                      uint64_t alerts, double days) {
-    int r = ch_buf_append(b, "{\"model_version\":", 17);
-    r = r ? r : ch_json_string(b, version, strlen(version));
-    r = r ? r : ch_buf_printf(b, ",\"alerts_all\":%llu,\"alerts_per_day\":",
-                              (unsigned long long)alerts);
-    r = r ? r : ch_json_double(b, days > 0 ? (double)alerts / days : NAN);
-    r = r ? r : ch_buf_append(b, ",", 1);
-    r = r ? r : ch_evaluate_encode_figures(b, f);
-    return r ? r : ch_buf_append(b, "}", 1);
-}
-
-/* --report, --report-json: the live evaluation's figures on the labelled rows, and the
- * alert volume over all scored rows. @returns 0, -1. */
-static int backtest_report(fz_t *z) {
-    if (!z->report && !z->report_json) {
-        return 0;
-    }
-    double thr = z->cfg->risk_threshold;
-    double days = z->scored ? (double)(z->last_ts - z->first_ts) / 86400000.0 : 0;
-    ch_eval_figures_t f, f2;
-    if (ch_eval_figures(z->pair_s, z->pair_y, z->n_pairs, thr, &f) < 0 ||
-        (z->challenger.model && ch_eval_figures(z->pair_s2, z->pair_y, z->n_pairs, thr, &f2) < 0)) {
-        fprintf(stderr, "cohortd featurize: out of memory computing the report\n");
-        return -1;
-    }
-    const char *v = ch_scorer_version(&z->scorer), *v2 = ch_scorer_version(&z->challenger);
-    if (z->report) {
-        print_figures("model", v, &f, z->alerts, days, thr);
-        if (z->challenger.model) {
-            print_figures("challenger", v2, &f2, z->alerts2, days, thr);
-        }
-    }
-    if (!z->report_json) {
-        return 0;
-    }
-    ch_buf_t b;
-    ch_buf_init(&b);
-    int r = ch_buf_printf(&b, "{\"threshold\":");
-    r = r ? r : ch_json_double(&b, thr);
-    r = r ? r : ch_buf_printf(&b, ",\"rows_scored\":%llu,\"days\":", (unsigned long long)z->scored);
-    r = r ? r : ch_json_double(&b, days);
-    r = r ? r : ch_buf_printf(&b, ",\"champion\":");
-    r = r ? r : json_model(&b, v, &f, z->alerts, days);
-    r = r ? r : ch_buf_printf(&b, ",\"challenger\":");
-    r = r ? r
-          : z->challenger.model ? json_model(&b, v2, &f2, z->alerts2, days)
-                                : ch_buf_append(&b, "null", 4);
-    r = r ? r : ch_buf_append(&b, "}\n", 2);
-    FILE *f_out = r ? NULL : fopen(z->report_json, "w");
-    bool ok = f_out && fwrite(b.data, 1, b.len, f_out) == b.len;
-    ok = f_out && fclose(f_out) == 0 && ok;
-    ch_buf_done(&b);
-    if (!ok) {
-        fprintf(stderr, "cohortd featurize: %s: cannot write the report\n", z->report_json);
-        return -1;
-    }
-    return 0;
-}
-
 /* ---------------------------------------------------------------- set-up */
 
 /* model.path set: the champion (and challenger) loaded as the daemon loads them. */
@@ -1023,14 +704,6 @@ static int setup_scoring(fz_t *z, char *err, size_t errlen) {
     const ch_config_t *cfg = z->cfg;
     size_t d = z->n_feats;
     z->batch = (size_t)cfg->batch_max_events;
-    z->first_ts = INT64_MIN;
-    z->last_ts = INT64_MIN;
-    if (!(z->names = calloc(d, sizeof(*z->names)))) {
-        return -ENOMEM;
-    }
-    for (size_t i = 0; i < d; i++) {
-        z->names[i] = ch_features_name(z->fs, i);
-    }
     int r = ch_scorer_init(&z->scorer, cfg, cfg->model_path, "champion", z->names, d, z->batch,
                            err, errlen);
     if (r < 0) {
@@ -1057,31 +730,15 @@ static int setup(fz_t *z, char *err, size_t errlen) {
         return r;
     }
     z->n_feats = ch_features_count(z->fs);
-    static const char *const reserved[] = {"user_id", "event_id", "event_time", "label",
-                                           "label_time"};
-    for (size_t f = 0; f < z->n_feats; f++) {
-        for (size_t k = 0; k < sizeof(reserved) / sizeof(*reserved); k++) {
-            if (strcmp(ch_features_name(z->fs, f), reserved[k]) == 0) {
-                snprintf(err, errlen, "feature.%s: the name of a featurize column; rename it",
-                         reserved[k]);
-                return -EINVAL;
-            }
-        }
+    if (!(z->names = calloc(z->n_feats, sizeof(*z->names)))) {
+        return -ENOMEM;
     }
-    for (size_t f = 0; f < z->n_feats && z->format == OUT_AVRO; f++) {
-        const char *n = ch_features_name(z->fs, f);
-        bool ok = (*n >= 'A' && *n <= 'Z') || (*n >= 'a' && *n <= 'z') || *n == '_';
-        for (const char *c = n + 1; ok && *c; c++) {
-            ok = (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || *c == '_' ||
-                 (*c >= '0' && *c <= '9');
-        }
-        if (!ok) {
-            snprintf(err, errlen,
-                     "feature.%s: not an Avro field name ([A-Za-z_][A-Za-z0-9_]*): rename it "
-                     "for --format avro, or write csv or jsonl",
-                     n);
-            return -EINVAL;
-        }
+    for (size_t i = 0; i < z->n_feats; i++) {
+        z->names[i] = ch_features_name(z->fs, i);
+    }
+    ch_rowout_cols_t cols = {.features = z->names, .n_features = z->n_feats};
+    if ((r = ch_rowout_check(z->format, &cols, err, errlen)) < 0) {
+        return r;
     }
     if (!(z->check_cfg = malloc(sizeof(*z->check_cfg)))) {
         return -ENOMEM;
@@ -1135,7 +792,7 @@ static void teardown(fz_t *z) {
     free(z->feats);
     free(z->x);
     free(z->held);
-    if (z->names) { /* scoring was set up */
+    if (z->batch) { /* scoring was set up */
         ch_scorer_done(&z->scorer);
         ch_scorer_done(&z->challenger);
     }
@@ -1145,9 +802,7 @@ static void teardown(fz_t *z) {
     free(z->scores);
     free(z->scores2);
     free(z->reasons);
-    free(z->pair_s);
-    free(z->pair_s2);
-    free(z->pair_y);
+    ch_backtest_free(z->bt);
     ch_buf_done(&z->ids);
     ch_buf_done(&z->arena);
     ch_buf_done(&z->line);
@@ -1208,7 +863,7 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
                         optarg);
                 return 2;
             }
-            z->format = ff == CH_FILE_CSV ? OUT_CSV : ff == CH_FILE_JSONL ? OUT_JSONL : OUT_AVRO;
+            z->format = (ch_rowout_format_t)ff; /* the same order */
             z->format_set = true;
             break;
         }
@@ -1291,7 +946,7 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
     }
     ch_file_format_t of;
     if (!z->format_set && z->out_path && ch_file_format_of(z->out_path, &of) == 0) {
-        z->format = of == CH_FILE_CSV ? OUT_CSV : of == CH_FILE_JSONL ? OUT_JSONL : OUT_AVRO;
+        z->format = (ch_rowout_format_t)of;
     }
     if (!z->rejects_path[0]) {
         snprintf(z->rejects_path, sizeof(z->rejects_path), "%s%s",
@@ -1302,11 +957,10 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
 }
 
 int ch_featurize_main(int argc, char **argv) {
-    fz_t z = {.order = ORDER_TIME, .format = OUT_CSV, .out_path = "(stdout)"};
+    fz_t z = {.order = ORDER_TIME, .format = CH_ROWOUT_CSV};
     ch_config_t cfg;
     ch_config_init(&cfg);
     const char *labels = NULL;
-    z.out_path = NULL;
     int code = parse_args(&z, argc, argv, &cfg, &labels);
     char err[1024] = "";
     if (code < 0) {
@@ -1315,6 +969,9 @@ int ch_featurize_main(int argc, char **argv) {
         int r = ch_config_validate_offline(&cfg, err, sizeof(err));
         r = r < 0 ? r : setup(&z, err, sizeof(err));
         r = r < 0 || !labels ? r : load_labels(&z, labels, err, sizeof(err));
+        if (r == 0 && (z.report || z.report_json)) {
+            r = ch_backtest_new(cfg.risk_threshold, z.challenger.model != NULL, &z.bt);
+        }
         if (r < 0) {
             fprintf(stderr, "cohortd featurize: %s\n", err[0] ? err : strerror(-r));
             code = 2;
@@ -1333,21 +990,37 @@ int ch_featurize_main(int argc, char **argv) {
         }
         z.progress = !z.quiet && isatty(STDERR_FILENO);
         z.t0 = now_s();
-        code = write_header(&z) < 0 || read_inputs(&z) < 0 ||
-                       (z.order == ORDER_TIME && fold_held(&z) < 0) || flush(&z) < 0
-                   ? 1
-                   : 0;
-        if (ch_avro_out_close(z.avro_out) < 0 && code == 0) {
+        ch_rowout_cols_t cols = {.features = z.names,
+                                 .n_features = z.n_feats,
+                                 .scores = z.scorer.model != NULL,
+                                 .challenger = z.challenger.model != NULL,
+                                 .labels = z.label_ids != NULL,
+                                 .label_times = z.label_times};
+        if (ch_rowout_new(z.format, z.out, &cols, &z.rows_out) < 0) {
+            fprintf(stderr, "cohortd featurize: %s: cannot write\n", z.out_path);
+            code = 1;
+        } else {
+            code = read_inputs(&z) < 0 || (z.order == ORDER_TIME && fold_held(&z) < 0) ||
+                           flush(&z) < 0
+                       ? 1
+                       : 0;
+        }
+        if (ch_rowout_close(z.rows_out) < 0 && code == 0) {
             fprintf(stderr, "cohortd featurize: %s: cannot write\n", z.out_path);
             code = 1;
         }
-        z.avro_out = NULL;
+        z.rows_out = NULL;
         if (fflush(z.out) != 0 || (z.out != stdout && fclose(z.out) != 0)) {
             fprintf(stderr, "cohortd featurize: %s: %s\n", z.out_path, strerror(errno));
             code = 1;
         }
         summary(&z);
-        if (code == 0 && backtest_report(&z) < 0) {
+        if (code == 0 && z.bt &&
+            ch_backtest_report(z.bt, ch_scorer_version(&z.scorer),
+                               ch_scorer_version(&z.challenger), z.report,
+                               z.report_json) < 0) {
+            fprintf(stderr, "cohortd featurize: %s: cannot write the report\n",
+                    z.report_json ? z.report_json : "(stderr)");
             code = 1;
         }
     }
