@@ -286,10 +286,14 @@ static int load_labels(fz_t *z, const char *path, char *err, size_t errlen) {
             z->labels = nl;
         }
         int64_t idx = (int64_t)z->n_labels;
+        if (ch_keyset_get(z->label_ids, cells[0], lens[0], &idx)) {
+            z->labels[idx] = l; /* a repeated id: the last label wins */
+            continue;
+        }
         if ((r = ch_keyset_put(z->label_ids, cells[0], lens[0], idx)) < 0) {
             break;
         }
-        z->labels[z->n_labels++] = l; /* a repeated id: the last label wins */
+        z->labels[z->n_labels++] = l;
     }
     ch_filein_close(f);
     return r < 0 ? r : 0;
@@ -409,7 +413,10 @@ static ch_bad_reason_t decode(fz_t *z, uint32_t file, const unsigned char *data,
         const char *cells[MAX_COLS];
         size_t lens[MAX_COLS];
         size_t n = ch_filein_cells(data, len, cells, lens, MAX_COLS);
-        r = ch_csv_decoder_decode(in->csv, cells, lens, n, ev, why, wlen);
+        r = n > MAX_COLS ? -EBADMSG : ch_csv_decoder_decode(in->csv, cells, lens, n, ev, why, wlen);
+        if (n > MAX_COLS) {
+            snprintf(why, wlen, "%zu columns (at most %d)", n, MAX_COLS);
+        }
     } else if (in->fmt == CH_FILE_JSONL) {
         r = ch_json_decoder_decode(z->json, data, len, ev, why, wlen);
     } else {

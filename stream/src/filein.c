@@ -232,7 +232,7 @@ size_t ch_filein_cells(const unsigned char *data, size_t len, const char **cells
         n++;
         o += 4 + (size_t)k + 1;
     }
-    return n < max ? n : max;
+    return n;
 }
 
 /* ---------------------------------------------------------------- Avro containers */
@@ -482,6 +482,9 @@ int ch_filein_open(const char *path, ch_file_format_t fmt, ch_filein_t **ret, ch
             if (r == 0) {
                 r = fail(errbuf, errlen, -EINVAL, "%s: empty (a CSV file starts with a header)",
                          path);
+            } else if (r == 1 && n > MAX_HEADER_COLS) {
+                r = fail(errbuf, errlen, -E2BIG, "%s: %zu columns (at most %d)", path, n,
+                         MAX_HEADER_COLS);
             } else if (r == 1 && !(f->header = calloc(n ? n : 1, sizeof(char *)))) {
                 r = -ENOMEM;
             }

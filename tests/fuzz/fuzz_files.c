@@ -45,7 +45,7 @@ static void csv_rows(ch_filein_t *f) {
         const char *cells[MAX_CELLS];
         size_t lens[MAX_CELLS];
         size_t n = ch_filein_cells(rec.data, rec.len, cells, lens, MAX_CELLS);
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n && i < MAX_CELLS; i++) {
             FUZZ_CHECK(cells[i] >= (const char *)rec.data &&
                        cells[i] + lens[i] < (const char *)rec.data + rec.len);
             FUZZ_CHECK(cells[i][lens[i]] == '\0');

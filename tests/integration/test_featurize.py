@@ -320,6 +320,14 @@ def labels(conf, tmp, ocf, events, rows):
         f.write("trans_num,is_fraud\n")
         for e in events:
             f.write(f"{e['event_id']},{e['label']}\n")
+    twice = os.path.join(tmp, "labels_twice.csv")  # a repeated id: the last label wins
+    with open(lab) as f, open(twice, "w") as g:
+        g.write(f.read() + f"{events[0]['event_id']},{1 - events[0]['label']}\n")
+    r = featurize(conf, [ocf], "--labels", twice, "--format", "jsonl")
+    first = json.loads(r.stdout.decode().splitlines()[0])
+    assert first["event_id"] == events[0]["event_id"] and \
+        first["label"] == 1 - events[0]["label"], first
+    assert "0 label(s) matched no event" in r.stderr.decode(), r.stderr.decode()
     out = os.path.join(tmp, "labelled.csv")
     featurize(conf, [ocf], "-o", out, "--labels", lab)
     got = read_rows(out)

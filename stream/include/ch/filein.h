@@ -49,7 +49,8 @@ int ch_file_format_parse(const char *s, ch_file_format_t *ret);
  * @brief Open path ("-": standard input) as fmt. CSV: the header is read; Avro: the
  *        container header (schema, codec).
  * @returns 0; -ENOENT and others from open(2); -EINVAL (not a container file, an
- *          unsupported codec, a CSV without a header: errbuf says which); -ENOMEM.
+ *          unsupported codec, a CSV without a header: errbuf says which); -E2BIG (a CSV
+ *          header of more than 4,096 columns); -ENOMEM.
  */
 int ch_filein_open(const char *path, ch_file_format_t fmt, ch_filein_t **ret, char *errbuf,
                    size_t errlen);
@@ -79,8 +80,8 @@ double ch_filein_progress(const ch_filein_t *f);
 
 /**
  * @brief Split a CSV record's data into cells.
- * @param cells, lens room for max cells.
- * @returns the number of cells (at most max; more are not returned).
+ * @param cells, lens room for max cells: the first max are set.
+ * @returns the number of cells in the record (more than max: the rest not set).
  */
 size_t ch_filein_cells(const unsigned char *data, size_t len, const char **cells, size_t *lens,
                        size_t max);
