@@ -301,9 +301,12 @@ static int open_avro(ch_filein_t *f, char *errbuf, size_t errlen) {
         if (count == 0) {
             break;
         }
-        if (count < 0 && (count = -count, read_long(f, &size) < 0)) {
-            r = -EBADMSG;
-            break;
+        if (count < 0) { /* a negative count: its absolute value, then the block's size */
+            if (count == INT64_MIN || read_long(f, &size) < 0) {
+                r = -EBADMSG;
+                break;
+            }
+            count = -count;
         }
         for (int64_t i = 0; i < count && r == 0; i++) {
             char *k = NULL, *v = NULL;
