@@ -29,6 +29,7 @@
 
 #define MAX_BLOCK_BYTES (1L << 30) /* an Avro block larger than this is corrupt */
 #define MAX_HEADER_COLS 4096
+#define READ_BYTES (256 * 1024)
 
 struct ch_filein {
     char path[4096];
@@ -37,6 +38,9 @@ struct ch_filein {
     double size; /* of a regular file; < 0 unknown */
     char *line;  /* the line just read */
     size_t line_cap, line_len;
+    unsigned char *rbuf; /* CSV, JSON Lines: read ahead */
+    size_t rlen, rpos;
+    bool reof;
     long line_no;
     bool eof;
     /* CSV */
@@ -93,30 +97,44 @@ int ch_file_format_of(const char *path, ch_file_format_t *ret) {
     return 0;
 }
 
-/* One line into f->line (with its '\n'). @returns 1, 0 at the end, -EIO, -ENOMEM. */
+/* One line into f->line (with its '\n'; NUL bytes kept, so nothing of a line is lost
+ * unseen). @returns 1, 0 at the end, -EIO, -ENOMEM. */
 static int read_line(ch_filein_t *f, char *errbuf, size_t errlen) {
     size_t len = 0;
     for (;;) {
-        if (f->line_cap - len < 2) {
-            size_t cap = f->line_cap ? 2 * f->line_cap : 65536;
-            char *nl = realloc(f->line, cap);
-            if (!nl) {
-                return -ENOMEM;
-            }
-            f->line = nl;
-            f->line_cap = cap;
-        }
-        if (!gzgets(f->gz, f->line + len, (int)(f->line_cap - len > 1 << 30 ? 1 << 30
-                                                                          : f->line_cap - len))) {
-            int zerr = 0;
-            const char *msg = gzerror(f->gz, &zerr);
-            if (zerr != Z_OK && zerr != Z_BUF_ERROR) {
+        if (f->rpos == f->rlen) {
+            int n = f->reof ? 0 : gzread(f->gz, f->rbuf, READ_BYTES);
+            if (n < 0) {
+                int zerr = 0;
+                const char *msg = gzerror(f->gz, &zerr);
                 return fail(errbuf, errlen, -EIO, "%s:%ld: %s", f->path, f->line_no + 1, msg);
             }
-            break;
+            if (n == 0) {
+                f->reof = true;
+                break;
+            }
+            f->rlen = (size_t)n;
+            f->rpos = 0;
         }
-        len += strlen(f->line + len);
-        if (len && f->line[len - 1] == '\n') {
+        const unsigned char *p = f->rbuf + f->rpos;
+        const unsigned char *nl = memchr(p, '\n', f->rlen - f->rpos);
+        size_t take = nl ? (size_t)(nl - p) + 1 : f->rlen - f->rpos;
+        if (f->line_cap < len + take + 1) {
+            size_t cap = f->line_cap ? f->line_cap : 65536;
+            while (cap < len + take + 1) {
+                cap *= 2;
+            }
+            char *nline = realloc(f->line, cap);
+            if (!nline) {
+                return -ENOMEM;
+            }
+            f->line = nline;
+            f->line_cap = cap;
+        }
+        memcpy(f->line + len, p, take);
+        len += take;
+        f->rpos += take;
+        if (nl) {
             break;
         }
     }
@@ -124,6 +142,7 @@ static int read_line(ch_filein_t *f, char *errbuf, size_t errlen) {
     if (len == 0) {
         return 0;
     }
+    f->line[len] = '\0';
     f->line_no++;
     return 1;
 }
@@ -465,6 +484,11 @@ int ch_filein_open(const char *path, ch_file_format_t fmt, ch_filein_t **ret, ch
         return -ENOMEM;
     }
     gzbuffer(f->gz, 1 << 18);
+    if (fmt != CH_FILE_AVRO && !(f->rbuf = malloc(READ_BYTES))) {
+        gzclose(f->gz);
+        free(f);
+        return -ENOMEM;
+    }
     ch_buf_init(&f->acc);
     ch_buf_init(&f->raw);
     ch_buf_init(&f->block);
@@ -522,6 +546,7 @@ ch_filein_t *ch_filein_close(ch_filein_t *f) {
     }
     free(f->header);
     free(f->line);
+    free(f->rbuf);
     free(f->ends);
     free(f->starts);
     free(f->schema);

@@ -73,6 +73,33 @@ static void csv_rfc4180(void **state) {
     unlink(p);
 }
 
+/* A NUL byte is data: the cell keeps it and what follows it on the line. */
+static void nul_bytes_kept(void **state) {
+    (void)state;
+    static const char text[] = "a,b\nx\0y,z\n";
+    const char *p = write_file(text, sizeof(text) - 1);
+    ch_filein_t *f = NULL;
+    char err[256];
+    assert_int_equal(ch_filein_open(p, CH_FILE_CSV, &f, err, sizeof(err)), 0);
+    ch_file_rec_t rec;
+    assert_int_equal(ch_filein_next(f, &rec, err, sizeof(err)), 1);
+    const char *cells[4];
+    size_t lens[4];
+    assert_int_equal(ch_filein_cells(rec.data, rec.len, cells, lens, 4), 2);
+    assert_int_equal(lens[0], 3);
+    assert_memory_equal(cells[0], "x\0y", 3);
+    assert_int_equal(lens[1], 1);
+    ch_filein_close(f);
+    unlink(p);
+    static const char jl[] = "{\"a\":\"x\0y\"}\n";
+    p = write_file(jl, sizeof(jl) - 1);
+    assert_int_equal(ch_filein_open(p, CH_FILE_JSONL, &f, err, sizeof(err)), 0);
+    assert_int_equal(ch_filein_next(f, &rec, err, sizeof(err)), 1);
+    assert_int_equal(rec.len, sizeof(jl) - 2); /* all but the newline */
+    ch_filein_close(f);
+    unlink(p);
+}
+
 static void csv_malformed_quote(void **state) {
     (void)state;
     static const char text[] = "a,b\n1,2\n3,x\"y\n";
@@ -246,7 +273,8 @@ static void csv_mapping(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(csv_rfc4180),      cmocka_unit_test(csv_malformed_quote),
+        cmocka_unit_test(csv_rfc4180),      cmocka_unit_test(nul_bytes_kept),
+        cmocka_unit_test(csv_malformed_quote),
         cmocka_unit_test(csv_empty_and_missing), cmocka_unit_test(jsonl_gzip),
         cmocka_unit_test(avro_refused),     cmocka_unit_test(formats_by_name),
         cmocka_unit_test(csv_mapping),
