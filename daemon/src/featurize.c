@@ -42,6 +42,7 @@
 #include "backtest.h"
 #include "config.h"
 #include "events.h"
+#include "foldrow.h"
 #include "log.h"
 #include "pseudonym.h"
 #include "rowout.h"
@@ -456,13 +457,9 @@ static int fold(fz_t *z, ch_event_view_t *ev, const ch_obs_t *obs) {
     if (r == 1) {
         ch_features_state_init(z->fs, u->state);
     }
-    ch_features_update(z->fs, u->state, &u->t_ref_ms, obs);
+    ch_fold_row(z->fs, u, obs, z->feats, z->x, z->n_feats);
     if (ev->ts_ms > z->stream_time_ms) {
         z->stream_time_ms = ev->ts_ms;
-    }
-    ch_features_read(z->fs, u->state, u->t_ref_ms, z->feats);
-    for (size_t f = 0; f < z->n_feats; f++) {
-        z->x[f] = (float)z->feats[f];
     }
     z->folded++;
     /* idle users leave as in the daemon, which looks at up to 100,000 of them a second
@@ -644,6 +641,7 @@ static int fold_held(fz_t *z) {
             bad = ch_events_check(z->events, &ev, NAN, &obs, why, sizeof(why));
         }
         if (bad != CH_BAD_NONE) { /* it was read once already: cannot happen */
+            release(z);
             if (reject(z, h->file, h->line, bad, why) < 0) {
                 return -1;
             }

@@ -19,6 +19,8 @@
  */
 #include "pipeline_int.h"
 
+#include "foldrow.h"
+
 #include <errno.h>
 #include <math.h>
 #include <string.h>
@@ -64,14 +66,13 @@ static void process(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m, double
         ch_userrec_init(ur);
     }
     ur->partition = m->partition;
-    ch_features_update(p->fs, u->state, &u->t_ref_ms, &obs);
+    size_t i = p->n_rows++; /* the vector after this event; scored with the batch */
+    ch_fold_row(p->fs, u, &obs, p->feats, p->X + i * p->n_feats, p->n_feats);
     ch_changelog_touch(p, u, m->offset);
     if (ev.ts_ms > p->st.stream_time_ms) {
         p->st.stream_time_ms = ev.ts_ms;
     }
     p->st.events_ok++;
-    /* The vector after this event; scoring and outputs happen for the whole batch. */
-    size_t i = p->n_rows++;
     p->rows[i] = (ch_row_t){.u = u,
                             .uid = ev.user_id,
                             .eid = ev.event_id,
@@ -83,11 +84,6 @@ static void process(ch_pipeline_t *p, ch_tracked_t *b, const ch_msg_t *m, double
                             .cat_len = ev.category_len,
                             .ev_ms = ev.ts_ms,
                             .ts_ms = u->t_ref_ms};
-    ch_features_read(p->fs, u->state, u->t_ref_ms, p->feats);
-    float *x = p->X + i * p->n_feats;
-    for (size_t f = 0; f < p->n_feats; f++) {
-        x[f] = (float)p->feats[f];
-    }
     p->prev_seg[i] = u->segment;
     p->prev_gen[i] = u->seg_gen;
     size_t slot = ch_tracker_slot(p->tracker, b), t = p->n_ts[slot]++;
