@@ -11,6 +11,15 @@
  *   OLDEST pending batch and then seals them all. The tracker releases in order, so
  *   no offset of any pending batch is stored before every record of the flush is
  *   acknowledged: a committed input offset never runs ahead of the changelog.
+ * - And a committed offset is always where a flush ended: the flush moves every
+ *   pending batch's offsets into the NEWEST (ch_tracker_merge), so they are stored at
+ *   once, when the last of them is acknowledged. A user's record reflects its latest
+ *   event when the flush ran; had an older batch's offset been committed alone (its
+ *   outputs acknowledged before a later batch's), a user with events on both sides of
+ *   it would have no record of its state at that offset, and a restore would take an
+ *   older one and never fold the events in between (the record of the newer state
+ *   reflects uncommitted input, which a restore skips). Built with
+ *   CH_CHECK_INVARIANTS, every offset stored is checked against the flushes' ends.
  * - A flush happens when commit.interval has passed since the last (checked on every
  *   drain, and by the loop's 100 ms safety timer when idle), when the tracker is full,
  *   before partitions are revoked and at shutdown.
@@ -127,6 +136,15 @@ int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
         uint64_t w = (uint64_t)getpid() << 32 ^ (uint64_t)(ch_now_s() * 1e6);
         memcpy(cl->writer, &w, sizeof(w));
     }
+#ifdef CH_CHECK_INVARIANTS
+    cl->flush_ends = calloc((size_t)in, sizeof(*cl->flush_ends));
+    if (!cl->flush_ends) {
+        return -ENOMEM;
+    }
+    for (int i = 0; i < in; i++) {
+        cl->flush_ends[i].consumed = -1;
+    }
+#endif
     cl->partitions = in;
     cl->on = true;
     cl->flushed_s = ch_now_s();
@@ -134,6 +152,12 @@ int ch_changelog_init(ch_pipeline_t *p, char *errbuf, size_t errlen) {
 }
 
 void ch_changelog_done(ch_pipeline_t *p) {
+#ifdef CH_CHECK_INVARIANTS
+    for (int32_t i = 0; p->cl.flush_ends && i < p->cl.partitions; i++) {
+        free(p->cl.flush_ends[i].ends);
+    }
+    free(p->cl.flush_ends);
+#endif
     free(p->cl.tomb);
     free(p->cl.dirty);
     free(p->cl.idx);
@@ -217,10 +241,69 @@ void ch_changelog_evicted(ch_pipeline_t *p, const ch_user_t *u) {
     ch_changelog_tombstone(p, ur->partition, ur->offset, ch_users_key(p->users, u), u->key_len);
 }
 
+#ifdef CH_CHECK_INVARIANTS
+static struct ch_flush_ends *flush_ends(ch_pipeline_t *p, int32_t partition) {
+    return p->cl.on && !p->txn.on && partition >= 0 && partition < p->cl.partitions
+               ? &p->cl.flush_ends[partition]
+               : NULL;
+}
+
+void ch_changelog_consumed(ch_pipeline_t *p, int32_t partition, int64_t offset) {
+    struct ch_flush_ends *f = flush_ends(p, partition);
+    if (f && offset + 1 > f->consumed) {
+        f->consumed = offset + 1;
+    }
+}
+
+/* A flush ran: what each partition was consumed up to is where offsets may be stored. */
+static void flush_ended(ch_pipeline_t *p) {
+    for (int32_t i = 0; i < p->cl.partitions; i++) {
+        struct ch_flush_ends *f = flush_ends(p, i);
+        if (!f || f->consumed < 0 || (f->n > 0 && f->ends[f->n - 1] >= f->consumed)) {
+            continue;
+        }
+        if (f->n == f->cap) {
+            size_t cap = f->cap ? 2 * f->cap : 16;
+            int64_t *ne = realloc(f->ends, cap * sizeof(*ne));
+            if (!ne) {
+                ch_log(CH_LOG_ERR, "out of memory checking invariants; stopping");
+                p->failed = true;
+                return;
+            }
+            f->ends = ne;
+            f->cap = cap;
+        }
+        f->ends[f->n++] = f->consumed;
+    }
+}
+
+bool ch_changelog_flush_ended(ch_pipeline_t *p, int32_t partition, int64_t next_offset) {
+    struct ch_flush_ends *f = flush_ends(p, partition);
+    if (!f) {
+        return true;
+    }
+    size_t k = 0;
+    while (k < f->n && f->ends[k] < next_offset) {
+        k++; /* ends passed over: a later one was stored (merged batches) */
+    }
+    bool ok = k < f->n && f->ends[k] == next_offset;
+    memmove(f->ends, f->ends + k, (f->n - k) * sizeof(*f->ends));
+    f->n -= k;
+    return ok;
+}
+#endif
+
 void ch_changelog_revoked(ch_pipeline_t *p, int32_t partition) {
     /* a lost partition's new owner may be writing its users already: a tombstone from
      * here, landing after their new state, would delete them */
     ch_changelog_t *cl = &p->cl;
+#ifdef CH_CHECK_INVARIANTS
+    struct ch_flush_ends *f = flush_ends(p, partition);
+    if (f) {
+        f->consumed = -1; /* a new owner's, or ours again from the committed offset */
+        f->n = 0;
+    }
+#endif
     size_t out = 0;
     for (size_t at = 0; at < cl->tomb_len;) {
         size_t len = 14 + ch_get16(cl->tomb + at + 12);
@@ -327,6 +410,18 @@ void ch_changelog_flush(ch_pipeline_t *p, bool force) {
     }
     memset(cl->idx, 0, cl->idx_cap * sizeof(*cl->idx));
     cl->n_dirty = 0;
+    ch_tracked_t *last = cl->pending[cl->n_pending - 1];
+    for (size_t k = 0; k + 1 < cl->n_pending; k++) {
+        if (ch_tracker_merge(cl->pending[k], last) < 0) {
+            ch_log(CH_LOG_ERR, "out of memory tracking offsets; stopping");
+            ch_tracker_fail(cl->pending[k]); /* nothing from it on is released */
+            p->failed = true;
+            break;
+        }
+    }
+#ifdef CH_CHECK_INVARIANTS
+    flush_ended(p);
+#endif
     for (size_t k = 0; k < cl->n_pending; k++) {
         ch_outputs_sealed(p, cl->pending[k]);
     }

@@ -252,6 +252,18 @@ static void store(void *opaque, int32_t partition, int64_t next_offset) {
         return; /* exactly_once: offsets commit with their transaction (txn.c) */
     }
     char err[256];
+    if (!ch_changelog_flush_ended(p, partition, next_offset)) {
+        if (!p->failed) {
+            ch_log(CH_LOG_ERR,
+                   "invariant broken: offset %lld of %s[%d] would be committed, and no "
+                   "changelog flush ended there (a user with events on both sides has no "
+                   "record of its state at it: a restore would lose the events before it "
+                   "since the user's last record); stopping",
+                   (long long)next_offset, p->cfg->input_topic, partition);
+        }
+        p->failed = true;
+        return;
+    }
     if (ch_consumer_store(p->clients.consumer, partition, next_offset, err, sizeof(err)) < 0) {
         /* The partition was revoked; its new owner reprocesses from the last
          * commit, so nothing is lost. */

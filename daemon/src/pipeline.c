@@ -187,6 +187,7 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
             break;
         }
         ch_txn_consumed(p, m->partition, m->offset);
+        ch_changelog_consumed(p, m->partition, m->offset);
         process(p, b, m, now_ms);
     }
     finish(p, b);

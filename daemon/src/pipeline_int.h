@@ -56,6 +56,15 @@ typedef struct ch_changelog {
     unsigned char *tomb;
     size_t tomb_len, tomb_cap, n_tomb;
     unsigned char writer[8]; /* random per process: header cohortd-writer of its records */
+#ifdef CH_CHECK_INVARIANTS
+    /* per input partition: consumed up to (exclusive), and the ends of flushes not yet
+     * stored for commit, oldest first: an offset stored must be one of them */
+    struct ch_flush_ends {
+        int64_t consumed;
+        int64_t *ends;
+        size_t n, cap;
+    } *flush_ends;
+#endif
 } ch_changelog_t;
 
 /* Restoring one partition's users from the changelog (restore.c). */
@@ -306,6 +315,21 @@ void ch_changelog_tombstone(ch_pipeline_t *p, int32_t partition, int64_t offset,
 void ch_changelog_revoked(ch_pipeline_t *p, int32_t partition);   /* its tombstones go */
 void ch_changelog_batch_done(ch_pipeline_t *p, ch_tracked_t *b);
 void ch_changelog_flush(ch_pipeline_t *p, bool force);
+/* Checked when built with CH_CHECK_INVARIANTS: an input offset is stored for commit only
+ * where a changelog flush ended (what was consumed of that partition when it ran). */
+#ifdef CH_CHECK_INVARIANTS
+void ch_changelog_consumed(ch_pipeline_t *p, int32_t partition, int64_t offset);
+bool ch_changelog_flush_ended(ch_pipeline_t *p, int32_t partition, int64_t next_offset);
+#else
+static inline void ch_changelog_consumed(ch_pipeline_t *p, int32_t partition, int64_t offset) {
+    (void)p, (void)partition, (void)offset;
+}
+static inline bool ch_changelog_flush_ended(ch_pipeline_t *p, int32_t partition,
+                                            int64_t next_offset) {
+    (void)p, (void)partition, (void)next_offset;
+    return true;
+}
+#endif
 
 /* restore.c */
 int ch_restore_init(ch_pipeline_t *p, char *errbuf, size_t errlen);

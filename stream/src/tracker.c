@@ -113,6 +113,20 @@ int ch_tracker_consumed(ch_tracked_t *b, int32_t partition, int64_t offset) {
     return 0;
 }
 
+int ch_tracker_merge(ch_tracked_t *from, ch_tracked_t *into) {
+    if (from == into) {
+        return 0;
+    }
+    for (size_t i = 0; i < from->n_parts; i++) { /* offset + 1 is next_offset */
+        if (ch_tracker_consumed(into, from->parts[i].partition, from->parts[i].next_offset - 1) <
+            0) {
+            return -ENOMEM;
+        }
+    }
+    from->n_parts = 0;
+    return 0;
+}
+
 static bool complete(const ch_tracked_t *b) {
     return b->sealed && b->outstanding == 0 && !b->failed;
 }

@@ -77,6 +77,17 @@ void ch_tracker_fail(ch_tracked_t *b);
  */
 bool ch_tracker_seal(ch_tracked_t *b);
 
+/**
+ * @brief Move from's offsets into into (per partition, the higher), leaving from with
+ *        none: from still waits for its outputs, and its offsets are released with into's.
+ * @returns 0, -ENOMEM (from is unchanged, into may hold some of its offsets; the caller
+ *          should fail both).
+ * @remark Release is in order, so merging every batch of a run into its newest one makes
+ *         the run's offsets land at once, after every output of the run is acknowledged,
+ *         never one batch's offsets while a later batch of the run is outstanding.
+ */
+int ch_tracker_merge(ch_tracked_t *from, ch_tracked_t *into);
+
 /** @brief Whether some batch in flight has failed (nothing after it is released). */
 bool ch_tracker_frozen(const ch_tracker_t *t);
 

@@ -196,6 +196,42 @@ static void test_the_ring_is_bounded_and_slots_reused(void **state) {
     assert_null(ch_tracker_free(NULL));
 }
 
+/* A run of batches merged into its newest releases its offsets once, when the whole run
+ * is acknowledged: the oldest batch completing first releases nothing. */
+static void test_a_merged_run_releases_at_once(void **state) {
+    (void)state;
+    ch_tracker_t *t = NULL;
+    assert_int_equal(ch_tracker_new(4, &t), 0);
+    stored_t s = {0};
+    ch_tracked_t *a = ch_tracker_open(t), *b = ch_tracker_open(t), *c = ch_tracker_open(t);
+    assert_int_equal(ch_tracker_consumed(a, 0, 10), 0);
+    assert_int_equal(ch_tracker_consumed(a, 1, 3), 0);
+    assert_int_equal(ch_tracker_consumed(b, 0, 20), 0);
+    assert_int_equal(ch_tracker_consumed(c, 0, 30), 0);
+    assert_int_equal(ch_tracker_consumed(c, 2, 7), 0);
+    ch_tracker_sent(a);
+    ch_tracker_sent(b);
+    ch_tracker_sent(c);
+    assert_int_equal(ch_tracker_merge(a, c), 0);
+    assert_int_equal(ch_tracker_merge(b, c), 0);
+    assert_int_equal(ch_tracker_merge(c, c), 0); /* itself: nothing moves */
+    assert_false(ch_tracker_seal(a));
+    assert_false(ch_tracker_seal(b));
+    assert_false(ch_tracker_seal(c));
+    assert_true(ch_tracker_acked(a, true));
+    assert_int_equal(ch_tracker_advance(t, store, &s), 1); /* a goes, with no offsets */
+    assert_true(ch_tracker_acked(b, true));
+    assert_int_equal(ch_tracker_advance(t, store, &s), 1);
+    assert_int_equal(s.n, 0); /* offset 11 or 21 of partition 0 never stored alone */
+    assert_true(ch_tracker_acked(c, true));
+    assert_int_equal(ch_tracker_advance(t, store, &s), 1);
+    assert_int_equal(s.n, 3);
+    assert_int_equal(last_for(&s, 0), 31);
+    assert_int_equal(last_for(&s, 1), 4);
+    assert_int_equal(last_for(&s, 2), 8);
+    assert_null(ch_tracker_free(t));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_out_of_order_acknowledgements_release_in_order),
@@ -203,6 +239,7 @@ int main(void) {
         cmocka_unit_test(test_a_failure_freezes_everything_after_it),
         cmocka_unit_test(test_revoke_mid_flight_forgets_the_partition),
         cmocka_unit_test(test_the_ring_is_bounded_and_slots_reused),
+        cmocka_unit_test(test_a_merged_run_releases_at_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
