@@ -144,6 +144,10 @@ int ch_clients_init(ch_clients_t *c, const ch_config_t *cfg, ch_delivery_fn *on_
     }
     r = ch_consumer_new(&kc, cfg->input_topic, hooks, &c->consumer, errbuf, errlen);
     settings_done(&kc);
+    int64_t start_at = -1;
+    if (r == 0 && ch_config_start_at(cfg, &start_at) == 0 && start_at >= 0) {
+        ch_consumer_start_at(c->consumer, start_at); /* before the first drain's assignment */
+    }
     bool align = cfg->input_max_skew_ms > 0 && isfinite(cfg->input_max_skew_ms);
     if (r == 0 && (align || cfg->state_changelog[0] || cfg->registry_url[0])) {
         /* without alignment, the aligner still holds partitions while they restore or

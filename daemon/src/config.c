@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "ch/features.h"
+#include "ch/mapping.h"
 
 typedef enum key_type {
     K_STR,
@@ -140,6 +141,14 @@ static const key_def_t keys[] = {
      "Timestamp alignment (0: off): a partition's records wait while another partition that "
      "still has records on the broker is more than this behind, by record timestamp, so a "
      "backlog is processed in about the order it happened (as live traffic is)."},
+    {"input.start_at", K_OPTSTR, OFF(input_start_at), "", 0, 0, NULL, NULL,
+     "Where a partition the group has no committed offset for starts: at its first record "
+     "stamped (Kafka record timestamp) at or after this time, ISO-8601 "
+     "(2026-11-01T00:00:00Z) or milliseconds since 1970, found with offsetsForTimes; where "
+     "the broker cannot say (no such record yet, or a broker without timestamp lookups) it "
+     "starts at the beginning and skips the records stamped earlier until the first that "
+     "is not (counted: cohortd_input_before_start_total). Partitions with a committed "
+     "offset resume there as always. Empty: auto.offset.reset decides."},
     {"input.align_idle", K_DURATION, OFF(input_align_idle_ms), "5s", 1, INFINITY, NULL, NULL,
      "A partition that delivers nothing for this long (wall clock) stops holding the others "
      "back under input.max_skew."},
@@ -547,6 +556,27 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
     return -EINVAL;
 }
 
+int ch_config_start_at(const ch_config_t *cfg, int64_t *ret_ms) {
+    const char *s = cfg->input_start_at;
+    *ret_ms = -1;
+    if (!s[0]) {
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*end && !errno && v >= 0) {
+        *ret_ms = v;
+        return 0;
+    }
+    int64_t ms;
+    if (ch_iso8601_parse(s, strlen(s), &ms) < 0 || ms < 0) {
+        return -EINVAL;
+    }
+    *ret_ms = ms;
+    return 0;
+}
+
 int ch_config_parse_range(const char *s, double *ret_lo, double *ret_hi) {
     /* split at "..": strtod alone would read "0." of "0..5" as a number */
     const char *dots = strstr(s, "..");
@@ -810,6 +840,13 @@ int ch_config_validate(const ch_config_t *cfg, char *errbuf, size_t errlen) {
 }
 
 int ch_config_validate_offline(const ch_config_t *cfg, char *errbuf, size_t errlen) {
+    int64_t start_at;
+    if (ch_config_start_at(cfg, &start_at) < 0) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "input.start_at: '%s' is neither an ISO-8601 time (2026-11-01T00:00:00Z) "
+                    "nor milliseconds since 1970",
+                    cfg->input_start_at);
+    }
     if (cfg->n_features == 0) {
         return fail(errbuf, errlen, -EINVAL,
                     "no features declared (add lines such as 'feature.n_events_1h = count "

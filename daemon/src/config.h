@@ -64,6 +64,7 @@ typedef struct ch_config {
     double input_max_abs; /* |value| bound of every number a feature reads */
     double input_max_skew_ms;   /* 0: no timestamp alignment */
     double input_align_idle_ms;
+    char input_start_at[CH_CONF_STR]; /* "": off; ch_config_start_at() reads it */
     char input_map[CH_ROLE_N][CH_CONF_STR]; /* input.map.<role>: a dotted path, "" none */
     ch_ts_unit_t input_ts_unit;
 
@@ -152,6 +153,12 @@ typedef struct ch_config {
  * @returns 0, -EINVAL.
  */
 int ch_config_parse_range(const char *s, double *ret_lo, double *ret_hi);
+
+/**
+ * @brief input.start_at as milliseconds since 1970 (UTC): -1 when it is empty (off).
+ * @returns 0, -EINVAL (neither ISO-8601 nor an integer of milliseconds since 1970).
+ */
+int ch_config_start_at(const ch_config_t *cfg, int64_t *ret_ms);
 
 /** @brief Set every key to its default. */
 int ch_config_init(ch_config_t *cfg);

@@ -245,6 +245,11 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
             "Input records deleted by the broker before they were consumed (see "
             "cohortd_input_offset_jumps_total).",
             s.input_skipped);
+    counter(&o, "cohortd_input_before_start_total",
+            "Input records skipped because they are stamped before input.start_at, on "
+            "partitions that began without a committed offset on a broker that could not say "
+            "where the first record at or after it is.",
+            s.input_before_start);
 
     /* ---- outputs */
     static const char *const kinds[] = {"profile", "risk", "dead_letter", "changelog", "segment"};

@@ -188,6 +188,10 @@ int ch_pipeline_drain(ch_pipeline_t *p) {
         }
         ch_txn_consumed(p, m->partition, m->offset);
         ch_changelog_consumed(p, m->partition, m->offset);
+        if (ch_consumer_before_start(p->clients.consumer, m)) {
+            p->st.input_before_start++; /* input.start_at: consumed, not processed */
+            continue;
+        }
         process(p, b, m, now_ms);
     }
     finish(p, b);

@@ -33,6 +33,7 @@ typedef struct ch_pipeline_stats {
     uint64_t segment_refused; /* vectors with a value not finite, kept out of the segments */
     size_t segment_exports;   /* GET /segments/export streams running */
     uint64_t input_jumps, input_skipped; /* input the broker deleted before it was consumed */
+    uint64_t input_before_start;         /* records stamped before input.start_at, skipped */
     uint64_t segment_refreshes, segment_restarts;
     /* population passes (seeding and refreshes) with their reassignment done */
     uint64_t segment_passes, segment_moves;

@@ -151,6 +151,12 @@ struct ch_consumer {
      * confirmed committed (-1: none), so a stop can say what was left uncommitted */
     int64_t *stored, *committed;
     size_t n_ledger;
+    /* input.start_at (-1: off): a partition without a committed offset starts at the
+     * first record stamped at or after it; before[p]: records stamped before it are
+     * still being skipped (the broker could not say where that first record is) */
+    int64_t start_at_ms;
+    bool *before;
+    size_t n_before;
 };
 
 /* Make room in the commit ledger for partition. */
@@ -283,8 +289,83 @@ size_t ch_consumer_take_skips(ch_consumer_t *c, ch_consumer_skip_t *out, size_t 
     return n;
 }
 
+/* Mark partition's records stamped before input.start_at as to be skipped (on, true)
+ * or not. @returns 0, -ENOMEM. */
+static int set_before(ch_consumer_t *c, int32_t partition, bool on) {
+    if (partition < 0) {
+        return -EINVAL;
+    }
+    if ((size_t)partition >= c->n_before) {
+        if (!on) {
+            return 0;
+        }
+        size_t cap = (size_t)partition + 64;
+        bool *nb = realloc(c->before, cap * sizeof(*nb));
+        if (!nb) {
+            return -ENOMEM;
+        }
+        memset(nb + c->n_before, 0, (cap - c->n_before) * sizeof(*nb));
+        c->before = nb;
+        c->n_before = cap;
+    }
+    c->before[partition] = on;
+    return 0;
+}
+
+/* input.start_at, before the assignment: a partition of parts the group has no
+ * committed offset for starts at the first record stamped at or after it
+ * (offsetsForTimes). Where the broker cannot say (-1: no such record yet, or a broker
+ * that does not answer timestamp lookups, like the embedded one), it starts at the
+ * beginning and skips records stamped earlier until the first that is not
+ * (ch_consumer_before_start). Partitions with a committed offset are left alone. */
+static void place_start_at(ch_consumer_t *c, rd_kafka_topic_partition_list_t *parts) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_copy(parts);
+    rd_kafka_topic_partition_list_t *q = rd_kafka_topic_partition_list_new(parts->cnt);
+    rd_kafka_resp_err_t re = rd_kafka_committed(c->rk, l, 2000);
+    char msg[320];
+    for (int i = 0; i < l->cnt; i++) {
+        const rd_kafka_topic_partition_t *e = &l->elems[i];
+        if (strcmp(e->topic, c->topic) != 0 || e->partition < 0) {
+            continue;
+        }
+        if (re || e->err) {
+            snprintf(msg, sizeof(msg),
+                     "input.start_at: the committed offset of %s[%d] could not be looked up "
+                     "(%s); it starts where the group's committed offset or auto.offset.reset "
+                     "puts it",
+                     c->topic, e->partition, rd_kafka_err2str(re ? re : e->err));
+            log_trampoline(c->rk, 4, "START_AT", msg);
+        } else if (e->offset < 0) {
+            rd_kafka_topic_partition_list_add(q, e->topic, e->partition)->offset =
+                c->start_at_ms;
+        }
+    }
+    rd_kafka_resp_err_t qe =
+        q->cnt > 0 ? rd_kafka_offsets_for_times(c->rk, q, 2000) : RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (int i = 0; i < q->cnt; i++) {
+        const rd_kafka_topic_partition_t *e = &q->elems[i];
+        rd_kafka_topic_partition_t *to =
+            rd_kafka_topic_partition_list_find(parts, e->topic, e->partition);
+        if (!to) {
+            continue;
+        }
+        if (!qe && !e->err && e->offset >= 0) {
+            to->offset = e->offset;
+            set_before(c, e->partition, false);
+        } else {
+            to->offset = RD_KAFKA_OFFSET_BEGINNING;
+            if (set_before(c, e->partition, true) < 0) {
+                log_trampoline(c->rk, 3, "START_AT", "out of memory: input.start_at not applied");
+            }
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(q);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 /* Where each newly assigned partition starts: its committed offset, or where
- * auto.offset.reset puts a group without one. Lag is measured from here until a
+ * auto.offset.reset (or input.start_at: the offset the assignment names) puts a group
+ * without one. Lag is measured from here until a
  * message is consumed. Two bounded broker round trips, on assignment only; a
  * partition whose lookup fails is -1 (ch_consumer_lookup_start asks again). */
 static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
@@ -297,10 +378,13 @@ static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t
         }
         int64_t start = re || e->err ? -1 : e->offset;
         int64_t lo = -1, hi = -1;
-        if (!re && !e->err && start < 0 &&
-            rd_kafka_query_watermark_offsets(c->rk, c->topic, e->partition, &lo, &hi, 2000) ==
-                RD_KAFKA_RESP_ERR_NO_ERROR) {
-            start = c->reset_latest ? hi : lo;
+        int64_t placed = parts->elems[i].offset; /* what the assignment named, if anything */
+        if (!re && !e->err && start < 0 && placed >= 0) {
+            start = placed;
+        } else if (!re && !e->err && start < 0 &&
+                   rd_kafka_query_watermark_offsets(c->rk, c->topic, e->partition, &lo, &hi,
+                                                    2000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            start = c->reset_latest && placed != RD_KAFKA_OFFSET_BEGINNING ? hi : lo;
         }
         if (store_start(c, e->partition, start) < 0) {
             break;
@@ -380,6 +464,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         rd_kafka_error_t *e = NULL;
         rd_kafka_resp_err_t re = RD_KAFKA_RESP_ERR_NO_ERROR;
+        if (c->start_at_ms >= 0) {
+            place_start_at(c, parts);
+        }
         if (cooperative) {
             e = rd_kafka_incremental_assign(rk, parts);
         } else {
@@ -409,6 +496,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         bool lost = err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS || rd_kafka_assignment_lost(rk);
         call_hook(c, parts, true, lost);
+        for (int i = 0; i < parts->cnt; i++) {
+            if (strcmp(parts->elems[i].topic, c->topic) == 0) {
+                set_before(c, parts->elems[i].partition, false); /* placed again if regained */
+            }
+        }
         for (int i = 0; !c->closed && i < parts->cnt; i++) {
             /* what was not committed is the next owner's to reprocess from the last
              * commit (a rebalance, not a stop): the ledger no longer answers for it */
@@ -451,6 +543,7 @@ int ch_consumer_new(const ch_kafka_conf_t *conf, const char *topic,
         return -ENOMEM;
     }
     c->pipe[0] = c->pipe[1] = -1;
+    c->start_at_ms = -1;
     c->ctx.owner = c;
     if (hooks) {
         c->hooks = *hooks;
@@ -616,6 +709,7 @@ ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
     free(c->start);
     free(c->expect);
     free(c->stored);
+    free(c->before);
     free(c->committed);
     free(c);
     return NULL;
@@ -833,6 +927,20 @@ int ch_consumer_partition_count(ch_consumer_t *c, const char *topic, int timeout
     }
     rd_kafka_metadata_destroy(md);
     return r;
+}
+
+void ch_consumer_start_at(ch_consumer_t *c, int64_t ts_ms) { c->start_at_ms = ts_ms; }
+
+bool ch_consumer_before_start(ch_consumer_t *c, const ch_msg_t *m) {
+    int32_t p = m->partition;
+    if (p < 0 || (size_t)p >= c->n_before || !c->before[p]) {
+        return false;
+    }
+    if (m->timestamp_ms >= 0 && m->timestamp_ms < c->start_at_ms) {
+        return true;
+    }
+    c->before[p] = false; /* the first record at or after it: from here on, everything */
+    return false;
 }
 
 int64_t ch_consumer_start_offset(const ch_consumer_t *c, int32_t partition) {

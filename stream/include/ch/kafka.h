@@ -123,9 +123,25 @@ size_t ch_consumer_uncommitted(const ch_consumer_t *c, int64_t *ret_records);
 /** @brief Number of partitions currently assigned. */
 size_t ch_consumer_assigned(const ch_consumer_t *c);
 
+/**
+ * @brief input.start_at: a partition assigned without a committed offset starts at the
+ *        first record stamped at or after ts_ms (offsetsForTimes); where the broker
+ *        cannot say, at its beginning, with ch_consumer_before_start() skipping records
+ *        stamped earlier until the first that is not. Call before the first drain;
+ *        -1: off (the default).
+ */
+void ch_consumer_start_at(ch_consumer_t *c, int64_t ts_ms);
+
+/**
+ * @brief Whether m is a record stamped before input.start_at on a partition that began
+ *        without a committed offset and has not yet had one stamped at or after it: the
+ *        caller skips it (its offset still counts as consumed).
+ */
+bool ch_consumer_before_start(ch_consumer_t *c, const ch_msg_t *m);
+
 /** @brief Where consumption of an assigned partition begins: its committed offset, or
- *  where auto.offset.reset puts it without one (known before the assign hook runs);
- *  -1 unknown. */
+ *  where auto.offset.reset (or input.start_at) puts it without one (known before the
+ *  assign hook runs); -1 unknown. */
 int64_t ch_consumer_start_offset(const ch_consumer_t *c, int32_t partition);
 
 /* Records of a partition the broker deleted before they were consumed: the consumer

@@ -325,8 +325,40 @@ static void test_value_ranges(void **state) {
     }
 }
 
+/* input.start_at: empty is off (-1); ISO-8601 or milliseconds since 1970; else refused. */
+static void test_start_at(void **state) {
+    (void)state;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "";
+    int64_t ms = 0;
+    assert_int_equal(ch_config_start_at(&c, &ms), 0);
+    assert_true(ms == -1);
+    assert_int_equal(ch_config_set(&c, "input.start_at=2026-01-01T00:30:00Z", err, sizeof(err)),
+                     0);
+    assert_int_equal(ch_config_start_at(&c, &ms), 0);
+    assert_true(ms == 1767227400000LL);
+    assert_int_equal(ch_config_set(&c, "input.start_at=1767227400000", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_start_at(&c, &ms), 0);
+    assert_true(ms == 1767227400000LL);
+    assert_int_equal(ch_config_set(&c, "feature.n=count", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "kafka.bootstrap.servers=a:1", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_validate(&c, err, sizeof(err)), 0);
+    const char *bad[] = {"yesterday", "-5", "2026-13-01T00:00:00Z", "12ms"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char set[80];
+        snprintf(set, sizeof(set), "input.start_at=%s", bad[i]);
+        assert_int_equal(ch_config_set(&c, set, err, sizeof(err)), 0);
+        assert_int_equal(ch_config_start_at(&c, &ms), -EINVAL);
+        assert_int_equal(ch_config_validate(&c, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "input.start_at"));
+    }
+    ch_config_done(&c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_start_at),
         cmocka_unit_test(test_defaults_and_paths),
         cmocka_unit_test(test_errors_name_file_and_line),
         cmocka_unit_test(test_overrides_and_validation),
