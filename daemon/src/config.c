@@ -1151,6 +1151,7 @@ static const char families_help[] =
     "    <kind>[(<field>)] [type|item|category|<text field>(=|!=)a|b ...]\n"
     "    [half_life=<duration>|inf] [default=<number>]\n"
     "    kinds: count, sum(f), mean(f), std(f), max(f) (decayed), since_last (seconds),\n"
+    "    since_prev (seconds between the two latest matching events),\n"
     "    ratio(<feature>, <feature>), share (decayed share of the filtered events in\n"
     "    all events), distinct(item|category|type|<text field>) [window=<duration>] [k=<n>]\n"
     "    (values seen in the window, default features.half_life: exact below 3k (k = 32),\n"

@@ -10,6 +10,7 @@
  * - State per kind (doubles): count [C], sum [S], mean [C S], std [C M M2]
  *   (West's weighted incremental mean/variance: stable, and exactly 0 for
  *   constant input), max [M] (-inf = none), since_last [t_last] (-inf = none),
+ *   since_prev [t_last t_prev] (the two latest matching times, -inf = none),
  *   ratio [] (computed from two earlier features at read time), share [C_match C_all],
  *   distinct [n, t_lost, then up to 3k (hash, last time) pairs].
  * - Filters: each text field (type, item, category) has its own table of up to 64
@@ -99,6 +100,7 @@ static const char *const kind_names[] = {
     [CH_FEAT_COUNT] = "count", [CH_FEAT_SUM] = "sum",     [CH_FEAT_MEAN] = "mean",
     [CH_FEAT_STD] = "std",     [CH_FEAT_MAX] = "max",     [CH_FEAT_SINCE_LAST] = "since_last",
     [CH_FEAT_RATIO] = "ratio", [CH_FEAT_SHARE] = "share", [CH_FEAT_DISTINCT] = "distinct",
+    [CH_FEAT_SINCE_PREV] = "since_prev",
 };
 
 static const char *const role_names[CH_TEXT_FIELD0] = {"type", "item", "category"};
@@ -302,7 +304,7 @@ static int parse_head(ch_features_t *fs, feature_t *f, const char *spec, const c
     if (kind < 0) {
         return fail(errbuf, errlen, -EINVAL,
                     "unknown feature kind '%.*s' (count, sum, mean, std, max, since_last, "
-                    "ratio, share, distinct)",
+                    "since_prev, ratio, share, distinct)",
                     (int)klen, k);
     }
     f->kind = (ch_feat_kind_t)kind;
@@ -343,6 +345,7 @@ static int parse_head(ch_features_t *fs, feature_t *f, const char *spec, const c
         }
         return 0;
     case CH_FEAT_SINCE_LAST:
+    case CH_FEAT_SINCE_PREV:
     case CH_FEAT_SHARE:
         if (args) {
             return fail(errbuf, errlen, -EINVAL, "%s takes no field, only filters",
@@ -471,6 +474,10 @@ static int parse_option(ch_features_t *fs, feature_t *f, const char *tok, size_t
             return fail(errbuf, errlen, -EINVAL,
                         "distinct does not decay (it counts over window=)");
         }
+        if (f->kind == CH_FEAT_SINCE_PREV) {
+            return fail(errbuf, errlen, -EINVAL,
+                        "since_prev does not decay (it is the gap between two events)");
+        }
         double ms;
         if (ch_duration_parse(val, &ms) < 0 || !(ms > 0)) {
             return fail(errbuf, errlen, -EINVAL,
@@ -543,8 +550,8 @@ static void format_spec(const ch_features_t *fs, feature_t *f) {
             format_duration(hl, sizeof(hl), f->window_ms);
             n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, " window=%s k=%d", hl, f->k);
         }
-        if (f->kind != CH_FEAT_SINCE_LAST && f->kind != CH_FEAT_DISTINCT &&
-            n < (int)sizeof(f->spec)) {
+        if (f->kind != CH_FEAT_SINCE_LAST && f->kind != CH_FEAT_SINCE_PREV &&
+            f->kind != CH_FEAT_DISTINCT && n < (int)sizeof(f->spec)) {
             format_duration(hl, sizeof(hl), f->half_life_ms);
             n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, " half_life=%s", hl);
         }
@@ -619,6 +626,7 @@ static size_t state_width(const feature_t *f) {
         return 1;
     case CH_FEAT_MEAN:
     case CH_FEAT_SHARE:
+    case CH_FEAT_SINCE_PREV:
         return 2;
     case CH_FEAT_STD:
         return 3;
@@ -819,8 +827,9 @@ double ch_features_longest_half_life(const ch_features_t *fs) {
         const feature_t *f = &fs->feats[i];
         if (f->kind == CH_FEAT_DISTINCT && f->window_ms > hl) {
             hl = f->window_ms; /* what it remembers: counted like a half-life */
-        } else if (f->kind != CH_FEAT_SINCE_LAST && f->kind != CH_FEAT_RATIO &&
-                   f->kind != CH_FEAT_DISTINCT && f->half_life_ms > hl) {
+        } else if (f->kind != CH_FEAT_SINCE_LAST && f->kind != CH_FEAT_SINCE_PREV &&
+                   f->kind != CH_FEAT_RATIO && f->kind != CH_FEAT_DISTINCT &&
+                   f->half_life_ms > hl) {
             hl = f->half_life_ms;
         }
     }
@@ -877,6 +886,9 @@ void ch_features_state_init(const ch_features_t *fs, double *state) {
         }
         if (f->kind == CH_FEAT_MAX || f->kind == CH_FEAT_SINCE_LAST) {
             state[f->off] = -INFINITY;
+        }
+        if (f->kind == CH_FEAT_SINCE_PREV) {
+            state[f->off] = state[f->off + 1] = -INFINITY;
         }
         if (f->kind == CH_FEAT_DISTINCT) {
             state[f->off + 1] = -INFINITY;
@@ -1115,6 +1127,7 @@ void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_m
                 }
                 break;
             case CH_FEAT_SINCE_LAST:
+            case CH_FEAT_SINCE_PREV:
             case CH_FEAT_RATIO:
             case CH_FEAT_DISTINCT:
                 break;
@@ -1169,6 +1182,14 @@ void ch_features_update(const ch_features_t *fs, double *state, int64_t *t_ref_m
                 s[0] = (double)obs->ts_ms;
             }
             break;
+        case CH_FEAT_SINCE_PREV: /* the two latest matching times, whatever the order */
+            if ((double)obs->ts_ms >= s[0]) {
+                s[1] = s[0];
+                s[0] = (double)obs->ts_ms;
+            } else if ((double)obs->ts_ms > s[1]) {
+                s[1] = (double)obs->ts_ms;
+            }
+            break;
         case CH_FEAT_RATIO:
         case CH_FEAT_DISTINCT:
             break;
@@ -1221,6 +1242,11 @@ void ch_features_read_at(const ch_features_t *fs, const double *state, int64_t t
         case CH_FEAT_SINCE_LAST:
             if (s[0] != -INFINITY) {
                 v = ((double)t_ref_ms - s[0]) / 1000.0;
+            }
+            break;
+        case CH_FEAT_SINCE_PREV:
+            if (s[1] != -INFINITY) {
+                v = (s[0] - s[1]) / 1000.0;
             }
             break;
         case CH_FEAT_RATIO:

@@ -384,6 +384,9 @@ def offline_features(events, specs, default_hl):
                 v = max(wi * x for wi, (_, x) in zip(w, sel)) if sel else dflt
             elif kind == "since_last":
                 v = (q - max(t for (t, _) in sel)) / 1000.0 if sel else dflt
+            elif kind == "since_prev":
+                ts = sorted((t for (t, _) in sel), reverse=True)
+                v = (ts[0] - ts[1]) / 1000.0 if len(ts) >= 2 else dflt
             else:
                 raise ValueError(kind)
         values[name] = v

@@ -6,7 +6,9 @@ the REES46 clickstream as its own CSV (mapped by input.map.* keys), the sparkov 
 transactions as an Avro object container file (deflate) and as JSON Lines, plain,
 gzip and on standard input. Every row must equal its profile update's features bit for
 bit (float32), for counts with filters and negated filters, sums, means, std, max,
-since_last, share, distinct (windowed or not) and ratio.
+since_last, since_prev, share, distinct (windowed or not) and ratio; and since_prev
+(the gap between a user's two latest matching events) equals a direct computation from
+the data files at every row.
 
 Then: labels joined by event id (all, a subset with label times, --labeled-only), and
 bad records (a cut-short line, a non-number, an empty user, a bad time, an infinite
@@ -34,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import train_example  # noqa: E402  (its mapping of the sample: SPARKOV_MAP)
 
 from harness import (COHORTD, CONF, DATA, REPLAY, SCHEMAS, Broker, Daemon, avro_reader, consume,
-                     decode_confluent, log, run, sparkov_rows)
+                     decode_confluent, log, rees46_rows, run, sparkov_rows)
 
 REES_FEATURES = """
 features.half_life = 1h
@@ -47,6 +49,7 @@ feature.price_std_1d = std(amount) half_life=1d
 feature.price_max_1d = max(amount) half_life=1d
 feature.price_sum = sum(amount) half_life=inf
 feature.secs_since_cart = since_last type=cart default=1e7
+feature.secs_between_carts = since_prev type=cart default=1e7
 feature.cart_share = share type=cart|purchase
 feature.n_items_1h = distinct(item) window=1h k=64
 feature.n_cats = distinct(category) k=32
@@ -68,6 +71,7 @@ feature.gas_1d = count category=gas_transport half_life=1d
 feature.not_gas_1d = count category!=gas_transport half_life=1d
 feature.burst = ratio(n_1h, n_1d) default=0
 feature.since_pay = since_last type=payment default=1e7
+feature.since_prev_pay = since_prev type=payment default=1e7
 """
 
 REES_MAP = ["input.map.ts=event_time", "input.map.type=event_type", "input.map.amount=price",
@@ -152,6 +156,31 @@ def compare(what, rows, names, daemon, match_ids):
         f"daemon's bit for bit")
 
 
+def check_since_prev(what, rows, events, name, dflt):
+    """A since_prev column against the data itself: events = [(user, ts_ms, matches)] in
+    file order; per user in stable time order (featurize's --order time), the value after
+    each event is the gap between the two latest matching times so far, in seconds."""
+    per_user = {}
+    for user, ts, matches in events:
+        per_user.setdefault(user, []).append((ts, matches))
+    want = {}
+    for user, evs in per_user.items():
+        top, vals = [], []
+        for ts, matches in sorted(evs, key=lambda e: e[0]):
+            if matches:
+                top = sorted(top + [ts], reverse=True)[:2]
+            vals.append(f32((top[0] - top[1]) / 1000.0 if len(top) == 2 else dflt))
+        want[user] = vals
+    got = {}
+    for r in rows:
+        got.setdefault(r["user_id"], []).append(f32(r[name]))
+    assert got == want, f"{what}: {name} differs from the direct computation for " \
+                        f"{sum(got.get(u) != v for u, v in want.items())} users"
+    gaps = sum(v != f32(dflt) for vals in want.values() for v in vals)
+    log(f"{what}: {name} equals the direct computation at all {len(rows)} rows "
+        f"({gaps} with a gap, the rest before a second match)")
+
+
 def feature_names(conf):
     r = run([COHORTD, "--config", conf, "--set", "kafka.bootstrap.servers=x", "--check-config"])
     return re.findall(r"^feature\.([A-Za-z0-9_.-]+) = ", r.stdout, re.M)
@@ -171,6 +200,9 @@ def rees46(tmp):
     assert [(x["where"], x["reason"]) for x in rej] == [(f"{REES}:17436", "decode_error")], rej
     assert "1 bad" in r.stderr.decode(), r.stderr.decode()
     compare("rees46 CSV", rows, names, daemon, match_ids=False)
+    check_since_prev("rees46 CSV", rows,
+                     [(u, ts, ty == "cart") for ts, ty, _, _, _, u in rees46_rows(REES)],
+                     "secs_between_carts", 1e7)
     # gzip and standard input give the same bytes
     gz = os.path.join(tmp, "rees.csv.gz")
     with open(REES, "rb") as f, gzip.open(gz, "wb") as g:
@@ -287,6 +319,8 @@ def sparkov(tmp):
     featurize(conf, [ocf], "-o", out)
     rows = read_rows(out)
     compare("sparkov Avro container", rows, names, daemon, match_ids=True)
+    check_since_prev("sparkov Avro container", rows,
+                     [(e["user_id"], e["ts"], True) for e in events], "since_prev_pay", 1e7)
     with open(out, "rb") as f:
         ref = f.read()
     r = featurize(conf, [jl], "--quiet")

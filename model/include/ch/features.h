@@ -36,6 +36,7 @@ typedef enum ch_feat_kind {
     CH_FEAT_RATIO,
     CH_FEAT_SHARE,
     CH_FEAT_DISTINCT,
+    CH_FEAT_SINCE_PREV,
 } ch_feat_kind_t;
 
 #define CH_FEATURES_MAX_TEXTS 5 /* text fields read by name (beyond type, item, category) */

@@ -194,6 +194,51 @@ static void test_since_last(void **st) {
     ch_features_free(fx.fs);
 }
 
+/* since_prev: the gap between the two latest matching events, at the match and after
+ * it (other events leave it); late events count where their time puts them. */
+static void test_since_prev(void **st) {
+    (void)st;
+    static const char *const decls[] = {
+        "sp", "since_prev type=payment default=-1",
+        "sl", "since_last type=payment default=-1",
+        NULL,
+    };
+    fixture_t fx;
+    make(&fx, decls);
+    feed(&fx, 1000, "payment", NULL);
+    read_all(&fx);
+    assert_double_equal(fx.out[0], -1.0, 0); /* one match: no previous */
+    feed(&fx, 61000, "payment", NULL);
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 60.0, 0);
+    assert_double_equal(fx.out[1], 0.0, 0); /* since_last is 0 at the match itself */
+    feed(&fx, 121000, "view", NULL); /* another kind of event changes nothing */
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 60.0, 0);
+    assert_double_equal(fx.out[1], 60.0, 0);
+    feed(&fx, 500, "payment", NULL); /* late and older than both: nothing */
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 60.0, 0);
+    feed(&fx, 41000, "payment", NULL); /* late, between the two: the gap is from it */
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 20.0, 0);
+    feed(&fx, 61000, "payment", NULL); /* at the same time as the latest: a gap of 0 */
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 0.0, 0);
+    feed(&fx, 181000, "payment", NULL);
+    read_all(&fx);
+    assert_double_equal(fx.out[0], 120.0, 0);
+    ch_features_free(fx.fs);
+    ch_features_t *fs = NULL;
+    char err[256] = "";
+    assert_int_equal(ch_features_new(H, &fs), 0);
+    assert_int_equal(ch_features_add(fs, "x", "since_prev half_life=1h", err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "since_prev does not decay"));
+    assert_int_equal(ch_features_add(fs, "x", "since_prev(amount)", err, sizeof(err)), -EINVAL);
+    ch_features_free(fs);
+}
+
 /* Reading at a later time equals the state an event matching no feature would leave at
  * that time (decay alone), and does not change the state. */
 static void test_read_at_a_later_time(void **st) {
@@ -609,6 +654,7 @@ int main(void) {
         cmocka_unit_test(test_constant_values_have_zero_std),
         cmocka_unit_test(test_type_filters),
         cmocka_unit_test(test_since_last),
+        cmocka_unit_test(test_since_prev),
         cmocka_unit_test(test_read_at_a_later_time),
         cmocka_unit_test(test_ratio),
         cmocka_unit_test(test_per_feature_half_life),
