@@ -360,8 +360,9 @@ static const key_def_t keys[] = {
     {"state.dir", K_PATH, OFF(state_dir), "", 0, 0, NULL, NULL,
      "Directory of local snapshots, one file per input partition (needs state.changelog; "
      "created if missing). A partition gained loads its snapshot and replays only the "
-     "changelog after it; a damaged or stale snapshot is ignored with a log line. Empty: "
-     "none (restore reads the whole changelog)."},
+     "changelog after it; a damaged or stale snapshot is ignored with a log line. It also "
+     "holds seeds (cohortd featurize --state-out): a partition the group has no committed "
+     "offset for starts from its seed. Empty: none (restore reads the whole changelog)."},
     {"state.snapshot_interval", K_DURATION, OFF(state_snapshot_interval_ms), "5m", 0, INFINITY,
      NULL, NULL,
      "With state.dir: how often snapshots are written while running (in budgeted steps on "
@@ -557,10 +558,13 @@ static int set_scalar(ch_config_t *cfg, const key_def_t *k, const char *value, c
 }
 
 int ch_config_start_at(const ch_config_t *cfg, int64_t *ret_ms) {
-    const char *s = cfg->input_start_at;
     *ret_ms = -1;
+    return cfg->input_start_at[0] ? ch_config_parse_time(cfg->input_start_at, ret_ms) : 0;
+}
+
+int ch_config_parse_time(const char *s, int64_t *ret_ms) {
     if (!s[0]) {
-        return 0;
+        return -EINVAL;
     }
     char *end;
     errno = 0;

@@ -160,6 +160,10 @@ int ch_config_parse_range(const char *s, double *ret_lo, double *ret_hi);
  */
 int ch_config_start_at(const ch_config_t *cfg, int64_t *ret_ms);
 
+/** @brief A point in time: milliseconds since 1970, or ISO-8601 (input.start_at's syntax).
+ *  @returns 0, -EINVAL. */
+int ch_config_parse_time(const char *s, int64_t *ret_ms);
+
 /** @brief Set every key to its default. */
 int ch_config_init(ch_config_t *cfg);
 /** @brief Free what the config owns. */

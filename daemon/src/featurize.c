@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +48,10 @@
 #include "pseudonym.h"
 #include "rowout.h"
 #include "scorer.h"
+#include "seed.h"
+#include "snapfile.h"
+#include "staterec.h"
+#include "userrec.h"
 
 #define MAX_COLS 4096
 
@@ -136,6 +141,12 @@ typedef struct fz {
     bool report;
     const char *report_json;
     ch_backtest_t *bt;
+    /* bootstrap: --state-out DIR --partitions N --until T */
+    const char *state_out;
+    int32_t partitions;
+    int64_t until_ms; /* events stamped at or after it are left to the daemon; -1: none */
+    uint64_t after_until;
+    uint64_t seed_files, seed_users;
 } fz_t;
 
 static void usage(FILE *f) {
@@ -170,6 +181,16 @@ static void usage(FILE *f) {
             "                        precision, precision and recall at risk.threshold, log loss,\n"
             "                        calibration by score decile) and alerts per day\n"
             "      --report-json FILE  the same figures as JSON\n"
+            "      --until T         fold only the events stamped before T (ISO-8601 or ms since\n"
+            "                        1970; default: the config's input.start_at); later ones\n"
+            "                        are counted and left to the daemon\n"
+            "      --state-out DIR   bootstrap: write each input partition's users as the seed\n"
+            "                        file DIR/<input.topic>-<partition>.seed, loaded by a daemon\n"
+            "                        with state.dir = DIR whose group has no committed offset\n"
+            "                        (needs --partitions and --until or input.start_at; no rows\n"
+            "                        are written unless --output names a file)\n"
+            "      --partitions N    the input topic's partition count (users are placed by\n"
+            "                        the Kafka default partitioner, murmur2 of the user id)\n"
             "  -q, --quiet           no progress bar, no summary\n"
             "  -h, --help            this help\n\n"
             "Inputs are read in the order given; - is standard input; gzip is read whatever\n"
@@ -438,8 +459,16 @@ static void release(fz_t *z) {
 
 /* Fold a valid event into its user's state and write its row. @returns 0, -1 (stop). */
 static int fold(fz_t *z, ch_event_view_t *ev, const ch_obs_t *obs) {
+    if (z->until_ms >= 0 && ev->ts_ms >= z->until_ms) {
+        z->after_until++; /* the daemon's, from input.start_at on */
+        return 0;
+    }
     const char *uid = ev->user_id;
     size_t uid_len = ev->user_id_len;
+    int32_t partition = -1;
+    if (z->state_out) { /* where the record lands: by its key, the user id as sent */
+        partition = ch_seed_partition(uid, uid_len, z->partitions);
+    }
     if (z->pseud) { /* the user known by their pseudonym only, as in the daemon */
         if (ch_pseudonym_of(z->pseud, uid, uid_len, z->pseud_id) < 0) {
             fprintf(stderr, "cohortd featurize: computing a pseudonym failed\n");
@@ -456,6 +485,12 @@ static int fold(fz_t *z, ch_event_view_t *ev, const ch_obs_t *obs) {
     }
     if (r == 1) {
         ch_features_state_init(z->fs, u->state);
+        if (z->state_out) {
+            ch_userrec_init(ch_userrec(z->users, u));
+        }
+    }
+    if (z->state_out) {
+        ch_userrec(z->users, u)->partition = partition;
     }
     ch_fold_row(z->fs, u, obs, z->feats, z->x, z->n_feats);
     if (ev->ts_ms > z->stream_time_ms) {
@@ -658,6 +693,80 @@ static int fold_held(fz_t *z) {
     return 0;
 }
 
+/* --state-out: every user in the table now, as the seed of its input partition: the
+ * state a daemon that had consumed these events would hold, reflecting no input offset.
+ * Users are bucketed by partition first, so one file is open at a time. @returns 0, -1. */
+static int write_seeds(fz_t *z) {
+    size_t n = ch_users_count(z->users), cursor = 0, state_len = ch_features_state_len(z->fs);
+    size_t *start = calloc((size_t)z->partitions + 1, sizeof(*start));
+    ch_user_t **by = malloc((n ? n : 1) * sizeof(*by));
+    unsigned char *rec = malloc(ch_staterec_size(state_len));
+    ch_snaphdr_t h = {.partitions = z->partitions,
+                      .state_len = (uint32_t)state_len,
+                      .changelog_from = -1,
+                      .epoch_offset = -1};
+    char err[1024] = "";
+    int r = start && by && rec ? 0 : -ENOMEM;
+    if (r == 0 && mkdir(z->state_out, 0750) < 0 && errno != EEXIST) {
+        snprintf(err, sizeof(err), "cannot create %s: %s", z->state_out, strerror(errno));
+        r = -EIO;
+    }
+    r = r ? r : ch_staterec_layout(z->fs, z->cfg->features_half_life_ms, &h.layout);
+    r = r ? r : ch_seed_identity(z->cfg->input_topic, h.identity);
+    ch_user_t *u;
+    size_t k = 0;
+    while (r == 0 && (u = ch_users_next(z->users, &cursor)) && k < n) {
+        start[ch_userrec(z->users, u)->partition + 1]++;
+        by[k++] = u;
+    }
+    for (int32_t i = 0; r == 0 && i < z->partitions; i++) {
+        start[i + 1] += start[i];
+    }
+    size_t *fill = r == 0 ? calloc((size_t)z->partitions, sizeof(*fill)) : NULL;
+    ch_user_t **sorted = r == 0 ? malloc((n ? n : 1) * sizeof(*sorted)) : NULL;
+    if (r == 0 && (!fill || !sorted)) {
+        r = -ENOMEM;
+    }
+    for (size_t i = 0; r == 0 && i < k; i++) {
+        int32_t pt = ch_userrec(z->users, by[i])->partition;
+        sorted[start[pt] + fill[pt]++] = by[i];
+    }
+    for (int32_t pt = 0; r == 0 && pt < z->partitions; pt++) {
+        char name[600];
+        ch_seed_name(z->cfg->input_topic, pt, name, sizeof(name));
+        h.partition = pt;
+        ch_snapw_t *w = NULL;
+        r = ch_snapw_open(z->state_out, name, &h, &w, err, sizeof(err));
+        for (size_t i = start[pt]; r == 0 && i < start[pt + 1]; i++) {
+            const ch_user_t *su = sorted[i];
+            ch_userrec_t ur = *ch_userrec(z->users, su);
+            ur.offset = -1; /* before any record of the topic */
+            ch_staterec_encode(h.layout, -1, su, state_len, &ur, rec);
+            if (ch_snapw_add(w, ch_users_key(z->users, su), su->key_len, rec, -1) < 0) {
+                snprintf(err, sizeof(err), "%s/%s: cannot write", z->state_out, name);
+                r = -EIO;
+            }
+        }
+        if (r == 0) {
+            r = ch_snapw_commit(w, err, sizeof(err));
+            w = NULL;
+            z->seed_files++;
+            z->seed_users += start[pt + 1] - start[pt];
+        }
+        ch_snapw_abort(w);
+    }
+    free(start);
+    free(by);
+    free(rec);
+    free(fill);
+    free(sorted);
+    if (r < 0) {
+        fprintf(stderr, "cohortd featurize: --state-out: %s\n", err[0] ? err : strerror(-r));
+        return -1;
+    }
+    return 0;
+}
+
 static void summary(fz_t *z) {
     if (z->progress) {
         fprintf(stderr, "\r%*s\r", 78, "");
@@ -692,6 +801,27 @@ static void summary(fz_t *z) {
                 "matched no event\n",
                 (unsigned long long)z->labelled, (unsigned long long)z->unlabelled,
                 z->labeled_only ? " (dropped: --labeled-only)" : " (label empty)", unused);
+    }
+    char until[64] = "";
+    if (z->until_ms >= 0) {
+        time_t secs = (time_t)(z->until_ms / 1000);
+        struct tm tm;
+        size_t k = gmtime_r(&secs, &tm) ? strftime(until, sizeof(until), "%Y-%m-%dT%H:%M:%S", &tm)
+                                        : 0;
+        snprintf(until + k, sizeof(until) - k, z->until_ms % 1000 ? ".%03dZ" : "Z",
+                 (int)(z->until_ms % 1000));
+        fprintf(stderr, "featurize: %llu event(s) stamped at or after %s left out (--until)\n",
+                (unsigned long long)z->after_until, until);
+    }
+    if (z->seed_files) {
+        int64_t start_at = -1;
+        ch_config_start_at(z->cfg, &start_at);
+        fprintf(stderr,
+                "featurize: seeds: %llu user(s) in %llu file(s) in %s; start the daemon with "
+                "state.dir = %s and input.start_at = %s%s\n",
+                (unsigned long long)z->seed_users, (unsigned long long)z->seed_files,
+                z->state_out, z->state_out, until,
+                start_at == z->until_ms ? " (as the config has it)" : "");
     }
     uint64_t cap = ch_users_cap_evictions(z->users);
     if (cap) {
@@ -765,7 +895,8 @@ static int setup(fz_t *z, char *err, size_t errlen) {
         fprintf(stderr, "cohortd featurize: warning: %s\n", warning);
     }
     r = ch_users_new((size_t)cfg->state_max_users, (size_t)cfg->state_key_max_bytes,
-                     ch_features_state_len(z->fs), 0, &z->users);
+                     ch_features_state_len(z->fs), z->state_out ? sizeof(ch_userrec_t) : 0,
+                     &z->users);
     if (r < 0) {
         snprintf(err, errlen, "cannot reserve the user table for state.max_users = %ld: %s",
                  cfg->state_max_users, strerror(-r));
@@ -829,10 +960,13 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
                                          {"rejects", required_argument, NULL, 'R'},
                                          {"report", no_argument, NULL, 'r'},
                                          {"report-json", required_argument, NULL, 'J'},
+                                         {"state-out", required_argument, NULL, 'S'},
+                                         {"partitions", required_argument, NULL, 'P'},
+                                         {"until", required_argument, NULL, 'U'},
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *config_path = NULL, *input_format = NULL;
+    const char *config_path = NULL, *input_format = NULL, *until = NULL;
     char err[1024] = "";
     int r = 0, opt;
     bool loaded = false;
@@ -901,6 +1035,23 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
         case 'J':
             z->report_json = optarg;
             break;
+        case 'S':
+            z->state_out = optarg;
+            break;
+        case 'P': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > 100000) {
+                fprintf(stderr, "cohortd featurize: --partitions takes 1 to 100000, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            z->partitions = (int32_t)v;
+            break;
+        }
+        case 'U':
+            until = optarg;
+            break;
         case 'q':
             z->quiet = true;
             break;
@@ -918,6 +1069,25 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
     }
     if (optind >= argc) {
         fprintf(stderr, "cohortd featurize: no input files (see --help)\n");
+        return 2;
+    }
+    if (until && ch_config_parse_time(until, &z->until_ms) < 0) {
+        fprintf(stderr, "cohortd featurize: --until takes ISO-8601 (2026-11-01T00:00:00Z) or "
+                        "milliseconds since 1970, not '%s'\n",
+                until);
+        return 2;
+    }
+    if (!until && ch_config_start_at(cfg, &z->until_ms) < 0) {
+        z->until_ms = -1; /* reported by the configuration's own check */
+    }
+    if (z->state_out && (z->partitions == 0 || z->until_ms < 0)) {
+        fprintf(stderr, "cohortd featurize: --state-out needs --partitions N (the input "
+                        "topic's) and --until T or input.start_at (where the daemon's input "
+                        "begins)\n");
+        return 2;
+    }
+    if (!z->state_out && z->partitions) {
+        fprintf(stderr, "cohortd featurize: --partitions goes with --state-out\n");
         return 2;
     }
     if (z->labeled_only && !*labels) {
@@ -958,11 +1128,14 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
                  z->out_path ? z->out_path : "featurize-rejects.csv",
                  z->out_path ? ".rejects.csv" : "");
     }
+    if (z->state_out && !z->out_path) {
+        z->out_path = "/dev/null"; /* the seeds are the output */
+    }
     return -1; /* go on */
 }
 
 int ch_featurize_main(int argc, char **argv) {
-    fz_t z = {.order = ORDER_TIME, .format = CH_ROWOUT_CSV};
+    fz_t z = {.order = ORDER_TIME, .format = CH_ROWOUT_CSV, .until_ms = -1};
     ch_config_t cfg;
     ch_config_init(&cfg);
     const char *labels = NULL;
@@ -1006,7 +1179,7 @@ int ch_featurize_main(int argc, char **argv) {
             code = 1;
         } else {
             code = read_inputs(&z) < 0 || (z.order == ORDER_TIME && fold_held(&z) < 0) ||
-                           flush(&z) < 0
+                           flush(&z) < 0 || (z.state_out && write_seeds(&z) < 0)
                        ? 1
                        : 0;
         }

@@ -315,6 +315,16 @@ int ch_metrics_render(ch_pipeline_t *p, const ch_config_t *cfg, const ch_metrics
             (unsigned long long)s.restore_snapshots_ignored);
         counter(&o, "cohortd_restore_snapshot_users_total", "Users loaded from snapshots.",
                 s.restore_snapshot_users);
+        family(&o, "cohortd_restore_seeds_total", "counter",
+               "Seeds (state.dir, written by cohortd featurize --state-out) loaded for a "
+               "partition the group had no committed offset for: used, or refused (the log "
+               "says why).");
+        put(&o, "cohortd_restore_seeds_total{result=\"used\"} %llu\n",
+            (unsigned long long)s.restore_seeds);
+        put(&o, "cohortd_restore_seeds_total{result=\"refused\"} %llu\n",
+            (unsigned long long)s.restore_seeds_refused);
+        counter(&o, "cohortd_restore_seed_users_total", "Users loaded from seeds.",
+                s.restore_seed_users);
         family(&o, "cohortd_changelog_stale_total", "counter",
                "Changelog records reflecting older input than a record of the same user read "
                "before them (restore) or than this instance's state (watch): late writes of "

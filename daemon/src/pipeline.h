@@ -55,6 +55,7 @@ typedef struct ch_pipeline_stats {
     size_t offset_lookups_held;      /* partitions held until their committed offset is known */
     uint64_t offset_lookup_failures; /* committed-offset lookups that failed */
     uint64_t restore_snapshots, restore_snapshots_ignored, restore_snapshot_users;
+    uint64_t restore_seeds, restore_seeds_refused, restore_seed_users;
     double restore_seconds;
     uint64_t snapshot_files, snapshot_users, snapshot_failures; /* written by this process */
     double snapshot_last_seconds;

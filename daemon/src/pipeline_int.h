@@ -79,6 +79,7 @@ typedef struct ch_restore_part {
     double t0;
     uint64_t read, applied, uncommitted, refused, stale, from_snapshot;
     bool verify; /* the snapshot's epoch record is being read back before it is loaded */
+    bool seed;   /* snap is a seed (seed.h): its users are written to the changelog */
     uint64_t skip_drain; /* the rest of this drain's records (rs.drains) are of a reading
                           * given up: verified, or restarted from the beginning */
     int64_t verify_at; /* where the snapshot says the epoch record is, and its value */
@@ -99,6 +100,7 @@ typedef struct ch_restore {
     uint64_t drains;          /* ch_restore_drain calls */
     uint64_t lookup_failures; /* committed-offset lookups that failed (at assignment too) */
     uint64_t snap_loaded, snap_ignored, snap_users; /* snapshots used, ignored; users from them */
+    uint64_t seed_loaded, seed_ignored, seed_users; /* seeds (seed.h) used, refused; users */
     double seconds;
     ch_msg_t *msgs;
 } ch_restore_t;

@@ -49,6 +49,9 @@ void ch_pipeline_stats(const ch_pipeline_t *p, ch_pipeline_stats_t *ret_stats) {
     ret_stats->restore_snapshots = p->rs.snap_loaded;
     ret_stats->restore_snapshots_ignored = p->rs.snap_ignored;
     ret_stats->restore_snapshot_users = p->rs.snap_users;
+    ret_stats->restore_seeds = p->rs.seed_loaded;
+    ret_stats->restore_seeds_refused = p->rs.seed_ignored;
+    ret_stats->restore_seed_users = p->rs.seed_users;
     ret_stats->snapshot_files = p->sn.files;
     ret_stats->snapshot_users = p->sn.users;
     ret_stats->snapshot_failures = p->sn.failures;
@@ -137,7 +140,7 @@ bool ch_pipeline_ready(ch_pipeline_t *p, char *why, size_t len) {
             from_snapshots += p->rs.parts[i].on ? p->rs.parts[i].from_snapshot : 0;
         }
         snprintf(why, len,
-                 "restoring %zu partition(s): %llu user(s) loaded from snapshots, %llu "
+                 "restoring %zu partition(s): %llu user(s) loaded from snapshots and seeds, %llu "
                  "record(s) read from %s so far",
                  p->rs.active, (unsigned long long)from_snapshots,
                  (unsigned long long)p->rs.records, p->cfg->state_changelog);

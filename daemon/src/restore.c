@@ -45,6 +45,15 @@
  *   reflects input past the committed offset (written after work that was never
  *   committed), or when the changelog no longer holds the offset it names (retention
  *   deleted part of the tail; a compacted changelog from its start is complete).
+ * - Seeds (seed.h, written by featurize --state-out from history): while the group has
+ *   no committed offset for the partition (ch_consumer_start_committed), its seed in
+ *   state.dir is loaded instead of a snapshot, then the whole changelog is read (a
+ *   crash before the first commit left records there that reflect no committed input,
+ *   skipped as usual, or the seed's own, reflecting offset -1). Once the seed proved
+ *   whole, its users are touched (seed_to_changelog), so the next flush writes them
+ *   before any of the partition's offsets can be committed; after that commit the
+ *   seed is never read again and the changelog holds them. A seed that does not fit is
+ *   refused with an error: those users start empty.
  */
 #include "pipeline_int.h"
 
@@ -53,6 +62,7 @@
 #include <string.h>
 
 #include "le.h"
+#include "seed.h"
 #include "staterec.h"
 
 #define RESTORE_BUDGET 4096
@@ -161,12 +171,70 @@ static ch_snapr_t *open_snapshot(ch_pipeline_t *p, int32_t partition, int64_t up
     return r;
 }
 
-/* The committed offset is known: restore up to it (its snapshot first, if any). */
+/* The partition's seed (seed.h) if state.dir has one that fits, else NULL (the log
+ * says why, unless there is none). */
+static ch_snapr_t *open_seed(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp) {
+    if (!p->sn.on) {
+        return NULL;
+    }
+    char name[600], why[600] = "";
+    ch_seed_name(p->cfg->input_topic, partition, name, sizeof(name));
+    ch_snaphdr_t want = {.partition = partition,
+                         .partitions = p->cl.partitions,
+                         .state_len = (uint32_t)ch_features_state_len(p->fs),
+                         .layout = p->cl.layout},
+                 got;
+    if (ch_seed_identity(p->cfg->input_topic, want.identity) < 0) {
+        ch_log(CH_LOG_ERR, "restore of partition %d: cannot compute the seed's identity",
+               partition);
+        return NULL;
+    }
+    uint64_t users = 0;
+    int64_t max_offset = -1;
+    ch_snapr_t *r = NULL;
+    int rc = ch_snapr_open(p->cfg->state_dir, name, &want, &r, &got, &users, &max_offset, why,
+                           sizeof(why));
+    if (rc == -ENOENT) {
+        return NULL;
+    }
+    if (rc == 0 && max_offset >= 0) {
+        snprintf(why, sizeof(why), "its records reflect input offsets (a seed's reflect none)");
+        rc = -EINVAL;
+    }
+    if (rc < 0) {
+        p->rs.seed_ignored++;
+        ch_log(CH_LOG_ERR,
+               "restore of partition %d: seed %s/%s refused: %s; the partition's users start "
+               "without their history",
+               partition, p->cfg->state_dir, name, why[0] ? why : strerror(-rc));
+        ch_snapr_close(r);
+        return NULL;
+    }
+    ch_log(CH_LOG_NOTICE,
+           "restore of partition %d: the group has no committed offset for it; loading the "
+           "%llu user(s) of seed %s/%s",
+           partition, (unsigned long long)users, p->cfg->state_dir, name);
+    rp->seed = true;
+    rp->from = CH_READ_BEGINNING; /* then the whole changelog, as without a snapshot */
+    return r;
+}
+
+/* The committed offset is known: restore up to it (its snapshot first, if any; a seed
+ * instead while the group has no committed offset for the partition). */
 static void start(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp, int64_t upto) {
     char err[512];
     ch_snapshot_stored(p, partition, upto); /* what it resumes from is committed */
     rp->upto = upto;
-    rp->snap = open_snapshot(p, partition, upto, rp);
+    rp->snap = NULL;
+    if (!ch_consumer_start_committed(p->clients.consumer, partition)) {
+        rp->snap = open_seed(p, partition, rp);
+    }
+    if (!rp->snap) {
+        rp->snap = open_snapshot(p, partition, upto, rp);
+    }
+    if (rp->seed) {
+        return; /* the reader starts once the seed is loaded (load_snapshot) */
+    }
     if (ch_reader_start(p->clients.reader, partition, rp->snap ? rp->verify_at : rp->from, err,
                         sizeof(err)) < 0) {
         ch_log(CH_LOG_ERR, "restore: %s; stopping", err);
@@ -355,7 +423,10 @@ static void finish(ch_pipeline_t *p, int32_t partition, ch_restore_part_t *rp, i
     ch_snapshot_durable(p, partition, end); /* the changelog holds nothing of it past end */
     ch_consumer_hold(p->clients.consumer, partition, false);
     char from[96] = "";
-    if (rp->from != CH_READ_BEGINNING) {
+    if (rp->seed) {
+        snprintf(from, sizeof(from), "%llu user(s) from the seed, then from the beginning ",
+                 (unsigned long long)rp->from_snapshot);
+    } else if (rp->from != CH_READ_BEGINNING) {
         snprintf(from, sizeof(from), "%llu user(s) from the snapshot, then from offset %lld ",
                  (unsigned long long)rp->from_snapshot, (long long)rp->from);
     }
@@ -551,6 +622,22 @@ static void watch(ch_pipeline_t *p, const ch_msg_t *m) {
     ch_changelog_touch(p, u, ur->offset);
 }
 
+/* A seed proved whole (its checksum at its end): its users, who reflect no input offset,
+ * are written to the changelog by the next flush, before any offset of the partition can
+ * be committed (the partition is held until its restore ends, and a flush releases
+ * offsets only once its records are acknowledged). After that commit a restart restores
+ * them from the changelog; before it, from the seed again. */
+static void seed_to_changelog(ch_pipeline_t *p, int32_t partition) {
+    size_t cursor = 0;
+    ch_user_t *u;
+    while ((u = ch_users_next(p->users, &cursor))) {
+        ch_userrec_t *ur = ch_userrec(p->users, u);
+        if (ur->partition == partition && ur->offset < 0) {
+            ch_changelog_touch(p, u, ur->offset);
+        }
+    }
+}
+
 /* Load up to budget users of a partition's snapshot; at its end, read the changelog
  * from where it says (or, if it proved damaged, drop what it gave and read it all).
  * @returns users loaded. */
@@ -587,16 +674,30 @@ static size_t load_snapshot(ch_pipeline_t *p, int32_t partition, ch_restore_part
         return n;
     }
     char name[600], err[512];
-    ch_snapshot_name(p, partition, name, sizeof(name));
+    if (rp->seed) {
+        ch_seed_name(p->cfg->input_topic, partition, name, sizeof(name));
+    } else {
+        ch_snapshot_name(p, partition, name, sizeof(name));
+    }
     if (r < 0) {
         size_t dropped = ch_rebalance_drop(p, partition);
-        p->rs.snap_ignored++;
-        ch_log(CH_LOG_WARNING,
-               "restore of partition %d: snapshot %s/%s ignored: %s; dropped the %zu user(s) "
+        if (rp->seed) {
+            p->rs.seed_ignored++;
+        } else {
+            p->rs.snap_ignored++;
+        }
+        ch_log(rp->seed ? CH_LOG_ERR : CH_LOG_WARNING,
+               "restore of partition %d: %s %s/%s ignored: %s; dropped the %zu user(s) "
                "loaded from it, reading the whole changelog",
-               partition, p->cfg->state_dir, name, why ? why : ch_snapr_why(rp->snap), dropped);
+               partition, rp->seed ? "seed" : "snapshot", p->cfg->state_dir, name,
+               why ? why : ch_snapr_why(rp->snap), dropped);
         rp->from = CH_READ_BEGINNING;
         rp->from_snapshot = 0;
+        rp->seed = false;
+    } else if (rp->seed) {
+        p->rs.seed_loaded++;
+        p->rs.seed_users += rp->from_snapshot;
+        seed_to_changelog(p, partition);
     } else {
         p->rs.snap_loaded++;
         p->rs.snap_users += rp->from_snapshot;

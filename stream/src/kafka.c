@@ -136,6 +136,7 @@ struct ch_consumer {
     bool reset_latest;   /* auto.offset.reset = latest/end/largest */
     int64_t *start;      /* per partition: where consumption began on assignment, -1 unknown */
     int64_t *expect;     /* per partition (n_start): the offset the next record should have */
+    bool *from_commit;   /* per partition (n_start): start is the group's committed offset */
     size_t n_start;
     /* records the broker deleted before they were consumed (a jump past the log start) */
     uint64_t jumps, skipped;
@@ -232,7 +233,7 @@ static void set_paused(ch_consumer_t *c, int32_t partition, bool pause) {
 }
 
 /* Remember where partition starts (-1 unknown). @returns 0, -ENOMEM. */
-static int store_start(ch_consumer_t *c, int32_t partition, int64_t start) {
+static int store_start(ch_consumer_t *c, int32_t partition, int64_t start, bool from_commit) {
     if ((size_t)partition >= c->n_start) {
         size_t cap = (size_t)partition + 64;
         int64_t *ns = realloc(c->start, cap * sizeof(*ns));
@@ -245,13 +246,20 @@ static int store_start(ch_consumer_t *c, int32_t partition, int64_t start) {
             return -ENOMEM;
         }
         c->expect = ne;
+        bool *nf = realloc(c->from_commit, cap * sizeof(*nf));
+        if (!nf) {
+            return -ENOMEM;
+        }
+        c->from_commit = nf;
         for (size_t j = c->n_start; j < cap; j++) {
             ns[j] = ne[j] = -1;
+            nf[j] = false;
         }
         c->n_start = cap;
     }
     c->start[partition] = start;
     c->expect[partition] = start;
+    c->from_commit[partition] = from_commit && start >= 0;
     return 0;
 }
 
@@ -377,6 +385,7 @@ static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t
             continue;
         }
         int64_t start = re || e->err ? -1 : e->offset;
+        bool from_commit = start >= 0;
         int64_t lo = -1, hi = -1;
         int64_t placed = parts->elems[i].offset; /* what the assignment named, if anything */
         if (!re && !e->err && start < 0 && placed >= 0) {
@@ -386,7 +395,7 @@ static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t
                                                     2000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
             start = c->reset_latest && placed != RD_KAFKA_OFFSET_BEGINNING ? hi : lo;
         }
-        if (store_start(c, e->partition, start) < 0) {
+        if (store_start(c, e->partition, start, from_commit) < 0) {
             break;
         }
     }
@@ -413,6 +422,7 @@ int ch_consumer_lookup_start(ch_consumer_t *c, int32_t partition, int timeout_ms
     rd_kafka_resp_err_t re = rd_kafka_committed(c->rk, l, timeout_ms);
     re = re ? re : e->err;
     int64_t start = re ? -1 : e->offset, lo = -1, hi = -1;
+    bool from_commit = start >= 0;
     rd_kafka_topic_partition_list_destroy(l);
     if (!re && start < 0) {
         re = rd_kafka_query_watermark_offsets(c->rk, c->topic, partition, &lo, &hi, timeout_ms);
@@ -422,7 +432,7 @@ int ch_consumer_lookup_start(ch_consumer_t *c, int32_t partition, int timeout_ms
         return fail(errbuf, errlen, -EAGAIN, "committed offset of %s[%d]: %s", c->topic,
                     partition, re ? rd_kafka_err2str(re) : "none");
     }
-    if (store_start(c, partition, start) < 0) {
+    if (store_start(c, partition, start, from_commit) < 0) {
         return -ENOMEM;
     }
     *ret_offset = start;
@@ -708,6 +718,7 @@ ch_consumer_t *ch_consumer_free(ch_consumer_t *c) {
     free(c->topic);
     free(c->start);
     free(c->expect);
+    free(c->from_commit);
     free(c->stored);
     free(c->before);
     free(c->committed);
@@ -945,6 +956,10 @@ bool ch_consumer_before_start(ch_consumer_t *c, const ch_msg_t *m) {
 
 int64_t ch_consumer_start_offset(const ch_consumer_t *c, int32_t partition) {
     return partition >= 0 && (size_t)partition < c->n_start ? c->start[partition] : -1;
+}
+
+bool ch_consumer_start_committed(const ch_consumer_t *c, int32_t partition) {
+    return partition >= 0 && (size_t)partition < c->n_start && c->from_commit[partition];
 }
 
 int ch_consumer_hold(ch_consumer_t *c, int32_t partition, bool hold) {

@@ -144,6 +144,10 @@ bool ch_consumer_before_start(ch_consumer_t *c, const ch_msg_t *m);
  *  assign hook runs); -1 unknown. */
 int64_t ch_consumer_start_offset(const ch_consumer_t *c, int32_t partition);
 
+/** @brief Whether ch_consumer_start_offset() is the group's committed offset (false: the
+ *  group had none for the partition when it was assigned, or it is unknown). */
+bool ch_consumer_start_committed(const ch_consumer_t *c, int32_t partition);
+
 /* Records of a partition the broker deleted before they were consumed: the consumer
  * expected offset from next, the log started at to, the record handed out was at. */
 typedef struct ch_consumer_skip {
