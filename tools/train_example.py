@@ -45,7 +45,8 @@ def collect(build, data):
                 w.writerow([r["trans_num"], r["is_fraud"]])
         rows = os.path.join(tmp, "rows.csv")
         cmd = [os.path.join(build, "daemon", "cohortd"), "featurize", "--config", conf,
-               "--set", "model.path=", "--labels", labels, "--labeled-only", "-o", rows]
+               "--set", "model.path=", "--set", "segments.k=0",  # features and label only
+               "--labels", labels, "--labeled-only", "-o", rows]
         for s in SPARKOV_MAP:
             cmd += ["--set", s]
         print(f"train_example: {' '.join(cmd + [path])}", flush=True)

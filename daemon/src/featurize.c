@@ -21,6 +21,15 @@
  * - Bad input is never silent: without --skip-bad the first bad record stops with
  *   FILE:LINE and the reason (exit 1); with it, each goes to the reject file and is
  *   counted in the summary.
+ * - Segments (segments.k > 0): the daemon's segmenter (segments.c), fed the rows a batch
+ *   of batch.max_events at a time as the daemon's batch path feeds it (the inline
+ *   seeding, then the online step with each row's previous segment); passes over the
+ *   population run whole after a batch, when stream time makes them due. The segmenter
+ *   is shown a fixed wall clock, so a wall-clock refresh is never due: the result does
+ *   not depend on how fast featurize runs.
+ * - Bootstrap (--state-out): after the last event before --until, a pass over every
+ *   user (as a refresh), then one seed file per input partition (seed.h; users placed
+ *   by the Kafka default partitioner on the user id as sent) and the segment model.
  */
 #include "featurize.h"
 
@@ -37,6 +46,7 @@
 #include "ch/csv_in.h"
 #include "ch/features.h"
 #include "ch/filein.h"
+#include "ch/json.h"
 #include "ch/json_in.h"
 #include "ch/keyset.h"
 #include "ch/users.h"
@@ -49,6 +59,7 @@
 #include "rowout.h"
 #include "scorer.h"
 #include "seed.h"
+#include "segments.h"
 #include "snapfile.h"
 #include "staterec.h"
 #include "userrec.h"
@@ -147,6 +158,18 @@ typedef struct fz {
     int64_t until_ms; /* events stamped at or after it are left to the daemon; -1: none */
     uint64_t after_until;
     uint64_t seed_files, seed_users;
+    /* segments (segments.k > 0, one instance's): assigned a batch at a time as the
+     * daemon assigns them; passes over the population by stream time only */
+    ch_config_t *seg_cfg; /* cfg without segments.state_file: featurize starts fresh */
+    ch_segments_t *segs;
+    int32_t *prev_seg;
+    uint32_t *prev_gen;
+    ch_kmeans_assign_t *assign;
+    float *RX;        /* a reassignment's vectors (X holds the batch's rows meanwhile) */
+    ch_kmeans_assign_t *rassign;
+    double seg_clock; /* the wall clock the segmenter is shown: fixed, so never due */
+    const char *seg_export;
+    uint64_t seg_passes;
 } fz_t;
 
 static void usage(FILE *f) {
@@ -191,6 +214,11 @@ static void usage(FILE *f) {
             "                        are written unless --output names a file)\n"
             "      --partitions N    the input topic's partition count (users are placed by\n"
             "                        the Kafka default partitioner, murmur2 of the user id)\n"
+            "                        With segments (segments.k > 0) the rows get a segment\n"
+            "                        column, and --state-out also writes DIR/segments.state, the\n"
+            "                        model after a pass over every user at the last event\n"
+            "      --segments-export FILE  after that pass, one JSON line per user: segment and\n"
+            "                        vector (x, and z transformed), as GET /segments/export\n"
             "  -q, --quiet           no progress bar, no summary\n"
             "  -h, --help            this help\n\n"
             "Inputs are read in the order given; - is standard input; gzip is read whatever\n"
@@ -334,6 +362,156 @@ static int write_row(fz_t *z, const ch_row_t *w) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- segments */
+
+static int reassign_all(fz_t *z);
+
+/* The pending rows' segments, as the daemon's batch path gives them: the seeding at once
+ * in the batch that ends the warm-up (tables of at most 100,000 users), then the online
+ * step with hysteresis against each row's user's segment before the batch; each user
+ * then holds the segment of its last row. @returns 0, -1. */
+static int segment_batch(fz_t *z, size_t n) {
+    if (ch_segments_seed_inline(z->segs, z->users, z->fs, n, z->stream_time_ms) &&
+        reassign_all(z) < 0) {
+        return -1;
+    }
+    ch_segments_update(z->segs, z->X, n, z->stream_time_ms, z->prev_seg, z->prev_gen, z->assign);
+    for (size_t i = 0; i < n; i++) {
+        const pending_t *p = &z->pend[i];
+        ch_user_t *u = ch_users_find(z->users, (const char *)z->ids.data + p->uid_off, p->uid_len);
+        const ch_kmeans_assign_t *a = &z->assign[i];
+        if (u && a->segment >= 0) {
+            ch_segments_moved(z->segs, u->segment, a->segment);
+            u->segment = (int16_t)a->segment;
+            u->seg_gen = a->generation;
+        }
+    }
+    return 0;
+}
+
+/* After a pass adopted new centroids: every user to the nearest, its vector read at the
+ * stream time now (as the daemon's reassignment walk). @returns 0, -1. */
+static int reassign_all(fz_t *z) {
+    size_t cursor = 0, max = z->batch, users = 0, moved = 0;
+    ch_user_t **us = malloc(max * sizeof(*us));
+    if (!us) {
+        fprintf(stderr, "cohortd featurize: out of memory\n");
+        return -1;
+    }
+    for (;;) {
+        size_t m = 0;
+        ch_user_t *u;
+        while (m < max && (u = ch_users_next(z->users, &cursor))) {
+            int64_t t = z->stream_time_ms > u->t_ref_ms ? z->stream_time_ms : u->t_ref_ms;
+            ch_features_read_at(z->fs, u->state, u->t_ref_ms, t, z->feats);
+            for (size_t f = 0; f < z->n_feats; f++) {
+                z->RX[m * z->n_feats + f] = (float)z->feats[f];
+            }
+            us[m++] = u;
+        }
+        if (m == 0) {
+            break;
+        }
+        ch_segments_assign(z->segs, z->RX, m, z->rassign);
+        for (size_t i = 0; i < m; i++) {
+            const ch_kmeans_assign_t *a = &z->rassign[i];
+            if (a->segment >= 0 && (a->segment != us[i]->segment || a->generation != us[i]->seg_gen)) {
+                ch_segments_moved(z->segs, us[i]->segment, a->segment);
+                us[i]->segment = (int16_t)a->segment;
+                us[i]->seg_gen = a->generation;
+                moved++;
+            }
+        }
+        users += m;
+    }
+    free(us);
+    ch_segments_reassigned(z->segs, users, moved, ch_now_s()); /* after seg_clock: never due */
+    z->seg_passes++;
+    return 0;
+}
+
+/* Passes due by stream time (segments.refresh_clock = stream), or a seeding that could
+ * not run inline, run whole after the batch that made them due. @returns 0, -1. */
+static int segment_passes(fz_t *z) {
+    for (int guard = 0; guard < 4; guard++) {
+        ch_seg_step_t r = ch_segments_step(z->segs, z->users, z->fs, z->stream_time_ms,
+                                           z->seg_clock, INFINITY);
+        if (r == CH_SEG_IDLE) {
+            return 0;
+        }
+        if (r == CH_SEG_FITTED && reassign_all(z) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The end of history (--state-out, --segments-export): a pass over every user, as a
+ * refresh (or the seeding, if warm-up ended but none ran), so the segments the seeds
+ * carry are fitted on the whole population as it is at the last event. @returns 0, -1. */
+static int final_pass(fz_t *z) {
+    if (ch_segments_request_refresh(z->segs) < 0 && !ch_segments_due(z->segs, z->users,
+                                                                     z->stream_time_ms,
+                                                                     z->seg_clock)) {
+        if (!z->quiet) {
+            fprintf(stderr, "cohortd featurize: warning: the segments were never seeded (fewer "
+                            "than segments.warmup events, or fewer users than segments.k): the "
+                            "seeds carry no segments\n");
+        }
+        return 0;
+    }
+    return segment_passes(z);
+}
+
+/* --segments-export: one JSON line per user, as GET /segments/export: segment, and the
+ * vector read at the last event's time, raw (x) and transformed (z). @returns 0, -1. */
+static int write_seg_export(fz_t *z) {
+    FILE *f = fopen(z->seg_export, "w");
+    ch_kmeans_t *km = NULL;
+    ch_buf_t b;
+    ch_buf_init(&b);
+    float *x = calloc(z->n_feats, sizeof(float)), *zz = calloc(z->n_feats, sizeof(float));
+    int r = f && x && zz ? ch_segments_copy_model(z->segs, &km) : -ENOMEM;
+    size_t cursor = 0;
+    ch_user_t *u;
+    while (r == 0 && (u = ch_users_next(z->users, &cursor))) {
+        int64_t t = z->stream_time_ms > u->t_ref_ms ? z->stream_time_ms : u->t_ref_ms;
+        ch_features_read_at(z->fs, u->state, u->t_ref_ms, t, z->feats);
+        for (size_t i = 0; i < z->n_feats; i++) {
+            x[i] = (float)z->feats[i];
+        }
+        ch_kmeans_transform(km, x, 1, zz);
+        b.len = 0;
+        r = ch_buf_append(&b, "{\"user_id\":", 11);
+        r = r ? r : ch_json_string(&b, ch_users_key(z->users, u), u->key_len);
+        r = r ? r
+              : u->segment >= 0 ? ch_buf_printf(&b, ",\"segment\":%d,\"generation\":%u",
+                                                (int)u->segment, (unsigned)u->seg_gen)
+                                : ch_buf_printf(&b, ",\"segment\":null,\"generation\":null");
+        r = r ? r : ch_buf_printf(&b, ",\"ts\":%lld,\"x\":", (long long)t);
+        r = r ? r : ch_json_floats(&b, x, z->n_feats);
+        r = r ? r : ch_buf_append(&b, ",\"z\":", 5);
+        r = r ? r : ch_json_floats(&b, zz, z->n_feats);
+        r = r ? r : ch_buf_append(&b, "}\n", 2);
+        if (r == 0 && fwrite(b.data, 1, b.len, f) != b.len) {
+            r = -EIO;
+        }
+    }
+    if (f && fclose(f) != 0 && r == 0) {
+        r = -EIO;
+    }
+    ch_kmeans_free(km);
+    ch_buf_done(&b);
+    free(x);
+    free(zz);
+    if (r < 0) {
+        fprintf(stderr, "cohortd featurize: --segments-export %s: %s\n", z->seg_export,
+                !f ? strerror(errno) : r == -ENOMEM ? strerror(ENOMEM) : "cannot write");
+        return -1;
+    }
+    return 0;
+}
+
 /* Score the pending rows at once (as the daemon scores a batch), then write them. */
 static int flush(fz_t *z) {
     size_t n = z->n_pend;
@@ -341,9 +519,14 @@ static int flush(fz_t *z) {
     if (n == 0) {
         return 0;
     }
-    ch_onnx_eval(z->scorer.model, z->X, n, z->scores);
+    if (z->scorer.model) {
+        ch_onnx_eval(z->scorer.model, z->X, n, z->scores);
+    }
     if (z->challenger.model) { /* the same rows: compared, never acted on */
         ch_onnx_eval(z->challenger.model, z->X, n, z->scores2);
+    }
+    if (z->segs && segment_batch(z, n) < 0) {
+        return -1;
     }
     float thr = (float)z->cfg->risk_threshold;
     for (size_t i = 0; i < n; i++) {
@@ -354,13 +537,14 @@ static int flush(fz_t *z) {
                       .eid_len = p->eid_len,
                       .ts_ms = p->ts_ms,
                       .x = z->X + i * z->n_feats,
+                      .segment = z->segs ? z->assign[i].segment : -1,
                       .has_label = p->l != NULL,
                       .label = p->l ? p->l->value : 0,
                       .label_ts_ms = p->l ? p->l->ts_ms : INT64_MIN,
                       .score = z->scores[i],
                       .score2 = z->challenger.model ? z->scores2[i] : NAN,
                       .reasons = z->reasons};
-        w.alert = w.score >= thr;
+        w.alert = z->scorer.model && w.score >= thr;
         w.alert2 = z->challenger.model && w.score2 >= thr;
         w.n_reasons = w.alert ? ch_scorer_reasons(&z->scorer, i, z->reasons) : 0;
         if (z->bt && ch_backtest_add(z->bt, w.ts_ms, w.score, w.alert, w.score2, w.alert2,
@@ -373,12 +557,13 @@ static int flush(fz_t *z) {
         }
     }
     z->ids.len = 0;
-    return 0;
+    return z->segs ? segment_passes(z) : 0;
 }
 
 /* The row of the event just folded (its vector in z->x): written, or held to be scored
  * with its batch. @returns 0, -1. */
-static int emit(fz_t *z, const ch_event_view_t *ev, const char *uid, size_t uid_len) {
+static int emit(fz_t *z, const ch_event_view_t *ev, const ch_user_t *u, const char *uid,
+                size_t uid_len) {
     const label_t *l = NULL;
     int64_t idx;
     if (z->label_ids) {
@@ -393,13 +578,14 @@ static int emit(fz_t *z, const ch_event_view_t *ev, const char *uid, size_t uid_
             }
         }
     }
-    if (!z->scorer.model) {
+    if (!z->batch) {
         ch_row_t w = {.uid = uid,
                       .uid_len = uid_len,
                       .eid = ev->event_id,
                       .eid_len = ev->event_id_len,
                       .ts_ms = ev->ts_ms,
                       .x = z->x,
+                      .segment = -1,
                       .has_label = l != NULL,
                       .label = l ? l->value : 0,
                       .label_ts_ms = l ? l->ts_ms : INT64_MIN};
@@ -419,6 +605,8 @@ static int emit(fz_t *z, const ch_event_view_t *ev, const char *uid, size_t uid_
         return -1;
     }
     memcpy(z->X + z->n_pend * z->n_feats, z->x, z->n_feats * sizeof(float));
+    z->prev_seg[z->n_pend] = u->segment; /* before this batch, as the daemon's rows */
+    z->prev_gen[z->n_pend] = u->seg_gen;
     return ++z->n_pend == z->batch ? flush(z) : 0;
 }
 
@@ -504,7 +692,7 @@ static int fold(fz_t *z, ch_event_view_t *ev, const ch_obs_t *obs) {
         ch_users_evict_idle(z->users, z->stream_time_ms - (int64_t)z->idle_evict_ms,
                             (size_t)z->cfg->batch_max_events);
     }
-    return emit(z, ev, uid, uid_len);
+    return emit(z, ev, u, uid, uid_len);
 }
 
 static void progress(fz_t *z, const char *what, double frac) {
@@ -767,6 +955,32 @@ static int write_seeds(fz_t *z) {
     return 0;
 }
 
+/* After the last event: the segments' pass over the population, their export, the
+ * seeds and the segment model beside them. @returns 0, -1. */
+static int finish_history(fz_t *z) {
+    if (z->segs && (z->state_out || z->seg_export) && final_pass(z) < 0) {
+        return -1;
+    }
+    if (z->seg_export && write_seg_export(z) < 0) {
+        return -1;
+    }
+    if (!z->state_out) {
+        return 0;
+    }
+    if (write_seeds(z) < 0) {
+        return -1;
+    }
+    if (z->segs) {
+        char path[4200], err[1024];
+        snprintf(path, sizeof(path), "%s/segments.state", z->state_out);
+        if (ch_kmeans_save(ch_segments_model(z->segs), path, err, sizeof(err)) < 0) {
+            fprintf(stderr, "cohortd featurize: --state-out: %s\n", err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void summary(fz_t *z) {
     if (z->progress) {
         fprintf(stderr, "\r%*s\r", 78, "");
@@ -813,6 +1027,16 @@ static void summary(fz_t *z) {
         fprintf(stderr, "featurize: %llu event(s) stamped at or after %s left out (--until)\n",
                 (unsigned long long)z->after_until, until);
     }
+    if (z->segs) {
+        ch_segments_status_t st;
+        ch_segments_status(z->segs, &st);
+        fprintf(stderr,
+                "featurize: segments: %llu pass(es) over the population (the last on %zu users, "
+                "inertia per user %.4g)%s\n",
+                (unsigned long long)z->seg_passes, st.users,
+                st.users ? st.inertia / (double)st.users : 0.0,
+                ch_segments_ready(z->segs) ? "" : "; never seeded (segments.warmup not reached)");
+    }
     if (z->seed_files) {
         int64_t start_at = -1;
         ch_config_start_at(z->cfg, &start_at);
@@ -822,6 +1046,12 @@ static void summary(fz_t *z) {
                 (unsigned long long)z->seed_users, (unsigned long long)z->seed_files,
                 z->state_out, z->state_out, until,
                 start_at == z->until_ms ? " (as the config has it)" : "");
+        if (z->segs) {
+            fprintf(stderr,
+                    "featurize: segments: the model is %s/segments.state; start the daemon with "
+                    "segments.state_file = %s/segments.state\n",
+                    z->state_out, z->state_out);
+        }
     }
     uint64_t cap = ch_users_cap_evictions(z->users);
     if (cap) {
@@ -838,23 +1068,57 @@ static void summary(fz_t *z) {
 static int setup_scoring(fz_t *z, char *err, size_t errlen) {
     const ch_config_t *cfg = z->cfg;
     size_t d = z->n_feats;
-    z->batch = (size_t)cfg->batch_max_events;
     int r = ch_scorer_init(&z->scorer, cfg, cfg->model_path, "champion", z->names, d, z->batch,
                            err, errlen);
     if (r < 0) {
         return r;
     }
-    r = ch_scorer_init(&z->challenger, cfg, cfg->model_challenger_path, "challenger", z->names,
-                       d, z->batch, err, errlen);
-    if (r < 0) {
-        return r;
+    return ch_scorer_init(&z->challenger, cfg, cfg->model_challenger_path, "challenger", z->names,
+                          d, z->batch, err, errlen);
+}
+
+/* segments.k > 0: the daemon's segmenter, fresh (segments.state_file is the daemon's). */
+static int setup_segments(fz_t *z, char *err, size_t errlen) {
+    const ch_config_t *cfg = z->cfg;
+    if (cfg->segments_sync_topic[0]) {
+        snprintf(err, errlen, "segments.sync_topic: featurize segments as one instance does; "
+                              "set it empty (--set segments.sync_topic=)");
+        return -EINVAL;
     }
+    if (!(z->seg_cfg = malloc(sizeof(*z->seg_cfg)))) {
+        return -ENOMEM;
+    }
+    *z->seg_cfg = *cfg; /* a shallow copy, never freed with ch_config_done() */
+    z->seg_cfg->segments_state_file[0] = '\0';
+    z->seg_clock = ch_now_s();
+    size_t k = cfg->segments.k, batch = z->batch;
+    z->prev_seg = calloc(batch, sizeof(*z->prev_seg));
+    z->prev_gen = calloc(batch, sizeof(*z->prev_gen));
+    z->assign = calloc(batch, sizeof(*z->assign));
+    z->rassign = calloc(batch, sizeof(*z->rassign));
+    z->RX = calloc(batch * z->n_feats, sizeof(float));
+    if (!z->prev_seg || !z->prev_gen || !z->assign || !z->rassign || !z->RX ||
+        k == 0 /* not called then */) {
+        return -ENOMEM;
+    }
+    return ch_segments_new(z->seg_cfg, z->n_feats, batch, &z->segs, err, errlen);
+}
+
+/* Rows wait for their batch (scores, segments), batch.max_events at a time. */
+static int setup_batch(fz_t *z, char *err, size_t errlen) {
+    const ch_config_t *cfg = z->cfg;
+    size_t d = z->n_feats;
+    z->batch = (size_t)cfg->batch_max_events;
     z->pend = calloc(z->batch, sizeof(*z->pend));
     z->X = calloc(z->batch * d, sizeof(float));
     z->scores = calloc(z->batch, sizeof(float));
     z->scores2 = calloc(z->batch, sizeof(float));
     z->reasons = calloc(d, sizeof(*z->reasons));
-    return z->pend && z->X && z->scores && z->scores2 && z->reasons ? 0 : -ENOMEM;
+    if (!z->pend || !z->X || !z->scores || !z->scores2 || !z->reasons) {
+        return -ENOMEM;
+    }
+    int r = cfg->model_path[0] ? setup_scoring(z, err, errlen) : 0;
+    return r < 0 || cfg->segments.k == 0 ? r : setup_segments(z, err, errlen);
 }
 
 
@@ -908,7 +1172,7 @@ static int setup(fz_t *z, char *err, size_t errlen) {
     if (!z->feats || !z->x) {
         return -ENOMEM;
     }
-    return cfg->model_path[0] ? setup_scoring(z, err, errlen) : 0;
+    return cfg->model_path[0] || cfg->segments.k > 0 ? setup_batch(z, err, errlen) : 0;
 }
 
 static void teardown(fz_t *z) {
@@ -928,10 +1192,17 @@ static void teardown(fz_t *z) {
     free(z->feats);
     free(z->x);
     free(z->held);
-    if (z->batch) { /* scoring was set up */
+    if (z->batch) { /* batches were set up */
         ch_scorer_done(&z->scorer);
         ch_scorer_done(&z->challenger);
     }
+    ch_segments_free(z->segs);
+    free(z->seg_cfg);
+    free(z->prev_seg);
+    free(z->prev_gen);
+    free(z->assign);
+    free(z->rassign);
+    free(z->RX);
     free(z->names);
     free(z->pend);
     free(z->X);
@@ -963,6 +1234,7 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
                                          {"state-out", required_argument, NULL, 'S'},
                                          {"partitions", required_argument, NULL, 'P'},
                                          {"until", required_argument, NULL, 'U'},
+                                         {"segments-export", required_argument, NULL, 'E'},
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -1052,6 +1324,9 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
         case 'U':
             until = optarg;
             break;
+        case 'E':
+            z->seg_export = optarg;
+            break;
         case 'q':
             z->quiet = true;
             break;
@@ -1079,6 +1354,10 @@ static int parse_args(fz_t *z, int argc, char **argv, ch_config_t *cfg, const ch
     }
     if (!until && ch_config_start_at(cfg, &z->until_ms) < 0) {
         z->until_ms = -1; /* reported by the configuration's own check */
+    }
+    if (z->seg_export && cfg->segments.k == 0) {
+        fprintf(stderr, "cohortd featurize: --segments-export needs segments (segments.k > 0)\n");
+        return 2;
     }
     if (z->state_out && (z->partitions == 0 || z->until_ms < 0)) {
         fprintf(stderr, "cohortd featurize: --state-out needs --partitions N (the input "
@@ -1170,6 +1449,7 @@ int ch_featurize_main(int argc, char **argv) {
         z.t0 = now_s();
         ch_rowout_cols_t cols = {.features = z.names,
                                  .n_features = z.n_feats,
+                                 .segments = z.segs != NULL,
                                  .scores = z.scorer.model != NULL,
                                  .challenger = z.challenger.model != NULL,
                                  .labels = z.label_ids != NULL,
@@ -1179,7 +1459,7 @@ int ch_featurize_main(int argc, char **argv) {
             code = 1;
         } else {
             code = read_inputs(&z) < 0 || (z.order == ORDER_TIME && fold_held(&z) < 0) ||
-                           flush(&z) < 0 || (z.state_out && write_seeds(&z) < 0)
+                           flush(&z) < 0 || finish_history(&z) < 0
                        ? 1
                        : 0;
         }

@@ -75,9 +75,9 @@ static bool walk(ch_pipeline_t *p) {
         ch_segments_moved(p->segs, v->segment, a->segment);
         v->segment = (int16_t)a->segment;
         v->seg_gen = a->generation;
-        int64_t offset = ch_userrec(p->users, v)->offset;
-        if (offset >= 0) {
-            ch_changelog_touch(p, v, offset);
+        const ch_userrec_t *ur = ch_userrec(p->users, v);
+        if (ur->partition >= 0) { /* also a seeded user, who reflects no offset (-1) */
+            ch_changelog_touch(p, v, ur->offset);
         }
         ra->moved++;
     }

@@ -477,8 +477,11 @@ static int put(ch_pipeline_t *p, ch_restore_part_t *rp, const char *key, size_t 
     }
     int32_t before = r == 1 ? -1 : u->segment;
     ch_staterec_apply(s, u, ch_userrec(p->users, u), partition);
-    if (!p->segs || u->segment < 0 || (size_t)u->segment >= p->cfg->segments.k) {
-        u->segment = -1; /* segments off, or fewer of them now: assigned on its next event */
+    if (!p->segs || !ch_segments_ready(p->segs) || u->segment < 0 ||
+        (size_t)u->segment >= p->cfg->segments.k) {
+        /* segments off, not seeded here (no centroids: a seed's segments without
+         * segments.state_file), or fewer of them now: assigned on its next event */
+        u->segment = -1;
         u->seg_gen = 0;
     }
     if (p->segs) {

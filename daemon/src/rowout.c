@@ -47,6 +47,9 @@ static int avro_schema(const ch_rowout_cols_t *c, ch_buf_t *b) {
     for (size_t f = 0; f < c->n_features && !r; f++) {
         r = ch_buf_printf(b, ",{\"name\":\"%s\",\"type\":\"float\"}", c->features[f]);
     }
+    if (!r && c->segments) {
+        r = ch_buf_printf(b, ",{\"name\":\"segment\",\"type\":[\"null\",\"int\"]}");
+    }
     if (!r && c->scores) {
         r = ch_buf_printf(b, ",{\"name\":\"score\",\"type\":\"float\"},{\"name\":\"alert\","
                              "\"type\":\"boolean\"},{\"name\":\"reasons\",\"type\":{\"type\":"
@@ -70,10 +73,10 @@ static int avro_schema(const ch_rowout_cols_t *c, ch_buf_t *b) {
 
 int ch_rowout_check(ch_rowout_format_t fmt, const ch_rowout_cols_t *cols, char *errbuf,
                     size_t errlen) {
-    static const char *const fixed[] = {"user_id", "event_id",         "event_time",
-                                        "score",   "alert",            "reasons",
-                                        "label",   "label_time",       "challenger_score",
-                                        "challenger_alert"};
+    static const char *const fixed[] = {"user_id",   "event_id",         "event_time",
+                                        "score",     "alert",            "reasons",
+                                        "label",     "label_time",       "challenger_score",
+                                        "challenger_alert", "segment"};
     for (size_t f = 0; f < cols->n_features; f++) {
         const char *n = cols->features[f];
         for (size_t k = 0; k < sizeof(fixed) / sizeof(*fixed); k++) {
@@ -126,6 +129,9 @@ int ch_rowout_new(ch_rowout_format_t fmt, FILE *out, const ch_rowout_cols_t *col
         for (size_t f = 0; f < c->n_features && !r; f++) {
             r = ch_buf_printf(b, ",%s", c->features[f]);
         }
+        if (!r && c->segments) {
+            r = ch_buf_printf(b, ",segment");
+        }
         if (!r && c->scores) {
             r = ch_buf_printf(b, ",score,alert,reasons%s",
                               c->challenger ? ",challenger_score,challenger_alert" : "");
@@ -166,6 +172,9 @@ static int csv_row(ch_rowout_t *w, const ch_row_t *x) {
         r = ch_buf_append(b, ",", 1);
         r = r || !isfinite(x->x[f]) ? r : ch_json_float(b, x->x[f]);
     }
+    if (!r && c->segments) {
+        r = x->segment >= 0 ? ch_buf_printf(b, ",%d", (int)x->segment) : ch_buf_append(b, ",", 1);
+    }
     if (!r && c->scores) {
         r = ch_buf_append(b, ",", 1);
         r = r ? r : ch_json_float(b, x->score);
@@ -202,6 +211,10 @@ static int json_row(ch_rowout_t *w, const ch_row_t *x) {
         r = ch_buf_printf(b, ",\"%s\":", c->features[f]);
         r = r ? r : ch_json_float(b, x->x[f]);
     }
+    if (!r && c->segments) {
+        r = x->segment >= 0 ? ch_buf_printf(b, ",\"segment\":%d", (int)x->segment)
+                            : ch_buf_append(b, ",\"segment\":null", 15);
+    }
     if (!r && c->scores) {
         r = ch_buf_append(b, ",\"score\":", 9);
         r = r ? r : ch_json_float(b, x->score);
@@ -235,6 +248,10 @@ static int avro_row(ch_rowout_t *w, const ch_row_t *x) {
     r = r ? r : ch_avro_put_long(b, x->ts_ms);
     for (size_t f = 0; f < c->n_features && !r; f++) {
         r = ch_avro_put_float(b, x->x[f]);
+    }
+    if (!r && c->segments) { /* ["null","int"]: the branch, then the int (zigzag, as a long) */
+        r = ch_avro_put_long(b, x->segment >= 0 ? 1 : 0);
+        r = r || x->segment < 0 ? r : ch_avro_put_long(b, x->segment);
     }
     if (!r && c->scores) {
         r = ch_avro_put_float(b, x->score);

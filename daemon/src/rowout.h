@@ -1,7 +1,7 @@
 /*
  * rowout.h - cohortd featurize's rows, written as CSV (a header of column names), JSON
  * Lines or an Avro object container file: user_id, event_id, event_time, the features,
- * then the columns the run has (score, alert, reasons, the challenger's score and
+ * then the columns the run has (segment; score, alert, reasons, the challenger's score and
  * alert; label, label_time).
  */
 #ifndef CH_ROWOUT_H
@@ -24,6 +24,7 @@ typedef enum ch_rowout_format {
 typedef struct ch_rowout_cols {
     const char *const *features; /* names, borrowed for the writer's life */
     size_t n_features;
+    bool segments;           /* segment (empty / null before the segments are seeded) */
     bool scores, challenger; /* score, alert, reasons; challenger_score, challenger_alert */
     bool labels, label_times;
 } ch_rowout_cols_t;
@@ -34,6 +35,7 @@ typedef struct ch_row {
     size_t uid_len, eid_len;
     int64_t ts_ms;
     const float *x;
+    int32_t segment; /* -1: none */
     bool has_label;
     double label;
     int64_t label_ts_ms; /* INT64_MIN: none */

@@ -657,7 +657,9 @@ class Bench:
             lines = [l for l in f if not l.startswith(("model.path", "schema.dir"))]
         with open(conf, "w") as f:
             f.writelines(lines)
-            f.write(f"schema.dir = {os.path.join(ROOT, 'conf', 'schemas')}\nmodel.path =\n")
+            # the features alone, as the numpy implementation computes them
+            f.write(f"schema.dir = {os.path.join(ROOT, 'conf', 'schemas')}\nmodel.path =\n"
+                    "segments.k = 0\n")
         names = re.findall(r"^feature\.([\w.-]+)\s*=", "".join(lines), re.M)
         res = {"events": n, "features": len(names), "datasets": []}
 
