@@ -94,6 +94,7 @@ typedef struct label {
 /* A row waiting for its batch to be scored: its ids in fz_t.ids. */
 typedef struct pending {
     size_t uid_off, uid_len, eid_off, eid_len;
+    size_t tag_off; /* its tags in fz_t.tagbuf */
     bool has_eid;
     int64_t ts_ms;
     const label_t *l;
@@ -170,6 +171,14 @@ typedef struct fz {
     double seg_clock; /* the wall clock the segmenter is shown: fixed, so never due */
     const char *seg_export;
     uint64_t seg_passes;
+    /* tags.*: each row's values as of its event, copied (a batch's later events change
+     * its user's), then viewed through tagv when written */
+    size_t n_tags;
+    const char *tag_names[CH_TAGS_MAX];
+    ch_buf_t tagbuf;
+    ch_tag_values_t tagv[CH_TAGS_MAX];
+    const char *tag_vals[CH_TAGS_MAX][CH_TAG_TOP_MAX];
+    size_t tag_lens[CH_TAGS_MAX][CH_TAG_TOP_MAX];
 } fz_t;
 
 static void usage(FILE *f) {
@@ -350,6 +359,43 @@ static int load_labels(fz_t *z, const char *path, char *err, size_t errlen) {
 }
 
 /* ---------------------------------------------------------------- rows */
+
+/* Copy u's tags now into tagbuf: per tag a count byte, then per value a length byte
+ * (values are at most CH_TAG_VALUE_MAX bytes) and its bytes. @returns 0, -ENOMEM. */
+static int capture_tags(fz_t *z, const ch_user_t *u) {
+    int r = 0;
+    for (size_t t = 0; t < z->n_tags && !r; t++) {
+        const char *vals[CH_TAG_TOP_MAX];
+        size_t lens[CH_TAG_TOP_MAX];
+        size_t n = ch_features_tag_read(z->fs, u->state, t, vals, lens, NULL);
+        unsigned char c = (unsigned char)n;
+        r = ch_buf_append(&z->tagbuf, &c, 1);
+        for (size_t i = 0; i < n && !r; i++) {
+            c = (unsigned char)lens[i];
+            r = ch_buf_append(&z->tagbuf, &c, 1);
+            r = r ? r : ch_buf_append(&z->tagbuf, vals[i], lens[i]);
+        }
+    }
+    return r;
+}
+
+/* z->tagv: views of the tags captured at off (valid until tagbuf changes). */
+static const ch_tag_values_t *tags_at(fz_t *z, size_t off) {
+    const unsigned char *p = z->tagbuf.data + off;
+    for (size_t t = 0; t < z->n_tags; t++) {
+        size_t n = *p++;
+        for (size_t i = 0; i < n; i++) {
+            z->tag_lens[t][i] = *p++;
+            z->tag_vals[t][i] = (const char *)p;
+            p += z->tag_lens[t][i];
+        }
+        z->tagv[t] = (ch_tag_values_t){.name = z->tag_names[t],
+                                       .vals = z->tag_vals[t],
+                                       .lens = z->tag_lens[t],
+                                       .n = n};
+    }
+    return z->tagv;
+}
 
 static int write_row(fz_t *z, const ch_row_t *w) {
     int r = ch_rowout_write(z->rows_out, w);
@@ -538,6 +584,7 @@ static int flush(fz_t *z) {
                       .ts_ms = p->ts_ms,
                       .x = z->X + i * z->n_feats,
                       .segment = z->segs ? z->assign[i].segment : -1,
+                      .tags = z->n_tags ? tags_at(z, p->tag_off) : NULL,
                       .has_label = p->l != NULL,
                       .label = p->l ? p->l->value : 0,
                       .label_ts_ms = p->l ? p->l->ts_ms : INT64_MIN,
@@ -557,6 +604,7 @@ static int flush(fz_t *z) {
         }
     }
     z->ids.len = 0;
+    z->tagbuf.len = 0;
     return z->segs ? segment_passes(z) : 0;
 }
 
@@ -578,6 +626,19 @@ static int emit(fz_t *z, const ch_event_view_t *ev, const ch_user_t *u, const ch
             }
         }
     }
+    if (z->n_tags) {
+        if (!z->batch) {
+            z->tagbuf.len = 0;
+        }
+        size_t off = z->tagbuf.len;
+        if (capture_tags(z, u) < 0) {
+            fprintf(stderr, "cohortd featurize: out of memory\n");
+            return -1;
+        }
+        if (z->batch) {
+            z->pend[z->n_pend].tag_off = off;
+        }
+    }
     if (!z->batch) {
         ch_row_t w = {.uid = uid,
                       .uid_len = uid_len,
@@ -586,13 +647,15 @@ static int emit(fz_t *z, const ch_event_view_t *ev, const ch_user_t *u, const ch
                       .ts_ms = ev->ts_ms,
                       .x = z->x,
                       .segment = -1,
+                      .tags = z->n_tags ? tags_at(z, 0) : NULL,
                       .has_label = l != NULL,
                       .label = l ? l->value : 0,
                       .label_ts_ms = l ? l->ts_ms : INT64_MIN};
         return write_row(z, &w);
     }
     pending_t *p = &z->pend[z->n_pend];
-    *p = (pending_t){.uid_off = z->ids.len,
+    *p = (pending_t){.tag_off = p->tag_off,
+                     .uid_off = z->ids.len,
                      .uid_len = uid_len,
                      .eid_off = z->ids.len + uid_len,
                      .eid_len = ev->event_id ? ev->event_id_len : 0,
@@ -1135,6 +1198,10 @@ static int setup(fz_t *z, char *err, size_t errlen) {
     for (size_t i = 0; i < z->n_feats; i++) {
         z->names[i] = ch_features_name(z->fs, i);
     }
+    z->n_tags = ch_features_tag_count(z->fs);
+    for (size_t t = 0; t < z->n_tags; t++) {
+        z->tag_names[t] = ch_features_tag_name(z->fs, t);
+    }
     ch_rowout_cols_t cols = {.features = z->names, .n_features = z->n_feats};
     if ((r = ch_rowout_check(z->format, &cols, err, errlen)) < 0) {
         return r;
@@ -1211,6 +1278,7 @@ static void teardown(fz_t *z) {
     free(z->reasons);
     ch_backtest_free(z->bt);
     ch_buf_done(&z->ids);
+    ch_buf_done(&z->tagbuf);
     ch_buf_done(&z->arena);
     ch_buf_done(&z->line);
     if (z->rejects) {
@@ -1450,6 +1518,8 @@ int ch_featurize_main(int argc, char **argv) {
         ch_rowout_cols_t cols = {.features = z.names,
                                  .n_features = z.n_feats,
                                  .segments = z.segs != NULL,
+                                 .tags = z.tag_names,
+                                 .n_tags = z.n_tags,
                                  .scores = z.scorer.model != NULL,
                                  .challenger = z.challenger.model != NULL,
                                  .labels = z.label_ids != NULL,

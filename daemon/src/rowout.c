@@ -23,6 +23,7 @@ struct ch_rowout {
     FILE *out;
     ch_rowout_cols_t cols;
     ch_buf_t line;
+    ch_buf_t cell; /* a CSV cell being built (a tag's JSON array) */
     ch_avro_out_t *avro;
 };
 
@@ -50,6 +51,10 @@ static int avro_schema(const ch_rowout_cols_t *c, ch_buf_t *b) {
     if (!r && c->segments) {
         r = ch_buf_printf(b, ",{\"name\":\"segment\",\"type\":[\"null\",\"int\"]}");
     }
+    if (!r && c->n_tags) {
+        r = ch_buf_printf(b, ",{\"name\":\"tags\",\"type\":{\"type\":\"map\",\"values\":"
+                             "{\"type\":\"array\",\"items\":\"string\"}}}");
+    }
     if (!r && c->scores) {
         r = ch_buf_printf(b, ",{\"name\":\"score\",\"type\":\"float\"},{\"name\":\"alert\","
                              "\"type\":\"boolean\"},{\"name\":\"reasons\",\"type\":{\"type\":"
@@ -76,7 +81,7 @@ int ch_rowout_check(ch_rowout_format_t fmt, const ch_rowout_cols_t *cols, char *
     static const char *const fixed[] = {"user_id",   "event_id",         "event_time",
                                         "score",     "alert",            "reasons",
                                         "label",     "label_time",       "challenger_score",
-                                        "challenger_alert", "segment"};
+                                        "challenger_alert", "segment",  "tags"};
     for (size_t f = 0; f < cols->n_features; f++) {
         const char *n = cols->features[f];
         for (size_t k = 0; k < sizeof(fixed) / sizeof(*fixed); k++) {
@@ -115,6 +120,7 @@ int ch_rowout_new(ch_rowout_format_t fmt, FILE *out, const ch_rowout_cols_t *col
     }
     *w = (ch_rowout_t){.fmt = fmt, .out = out, .cols = *cols};
     ch_buf_init(&w->line);
+    ch_buf_init(&w->cell);
     const ch_rowout_cols_t *c = cols;
     ch_buf_t *b = &w->line;
     int r = 0;
@@ -132,6 +138,9 @@ int ch_rowout_new(ch_rowout_format_t fmt, FILE *out, const ch_rowout_cols_t *col
         if (!r && c->segments) {
             r = ch_buf_printf(b, ",segment");
         }
+        for (size_t t = 0; t < c->n_tags && !r; t++) {
+            r = ch_buf_printf(b, ",tags.%s", c->tags[t]);
+        }
         if (!r && c->scores) {
             r = ch_buf_printf(b, ",score,alert,reasons%s",
                               c->challenger ? ",challenger_score,challenger_alert" : "");
@@ -144,6 +153,7 @@ int ch_rowout_new(ch_rowout_format_t fmt, FILE *out, const ch_rowout_cols_t *col
     }
     if (r < 0) {
         ch_buf_done(&w->line);
+        ch_buf_done(&w->cell);
         free(w);
         return r;
     }
@@ -174,6 +184,18 @@ static int csv_row(ch_rowout_t *w, const ch_row_t *x) {
     }
     if (!r && c->segments) {
         r = x->segment >= 0 ? ch_buf_printf(b, ",%d", (int)x->segment) : ch_buf_append(b, ",", 1);
+    }
+    for (size_t t = 0; t < c->n_tags && !r; t++) { /* a JSON array of the values, as a cell */
+        const ch_tag_values_t *tv = &x->tags[t];
+        w->cell.len = 0;
+        r = ch_buf_append(&w->cell, "[", 1);
+        for (size_t i = 0; i < tv->n && !r; i++) {
+            r = i ? ch_buf_append(&w->cell, ",", 1) : 0;
+            r = r ? r : ch_json_string(&w->cell, tv->vals[i], tv->lens[i]);
+        }
+        r = r ? r : ch_buf_append(&w->cell, "]", 1);
+        r = r ? r : ch_buf_append(b, ",", 1);
+        r = r ? r : ch_rowout_csv_cell(b, (const char *)w->cell.data, w->cell.len);
     }
     if (!r && c->scores) {
         r = ch_buf_append(b, ",", 1);
@@ -215,6 +237,9 @@ static int json_row(ch_rowout_t *w, const ch_row_t *x) {
         r = x->segment >= 0 ? ch_buf_printf(b, ",\"segment\":%d", (int)x->segment)
                             : ch_buf_append(b, ",\"segment\":null", 15);
     }
+    if (!r && c->n_tags) {
+        r = ch_json_tags(b, x->tags, c->n_tags); /* ,"tags":{...} */
+    }
     if (!r && c->scores) {
         r = ch_buf_append(b, ",\"score\":", 9);
         r = r ? r : ch_json_float(b, x->score);
@@ -252,6 +277,19 @@ static int avro_row(ch_rowout_t *w, const ch_row_t *x) {
     if (!r && c->segments) { /* ["null","int"]: the branch, then the int (zigzag, as a long) */
         r = ch_avro_put_long(b, x->segment >= 0 ? 1 : 0);
         r = r || x->segment < 0 ? r : ch_avro_put_long(b, x->segment);
+    }
+    if (!r && c->n_tags) { /* a map in one block of arrays in one block each */
+        r = ch_avro_put_long(b, (int64_t)c->n_tags);
+        for (size_t t = 0; t < c->n_tags && !r; t++) {
+            const ch_tag_values_t *tv = &x->tags[t];
+            r = ch_avro_put_string(b, c->tags[t], strlen(c->tags[t]));
+            r = r || !tv->n ? r : ch_avro_put_long(b, (int64_t)tv->n);
+            for (size_t i = 0; i < tv->n && !r; i++) {
+                r = ch_avro_put_string(b, tv->vals[i], tv->lens[i]);
+            }
+            r = r ? r : ch_avro_put_long(b, 0);
+        }
+        r = r ? r : ch_avro_put_long(b, 0);
     }
     if (!r && c->scores) {
         r = ch_avro_put_float(b, x->score);
@@ -298,6 +336,7 @@ int ch_rowout_close(ch_rowout_t *w) {
     }
     int r = ch_avro_out_close(w->avro);
     ch_buf_done(&w->line);
+    ch_buf_done(&w->cell);
     free(w);
     return r;
 }

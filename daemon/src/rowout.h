@@ -25,6 +25,8 @@ typedef struct ch_rowout_cols {
     const char *const *features; /* names, borrowed for the writer's life */
     size_t n_features;
     bool segments;           /* segment (empty / null before the segments are seeded) */
+    const char *const *tags; /* tag names (tags.<name>), borrowed; n_tags of them */
+    size_t n_tags;
     bool scores, challenger; /* score, alert, reasons; challenger_score, challenger_alert */
     bool labels, label_times;
 } ch_rowout_cols_t;
@@ -36,6 +38,7 @@ typedef struct ch_row {
     int64_t ts_ms;
     const float *x;
     int32_t segment; /* -1: none */
+    const ch_tag_values_t *tags; /* cols.n_tags of them, in the columns' order */
     bool has_label;
     double label;
     int64_t label_ts_ms; /* INT64_MIN: none */

@@ -13,17 +13,28 @@ clickstream sample, replayed through cohortd.
   the default 4N = 8 slots) gets Space-Saving's bound instead: the value at rank k
   weighs at least the k-th true weight minus the user's total weight / slots.
 - /users/<id> shows the same tags.
+- cohortd featurize over the sample's CSV gives every row the tags as of its event (one
+  column per tag in CSV, a JSON array; a map in JSON Lines and Avro): each user's last
+  row equals its last profile update, and every row equals the direct decayed count
+  over the user's events up to it (untied, within the slots).
 """
+import csv
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
+import avro.datafile
 import avro.io
 import avro.schema
 
-from harness import DATA, REPLAY, SCHEMAS, Broker, Daemon, consume, log, rees46_rows, run
+from harness import (COHORTD, DATA, REPLAY, SCHEMAS, Broker, Daemon, consume, log, rees46_rows,
+                     run)
+
+REES_MAP = ["input.map.ts=event_time", "input.map.type=event_type", "input.map.amount=price",
+            "input.map.item=product_id", "input.map.category=category_code"]
 
 # (name, spec, field, type filter, N, half-life ms, slots)
 TAGS = [("categories", "top(category, 3) half_life=1h", "category", None, 3, 3.6e6, 12),
@@ -55,6 +66,36 @@ def reference(evs, field, type_filter, n, h):
     return [v for v, _ in ranked[:n]], tied, w
 
 
+def featurize_rows(rows, users, last):
+    """featurize's rows: the tags as of each event, against the daemon and a direct count."""
+    assert len(rows) == sum(len(v) for v in users.values()), len(rows)
+    seen, last_row = {}, {}
+    checked = tied = bounded = 0
+    for r in rows:  # in event-time order, ties in file order: each user's events in order
+        u = r["user_id"]
+        k = seen.get(u, 0) + 1
+        seen[u] = k
+        evs = users[u][:k]
+        assert int(r["event_time"]) == evs[-1][0], (u, k)
+        got = {name: json.loads(r[f"tags.{name}"]) for name, *_ in TAGS}
+        last_row[u] = got
+        for name, _, field, ty, topn, h, slots in TAGS:
+            want, is_tied, w = reference(evs, field, ty, topn, h)
+            if len(w) > slots:
+                bounded += 1
+            elif is_tied:
+                tied += 1
+            else:
+                assert got[name] == want, f"row {k} of {u}, tag {name}: {got[name]}, direct {want}"
+                checked += 1
+    for u, rec in last.items():
+        assert last_row[u] == {name: rec["tags"].get(name, []) for name, *_ in TAGS}, \
+            f"{u}: featurize's last row {last_row[u]}, the last profile update {rec['tags']}"
+    log(f"featurize: {len(rows)} rows carry the tags as of their event: {checked} (row, tag) "
+        f"pairs equal a direct decayed count ({tied} tied, {bounded} beyond the slots); every "
+        f"user's last row equals its last profile update's tags ({len(last)} users)")
+
+
 def main():
     users, n = events()
     with open(os.path.join(SCHEMAS, "profile_update_v2.avsc")) as f:
@@ -76,6 +117,29 @@ def main():
             probe = next(iter(users))
             status, _, body = d.get(f"/users/{probe}")
             assert d.stop() == 0
+        rows_path = os.path.join(tmp, "rows.csv")
+        cmd = [COHORTD, "featurize", "--config", conf, "--skip-bad", "-q", "-o", rows_path,
+               "--rejects", os.path.join(tmp, "rejects.csv")]
+        for s in REES_MAP:
+            cmd += ["--set", s]
+        sample = os.path.join(DATA, "rees46-2019-oct-sample.csv")
+        subprocess.run(cmd + [sample], check=True, timeout=600)
+        with open(rows_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        others = {}
+        for fmt in ("jsonl", "avro"):  # the same tags as a map
+            path = os.path.join(tmp, f"rows.{fmt}")
+            subprocess.run([c if c != rows_path else path for c in cmd] + [sample], check=True,
+                           timeout=600)
+            if fmt == "jsonl":
+                others[fmt] = [json.loads(line)["tags"] for line in open(path)]
+            else:
+                with open(path, "rb") as f:
+                    others[fmt] = [r["tags"] for r in avro.datafile.DataFileReader(
+                        f, avro.io.DatumReader())]
+        for fmt, tags in others.items():
+            assert tags == [{name: json.loads(r[f"tags.{name}"]) for name, *_ in TAGS}
+                            for r in rows], f"{fmt} rows' tags differ from the CSV's"
     assert len(msgs) == n, f"{len(msgs)} profile updates for {n} events"
     last, old = {}, {}
     for part, off, _, value, _ in sorted(msgs, key=lambda m: (m[0], m[1])):
@@ -109,6 +173,7 @@ def main():
             checked[name] += 1
     assert status == 200 and json.loads(body)["tags"] == last[probe]["tags"], body
     assert all(checked.values())
+    featurize_rows(rows, users, last)
     log(f"REES46: tags equal a direct decayed count for {checked} users with an untied "
         f"top N ({tied} tied users skipped); users with more values than slots within "
         f"Space-Saving's bound: {bounded}; schema id 4, readable by a version-1 reader; "
