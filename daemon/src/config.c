@@ -331,9 +331,12 @@ static const key_def_t keys[] = {
      "Longest user_id kept; longer ids are bad input (user_id_too_long)."},
     {"state.idle_evict", K_DURATION_AUTO, OFF(state_idle_evict_ms), "auto", 0, INFINITY, NULL, NULL,
      "Forget users idle this long in stream time (0: never). auto: 20 times the longest "
-     "feature half-life (their weight has fallen below 1e-6 by then; never if a feature "
-     "does not decay). A shorter value forgets users whose features still carry weight: "
-     "--check-config warns when it is below the longest half-life."},
+     "feature half-life (their weight has fallen below 1e-6 by then); never if a feature "
+     "does not decay, or is a since_last or since_prev (the gap since a user's last event "
+     "is true however long they were away; state.max_users caps the table). A shorter "
+     "value forgets users whose features still carry weight: --check-config warns when it "
+     "is below the longest half-life, or when a since_last or since_prev would read its "
+     "default for a forgotten user."},
     {"state.changelog", K_OPTSTR, OFF(state_changelog), "", 0, 0, NULL, NULL,
      "Topic that records every user's state (empty: none), from which a partition gained "
      "is restored before it is processed. It must exist with the input's partition count "
@@ -1105,14 +1108,37 @@ int ch_config_drop_mask(const ch_config_t *cfg, char *errbuf, size_t errlen) {
     return mask & CH_DROP_USER_ID ? mask | CH_DROP_KEY : mask;
 }
 
+/* The first feature that remembers a time for ever (since_last, since_prev), or NULL. */
+static const char *timeless_feature(const ch_features_t *fs) {
+    for (size_t i = 0; i < ch_features_count(fs); i++) {
+        ch_feat_kind_t k = ch_features_kind(fs, i);
+        if (k == CH_FEAT_SINCE_LAST || k == CH_FEAT_SINCE_PREV) {
+            return ch_features_name(fs, i);
+        }
+    }
+    return NULL;
+}
+
 double ch_config_idle_evict_ms(const ch_config_t *cfg, const ch_features_t *fs, char *ret_warning,
                                size_t len) {
     double hl = ch_features_longest_half_life(fs), set = cfg->state_idle_evict_ms;
+    const char *timeless = timeless_feature(fs);
     if (ret_warning && len) {
         ret_warning[0] = '\0';
     }
     if (isnan(set)) {
-        return isfinite(hl) ? 20 * hl : 0;
+        /* a since_last or since_prev reads the true gap however long a user was away:
+         * forgetting the user would turn it into the default */
+        return isfinite(hl) && !timeless ? 20 * hl : 0;
+    }
+    if (set > 0 && isfinite(set) && set >= hl && timeless && ret_warning) {
+        char a[32];
+        format_ms(set, a, sizeof(a));
+        snprintf(ret_warning, len,
+                 "state.idle_evict = %s forgets users idle that long, and feature.%s then reads "
+                 "its default for them instead of the time since their last event (auto never "
+                 "forgets them; state.max_users caps the table)",
+                 a, timeless);
     }
     if (set > 0 && isfinite(set) && set < hl && ret_warning) {
         char a[32], b[32];

@@ -215,7 +215,6 @@ static void test_idle_evict(void **st) {
     assert_true(isnan(c.state_idle_evict_ms)); /* auto by default */
     assert_int_equal(ch_config_set(&c, "feature.a=count half_life=1h", err, sizeof(err)), 0);
     assert_int_equal(ch_config_set(&c, "feature.b=sum(amount) half_life=7d", err, sizeof(err)), 0);
-    assert_int_equal(ch_config_set(&c, "feature.c=since_last", err, sizeof(err)), 0);
     ch_features_t *fs = NULL;
     assert_int_equal(ch_config_features(&c, &fs, err, sizeof(err)), 0);
     assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 20 * 7 * 86400000.0);
@@ -240,6 +239,24 @@ static void test_idle_evict(void **st) {
     assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 0);
     ch_features_free(fs);
     ch_config_done(&c);
+    /* since_last, since_prev remember a time for ever: auto never evicts, a set value
+     * says what it costs */
+    const char *timeless[] = {"feature.c=since_last type=purchase",
+                              "feature.c=since_prev type=purchase"};
+    for (size_t i = 0; i < 2; i++) {
+        ch_config_init(&c);
+        assert_int_equal(ch_config_set(&c, "feature.a=count half_life=1h", err, sizeof(err)), 0);
+        assert_int_equal(ch_config_set(&c, timeless[i], err, sizeof(err)), 0);
+        assert_int_equal(ch_config_features(&c, &fs, err, sizeof(err)), 0);
+        assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 0);
+        assert_string_equal(warning, "");
+        assert_int_equal(ch_config_set(&c, "state.idle_evict=140d", err, sizeof(err)), 0);
+        assert_true(ch_config_idle_evict_ms(&c, fs, warning, sizeof(warning)) == 140 * 86400000.0);
+        assert_non_null(strstr(warning, "state.idle_evict = 140d forgets users idle that long, and "
+                                        "feature.c then reads its default"));
+        ch_features_free(fs);
+        ch_config_done(&c);
+    }
 }
 
 static void test_drop_fields(void **st) {
