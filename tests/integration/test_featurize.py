@@ -533,8 +533,40 @@ def training(tmp):
         f"for byte: {dict(zip(('risk_lr', 'risk_mlp'), same))}")
 
 
+def returning_customer(tmp):
+    """state.idle_evict = auto keeps a user whose features include since_last/since_prev:
+    a customer back after 210 days (past 20 x the 7d half-life) reads the true gaps."""
+    conf = config("features.half_life = 7d\n"
+                  "feature.n_7d = count half_life=7d\n"
+                  "feature.since_buy = since_last type=purchase default=-1\n"
+                  "feature.between_buys = since_prev type=purchase default=-1\n", tmp,
+                  "returning.conf")
+    day = 86400000
+    t0 = 1767225600000
+    path = os.path.join(tmp, "returning.csv")
+    with open(path, "w") as f:
+        f.write("user_id,ts,type\n")
+        f.write(f"back,{t0},purchase\n")
+        # others keep stream time moving for 210 days: idle eviction runs between them
+        for i in range(3000):
+            f.write(f"other{i % 50},{t0 + 1000 + i * (210 * day // 3000)},view\n")
+        f.write(f"back,{t0 + 210 * day},view\n")
+        f.write(f"back,{t0 + 211 * day},purchase\n")
+    out = os.path.join(tmp, "returning-rows.csv")
+    r = featurize(conf, [path], "-o", out, sets=["input.map.ts=ts", "input.map.type=type",
+                                                 "input.map.event_id=", "input.map.amount=",
+                                                 "input.map.item=", "input.map.category=",
+                                                 "input.map.attrs="])
+    back = [row for row in read_rows(out) if row["user_id"] == "back"]
+    assert [float(row["since_buy"]) for row in back] == [0, 210 * 86400, 0], back
+    assert [float(row["between_buys"]) for row in back] == [-1, -1, 211 * 86400], back
+    log(f"a customer back after 210 days (auto idle eviction would be 140 days at 7d "
+        f"half-lives) reads since_last = 210 d and since_prev = 211 d, not the defaults")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
+        returning_customer(tmp)
         rees46(tmp)
         ocf, events = sparkov(tmp)
         backtest(tmp, ocf, events)
