@@ -248,11 +248,28 @@ static int intern_field(ch_features_t *fs, const char *s, size_t len, char *errb
     return (int)fs->n_fields++;
 }
 
+/* A filter value (unquoted or from quotes): 1 to CH_FEATURE_NAME_MAX - 1 bytes, no
+ * control character (any UTF-8 text otherwise). */
+static bool valid_value(const char *s, size_t len) {
+    if (len == 0 || len >= CH_FEATURE_NAME_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static int intern_value(ch_features_t *fs, int k, const char *s, size_t len, char *errbuf,
                         size_t errlen) {
-    if (!valid_name(s, len)) {
-        return fail(errbuf, errlen, -EINVAL, "bad %s '%.*s' in filter (letters, digits, _ . -)",
-                    text_name(fs, k), (int)len, s);
+    if (!valid_value(s, len)) {
+        return fail(errbuf, errlen, -EINVAL,
+                    "bad %s '%.*s' in filter (1 to %d bytes of text; quote one that holds a "
+                    "space, | , \" or \\: \"United Kingdom\")",
+                    text_name(fs, k), (int)len, s, CH_FEATURE_NAME_MAX - 1);
     }
     for (size_t i = 0; i < fs->n_values[k]; i++) {
         if (fs->value_lens[k][i] == len && memcmp(fs->values[k][i], s, len) == 0) {
@@ -267,6 +284,35 @@ static int intern_value(ch_features_t *fs, int k, const char *s, size_t len, cha
     fs->values[k][fs->n_values[k]][len] = '\0';
     fs->value_lens[k][fs->n_values[k]] = len;
     return (int)fs->n_values[k]++;
+}
+
+/* The length of the spec token at p: up to the first whitespace outside double quotes
+ * (inside them a backslash escapes the next byte). */
+static size_t token_len(const char *p) {
+    bool quoted = false;
+    size_t i = 0;
+    for (; p[i]; i++) {
+        if (quoted && p[i] == '\\' && p[i + 1]) {
+            i++;
+        } else if (p[i] == '"') {
+            quoted = !quoted;
+        } else if (!quoted && isspace((unsigned char)p[i])) {
+            break;
+        }
+    }
+    return i;
+}
+
+/* Whether a filter value is written quoted in a canonical spec: anything but letters,
+ * digits, _ . - (so the specs of unquoted values read as they always did). */
+static bool needs_quotes(const char *s, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!isalnum(c) && c != '_' && c != '.' && c != '-') {
+            return true;
+        }
+    }
+    return len == 0;
 }
 
 static const char *skip_ws(const char *p) {
@@ -437,15 +483,45 @@ static int parse_option(ch_features_t *fs, feature_t *f, const char *tok, size_t
         f->filtered[text] = true;
         f->negate[text] = negate;
         f->filter[text] = 0;
+        /* values separated by | or ,; "quoted" ones may hold anything (\" and \\ escaped) */
         const char *v = val;
         while (*v) {
-            size_t n = strcspn(v, "|,");
-            int vi = intern_value(fs, text, v, n, errbuf, errlen);
+            char one[SPEC_MAX];
+            size_t n = 0;
+            if (*v == '"') {
+                for (v++; *v && *v != '"'; v++) {
+                    if (*v == '\\' && v[1]) {
+                        v++;
+                    }
+                    one[n++] = *v; /* n < vlen < SPEC_MAX */
+                }
+                if (*v != '"') {
+                    return fail(errbuf, errlen, -EINVAL, "unterminated quote in '%.*s'", (int)len,
+                                tok);
+                }
+                v++;
+                if (*v && *v != '|' && *v != ',') {
+                    return fail(errbuf, errlen, -EINVAL,
+                                "'%c' after a quoted value in '%.*s' (values are separated by "
+                                "| or ,)",
+                                *v, (int)len, tok);
+                }
+            } else {
+                n = strcspn(v, "|,\"\\");
+                if (v[n] == '"' || v[n] == '\\') {
+                    return fail(errbuf, errlen, -EINVAL,
+                                "'%c' inside an unquoted value in '%.*s' (quote the whole value: "
+                                "\"a b\", with \\\" and \\\\ inside)",
+                                v[n], (int)len, tok);
+                }
+                memcpy(one, v, n);
+                v += n;
+            }
+            int vi = intern_value(fs, text, one, n, errbuf, errlen);
             if (vi < 0) {
                 return vi;
             }
             f->filter[text] |= UINT64_C(1) << vi;
-            v += n;
             if (*v) {
                 v++;
             }
@@ -540,8 +616,20 @@ static void format_spec(const ch_features_t *fs, feature_t *f) {
             const char *sep = "";
             for (size_t v = 0; f->filtered[k] && v < fs->n_values[k]; v++) {
                 if ((f->filter[k] & (UINT64_C(1) << v)) && n < (int)sizeof(f->spec)) {
-                    n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "%s%s", sep,
-                                  fs->values[k][v]);
+                    const char *s = fs->values[k][v];
+                    size_t len = fs->value_lens[k][v];
+                    if (!needs_quotes(s, len)) {
+                        n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "%s%s", sep, s);
+                    } else {
+                        n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "%s\"", sep);
+                        for (size_t i = 0; i < len && n < (int)sizeof(f->spec); i++) {
+                            n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "%s%c",
+                                          s[i] == '"' || s[i] == '\\' ? "\\" : "", s[i]);
+                        }
+                        if (n < (int)sizeof(f->spec)) {
+                            n += snprintf(f->spec + n, sizeof(f->spec) - (size_t)n, "\"");
+                        }
+                    }
                     sep = "|";
                 }
             }
@@ -593,7 +681,7 @@ int ch_features_add(ch_features_t *fs, const char *name, const char *spec, char 
         return r;
     }
     for (p = skip_ws(p); *p; p = skip_ws(p)) {
-        size_t n = strcspn(p, " \t\r\n");
+        size_t n = token_len(p);
         r = parse_option(fs, &f, p, n, errbuf, errlen);
         if (r < 0) {
             return r;
@@ -723,7 +811,7 @@ int ch_features_add_tag(ch_features_t *fs, const char *name, const char *spec, c
     t.n = (int)n;
     t.slots = 4 * t.n > CH_TAG_SLOTS_MAX ? CH_TAG_SLOTS_MAX : 4 * t.n;
     for (p = skip_ws(close + 1); *p; p = skip_ws(p)) {
-        size_t len = strcspn(p, " \t\r\n");
+        size_t len = token_len(p);
         if (len > 6 && strncmp(p, "slots=", 6) == 0) {
             long m = strtol(p + 6, &end, 10);
             if (end != p + len || m < t.n || m > CH_TAG_SLOTS_MAX) {

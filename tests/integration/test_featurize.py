@@ -533,6 +533,46 @@ def training(tmp):
         f"for byte: {dict(zip(('risk_lr', 'risk_mlp'), same))}")
 
 
+def quoted_filters(tmp):
+    """Filter values with spaces, commas and quotes, quoted: counts against the sample."""
+    kirlin, rippin = "fraud_Kirlin and Sons", "fraud_Rippin, Kub and Mann"
+    conf = config('feature.kirlin = count item="fraud_Kirlin and Sons" half_life=inf\n'
+                  'feature.two = count item="fraud_Kirlin and Sons"|"fraud_Rippin, Kub and '
+                  'Mann" half_life=inf\n'
+                  'feature.not_kirlin = count item!="fraud_Kirlin and Sons" half_life=inf\n'
+                  'feature.quote = count item="say \\"hi\\""|"\\\\" half_life=inf\n', tmp,
+                  "quoted.conf")
+    r = run([COHORTD, "--config", conf, "--set", "kafka.bootstrap.servers=x", "--check-config"])
+    assert 'item="fraud_Kirlin and Sons"|"fraud_Rippin, Kub and Mann" half_life=inf' in r.stdout \
+        and 'item="say \\"hi\\""|"\\\\" half_life=inf' in r.stdout, r.stdout
+    out = os.path.join(tmp, "quoted.csv")
+    featurize(conf, [SPARKOV], "-o", out, "-q", sets=train_example.SPARKOV_MAP)
+    last, want = {}, {}
+    for row in read_rows(out):
+        last[row["user_id"]] = row
+    with open(SPARKOV, newline="") as f:
+        sample = list(csv.DictReader(f))
+    for r in sample:
+        w = want.setdefault(r["cc_num"], [0, 0, 0])
+        m = r["merchant"]
+        w[0] += m == kirlin
+        w[1] += m in (kirlin, rippin)
+        w[2] += m != kirlin
+    got = {u: [float(row[n]) for n in ("kirlin", "two", "not_kirlin")] for u, row in last.items()}
+    assert got == want, "quoted filter values counted wrong"
+    assert all(float(row["quote"]) == 0 for row in last.values())
+    n_k = sum(w[0] for w in want.values())
+    n_2 = sum(w[1] for w in want.values())
+    bad = config('feature.x = count item="fraud_Kirlin half_life=inf\n', tmp, "bad.conf")
+    r = subprocess.run([COHORTD, "--config", bad, "--set", "kafka.bootstrap.servers=x",
+                        "--check-config"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unterminated quote" in r.stderr, (r.returncode, r.stderr)
+    log(f"quoted filter values: {n_k} events of '{kirlin}' and {n_2} of it or '{rippin}' "
+        f"counted for every user as a direct count of the sample does; the canonical spec "
+        f"quotes them (and escapes quotes and backslashes); an unterminated quote stops "
+        f"--check-config (exit 2)")
+
+
 def returning_customer(tmp):
     """state.idle_evict = auto keeps a user whose features include since_last/since_prev:
     a customer back after 210 days (past 20 x the 7d half-life) reads the true gaps."""
@@ -567,6 +607,7 @@ def returning_customer(tmp):
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         returning_customer(tmp)
+        quoted_filters(tmp)
         rees46(tmp)
         ocf, events = sparkov(tmp)
         backtest(tmp, ocf, events)

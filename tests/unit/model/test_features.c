@@ -497,6 +497,57 @@ static void test_text_filters_and_share(void **st) {
     ch_features_free(fs);
 }
 
+/* Quoted filter values: spaces, | , quotes and backslashes, UTF-8; the canonical spec
+ * quotes (and escapes) exactly the values that need it and reads back to itself. */
+static void test_quoted_filter_values(void **st) {
+    (void)st;
+    static const char *const decls[] = {
+        "uk",     "count category=\"United Kingdom\" half_life=inf",
+        "not_uk", "count category!=\"United Kingdom\"|\"Isle of Man\" half_life=inf",
+        "odd",    "count category=\"a|b, \\\"c\\\"\"|Zürich,\"back\\\\slash\" half_life=inf",
+        NULL,
+    };
+    cat_t c;
+    cat_make(&c, decls);
+    assert_string_equal(ch_features_spec(c.fs, 0),
+                        "count category=\"United Kingdom\" half_life=inf default=0");
+    assert_string_equal(ch_features_spec(c.fs, 2),
+                        "count category=\"a|b, \\\"c\\\"\"|\"Zürich\"|\"back\\\\slash\" half_life=inf "
+                        "default=0");
+    cat_feed(&c, 0, "buy", "sku1", "United Kingdom");
+    cat_feed(&c, 0, "buy", "sku1", "United");       /* not a prefix match */
+    cat_feed(&c, 0, "buy", "sku1", "a|b, \"c\"");  /* the quoted value, as data */
+    cat_feed(&c, 0, "buy", "sku1", "Zürich");
+    cat_feed(&c, 0, "buy", "sku1", "back\\slash");
+    cat_feed(&c, 0, "buy", "sku1", "Isle of Man");
+    assert_double_equal(c.out[0], 1, 0);
+    assert_double_equal(c.out[1], 4, 0); /* all but United Kingdom and Isle of Man */
+    assert_double_equal(c.out[2], 3, 0);
+    /* the canonical spec declares the same feature */
+    char spec[256];
+    snprintf(spec, sizeof(spec), "%s", ch_features_spec(c.fs, 2));
+    ch_features_t *fs = NULL;
+    assert_int_equal(ch_features_new(H, &fs), 0);
+    assert_int_equal(ch_features_add(fs, "odd", spec, NULL, 0), 0);
+    assert_string_equal(ch_features_spec(fs, 0), spec);
+    char err[256];
+    assert_int_equal(ch_features_add(fs, "e1", "count category=\"open", err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "unterminated quote"));
+    assert_int_equal(ch_features_add(fs, "e2", "count category=a\"b\"", err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "inside an unquoted value"));
+    assert_int_equal(ch_features_add(fs, "e3", "count category=\"a\"b", err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "after a quoted value"));
+    assert_int_equal(ch_features_add(fs, "e4", "count category=\"\"", err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(ch_features_add(fs, "e5", "count category=\"tab\there\"", err, sizeof(err)),
+                     -EINVAL);
+    ch_features_free(fs);
+    cat_done(&c);
+}
+
 /* distinct(): exact while the window's values fit the 3k pairs (whatever the arrival
  * order), and within the sketch's error when they do not. */
 static void test_distinct_exact_in_any_order(void **st) {
@@ -655,6 +706,7 @@ int main(void) {
         cmocka_unit_test(test_type_filters),
         cmocka_unit_test(test_since_last),
         cmocka_unit_test(test_since_prev),
+        cmocka_unit_test(test_quoted_filter_values),
         cmocka_unit_test(test_read_at_a_later_time),
         cmocka_unit_test(test_ratio),
         cmocka_unit_test(test_per_feature_half_life),
