@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "ch/features.h"
+#include "ch/users.h"
 #include "ch/mapping.h"
 
 typedef enum key_type {
@@ -1106,6 +1107,49 @@ int ch_config_drop_mask(const ch_config_t *cfg, char *errbuf, size_t errlen) {
         s += n + (s[n] == ',');
     }
     return mask & CH_DROP_USER_ID ? mask | CH_DROP_KEY : mask;
+}
+
+int ch_config_check_state(const ch_config_t *cfg, const ch_features_t *fs, size_t extra_bytes,
+                          char *errbuf, size_t errlen) {
+    size_t len = ch_features_state_len(fs), big = 0, big_len = 0;
+    const char *big_kind = "feature";
+    for (size_t i = 0; i < ch_features_count(fs); i++) {
+        if (ch_features_state_width(fs, i) > big_len) {
+            big_len = ch_features_state_width(fs, i);
+            big = i;
+        }
+    }
+    char name[96];
+    snprintf(name, sizeof(name), "feature.%s", ch_features_count(fs) ? ch_features_name(fs, big) : "");
+    for (size_t i = 0; i < ch_features_tag_count(fs); i++) {
+        if (ch_features_tag_state_len(fs, i) > big_len) {
+            big_len = ch_features_tag_state_len(fs, i);
+            snprintf(name, sizeof(name), "tags.%s", ch_features_tag_name(fs, i));
+            big_kind = "tag";
+        }
+    }
+    if (len > CH_USERS_STATE_MAX) {
+        snprintf(errbuf, errlen,
+                 "the features need %zu doubles (%zu KiB) of state per user, more than %d (%d "
+                 "KiB); the largest %s is %s with %zu (a distinct() takes 2 + 6k, a tag 10 per "
+                 "slot): lower its k or slots, or declare fewer",
+                 len, len * 8 / 1024, CH_USERS_STATE_MAX, CH_USERS_STATE_MAX * 8 / 1024,
+                 big_kind, name, big_len);
+        return -E2BIG;
+    }
+    uint64_t rec = 16 + 8 * (uint64_t)len + extra_bytes + (uint64_t)cfg->state_key_max_bytes;
+    uint64_t table = rec * (uint64_t)cfg->state_max_users;
+    if (table > CH_CONFIG_TABLE_MAX) {
+        snprintf(errbuf, errlen,
+                 "state.max_users = %ld users of %llu bytes each (%zu doubles of state; the "
+                 "largest %s is %s with %zu) need %llu GiB of address space, more than %llu "
+                 "GiB: lower state.max_users, or that %s's k or slots",
+                 cfg->state_max_users, (unsigned long long)rec, len, big_kind, name, big_len,
+                 (unsigned long long)(table >> 30),
+                 (unsigned long long)(CH_CONFIG_TABLE_MAX >> 30), big_kind);
+        return -E2BIG;
+    }
+    return 0;
 }
 
 /* The first feature that remembers a time for ever (since_last, since_prev), or NULL. */

@@ -203,6 +203,18 @@ int ch_config_features(const ch_config_t *cfg, ch_features_t **ret_fs, char *err
                        size_t errlen);
 
 /**
+ * @brief Whether the features' per-user state fits the user table: at most
+ *        CH_USERS_STATE_MAX doubles a user, and state.max_users records of it (with the
+ *        key and the daemon's own fields) within CH_CONFIG_TABLE_MAX bytes of address
+ *        space (reserved, not allocated: only users present take memory).
+ * @returns 0; -E2BIG (errbuf names the largest feature and what to lower).
+ */
+int ch_config_check_state(const ch_config_t *cfg, const ch_features_t *fs, size_t extra_bytes,
+                          char *errbuf, size_t errlen);
+
+#define CH_CONFIG_TABLE_MAX (UINT64_C(1) << 45) /* 32 TiB: a quarter of x86-64 user space */
+
+/**
  * @brief state.idle_evict in effect for these features: as set, or for auto 20 times
  *        the longest feature half-life (0, never, if a feature does not decay).
  * @param ret_warning set to a warning (empty if none) when a set value is shorter than

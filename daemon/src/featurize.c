@@ -1225,9 +1225,12 @@ static int setup(fz_t *z, char *err, size_t errlen) {
     if (warning[0] && !z->quiet) {
         fprintf(stderr, "cohortd featurize: warning: %s\n", warning);
     }
+    size_t extra = z->state_out ? sizeof(ch_userrec_t) : 0;
+    if ((r = ch_config_check_state(cfg, z->fs, extra, err, errlen)) < 0) {
+        return r;
+    }
     r = ch_users_new((size_t)cfg->state_max_users, (size_t)cfg->state_key_max_bytes,
-                     ch_features_state_len(z->fs), z->state_out ? sizeof(ch_userrec_t) : 0,
-                     &z->users);
+                     ch_features_state_len(z->fs), extra, &z->users);
     if (r < 0) {
         snprintf(err, errlen, "cannot reserve the user table for state.max_users = %ld: %s",
                  cfg->state_max_users, strerror(-r));

@@ -51,6 +51,7 @@
 #include "pipeline.h"
 #include "pseudonym.h"
 #include "scorer.h"
+#include "userrec.h"
 
 typedef struct daemon_ctx {
     struct ev_loop *loop;
@@ -550,6 +551,9 @@ static void usage(FILE *f) {
 static int check_features(const ch_config_t *cfg, bool print, char *errbuf, size_t errlen) {
     ch_features_t *fs = NULL;
     int r = ch_config_features(cfg, &fs, errbuf, errlen);
+    if (r == 0) {
+        r = ch_config_check_state(cfg, fs, sizeof(ch_userrec_t), errbuf, errlen);
+    }
     if (r == 0 && print) {
         printf("# features (output order; profile_update.features[i])\n");
         for (size_t i = 0; i < ch_features_count(fs); i++) {

@@ -120,6 +120,9 @@ int ch_pipeline_new(const ch_config_t *cfg, ch_pipeline_t **ret_pipeline, char *
     if (warning[0]) {
         ch_log(CH_LOG_WARNING, "%s", warning);
     }
+    if ((r = ch_config_check_state(cfg, p->fs, sizeof(ch_userrec_t), errbuf, errlen)) < 0) {
+        goto out_fail;
+    }
     r = ch_users_new((size_t)cfg->state_max_users, (size_t)cfg->state_key_max_bytes,
                      ch_features_state_len(p->fs), sizeof(ch_userrec_t), &p->users);
     if (r < 0) {

@@ -909,6 +909,14 @@ size_t ch_features_state_len(const ch_features_t *fs) {
     return fs->state_len;
 }
 
+size_t ch_features_state_width(const ch_features_t *fs, size_t i) {
+    return state_width(&fs->feats[i]);
+}
+
+size_t ch_features_tag_state_len(const ch_features_t *fs, size_t i) {
+    return SLOT * (size_t)fs->tags[i].slots;
+}
+
 double ch_features_longest_half_life(const ch_features_t *fs) {
     double hl = 0;
     for (size_t i = 0; i < fs->n_feats; i++) {

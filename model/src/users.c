@@ -98,7 +98,7 @@ static void hint_huge(void *p, size_t len) {
 int ch_users_new(size_t max_users, size_t key_max_bytes, size_t state_len, size_t extra_bytes,
                  ch_users_t **ret_users) {
     if (max_users == 0 || max_users > UINT32_MAX - 1 || key_max_bytes == 0 ||
-        key_max_bytes > 4096 || state_len > 4096 || extra_bytes > 4096) {
+        key_max_bytes > 4096 || state_len > CH_USERS_STATE_MAX || extra_bytes > 4096) {
         return -EINVAL;
     }
     ch_users_t *u = calloc(1, sizeof(*u));

@@ -51,7 +51,7 @@ SEGMENTS = ("segments.k=8", "segments.warmup=2000")
 # The shipped REES46 features of test_featurize with smaller distinct sketches: the
 # embedded broker keeps the last 5 MiB of a partition and never compacts, so a
 # changelog's records must fit (a production changelog is compacted).
-FEATURES = REES_FEATURES.replace("window=1h k=64", "window=1h k=16").replace("k=32", "k=8")
+FEATURES = REES_FEATURES.replace("window=1h k=1024", "window=1h k=16").replace("k=32", "k=8")
 
 
 def replay(bs, skip=0, limit=0, rate=0):

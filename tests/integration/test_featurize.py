@@ -51,7 +51,7 @@ feature.price_sum = sum(amount) half_life=inf
 feature.secs_since_cart = since_last type=cart default=1e7
 feature.secs_between_carts = since_prev type=cart default=1e7
 feature.cart_share = share type=cart|purchase
-feature.n_items_1h = distinct(item) window=1h k=64
+feature.n_items_1h = distinct(item) window=1h k=1024
 feature.n_cats = distinct(category) k=32
 feature.cart_per_view = ratio(n_cart_1d, n_view_1d) default=0
 """

@@ -142,6 +142,9 @@ ch_feat_kind_t ch_features_kind(const ch_features_t *fs, size_t i);
 const char *ch_features_spec(const ch_features_t *fs, size_t i);
 /** @brief Doubles of per-user state the set needs (valid after seal). */
 size_t ch_features_state_len(const ch_features_t *fs);
+/** @brief Doubles of per-user state feature i takes (tag i: ch_features_tag_state_len). */
+size_t ch_features_state_width(const ch_features_t *fs, size_t i);
+size_t ch_features_tag_state_len(const ch_features_t *fs, size_t i);
 /** @brief The longest half-life of the decayed features (count, sum, mean, std, max);
  *  INFINITY if one does not decay; 0 if none is decayed. */
 double ch_features_longest_half_life(const ch_features_t *fs);

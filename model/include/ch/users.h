@@ -32,12 +32,16 @@ typedef struct ch_user {
 
 typedef struct ch_users ch_users_t;
 
+/* The most doubles of state a user may have: 512 KiB (a changelog record says its state
+ * length in 16 bits). */
+#define CH_USERS_STATE_MAX 65535
+
 /**
  * @brief Create a table.
  * @param max_users hard cap; inserting beyond it evicts the least recently active of
  *        a small random sample (approximated LRU, by stream time).
  * @param key_max_bytes longest user id accepted (1..4096).
- * @param state_len doubles of state per user (0..4096).
+ * @param state_len doubles of state per user (0..CH_USERS_STATE_MAX).
  * @param extra_bytes the caller's area per record (0..4096), zeroed on insert.
  * @param ret_users set on success.
  * @returns 0, -EINVAL (a size out of range), -ENOMEM (address space reservation failed).

@@ -259,6 +259,38 @@ static void test_idle_evict(void **st) {
     }
 }
 
+/* The state the features need is checked against the user table's limits, naming the
+ * largest feature: distinct() at the largest documented k starts. */
+static void test_state_limits(void **st) {
+    (void)st;
+    ch_config_t c;
+    ch_config_init(&c);
+    char err[512] = "", set[96];
+    assert_int_equal(ch_config_set(&c, "feature.a=count half_life=1h", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "feature.d1=distinct(item) k=1024", err, sizeof(err)), 0);
+    ch_features_t *fs = NULL;
+    assert_int_equal(ch_config_features(&c, &fs, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_check_state(&c, fs, 40, err, sizeof(err)), 0); /* 10M users */
+    ch_features_free(fs);
+    for (int i = 2; i <= 11; i++) { /* 11 of them: 67,608 doubles > 65,535 */
+        snprintf(set, sizeof(set), "feature.d%d=distinct(item) k=1024", i);
+        assert_int_equal(ch_config_set(&c, set, err, sizeof(err)), 0);
+    }
+    assert_int_equal(ch_config_features(&c, &fs, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_check_state(&c, fs, 40, err, sizeof(err)), -E2BIG);
+    assert_non_null(strstr(err, "the largest feature is feature.d1 with 6146"));
+    ch_features_free(fs);
+    ch_config_done(&c);
+    ch_config_init(&c); /* within a user, but not times state.max_users */
+    assert_int_equal(ch_config_set(&c, "feature.d=distinct(item) k=1024", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_set(&c, "state.max_users=1000000000", err, sizeof(err)), 0);
+    assert_int_equal(ch_config_features(&c, &fs, err, sizeof(err)), 0);
+    assert_int_equal(ch_config_check_state(&c, fs, 40, err, sizeof(err)), -E2BIG);
+    assert_non_null(strstr(err, "state.max_users = 1000000000 users of"));
+    ch_features_free(fs);
+    ch_config_done(&c);
+}
+
 static void test_drop_fields(void **st) {
     (void)st;
     ch_config_t c;
@@ -383,6 +415,7 @@ int main(void) {
         cmocka_unit_test(test_scoring_and_segment_keys),
         cmocka_unit_test(test_operations_keys),
         cmocka_unit_test(test_idle_evict),
+        cmocka_unit_test(test_state_limits),
         cmocka_unit_test(test_drop_fields),
         cmocka_unit_test(test_registry_keys),
         cmocka_unit_test(test_secrets_never_printed),

@@ -652,6 +652,33 @@ static void test_distinct_estimate(void **st) {
     assert_true(sum_abs / TRIALS < 0.08);
 }
 
+/* The largest documented k starts (6,146 doubles of state) and stays within its
+ * documented error, 1/sqrt(k - 2) = 3.1% relative standard error. */
+static void test_distinct_largest_k(void **st) {
+    (void)st;
+    static const char *const decls[] = {"d", "distinct(item) window=inf k=1024", NULL};
+    enum { TRIALS = 4, N = 20000 };
+    double sigma = 1 / sqrt(1022.0), sum_abs = 0;
+    for (int trial = 0; trial < TRIALS; trial++) {
+        cat_t c;
+        cat_make(&c, decls);
+        assert_int_equal(ch_features_state_len(c.fs), 2 + 6 * 1024);
+        for (int i = 0; i < N; i++) {
+            char v[32];
+            snprintf(v, sizeof(v), "k%d-%d", trial, i);
+            cat_feed(&c, i, NULL, v, NULL);
+            if (i == 3 * 1024 - 1) { /* every value still held: exact */
+                assert_double_equal(c.out[0], 3 * 1024, 0);
+            }
+        }
+        double rel = c.out[0] / N - 1;
+        assert_true(fabs(rel) < 5 * sigma);
+        sum_abs += fabs(rel);
+        cat_done(&c);
+    }
+    assert_true(sum_abs / TRIALS < 2 * sigma); /* about 0.8 sigma expected */
+}
+
 /* Tags: the heaviest values under decay, ties by bytes; Space-Saving past the slots. */
 static void test_tags(void **st) {
     (void)st;
@@ -717,6 +744,7 @@ int main(void) {
         cmocka_unit_test(test_text_filters_and_share),
         cmocka_unit_test(test_distinct_exact_in_any_order),
         cmocka_unit_test(test_distinct_estimate),
+        cmocka_unit_test(test_distinct_largest_k),
         cmocka_unit_test(test_tags),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

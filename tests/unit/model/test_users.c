@@ -144,6 +144,15 @@ static void test_key_limits(void **st) {
     ch_users_t *u = NULL;
     assert_int_equal(ch_users_new(10, 8, 1, 0, &u), 0);
     assert_int_equal(ch_users_new(10, 8, 1, 4097, &u), -EINVAL);
+    /* state: up to CH_USERS_STATE_MAX doubles (a distinct() at k = 1024 takes 6,146) */
+    ch_users_t *big = NULL;
+    assert_int_equal(ch_users_new(10, 8, CH_USERS_STATE_MAX + 1, 0, &big), -EINVAL);
+    assert_int_equal(ch_users_new(10, 8, CH_USERS_STATE_MAX, 0, &big), 0);
+    ch_user_t *b = NULL;
+    assert_int_equal(ch_users_upsert(big, "k", 1, &b), 1);
+    b->state[CH_USERS_STATE_MAX - 1] = 1.5; /* the whole state is the record's */
+    assert_string_equal(ch_users_key(big, b), "k");
+    assert_null(ch_users_free(big));
     ch_user_t *rec = NULL;
     assert_int_equal(ch_users_upsert(u, "123456789", 9, &rec), -E2BIG);
     assert_int_equal(ch_users_upsert(u, "", 0, &rec), -EINVAL);
