@@ -325,11 +325,11 @@ static int set_before(ch_consumer_t *c, int32_t partition, bool on) {
  * (offsetsForTimes). Where the broker cannot say (-1: no such record yet, or a broker
  * that does not answer timestamp lookups, like the embedded one), it starts at the
  * beginning and skips records stamped earlier until the first that is not
- * (ch_consumer_before_start). Partitions with a committed offset are left alone. */
-static void place_start_at(ch_consumer_t *c, rd_kafka_topic_partition_list_t *parts) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_copy(parts);
+ * (ch_consumer_before_start). Partitions with a committed offset are left alone.
+ * l: parts with the group's committed offsets (re: the lookup's error). */
+static void place_start_at(ch_consumer_t *c, rd_kafka_topic_partition_list_t *parts,
+                           const rd_kafka_topic_partition_list_t *l, rd_kafka_resp_err_t re) {
     rd_kafka_topic_partition_list_t *q = rd_kafka_topic_partition_list_new(parts->cnt);
-    rd_kafka_resp_err_t re = rd_kafka_committed(c->rk, l, 2000);
     char msg[320];
     for (int i = 0; i < l->cnt; i++) {
         const rd_kafka_topic_partition_t *e = &l->elems[i];
@@ -368,19 +368,18 @@ static void place_start_at(ch_consumer_t *c, rd_kafka_topic_partition_list_t *pa
         }
     }
     rd_kafka_topic_partition_list_destroy(q);
-    rd_kafka_topic_partition_list_destroy(l);
 }
 
 /* Where each newly assigned partition starts: its committed offset, or where
  * auto.offset.reset (or input.start_at: the offset the assignment names) puts a group
  * without one. Lag is measured from here until a
- * message is consumed. Two bounded broker round trips, on assignment only; a
- * partition whose lookup fails is -1 (ch_consumer_lookup_start asks again). */
-static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_copy(parts);
-    rd_kafka_resp_err_t re = rd_kafka_committed(c->rk, l, 2000);
-    for (int i = 0; i < l->cnt; i++) {
-        rd_kafka_topic_partition_t *e = &l->elems[i];
+ * message is consumed. l: parts (in the same order) with the group's committed offsets,
+ * looked up once per assignment (re: the lookup's error); a partition whose lookup
+ * failed is -1 (ch_consumer_lookup_start asks again). */
+static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t *parts,
+                         const rd_kafka_topic_partition_list_t *l, rd_kafka_resp_err_t re) {
+    for (int i = 0; i < l->cnt && i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *e = &l->elems[i];
         if (strcmp(e->topic, c->topic) != 0 || e->partition < 0) {
             continue;
         }
@@ -399,7 +398,6 @@ static void record_start(ch_consumer_t *c, const rd_kafka_topic_partition_list_t
             break;
         }
     }
-    rd_kafka_topic_partition_list_destroy(l);
 }
 
 int ch_consumer_cluster_id(ch_consumer_t *c, int timeout_ms, char *buf, size_t len) {
@@ -474,8 +472,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         rd_kafka_error_t *e = NULL;
         rd_kafka_resp_err_t re = RD_KAFKA_RESP_ERR_NO_ERROR;
+        /* the group's committed offsets, asked once (a bounded round trip) for both */
+        rd_kafka_topic_partition_list_t *com = rd_kafka_topic_partition_list_copy(parts);
+        rd_kafka_resp_err_t cre = rd_kafka_committed(c->rk, com, 2000);
         if (c->start_at_ms >= 0) {
-            place_start_at(c, parts);
+            place_start_at(c, parts, com, cre);
         }
         if (cooperative) {
             e = rd_kafka_incremental_assign(rk, parts);
@@ -489,10 +490,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             if (e) {
                 rd_kafka_error_destroy(e);
             }
+            rd_kafka_topic_partition_list_destroy(com);
             return;
         }
         c->n_assigned = cooperative ? c->n_assigned + (size_t)parts->cnt : (size_t)parts->cnt;
-        record_start(c, parts);
+        record_start(c, parts, com, cre);
+        rd_kafka_topic_partition_list_destroy(com);
         for (int i = 0; c->align && i < parts->cnt; i++) {
             int32_t p = parts->elems[i].partition;
             if (strcmp(parts->elems[i].topic, c->topic) == 0 &&
