@@ -96,6 +96,8 @@ typedef struct pending {
     size_t uid_off, uid_len, eid_off, eid_len;
     size_t tag_off; /* its tags in fz_t.tagbuf */
     bool has_eid;
+    bool drop; /* --labeled-only without a label: segmented (the segmenter sees every
+                * event, as the daemon's), not written */
     int64_t ts_ms;
     const label_t *l;
 } pending_t;
@@ -577,6 +579,9 @@ static int flush(fz_t *z) {
     float thr = (float)z->cfg->risk_threshold;
     for (size_t i = 0; i < n; i++) {
         const pending_t *p = &z->pend[i];
+        if (p->drop) {
+            continue;
+        }
         ch_row_t w = {.uid = (const char *)z->ids.data + p->uid_off,
                       .uid_len = p->uid_len,
                       .eid = p->has_eid ? (const char *)z->ids.data + p->eid_off : NULL,
@@ -621,11 +626,12 @@ static int emit(fz_t *z, const ch_event_view_t *ev, const ch_user_t *u, const ch
             z->labelled++;
         } else {
             z->unlabelled++;
-            if (z->labeled_only) {
+            if (z->labeled_only && !z->segs) {
                 return 0;
             }
         }
     }
+    bool drop = z->label_ids && z->labeled_only && !l;
     if (z->n_tags) {
         if (!z->batch) {
             z->tagbuf.len = 0;
@@ -661,7 +667,8 @@ static int emit(fz_t *z, const ch_event_view_t *ev, const ch_user_t *u, const ch
                      .eid_len = ev->event_id ? ev->event_id_len : 0,
                      .has_eid = ev->event_id != NULL,
                      .ts_ms = ev->ts_ms,
-                     .l = l};
+                     .l = l,
+                     .drop = drop};
     if (ch_buf_append(&z->ids, uid, uid_len) < 0 ||
         (ev->event_id && ch_buf_append(&z->ids, ev->event_id, ev->event_id_len) < 0)) {
         fprintf(stderr, "cohortd featurize: out of memory\n");
@@ -1140,6 +1147,12 @@ static int setup_scoring(fz_t *z, char *err, size_t errlen) {
                           d, z->batch, err, errlen);
 }
 
+/* A user leaves the table (idle, over the cap): its segment loses it, as in the daemon. */
+static void on_evicted(void *opaque, const ch_user_t *rec) {
+    fz_t *z = opaque;
+    ch_segments_moved(z->segs, rec->segment, -1);
+}
+
 /* segments.k > 0: the daemon's segmenter, fresh (segments.state_file is the daemon's). */
 static int setup_segments(fz_t *z, char *err, size_t errlen) {
     const ch_config_t *cfg = z->cfg;
@@ -1164,7 +1177,11 @@ static int setup_segments(fz_t *z, char *err, size_t errlen) {
         k == 0 /* not called then */) {
         return -ENOMEM;
     }
-    return ch_segments_new(z->seg_cfg, z->n_feats, batch, &z->segs, err, errlen);
+    int r = ch_segments_new(z->seg_cfg, z->n_feats, batch, &z->segs, err, errlen);
+    if (r == 0) {
+        ch_users_set_evict_hook(z->users, on_evicted, z);
+    }
+    return r;
 }
 
 /* Rows wait for their batch (scores, segments), batch.max_events at a time. */

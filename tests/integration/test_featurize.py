@@ -390,6 +390,16 @@ def labels(conf, tmp, ocf, events, rows):
     r = featurize(conf, [ocf], "--labels", sub, "--labeled-only", "--quiet")
     kept = list(csv.DictReader(io.StringIO(r.stdout.decode())))
     assert sorted(x["event_id"] for x in kept) == sorted(chosen), "--labeled-only kept others"
+    # with segments, the unlabelled events are still segmented (the segmenter sees every
+    # event): the labelled rows equal those of the whole run, segment column included
+    segs = ["segments.k=4", "segments.warmup=1000"]
+    r = featurize(conf, [ocf], "--labels", sub, "--quiet", sets=segs)
+    whole = {x["event_id"]: x for x in csv.DictReader(io.StringIO(r.stdout.decode()))}
+    r = featurize(conf, [ocf], "--labels", sub, "--labeled-only", "--quiet", sets=segs)
+    kept = list(csv.DictReader(io.StringIO(r.stdout.decode())))
+    assert len(kept) == len(chosen) and all(x == whole[x["event_id"]] for x in kept), \
+        "--labeled-only changed the segments"
+    assert sum(x["segment"] != "" for x in kept) > len(kept) // 2, "few rows segmented"
     log(f"labels: {len(got)} rows joined to is_fraud ({n_fraud:.0f} fraud); a third labelled "
         f"with label times: {len(chosen)} labelled, the rest empty (JSON null) or dropped by "
         f"--labeled-only")
