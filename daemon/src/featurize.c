@@ -1219,7 +1219,11 @@ static int setup(fz_t *z, char *err, size_t errlen) {
     for (size_t t = 0; t < z->n_tags; t++) {
         z->tag_names[t] = ch_features_tag_name(z->fs, t);
     }
-    ch_rowout_cols_t cols = {.features = z->names, .n_features = z->n_feats};
+    ch_rowout_cols_t cols = {.features = z->names,
+                             .n_features = z->n_feats,
+                             .segments = cfg->segments.k > 0,
+                             .tags = z->tag_names,
+                             .n_tags = z->n_tags};
     if ((r = ch_rowout_check(z->format, &cols, err, errlen)) < 0) {
         return r;
     }

@@ -85,6 +85,10 @@ int ch_rowout_check(ch_rowout_format_t fmt, const ch_rowout_cols_t *cols, char *
     for (size_t f = 0; f < cols->n_features; f++) {
         const char *n = cols->features[f];
         for (size_t k = 0; k < sizeof(fixed) / sizeof(*fixed); k++) {
+            if ((strcmp(fixed[k], "segment") == 0 && !cols->segments) ||
+                (strcmp(fixed[k], "tags") == 0 && !cols->n_tags)) {
+                continue; /* not a column of this run */
+            }
             if (strcmp(n, fixed[k]) == 0) {
                 snprintf(errbuf, errlen, "feature.%s: the name of a featurize column; rename it",
                          n);
