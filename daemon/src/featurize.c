@@ -450,11 +450,8 @@ static int reassign_all(fz_t *z) {
         size_t m = 0;
         ch_user_t *u;
         while (m < max && (u = ch_users_next(z->users, &cursor))) {
-            int64_t t = z->stream_time_ms > u->t_ref_ms ? z->stream_time_ms : u->t_ref_ms;
-            ch_features_read_at(z->fs, u->state, u->t_ref_ms, t, z->feats);
-            for (size_t f = 0; f < z->n_feats; f++) {
-                z->RX[m * z->n_feats + f] = (float)z->feats[f];
-            }
+            ch_read_row_at(z->fs, u, z->stream_time_ms, z->feats, z->RX + m * z->n_feats,
+                           z->n_feats);
             us[m++] = u;
         }
         if (m == 0) {
@@ -523,11 +520,7 @@ static int write_seg_export(fz_t *z) {
     size_t cursor = 0;
     ch_user_t *u;
     while (r == 0 && (u = ch_users_next(z->users, &cursor))) {
-        int64_t t = z->stream_time_ms > u->t_ref_ms ? z->stream_time_ms : u->t_ref_ms;
-        ch_features_read_at(z->fs, u->state, u->t_ref_ms, t, z->feats);
-        for (size_t i = 0; i < z->n_feats; i++) {
-            x[i] = (float)z->feats[i];
-        }
+        int64_t t = ch_read_row_at(z->fs, u, z->stream_time_ms, z->feats, x, z->n_feats);
         ch_kmeans_transform(km, x, 1, zz);
         b.len = 0;
         r = ch_buf_append(&b, "{\"user_id\":", 11);

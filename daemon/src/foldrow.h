@@ -24,4 +24,19 @@ static inline void ch_fold_row(const ch_features_t *fs, ch_user_t *u, const ch_o
     }
 }
 
+/**
+ * @brief Read u's features at at_ms (or at its own stream time, if later: a vector is
+ *        never read before the user's latest event) into feats (d doubles) and x (d
+ *        floats). @returns the time read at.
+ */
+static inline int64_t ch_read_row_at(const ch_features_t *fs, const ch_user_t *u, int64_t at_ms,
+                                     double *feats, float *x, size_t d) {
+    int64_t t = at_ms > u->t_ref_ms ? at_ms : u->t_ref_ms;
+    ch_features_read_at(fs, u->state, u->t_ref_ms, t, feats);
+    for (size_t f = 0; f < d; f++) {
+        x[f] = (float)feats[f];
+    }
+    return t;
+}
+
 #endif

@@ -23,6 +23,7 @@
 #include "ch/users.h"
 #include "clients.h"
 #include "events.h"
+#include "foldrow.h"
 #include "log.h"
 #include "pipeline.h"
 #include "pseudonym.h"
@@ -264,12 +265,7 @@ static inline int ch_budget_ms(const ch_pipeline_t *p, double ms) {
  * @returns the time it was read at. */
 static inline int64_t ch_user_vector(ch_pipeline_t *p, const ch_user_t *u, int64_t at_ms,
                                      float *x) {
-    int64_t t = at_ms > u->t_ref_ms ? at_ms : u->t_ref_ms;
-    ch_features_read_at(p->fs, u->state, u->t_ref_ms, t, p->feats);
-    for (size_t f = 0; f < p->n_feats; f++) {
-        x[f] = (float)p->feats[f];
-    }
-    return t;
+    return ch_read_row_at(p->fs, u, at_ms, p->feats, x, p->n_feats);
 }
 
 /* outputs.c */
